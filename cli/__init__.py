@@ -1,0 +1,1 @@
+"""The `mosaic` command line: thin click wrappers over the mosaicdb library."""

@@ -1,0 +1,196 @@
+"""`mosaic db ...`: create, fill, index, inspect and repair a tile database."""
+from __future__ import annotations
+
+import click
+
+from mosaicdb import TileDB
+from mosaicdb.errors import UsageError
+from mosaicdb.index import IndexOptions
+from mosaicdb.store.db import DEFAULT_THUMB_SIZES
+
+from .common import db_argument, echo_json, info, json_option, quiet_option
+
+
+@click.group("db")
+def db_group():
+    """Build and maintain a tile database (built once, reused for many mosaics).
+
+    Example:
+
+        mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
+    """
+
+
+def _csv_ints(value: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise UsageError(f"{name} takes comma-separated integers, got {value!r}") from None
+
+
+@db_group.command("init")
+@db_argument
+@click.option("--thumb-sizes", default=",".join(map(str, DEFAULT_THUMB_SIZES)), show_default=True,
+              help="Square thumbnail sizes kept per tile (consecutive powers of two). Each costs 3*s*s bytes "
+                   "per tile: add 128 for pools up to ~100k tiles that render at >= 128 px.")
+@click.option("--feature-grid", default=4, show_default=True, help="g: features are the Lab mean + a g x g grid of Lab means.")
+@click.option("--mean-weight", default=1.0, show_default=True, help="Weight of the mean colour against the grid.")
+@click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
+@click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
+def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels):
+    """Create an empty tile database folder DB.
+
+    Example:
+
+        mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
+    """
+    d = TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), feature_grid=feature_grid,
+                      mean_weight=mean_weight, background=_csv_ints(background, "--background"), max_pixels=max_pixels)
+    click.echo(f"Created tile database {db} (thumbnails {','.join(map(str, d.thumb_sizes))} px, {d.dim}-dim features).")
+
+
+@db_group.command("ingest")
+@db_argument
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--link", is_flag=True, help="Reference files where they are instead of copying them (archive members are always copied).")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
+@click.option("--no-index", is_flag=True, help="Don't build or update the vector index afterwards.")
+@quiet_option
+def ingest_cmd(db, sources, link, workers, no_index, quiet):
+    """Add every image under SOURCES (files, folders, zip and tar archives) to DB.
+
+    Unreadable, corrupt or non-image inputs are skipped and listed by `mosaic db errors`.
+    Running the same ingest again adds nothing and is fast; an interrupted one resumes.
+
+    Example:
+
+        mosaic db ingest tiles.db ~/Pictures/holiday photos.zip
+    """
+    with TileDB.open(db) as d:
+        report = d.ingest(sources, link=link, workers=workers, progress=not quiet, update_index=not no_index)
+        click.echo(report.summary())
+
+
+@db_group.command("index")
+@db_argument
+@click.option("--kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
+              help="auto: exact search up to --flat-max tiles, IVF beyond.")
+@click.option("--flat-max", default=20_000, show_default=True, help="Largest pool searched exactly with kind auto.")
+@click.option("--nlist", default=0, help="IVF lists [default: ~4*sqrt(tiles)].")
+@click.option("--nprobe", default=0, help="IVF lists probed per query [default: tuned to --target-recall].")
+@click.option("--target-recall", default=0.99, show_default=True, help="recall@1 against exact search that nprobe tuning aims for.")
+@click.option("--rebuild", is_flag=True, help="Build from scratch even if an up-to-date index exists.")
+@json_option
+def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json):
+    """Build or update the FAISS index of DB and measure its recall.
+
+    Example:
+
+        mosaic db index tiles.db --target-recall 0.995
+    """
+    opts = IndexOptions(kind=kind, flat_max=flat_max, nlist=nlist, nprobe=nprobe, target_recall=target_recall)
+    opts.validate()
+    with TileDB.open(db) as d:
+        infos = d.build_index(opts) if rebuild or kind != "auto" or nlist or nprobe else d.update_index(opts)
+    if as_json:
+        echo_json(infos)
+    else:
+        p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
+        click.echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
+                   f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
+
+
+@db_group.command("stats")
+@db_argument
+@json_option
+def stats_cmd(db, as_json):
+    """Show what DB holds: tiles, skipped inputs, disk use, index.
+
+    Example:
+
+        mosaic db stats tiles.db --json
+    """
+    with TileDB.open(db, readonly=True) as d:
+        s = d.stats()
+    if as_json:
+        echo_json(s)
+        return
+    mb = {k: v / 1e6 for k, v in s["bytes"].items()}
+    click.echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
+               f"{s['skipped_inputs']} skipped inputs")
+    click.echo(f"  thumbnails {s['thumb_sizes']} px, features {s['feature_dim']}-dim (grid {s['feature_grid']})")
+    click.echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
+    ix = s["index"]
+    click.echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
+               f"  index: {ix['kind']} {ix['params']}, {ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
+               f"{', OUT OF DATE' if ix['stale'] else ''}")
+
+
+@db_group.command("check")
+@db_argument
+@click.option("--deep", is_flag=True, help="Also re-hash every original and recompute a sample of features.")
+def check_cmd(db, deep):
+    """Check that catalog, originals, features, thumbnails and index agree.
+
+    Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
+
+    Example:
+
+        mosaic db check tiles.db --deep
+    """
+    with TileDB.open(db, readonly=True) as d:
+        rep = d.check(deep=deep)
+    for w in rep.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for p in rep.problems:
+        click.echo(f"problem: {p}", err=True)
+    if not rep.ok:
+        raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
+    click.echo(f"{db}: OK ({rep.tiles} tiles)")
+
+
+@db_group.command("errors")
+@db_argument
+@json_option
+def errors_cmd(db, as_json):
+    """List inputs that were skipped and why.
+
+    Example:
+
+        mosaic db errors tiles.db
+    """
+    with TileDB.open(db, readonly=True) as d:
+        errs = d.errors()
+    if as_json:
+        echo_json(errs)
+        return
+    for e in errs:
+        click.echo(f"{e['source']}: {e['reason']}")
+    info(False, f"{len(errs)} skipped input(s)")
+
+
+@db_group.command("remove")
+@db_argument
+@click.argument("tiles", nargs=-1)
+@click.option("--source", "source_prefix", help="Remove every tile ingested from this file or folder.")
+def remove_cmd(db, tiles, source_prefix):
+    """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
+
+    Example:
+
+        mosaic db remove tiles.db 12 40 3fa9c2d1 --source ~/Pictures/blurry
+    """
+    if not tiles and not source_prefix:
+        raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
+    ids, hashes = [], []
+    for t in tiles:
+        if t.isdigit():
+            ids.append(int(t))
+        elif len(t) >= 8 and all(c in "0123456789abcdefABCDEF" for c in t):
+            hashes.append(t)
+        else:
+            raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits")
+    with TileDB.open(db) as d:
+        found = set(ids) | set(d.find(hashes=hashes, source_prefix=source_prefix).tolist())
+        n = d.remove(sorted(found))
+    click.echo(f"Removed {n} tile(s) from {db}.")

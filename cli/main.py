@@ -1,0 +1,30 @@
+"""The `mosaic` console script."""
+from __future__ import annotations
+
+import click
+
+from mosaicdb import __version__
+
+from .common import MosaicGroup, setup_logging
+from .db import db_group
+
+
+@click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mosaic")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+def cli(debug, verbose):
+    """mosaicdb: photomosaics from a reusable tile database, up to gigapixel prints.
+
+    Example:
+
+        mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
+    """
+    setup_logging(verbose)
+
+
+cli.add_command(db_group)
+
+
+def main() -> None:
+    cli(prog_name="mosaic")

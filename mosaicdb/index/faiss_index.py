@@ -1,0 +1,213 @@
+"""FAISS mechanics: choose an index by pool size, measure its recall, persist it, search it.
+
+Small pools use exact search (IndexFlatL2); large ones IVF-Flat with nlist ~ 4*sqrt(n)
+and the smallest nprobe whose recall@1 against exact search on a sample reaches the target.
+GPU is used only when faiss reports one (`index_cpu_to_all_gpus` silently returns an empty
+index on a machine without a GPU, so it is never called without that check).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError, choice
+
+SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
+KINDS = ("auto", "flat", "ivf")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    kind: str = "auto"
+    flat_max: int = 20_000          # pools up to this size get exact search
+    nlist: int = 0                  # 0: ~4*sqrt(n), a power of two in [64, 16384]
+    nprobe: int = 0                 # 0: tuned to reach target_recall
+    target_recall: float = 0.99
+    recall_sample: int = 1000
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        choice("index kind", self.kind, {k: k for k in KINDS})
+        choice("device", self.device, {k: k for k in DEVICES})
+        if not 0 < self.target_recall <= 1:
+            raise UsageError("--target-recall must be in (0, 1]")
+        if self.nlist < 0 or self.nprobe < 0:
+            raise UsageError("--nlist and --nprobe must be >= 0 (0 chooses automatically)")
+
+
+def _faiss():
+    import faiss
+    return faiss
+
+
+def resolve_device(device: str) -> str:
+    ngpu = _faiss().get_num_gpus()
+    if device == "cuda" and ngpu == 0:
+        raise UsageError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
+                         "is visible); use --device cpu, or swap in faiss-gpu on a GPU machine (see README)")
+    if device == "auto":
+        return "cuda" if ngpu > 0 else "cpu"
+    return device
+
+
+def default_nlist(n: int) -> int:
+    want = 4 * math.sqrt(max(n, 1))
+    return int(min(16384, max(64, 2 ** round(math.log2(want)))))
+
+
+def _jittered_sample(vectors: np.ndarray, m: int, rng) -> np.ndarray:
+    """Queries for measuring recall: pool vectors plus noise at 10% of each dimension's spread,
+    so a query is near, but not exactly on, a pool vector (as target cells are)."""
+    idx = rng.choice(len(vectors), size=min(m, len(vectors)), replace=False)
+    q = np.asarray(vectors[np.sort(idx)], dtype=np.float32)
+    sd = vectors[: min(len(vectors), 20000)].std(axis=0) + 1e-6
+    return (q + rng.normal(0.0, 0.1, q.shape).astype(np.float32) * sd).astype(np.float32)
+
+
+def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int):
+    faiss = _faiss()
+    flat = faiss.IndexFlatL2(vectors.shape[1])
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    d, i = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(vectors)))
+    return d, np.where(i >= 0, ids[np.clip(i, 0, None)], -1)
+
+
+class VectorIndex:
+    """A FAISS index over tile features whose ids are tile ids, plus its infos."""
+
+    def __init__(self, index, infos: dict, ids: np.ndarray):
+        self.index = index
+        self.infos = infos
+        self.ids = ids
+        self._search_index = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def _for_search(self, device: str):
+        if self._search_index is None:
+            if resolve_device(device) == "cuda":
+                faiss = _faiss()
+                self._search_index = faiss.index_cpu_to_all_gpus(self.index)
+                if self._search_index.ntotal != self.index.ntotal:
+                    raise RuntimeError("faiss GPU copy of the index is incomplete")
+            else:
+                self._search_index = self.index
+        return self._search_index
+
+    def search(self, queries: np.ndarray, k: int, device: str = "auto"):
+        """(distances (n, k) float32 squared L2, ids (n, k) int64, -1 where fewer than k)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(queries)
+        dist = np.empty((n, k), np.float32)
+        ids = np.empty((n, k), np.int64)
+        index = self._for_search(device)
+        for s in range(0, n, SEARCH_BATCH):
+            d, i = index.search(queries[s:s + SEARCH_BATCH], k)
+            dist[s:s + SEARCH_BATCH], ids[s:s + SEARCH_BATCH] = d, i
+        return dist, ids
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+            self.ids = np.union1d(self.ids, ids)
+            self._search_index = None
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self.ids = np.setdiff1d(self.ids, ids)
+            self._search_index = None
+
+    def save(self, folder: Path) -> None:
+        """Write index, ids and infos, each to a temporary name and renamed into place."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss = _faiss()
+
+        def write_ids(path):
+            with open(path, "wb") as f:
+                np.save(f, self.ids)
+
+        for name, write in (("index.faiss", lambda p: faiss.write_index(self.index, p)),
+                            ("ids.npy", write_ids),
+                            ("index_infos.json", lambda p: Path(p).write_text(json.dumps(self.infos, indent=2)))):
+            tmp = str(folder / f".{name}.tmp")
+            write(tmp)
+            os.replace(tmp, folder / name)
+
+    @classmethod
+    def load(cls, folder: Path) -> "VectorIndex | None":
+        folder = Path(folder)
+        try:
+            infos = json.loads((folder / "index_infos.json").read_text())
+            ids = np.load(folder / "ids.npy")
+            index = _faiss().read_index(str(folder / "index.faiss"))
+        except (FileNotFoundError, json.JSONDecodeError, ValueError, RuntimeError):
+            return None
+        if "nprobe" in infos.get("params", {}):
+            _faiss().extract_index_ivf(index).nprobe = infos["params"]["nprobe"]
+        return cls(index, infos, ids)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None) -> VectorIndex:
+    """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,)."""
+    opts.validate()
+    faiss = _faiss()
+    t0 = time.perf_counter()
+    n, d = vectors.shape
+    kind = opts.kind if opts.kind != "auto" else ("flat" if n <= opts.flat_max else "ivf")
+    rng = np.random.default_rng(opts.seed)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    params: dict = {}
+    if kind == "ivf":
+        nlist = opts.nlist or default_nlist(n)
+        nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per list
+        quantizer = faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+        train_n = min(n, 64 * nlist)
+        train = vectors[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else vectors
+        index.cp.seed = opts.seed
+        index.train(train)
+        index.add_with_ids(vectors, ids.astype(np.int64))
+        params = {"nlist": nlist, "trained_on": int(train_n)}
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d))
+        index.add_with_ids(vectors, ids.astype(np.int64))
+    build_s = time.perf_counter() - t0
+    recall, tuning = 1.0, []
+    if n:
+        q = _jittered_sample(vectors, opts.recall_sample, rng)
+        _, exact = exact_search(vectors, ids, q, 1)
+        if kind == "ivf":
+            candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+            for nprobe in candidates:
+                nprobe = min(nprobe, params["nlist"])
+                index.nprobe = nprobe
+                t1 = time.perf_counter()
+                _, got = index.search(q, 1)
+                recall = float((got[:, 0] == exact[:, 0]).mean())
+                tuning.append({"nprobe": nprobe, "recall_at_1": recall,
+                               "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
+                if recall >= opts.target_recall or nprobe >= params["nlist"]:
+                    break
+            params["nprobe"] = int(index.nprobe)
+        else:
+            _, got = index.search(q, 1)
+            recall = float((got[:, 0] == exact[:, 0]).mean())
+    infos = {
+        "kind": kind, "params": params, "dim": int(d), "ntotal": int(index.ntotal),
+        "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
+        "recall_queries": "pool vectors + 10% per-dimension gaussian jitter", "tuning": tuning,
+        "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
+    }
+    return VectorIndex(index, infos, np.sort(ids.astype(np.int64)))

@@ -1,0 +1,97 @@
+"""The SQLite catalog (WAL mode): tiles, the sources already seen, skipped inputs, settings.
+
+A tile's id is also its row in the feature/thumbnail arrays and its id in the FAISS index.
+Ids are never reused: `next_id` only grows, so a removed tile leaves a hole, not a shift.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tiles(
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    provenance TEXT NOT NULL DEFAULT '{}',
+    added REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tiles_source ON tiles(source);
+CREATE TABLE IF NOT EXISTS sources(
+    key TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    hash TEXT
+);
+CREATE TABLE IF NOT EXISTS errors(source TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    else:
+        con = sqlite3.connect(path, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+    con.row_factory = sqlite3.Row
+    return con
+
+
+def create(con: sqlite3.Connection, settings: dict) -> None:
+    with con:
+        con.executescript(_SCHEMA)
+        rows = {"schema_version": SCHEMA_VERSION, "next_id": 0, "version": 0, **settings}
+        con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        [(k, json.dumps(v)) for k, v in rows.items()])
+
+
+def get_meta(con: sqlite3.Connection) -> dict:
+    return {r["key"]: json.loads(r["value"]) for r in con.execute("SELECT key, value FROM meta")}
+
+
+def set_meta(con: sqlite3.Connection, **kv) -> None:
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in kv.items()])
+
+
+def bump_version(con: sqlite3.Connection) -> None:
+    """Every change to the set of tiles bumps `version`, which tells an index it is stale."""
+    con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'version'")
+
+
+def known_sources(con: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for i in range(0, len(keys), 900):
+        part = keys[i:i + 900]
+        q = f"SELECT key, size, mtime_ns FROM sources WHERE key IN ({','.join('?' * len(part))})"
+        out.update({r["key"]: (r["size"], r["mtime_ns"]) for r in con.execute(q, part)})
+    return out
+
+
+def existing_hashes(con: sqlite3.Connection, hashes: list[str]) -> dict[str, int]:
+    out = {}
+    for i in range(0, len(hashes), 900):
+        part = hashes[i:i + 900]
+        q = f"SELECT hash, id FROM tiles WHERE hash IN ({','.join('?' * len(part))})"
+        out.update({r["hash"]: r["id"] for r in con.execute(q, part)})
+    return out
+
+
+def live_ids(con: sqlite3.Connection):
+    import numpy as np
+    return np.fromiter((r[0] for r in con.execute("SELECT id FROM tiles ORDER BY id")), dtype=np.int64)
+
+
+def record_error(con: sqlite3.Connection, source: str, reason: str) -> None:
+    con.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (source, reason, time.time()))

@@ -1,0 +1,128 @@
+"""Decode any image Pillow reads into a normalised 8-bit sRGB picture, and make tiles from it.
+
+Policy (the same for ingest and for rendering from originals):
+EXIF orientation applied; an embedded ICC profile converted to sRGB; alpha composited on the
+background colour; grey, palette, CMYK, 16-bit and float modes converted to 8-bit RGB;
+square tiles are the centre crop of the shorter side (nothing is stretched or padded).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps
+
+from ..errors import ImageError
+from ..features import lab_features, samples_per_side
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, not grey half-images
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    background: tuple[int, int, int] = (255, 255, 255)
+    max_pixels: int = 256_000_000  # larger images are refused as decompression bombs
+
+
+def _to_rgb(img: Image.Image, background) -> Image.Image:
+    icc = img.info.get("icc_profile")
+    if icc and img.mode in ("RGB", "RGBA", "CMYK", "L"):
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+            img = ImageCms.profileToProfile(img, src, _SRGB, outputMode=out_mode)
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: fall back to Pillow's plain conversion below
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.int64)
+        top = 65535 if a.max(initial=0) > 255 else 255
+        img = Image.fromarray((np.clip(a, 0, top) * 255 // top).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
+        img = Image.fromarray(np.clip(np.nan_to_num(a) * scale, 0, 255).astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int = 0) -> tuple[Image.Image, tuple[int, int], str]:
+    """Decode `data` -> (normalised RGB image, original (width, height), format).
+
+    `min_side` > 0 lets JPEG decode at a reduced scale while keeping the short side >= min_side.
+    Raises ImageError with a short reason for anything that is not a readable, sane image.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > opts.max_pixels:
+                raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
+            fmt = img.format or "unknown"
+            if min_side and fmt == "JPEG":
+                s = min_side / min(w, h)
+                img.draft("RGB", (max(1, int(w * s + 1)), max(1, int(h * s + 1))))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img, opts.background)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"decompression bomb: {e}") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError("not an image Pillow can read") from None
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as e:
+            raise ImageError(f"corrupt or truncated image: {e}") from None
+    if min(img.size) < 1:
+        raise ImageError("image has no pixels")
+    return img, (w, h), fmt
+
+
+def center_square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def square_resize(img: Image.Image, size: int) -> Image.Image:
+    """Centre-square `img` and resample it to size x size (Lanczos, with a box pre-reduction)."""
+    sq = center_square(img)
+    if sq.size[0] == size:
+        return sq
+    return sq.resize((size, size), Image.LANCZOS, reducing_gap=2.0)
+
+
+def make_thumbnails(img: Image.Image, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Square thumbnails at each size (ascending powers of two): the largest from the image,
+    each smaller one by a 2x box reduction of the next, which is fast and alias-free."""
+    out = [None] * len(sizes)
+    cur = square_resize(img, sizes[-1])
+    out[-1] = np.asarray(cur)
+    for i in range(len(sizes) - 2, -1, -1):
+        cur = cur.reduce(sizes[i + 1] // sizes[i])
+        out[i] = np.asarray(cur)
+    return out
+
+
+def tile_features(thumbs: list[np.ndarray], sizes: tuple[int, ...], grid: int, mean_weight: float) -> np.ndarray:
+    """Features of a batch of tiles from their thumbnails (list over sizes of (N, s, s, 3))."""
+    s = samples_per_side(grid)
+    if s in sizes:
+        blocks = thumbs[sizes.index(s)]
+    else:
+        import cv2
+        src = thumbs[-1]
+        blocks = np.stack([cv2.resize(t, (s, s), interpolation=cv2.INTER_AREA) for t in src])
+    return lab_features(blocks, grid, mean_weight)

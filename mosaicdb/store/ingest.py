@@ -1,0 +1,246 @@
+"""Ingest: sources (folders, files, zip/tar archives) -> decoded tiles -> catalog + arrays.
+
+Workers are picklable functions `chunk -> ChunkResult` run in a process pool; the parent is
+the only writer. Per chunk it writes the array rows first and commits the catalog after, so a
+kill at any moment leaves a consistent database and a rerun picks up where it stopped.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import tarfile
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+import multiprocessing as mp
+
+import numpy as np
+
+from ..errors import ImageError, UsageError
+from .decode import DecodeOptions, make_thumbnails, open_image, tile_features
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF": "tif", "BMP": "bmp"}
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str          # unique name: the absolute path, or "archive!member"
+    kind: str         # file | zip | tar | bytes
+    path: str         # the file or archive on disk
+    member: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    db_path: str
+    link: bool
+    thumb_sizes: tuple[int, ...]
+    feature_grid: int
+    mean_weight: float
+    decode: DecodeOptions
+
+
+@dataclass
+class ChunkResult:
+    ok: list = field(default_factory=list)        # (Source, hash, blob, w, h, fmt, provenance)
+    thumbs: list = field(default_factory=list)    # per size: (n_ok, s, s, 3) uint8
+    features: np.ndarray | None = None            # (n_ok, D) float32
+    errors: list = field(default_factory=list)    # (Source, reason)
+
+
+def is_archive(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def enumerate_sources(paths, exclude: Path | None = None):
+    """Yield Source for every file under `paths` (folders recursively, in sorted order; dot
+    files skipped) and every member of zip/tar archives. Missing paths raise UsageError."""
+    for p in paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"source {p} does not exist: give an image file, folder, zip or tar archive")
+    excl = str(exclude.resolve()) + os.sep if exclude else None
+    for p in paths:
+        p = os.path.abspath(p)
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                if excl and (root + os.sep).startswith(excl):
+                    dirs[:] = []
+                    continue
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield from _file_sources(os.path.join(root, name))
+        else:
+            yield from _file_sources(p)
+
+
+def _file_sources(path: str):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        yield Source(path, "file", path, "", -1, -1), f"unreadable: {e.strerror}"
+        return
+    if is_archive(path):
+        yield from _archive_sources(path, st)
+    else:
+        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns), None
+
+
+def _archive_sources(path: str, st):
+    try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as z:
+                for info in sorted(z.infolist(), key=lambda i: i.filename):
+                    if not info.is_dir() and not os.path.basename(info.filename).startswith("."):
+                        yield Source(f"{path}!{info.filename}", "zip", path, info.filename,
+                                     info.file_size, st.st_mtime_ns), None
+        else:
+            with tarfile.open(path, "r:*") as t:
+                for m in t:
+                    if m.isfile() and not os.path.basename(m.name).startswith("."):
+                        yield Source(f"{path}!{m.name}", "tar", path, m.name, m.size, st.st_mtime_ns), None
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
+        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns), f"unreadable archive: {e}"
+
+
+def blob_relpath(digest: str, fmt: str) -> str:
+    return f"originals/{digest[:2]}/{digest}.{_EXT.get(fmt, fmt.lower() or 'bin')}"
+
+
+def _write_blob(db_path: str, rel: str, data: bytes) -> None:
+    dest = os.path.join(db_path, rel)
+    if os.path.exists(dest):
+        return
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, dest)
+
+
+_zip_cache: dict[str, zipfile.ZipFile] = {}
+
+
+def _read(src: Source, payload: bytes | None) -> bytes:
+    if payload is not None:
+        return payload
+    if src.kind == "zip":
+        z = _zip_cache.get(src.path)
+        if z is None:
+            z = _zip_cache[src.path] = zipfile.ZipFile(src.path)
+        return z.read(src.member)
+    with open(src.path, "rb") as f:
+        return f.read()
+
+
+def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
+    """Decode a chunk of (Source, payload-or-None, provenance) into thumbnails and features."""
+    res = ChunkResult()
+    thumbs = [[] for _ in cfg.thumb_sizes]
+    for src, payload, prov in chunk:
+        try:
+            try:
+                data = _read(src, payload)
+            except (OSError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+                raise ImageError(f"unreadable: {getattr(e, 'strerror', None) or e}") from None
+            img, (w, h), fmt = open_image(data, cfg.decode, min_side=cfg.thumb_sizes[-1])
+            ts = make_thumbnails(img, cfg.thumb_sizes)
+            digest = hashlib.sha256(data).hexdigest()
+            if cfg.link and src.kind == "file":
+                blob = src.path
+            else:
+                blob = blob_relpath(digest, fmt)
+                _write_blob(cfg.db_path, blob, data)
+        except ImageError as e:
+            res.errors.append((src, str(e)))
+            continue
+        for lst, t in zip(thumbs, ts):
+            lst.append(t)
+        res.ok.append((src, digest, blob, w, h, fmt, prov))
+    if res.ok:
+        res.thumbs = [np.stack(t) for t in thumbs]
+        res.features = tile_features(res.thumbs, cfg.thumb_sizes, cfg.feature_grid, cfg.mean_weight)
+    return res
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    duplicates: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    new_ids: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.added / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.added} added, {self.skipped} skipped (mosaic db errors), "
+                f"{self.duplicates} duplicates, {self.unchanged} unchanged in {self.seconds:.1f} s"
+                f" ({rate:.0f} tiles/s)")
+
+
+def _pool(workers: int):
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def run_chunks(chunks, cfg: WorkerConfig, workers: int):
+    """Yield (chunk, ChunkResult) in order, with a bounded number of chunks in flight."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield chunk, process_chunk(chunk, cfg)
+        return
+    with _pool(workers) as ex:
+        pending = collections.deque()
+        for chunk in chunks:
+            pending.append((chunk, ex.submit(process_chunk, chunk, cfg)))
+            if len(pending) >= 3 * workers:
+                c, f = pending.popleft()
+                yield c, f.result()
+        while pending:
+            c, f = pending.popleft()
+            yield c, f.result()
+
+
+def chunked(items, size: int):
+    buf = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def with_payloads(sources):
+    """Attach bytes to tar members (read here, in order, so a compressed tar is read once)."""
+    open_tars: dict[str, tarfile.TarFile] = {}
+    members: dict[str, dict] = {}
+    try:
+        for src in sources:
+            if src.kind != "tar":
+                yield src, None
+                continue
+            t = open_tars.get(src.path)
+            if t is None:
+                t = open_tars[src.path] = tarfile.open(src.path, "r:*")
+                members[src.path] = {m.name: m for m in t.getmembers()}
+            try:
+                f = t.extractfile(members[src.path][src.member])
+                yield src, f.read() if f else b""
+            except (tarfile.TarError, OSError, EOFError, KeyError):
+                yield src, b""
+    finally:
+        for t in open_tars.values():
+            t.close()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,40 @@
+"""One writer at a time: an exclusive flock on DB/lock, released by the kernel even on kill -9."""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+from ..errors import DatabaseLocked
+
+
+class WriteLock:
+    def __init__(self, db_path: Path):
+        self.path = Path(db_path) / "lock"
+        self._fd = None
+        self._depth = 0
+
+    def __enter__(self):
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 400).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                raise DatabaseLocked(f"database {self.path.parent} is busy: {holder} is writing to it; "
+                                     "wait for it to finish or stop it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode())
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
