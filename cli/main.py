@@ -7,6 +7,7 @@ from mosaicdb import __version__
 
 from .common import MosaicGroup, setup_logging
 from .db import db_group
+from .make import eval_cmd, make_cmd, render_cmd
 
 
 @click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +25,9 @@ def cli(debug, verbose):
 
 
 cli.add_command(db_group)
+cli.add_command(make_cmd)
+cli.add_command(render_cmd)
+cli.add_command(eval_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""The target's grid of square cells, and each cell's features and colour statistics.
+
+Crop policy: cells are square. `--grid N` puts N cells across the long side and as many
+whole cells as fit across the short side; `--grid CxR` fixes both. Either way the target is
+centre-cropped to the grid's aspect (by less than one cell with `N`), never stretched or padded.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import ImageError, UsageError
+from ..features import cell_blocks, lab_features, samples_per_side
+from ..store.decode import DecodeOptions, open_image
+
+MAX_CELLS = 1 << 22  # 2048 x 2048 cells
+
+
+@dataclass(frozen=True)
+class Grid:
+    cols: int
+    rows: int
+    crop: tuple[int, int, int, int]  # left, top, right, bottom in target pixels
+
+    @property
+    def cells(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def cell_px(self) -> float:
+        return (self.crop[2] - self.crop[0]) / self.cols
+
+
+def parse_grid(spec: str) -> tuple[int, int | None]:
+    """'128' -> (128, None); '128x96' -> (128, 96) as (cols, rows)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", str(spec))
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise UsageError(f"--grid takes N (cells across the long side) or COLSxROWS, e.g. 128 or 128x96; got {spec!r}")
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
+
+
+def make_grid(width: int, height: int, spec: str) -> Grid:
+    a, b = parse_grid(spec)
+    if b is None:
+        long_, short = max(width, height), min(width, height)
+        cell = long_ / a
+        n_short = max(1, int(short / cell + 1e-6))
+        short_px = min(short, max(1, round(n_short * cell)))
+        cols, rows = (a, n_short) if width >= height else (n_short, a)
+        cw, ch = (long_, short_px) if width >= height else (short_px, long_)
+    else:
+        cols, rows = a, b
+        if width * rows >= height * cols:
+            ch, cw = height, max(1, round(height * cols / rows))
+        else:
+            cw, ch = width, max(1, round(width * rows / cols))
+    if cols * rows > MAX_CELLS:
+        raise UsageError(f"--grid {spec} gives {cols}x{rows} = {cols * rows:,} cells; the limit is {MAX_CELLS:,}")
+    left, top = (width - cw) // 2, (height - ch) // 2
+    return Grid(cols, rows, (left, top, left + cw, top + ch))
+
+
+@dataclass
+class Target:
+    path: str
+    sha256: str
+    image: np.ndarray  # full RGB uint8 (H, W, 3), EXIF/colour normalised
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[1], self.image.shape[0]
+
+
+def load_target(path) -> Target:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise UsageError(f"target {p} is a folder; give image files (or the folder to `mosaic make`)") from None
+    except OSError as e:
+        raise ImageError(f"cannot read target {p}: {e.strerror}") from None
+    try:
+        img, _, _ = open_image(data, DecodeOptions(max_pixels=1_000_000_000))
+    except ImageError as e:
+        raise ImageError(f"target {p}: {e}") from None
+    return Target(str(p.resolve()), hashlib.sha256(data).hexdigest(), np.asarray(img))
+
+
+def resample_cells(image: np.ndarray, grid: Grid, px: int) -> np.ndarray:
+    """The cropped target resampled so every cell is px x px: (rows*px, cols*px, 3)."""
+    l, t, r, b = grid.crop
+    crop = image[t:b, l:r]
+    size = (grid.cols * px, grid.rows * px)
+    interp = cv2.INTER_AREA if size[0] <= crop.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp)
+
+
+@dataclass
+class CellData:
+    features: np.ndarray  # (cells, D) float32, row-major
+    mean: np.ndarray      # (rows, cols, 3) float32 RGB mean
+    std: np.ndarray       # (rows, cols, 3) float32 RGB std
+
+
+def cell_data(image: np.ndarray, grid: Grid, feature_grid: int, mean_weight: float) -> CellData:
+    s = samples_per_side(feature_grid)
+    samples = resample_cells(image, grid, s)
+    blocks = cell_blocks(samples, grid.rows, grid.cols)
+    feats = lab_features(blocks, feature_grid, mean_weight)
+    f = blocks.reshape(grid.rows, grid.cols, s * s, 3).astype(np.float32)
+    return CellData(feats, f.mean(axis=2), f.std(axis=2))

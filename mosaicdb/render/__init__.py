@@ -1,0 +1,1 @@
+"""Assignment -> pixels: tile sources, row bands with colour transfer, and output writers."""
