@@ -7,6 +7,7 @@ from mosaicdb import __version__
 
 from .common import MosaicGroup, setup_logging
 from .db import db_group
+from .demo import demo_cmd
 from .make import eval_cmd, make_cmd, render_cmd
 
 
@@ -28,6 +29,7 @@ cli.add_command(db_group)
 cli.add_command(make_cmd)
 cli.add_command(render_cmd)
 cli.add_command(eval_cmd)
+cli.add_command(demo_cmd)
 
 
 def main() -> None:
