@@ -9,6 +9,7 @@ from .common import MosaicGroup, setup_logging
 from .db import db_group
 from .demo import demo_cmd
 from .make import eval_cmd, make_cmd, render_cmd
+from .plan import plan_cmd
 
 
 @click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ cli.add_command(make_cmd)
 cli.add_command(render_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(plan_cmd)
 
 
 def main() -> None:

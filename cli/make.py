@@ -11,9 +11,24 @@ from mosaicdb import assignment as asg
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.errors import UsageError
 from mosaicdb.make import Maker, expand_targets, output_paths, render_saved
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.options import MatchOptions, RenderOptions, resolve_print_size
+from mosaicdb.units import human_bytes, parse_bytes
 
 from .common import echo_json, info, json_option, quiet_option
+
+
+def output_options(f):
+    """Pyramid/print options shared by make, render and plan."""
+    f = click.option("--cache", default="512M", show_default=True,
+                     help="Memory for decoded originals (tiles larger than the biggest thumbnail).")(f)
+    f = click.option("--workers", default=0, help="Render/encode threads [default: CPU count].")(f)
+    f = click.option("--print-size", default=None,
+                     help="Physical size, e.g. 120cm (long side), 48in or 120x80cm: with --dpi fixes the pixels.")(f)
+    f = click.option("--dpi", type=float, default=None, help="Print resolution [with --print-size: default 300].")(f)
+    f = click.option("--ome", is_flag=True, help="TIFF: reduced levels as SubIFDs (Bio-Formats/QuPath) instead of pages.")(f)
+    f = click.option("--codec", type=click.Choice(["jpeg", "deflate", "zstd", "none"]), default="jpeg",
+                     show_default=True, help="Tile compression of .tif/.dzi outputs.")(f)
+    return f
 
 
 def render_options(f):
@@ -26,13 +41,21 @@ def render_options(f):
     return f
 
 
+def print_geometry(grid, tile_px, dpi, print_size):
+    """Grid, tile px and dpi from --print-size/--dpi, or the plain defaults."""
+    if print_size:
+        spec = resolve_print_size(print_size, dpi, grid, tile_px)
+        return spec.grid, spec.tile_px, spec.dpi
+    return grid or "64", tile_px or 32, dpi
+
+
 @click.command("make")
 @click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Tile database folder.")
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp), or a folder for several targets.")
-@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp"]), default="jpg", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp", "tif", "dzi"]), default="jpg", show_default=True,
               help="Output type when --out is a folder.")
-@click.option("--grid", default="64", show_default=True, help="Cells across the long side (N) or COLSxROWS.")
+@click.option("--grid", default=None, help="Cells across the long side (N) or COLSxROWS [default: 64].")
 @click.option("-k", "--candidates", "k", default=32, show_default=True, help="Nearest tiles considered per cell (widened when all are excluded).")
 @click.option("--min-distance", type=int, default=None, help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
@@ -41,24 +64,33 @@ def render_options(f):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
-@click.option("--tile-px", default=32, show_default=True, help="Pixels per tile side in the output.")
+@click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @render_options
+@output_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, quiet, as_json):
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
     (OUT.metrics.json). The database and index load once for all targets.
 
+    A .tif OUT is a tiled pyramidal BigTIFF (any size, memory stays flat); .dzi a DeepZoom
+    folder; .png streams; .jpg/.webp are for small outputs.
+
     Example:
 
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
+
+        mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
     """
+    grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
-    ropts = RenderOptions(tile_px=tile_px, color=color or "none", color_strength=color_strength, quality=quality)
+    ropts = RenderOptions(tile_px=tile_px, color=color or "none", color_strength=color_strength, quality=quality,
+                          codec=codec, ome=ome, dpi=dpi, workers=workers, cache_bytes=parse_bytes(cache))
+    ropts.validate()
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
     if len(outs) > 1 or not Path(out).suffix:
@@ -93,8 +125,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
 @click.option("--db", "db_path", type=click.Path(file_okay=False), default=None, help="Tile database [default: the one saved in the assignment].")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
 @render_options
+@output_options
 @quiet_option
-def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality, quiet):
+def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality, codec, ome, dpi, print_size,
+               workers, cache, quiet):
     """Render a saved ASSIGNMENT again (no matching), e.g. at another tile size.
 
     ASSIGNMENT is OUT.mosaic.json (or .npz, or the image it came with).
@@ -102,15 +136,22 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
     Example:
 
         mosaic render mosaic.mosaic.json --tile-px 64 --out big.png
+
+        mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
     """
     saved = asg.load(assignment)
     r0 = saved.meta.get("render", {})
+    if print_size:
+        spec = resolve_print_size(print_size, dpi, f"{saved.cols}x{saved.rows}", None)
+        tile_px, dpi = spec.tile_px, spec.dpi
     ropts = RenderOptions(tile_px=tile_px or r0.get("tile_px", 32), color=color or r0.get("color", "none"),
                           color_strength=color_strength if color else r0.get("color_strength", color_strength),
-                          quality=quality)
+                          quality=quality, codec=codec, ome=ome, dpi=dpi, workers=workers,
+                          cache_bytes=parse_bytes(cache))
     with TileDB.open(db_path or saved.meta["db"], readonly=True) as db:
-        path = render_saved(db, saved, out, ropts, progress=not quiet)
-    click.echo(str(path))
+        written = render_saved(db, saved, out, ropts, progress=not quiet)
+    info(quiet, f"{written['kind']}: {human_bytes(written['bytes'])} in {written['seconds']:.1f} s")
+    click.echo(str(written["path"]))
 
 
 @click.command("eval")

@@ -17,8 +17,8 @@ from .evaluate import evaluate
 from .match.grid import cell_data, load_target, make_grid
 from .match.matcher import match
 from .options import MatchOptions, RenderOptions
-from .render.raster import check_raster, raster_format, write_raster
-from .render.rows import check_tiles_present, iter_rows, render_array
+from .render.output import check_space, output_kind, plan_output, write_output
+from .render.rows import render_array
 
 EVAL_MAX_PIXELS = 64_000_000
 
@@ -94,13 +94,10 @@ class Maker:
     def make(self, target_path, out) -> MakeResult:
         t0 = time.perf_counter()
         out = Path(out)
-        raster_format(out)
-        if not out.parent.is_dir():
-            raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+        output_kind(out)
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid)
-        px = self.ropts.tile_px
-        check_raster(out, grid.cols * px, grid.rows * px)
+        check_space(out, plan_output(out, grid.cols, grid.rows, self.ropts))
         warnings = []
         if grid.cell_px < 1:
             warnings.append(f"--grid {self.mopts.grid} is finer than {Path(target_path).name} "
@@ -125,7 +122,7 @@ class Maker:
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost,
                                     cells.mean, cells.std)
         jpath, _ = asg.save(out, saved)
-        self._write(saved, out, target.image)
+        written = write_output(self.db, saved, out, self.ropts, target.image, self.progress)
         t4 = time.perf_counter()
         metrics = metrics_for(self.db, saved, target.image, self.ropts)
         t5 = time.perf_counter()
@@ -133,35 +130,16 @@ class Maker:
                    "render": t4 - t3, "evaluate": t5 - t4, "total": t5 - t0}
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
+        metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
         mpath = asg.metrics_path(out)
         asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, seconds)
 
-    def _write(self, saved, out: Path, target_img) -> None:
-        render_to(self.db, saved, out, self.ropts, target_img, self.progress)
 
-
-def render_to(db, saved, out, ropts: RenderOptions, target_img=None, progress: bool = False) -> None:
-    from tqdm import tqdm
-    ropts.validate()
-    px = ropts.tile_px
-    w, h = saved.cols * px, saved.rows * px
-    check_raster(out, w, h)
-    check_tiles_present(db, saved.tile_ids)
-    bar = tqdm(total=h, desc=f"render {Path(out).name}", unit="px rows", disable=not progress, leave=False)
-    try:
-        bands = iter_rows(db, saved, px, ropts.color, ropts.color_strength, target_img)
-        write_raster(out, bands, w, h, ropts.quality, on_band=bar.update)
-    finally:
-        bar.close()
-
-
-def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> Path:
+def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> dict:
     """Re-render a saved assignment (no matching) to `out`."""
-    out = Path(out)
-    raster_format(out)
-    render_to(db, saved, out, ropts, None, progress)
-    return out
+    ropts.validate()
+    return write_output(db, saved, Path(out), ropts, None, progress)
 
 
 def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:

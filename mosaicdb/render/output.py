@@ -1,0 +1,141 @@
+"""Output dispatch: the file suffix picks the writer; sizes, disk space and limits are checked
+before any work; everything is written under a temporary name and renamed at the end."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..assignment import write_atomic
+from ..errors import RenderError, UsageError
+from ..units import human_bytes
+from .codecs import get_codec
+from .pyramid import TILE, PyramidRenderer, plan_levels
+from .raster import FORMATS as RASTER, check_raster, write_raster
+
+KINDS = {**{s: "raster" for s in RASTER}, ".tif": "tiff", ".tiff": "tiff", ".dzi": "dzi"}
+TIFF_MAX_SIDE = 2 ** 32 - 1
+PNG_BYTES_PER_PX = 1.5
+
+
+def output_kind(path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in KINDS:
+        raise UsageError(f"--out {path}: unknown output type {suffix or '(none)'}; use one of "
+                         f"{', '.join(sorted(KINDS))}")
+    return KINDS[suffix]
+
+
+@dataclass
+class Plan:
+    kind: str
+    width: int
+    height: int
+    cols: int
+    rows: int
+    tile_px: int
+    levels: list = field(default_factory=list)   # [(width, height, cell_px or None)]
+    tiles: int = 0
+    pixels: int = 0
+    est_bytes: int = 0
+    est_seconds: float = 0.0
+    free_bytes: int = 0
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _encode_rate(codec, workers: int) -> float:
+    """Pixels per second this machine encodes with `codec` (a quick measurement on mosaic-like
+    tiles), times the worker count."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    tile = np.kron(base, np.ones((16, 16, 1), np.uint8))  # blocky, like a mosaic
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < 0.1:
+        codec.encode(tile)
+        n += 1
+    return n * TILE * TILE / (time.perf_counter() - t0) * max(1, workers)
+
+
+def plan_output(path, cols: int, rows: int, ropts) -> Plan:
+    """What writing `path` at ropts.tile_px would produce; raises before any work if impossible."""
+    path = Path(path)
+    kind = output_kind(path)
+    T = ropts.tile_px
+    W, H = cols * T, rows * T
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"--out {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {path}: folder {parent} is not writable")
+    plan = Plan(kind, W, H, cols, rows, T, free_bytes=shutil.disk_usage(parent).free)
+    workers = ropts.resolved_workers()
+    if kind == "raster":
+        check_raster(path, W, H)
+        plan.pixels = W * H
+        plan.levels = [(W, H, T)]
+        fmt = RASTER[path.suffix.lower()]
+        plan.est_bytes = int(plan.pixels * (PNG_BYTES_PER_PX if fmt == "PNG" else 0.35))
+        plan.est_seconds = plan.pixels / (40e6 if fmt == "PNG" else 120e6)
+        return plan
+    if max(W, H) > TIFF_MAX_SIDE:
+        raise RenderError(f"--out {path}: {W}x{H} px is beyond the TIFF limit of {TIFF_MAX_SIDE} px a side")
+    levels, _ = plan_levels(cols, rows, T, stop=TILE if kind == "tiff" else 1)
+    codec = get_codec(ropts.codec, ropts.quality)
+    plan.levels = [(lv.width, lv.height, lv.cell_px) for lv in levels]
+    plan.tiles = sum(lv.n_tiles for lv in levels)
+    plan.pixels = sum(lv.width * lv.height for lv in levels)
+    plan.est_bytes = int(plan.pixels * codec.bytes_per_px) + 64 * plan.tiles
+    plan.est_seconds = plan.pixels / _encode_rate(codec, workers) * 3.0
+    return plan
+
+
+def check_space(path, plan: Plan) -> None:
+    need = int(plan.est_bytes * 1.2)
+    if need > plan.free_bytes:
+        raise RenderError(f"--out {path}: needs about {human_bytes(need)}, only {human_bytes(plan.free_bytes)} "
+                          f"free on {Path(path).parent or '.'}; free space or write elsewhere")
+
+
+def write_output(db, saved, path, ropts, target=None, progress: bool = False) -> dict:
+    """Render `saved` to `path` (type from the suffix). Returns what was written."""
+    from tqdm import tqdm
+    from .cells import check_tiles_present
+    path = Path(path)
+    plan = plan_output(path, saved.cols, saved.rows, ropts)
+    check_space(path, plan)
+    check_tiles_present(db, saved.tile_ids)
+    t0 = time.perf_counter()
+    if plan.kind == "raster":
+        from .rows import iter_rows
+        bar = tqdm(total=plan.height, desc=f"render {path.name}", unit="px rows", disable=not progress, leave=False)
+        with bar:
+            write_raster(path, iter_rows(db, saved, ropts.tile_px, ropts.color, ropts.color_strength, target),
+                         plan.width, plan.height, ropts.quality, on_band=bar.update)
+        return {"kind": "raster", "path": str(path), "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
+    codec = get_codec(ropts.codec, ropts.quality)
+    pyr = PyramidRenderer(db, saved, ropts.tile_px, ropts.color, ropts.color_strength,
+                          stop=TILE if plan.kind == "tiff" else 1, workers=ropts.resolved_workers(),
+                          cache_bytes=ropts.cache_bytes, target=target)
+    bar = tqdm(total=pyr.total_tiles, desc=f"render {path.name}", unit="tile", disable=not progress,
+               smoothing=0.05, dynamic_ncols=True)
+    with bar:
+        if plan.kind == "tiff":
+            from .tiff import write_pyramid_tiff
+            write_atomic(path, lambda tmp: write_pyramid_tiff(pyr, tmp, codec, ome=ropts.ome, dpi=ropts.dpi,
+                                                              on_tile=bar.update))
+        else:
+            from .dzi import dzi_files_dir, write_dzi
+            write_dzi(pyr, path, codec, ropts.quality, on_tile=bar.update)
+    size = path.stat().st_size
+    if plan.kind == "dzi":
+        size += sum(f.stat().st_size for f in dzi_files_dir(path).rglob("*") if f.is_file())
+    return {"kind": plan.kind, "path": str(path), "bytes": size, "seconds": time.perf_counter() - t0,
+            "levels": plan.levels, "tiles": plan.tiles, "original_decodes": pyr.cells.cache.decodes,
+            "reused_tile_bytes": pyr.bytes_cache.hits}

@@ -1,0 +1,194 @@
+"""Pyramid levels rendered straight from the assignment, block by block.
+
+Level k is the mosaic at cell size T/2^k. While that is a whole number of pixels (>= 4), the
+level is rendered directly from thumbnails/originals, one block of 256 x BLOCK_W pixels at a
+time, so no level is ever held whole and memory does not depend on the output size. The
+remaining small levels (cells of a few pixels, a few hundred to a few thousand pixels in all)
+are area-resampled in RAM from one small render.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..errors import RenderError
+from .cells import CellRenderer, PixelCache
+
+TILE = 256
+BLOCK_W = 16 * TILE     # pixels per render task: memory per task is fixed, whatever the width
+DIRECT_MIN_PX = 4
+SMALL_MAX_PIXELS = 64_000_000
+
+
+@dataclass(frozen=True)
+class Level:
+    index: int
+    width: int
+    height: int
+    cell_px: int | None   # rendered directly at this many px per cell; None: resampled in RAM
+
+    @property
+    def tiles_across(self) -> int:
+        return -(-self.width // TILE)
+
+    @property
+    def tiles_down(self) -> int:
+        return -(-self.height // TILE)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.tiles_across * self.tiles_down
+
+
+def plan_levels(cols: int, rows: int, tile_px: int, stop: int = TILE) -> tuple[list[Level], int]:
+    """Levels from full size down to the first whose long side is <= stop, and the px per
+    cell of the small in-RAM render the non-direct levels are resampled from (0 if none)."""
+    W, H = cols * tile_px, rows * tile_px
+    levels, k = [], 0
+    while True:
+        w, h = max(1, -(-W // 2 ** k)), max(1, -(-H // 2 ** k))
+        t = tile_px / 2 ** k
+        direct = t == int(t) and t >= DIRECT_MIN_PX
+        levels.append(Level(k, w, h, int(t) if direct else None))
+        if max(w, h) <= stop:
+            break
+        k += 1
+    small = [lv for lv in levels if lv.cell_px is None]
+    small_px = 0
+    if small:
+        need = max(small[0].width / cols, 1.0)
+        small_px = 2 ** math.ceil(math.log2(need))
+        if cols * rows * small_px ** 2 > SMALL_MAX_PIXELS:
+            raise RenderError(f"--tile-px {tile_px} halves to a fraction of a pixel at level {small[0].index}; "
+                              f"use a tile size divisible by a larger power of two (e.g. {2 ** max(2, round(math.log2(tile_px)))})")
+    return levels, small_px
+
+
+class BytesCache:
+    """Encoded tiles by tile id, for levels where one mosaic tile is exactly one output tile."""
+
+    def __init__(self, budget: int = 128 << 20):
+        self.budget, self._bytes = budget, 0
+        self._lru: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key):
+        with self._lock:
+            v = self._lru.get(key)
+            if v is not None:
+                self._lru.move_to_end(key)
+                self.hits += 1
+            return v
+
+    def put(self, key, value: bytes) -> None:
+        with self._lock:
+            if key not in self._lru:
+                self._lru[key] = value
+                self._bytes += len(value)
+            while self._bytes > self.budget and len(self._lru) > 1:
+                _, old = self._lru.popitem(last=False)
+                self._bytes -= len(old)
+
+
+class PyramidRenderer:
+    """Yields every level's tiles in row-major order, as pixels or encoded bytes."""
+
+    def __init__(self, db, saved, tile_px: int, color: str, strength: float, *, stop: int = TILE,
+                 workers: int = 2, cache_bytes: int = 512 << 20, target=None):
+        self.saved, self.T = saved, tile_px
+        self.levels, self.small_px = plan_levels(saved.cols, saved.rows, tile_px, stop)
+        big = tuple(lv.cell_px for lv in self.levels if lv.cell_px and lv.cell_px > max(db.thumb_sizes))
+        self.cells = CellRenderer(db, saved, color, strength, target, PixelCache(db, big, cache_bytes))
+        self.reuse = color == "none"
+        self.bytes_cache = BytesCache()
+        self.workers = max(1, workers)
+        self._small = None
+
+    @property
+    def total_tiles(self) -> int:
+        return sum(lv.n_tiles for lv in self.levels)
+
+    def _small_level(self, lv: Level) -> np.ndarray:
+        if self._small is None:
+            s = self.saved
+            self._small = self.cells.region(0, s.rows, 0, s.cols, self.small_px)
+        if self._small.shape[1] == lv.width and self._small.shape[0] == lv.height:
+            return self._small
+        return cv2.resize(self._small, (lv.width, lv.height), interpolation=cv2.INTER_AREA)
+
+    def level_array(self, lv: Level) -> np.ndarray:
+        """A whole level in memory: for the small levels, and for tests' reference renders."""
+        if lv.cell_px is None:
+            return self._small_level(lv)
+        return self.cells.region(0, self.saved.rows, 0, self.saved.cols, lv.cell_px)
+
+    def block(self, lv: Level, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Pixels [y0, y1) x [x0, x1) of a directly rendered level."""
+        t = lv.cell_px
+        r0, r1 = y0 // t, -(-y1 // t)
+        c0, c1 = x0 // t, -(-x1 // t)
+        reg = self.cells.region(r0, r1, c0, c1, t)
+        return reg[y0 - r0 * t:y1 - r0 * t, x0 - c0 * t:x1 - c0 * t]
+
+    def _task(self, lv: Level, ty: int, tx0: int, tx1: int, encode, pad: bool):
+        """Encoded tiles (ty, tx0..tx1) of a level: one render task."""
+        y0, y1 = ty * TILE, min(lv.height, (ty + 1) * TILE)
+        x0, x1 = tx0 * TILE, min(lv.width, tx1 * TILE)
+        if self.reuse and lv.cell_px == TILE:
+            out = []
+            for tx in range(tx0, tx1):
+                tid = int(self.saved.tile_ids[ty, tx])
+                b = self.bytes_cache.get(tid)
+                if b is None:
+                    b = encode(self.cells.tiles(np.array([tid]), TILE)[0])
+                    self.bytes_cache.put(tid, b)
+                out.append(b)
+            return out
+        if lv.cell_px is None:
+            pix = self._small_level(lv)[y0:y1, x0:x1]
+        else:
+            pix = self.block(lv, y0, x0, y1, x1)
+        out = []
+        for tx in range(tx0, tx1):
+            a = pix[:, (tx - tx0) * TILE:(tx - tx0 + 1) * TILE]
+            if pad and a.shape[:2] != (TILE, TILE):
+                full = np.zeros((TILE, TILE, 3), np.uint8)
+                full[:a.shape[0], :a.shape[1]] = a
+                a = full
+            out.append(encode(np.ascontiguousarray(a)))
+        return out
+
+    def encoded_tiles(self, lv: Level, encode, pad: bool = True, on_tile=None):
+        """Yield the level's tiles, row-major, encoded by `encode(pixels) -> bytes`, rendered in
+        worker threads with a bounded number of tasks in flight."""
+        step = BLOCK_W // TILE
+        tasks = [(ty, tx, min(tx + step, lv.tiles_across)) for ty in range(lv.tiles_down)
+                 for tx in range(0, lv.tiles_across, step)]
+        if lv.cell_px is None:
+            self._small_level(lv)  # once, before threads share it
+        with ThreadPoolExecutor(self.workers) as ex:
+            pending = []
+            it = iter(tasks)
+            try:
+                for t in it:
+                    pending.append(ex.submit(self._task, lv, *t, encode, pad))
+                    if len(pending) > 2 * self.workers:
+                        for b in pending.pop(0).result():
+                            yield b
+                            if on_tile:
+                                on_tile()
+                for f in pending:
+                    for b in f.result():
+                        yield b
+                        if on_tile:
+                            on_tile()
+            finally:
+                for f in pending:
+                    f.cancel()
