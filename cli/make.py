@@ -11,7 +11,7 @@ from mosaicdb import assignment as asg
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.errors import UsageError
 from mosaicdb.make import Maker, expand_targets, output_paths, render_saved
-from mosaicdb.options import MatchOptions, RenderOptions, resolve_print_size
+from mosaicdb.options import MatchOptions, RenderOptions, print_for_grid, resolve_print_size
 from mosaicdb.units import human_bytes, parse_bytes
 
 from .common import echo_json, info, json_option, quiet_option
@@ -46,7 +46,7 @@ def print_geometry(grid, tile_px, dpi, print_size):
     if print_size:
         spec = resolve_print_size(print_size, dpi, grid, tile_px)
         return spec.grid, spec.tile_px, spec.dpi
-    return grid or "64", tile_px or 32, dpi
+    return (grid if grid is not None else "64"), (tile_px if tile_px is not None else 32), dpi
 
 
 @click.command("make")
@@ -93,11 +93,12 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts.validate()
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
-    if len(outs) > 1 or not Path(out).suffix:
-        Path(out).mkdir(parents=True, exist_ok=True)
     results = []
     with TileDB.open(db_path) as db:
         maker = Maker(db, mopts, ropts, progress=not quiet)
+        # only once the database and options passed: a failed run leaves no empty folder
+        if len(outs) > 1 or not Path(out).suffix:
+            Path(out).mkdir(parents=True, exist_ok=True)
         for t, o in zip(paths, outs):
             r = maker.make(t, o)
             for w in r.warnings:
@@ -142,9 +143,8 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
     saved = asg.load(assignment)
     r0 = saved.meta.get("render", {})
     if print_size:
-        spec = resolve_print_size(print_size, dpi, f"{saved.cols}x{saved.rows}", None)
-        tile_px, dpi = spec.tile_px, spec.dpi
-    ropts = RenderOptions(tile_px=tile_px or r0.get("tile_px", 32), color=color or r0.get("color", "none"),
+        tile_px, dpi = print_for_grid(print_size, dpi, saved.cols, saved.rows)
+    ropts = RenderOptions(tile_px=tile_px if tile_px is not None else r0.get("tile_px", 32), color=color or r0.get("color", "none"),
                           color_strength=color_strength if color else r0.get("color_strength", color_strength),
                           quality=quality, codec=codec, ome=ome, dpi=dpi, workers=workers,
                           cache_bytes=parse_bytes(cache))

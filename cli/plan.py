@@ -9,7 +9,7 @@ from PIL import Image
 from mosaicdb import assignment as asg
 from mosaicdb.errors import UsageError
 from mosaicdb.match.grid import make_grid, parse_grid
-from mosaicdb.options import RenderOptions
+from mosaicdb.options import RenderOptions, print_for_grid
 from mosaicdb.render.output import plan_output
 from mosaicdb.units import human_bytes, parse_bytes
 
@@ -39,7 +39,10 @@ def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, w
     if source and source.endswith((".mosaic.json", ".mosaic.npz")):
         saved = asg.load(source)
         grid = grid or f"{saved.cols}x{saved.rows}"
-        tile_px = tile_px or (None if print_size else saved.meta.get("render", {}).get("tile_px"))
+        if print_size:
+            tile_px, dpi = print_for_grid(print_size, dpi, saved.cols, saved.rows)
+            print_size = None
+        tile_px = tile_px or saved.meta.get("render", {}).get("tile_px")
     grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     if source and saved is None:
         with Image.open(source) as im:

@@ -104,3 +104,15 @@ def resolve_print_size(print_size: str, dpi: float | None, grid: str | None, til
     tile_px = tile_px or default_tile_px
     cols, rows = max(1, round(w_px / tile_px)), max(1, round(h_px / tile_px))
     return PrintSpec(f"{cols}x{rows}", int(tile_px), cols * tile_px / a, (a, b))
+
+
+def print_for_grid(print_size: str, dpi: float | None, cols: int, rows: int) -> tuple[int, float]:
+    """(tile px, effective dpi) that put an existing COLS x ROWS grid at --print-size: the
+    long side of the request sets the long side of the grid."""
+    from .units import parse_print_size
+    a, b = parse_print_size(print_size)
+    long_in = max(a, b or 0.0)
+    dpi = float(dpi or 300)
+    n = max(cols, rows)
+    tile_px = max(1, round(long_in * dpi / n))
+    return tile_px, n * tile_px / long_in

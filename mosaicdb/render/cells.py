@@ -37,41 +37,69 @@ def load_blend_target(saved) -> np.ndarray:
     return load_target(p).image
 
 
+class OnceLRU:
+    """A thread-safe LRU bounded in bytes whose values are made once per key, even when several
+    threads ask for the same missing key at the same time (the others wait for the first)."""
+
+    def __init__(self, budget: int, sizeof):
+        self.budget, self.sizeof = budget, sizeof
+        self._lru: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._inflight: dict = {}
+        self.made = 0
+        self.hits = 0
+
+    def get_or_make(self, key, make):
+        while True:
+            with self._lock:
+                if key in self._lru:
+                    self._lru.move_to_end(key)
+                    self.hits += 1
+                    return self._lru[key]
+                ev = self._inflight.get(key)
+                if ev is None:
+                    ev = self._inflight[key] = threading.Event()
+                    break
+            ev.wait()
+        try:
+            value = make()
+            with self._lock:
+                self.made += 1
+                self._lru[key] = value
+                self._bytes += self.sizeof(value)
+                while self._bytes > self.budget and len(self._lru) > 1:
+                    _, old = self._lru.popitem(last=False)
+                    self._bytes -= self.sizeof(old)
+            return value
+        finally:
+            with self._lock:
+                del self._inflight[key]
+            ev.set()
+
+
 class PixelCache:
-    """Tile pixels by (id, size) for sizes above the largest thumbnail: decoded from the original
-    once, every needed size made from that one decode, kept in a byte-bounded LRU."""
+    """Tile pixels for sizes above the largest thumbnail: each original is decoded once and every
+    size the render needs is made from that decode (each straight from the original, so a tile
+    looks the same whichever level asked first), kept in a byte-bounded LRU."""
 
     def __init__(self, db, sizes: tuple[int, ...], budget: int = 512 << 20):
         self.db = db
         self.sizes = tuple(sorted(set(sizes), reverse=True))
-        self.budget = budget
-        self._lru: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.decodes = 0
+        self._lru = OnceLRU(budget, lambda d: sum(a.nbytes for a in d.values()))
+
+    @property
+    def decodes(self) -> int:
+        return self._lru.made
 
     def get(self, tile_id: int, size: int) -> np.ndarray:
-        key = (tile_id, size)
-        with self._lock:
-            hit = self._lru.get(key)
-            if hit is not None:
-                self._lru.move_to_end(key)
-                return hit
-        img = self.db.load_original(tile_id)
-        made = {}
-        for s in self.sizes if size in self.sizes else (size,):
-            img = square_resize(img, s)
-            made[s] = np.asarray(img)
-        with self._lock:
-            self.decodes += 1
-            for s, a in made.items():
-                if (tile_id, s) not in self._lru:
-                    self._lru[(tile_id, s)] = a
-                    self._bytes += a.nbytes
-            while self._bytes > self.budget and len(self._lru) > 1:
-                _, old = self._lru.popitem(last=False)
-                self._bytes -= old.nbytes
-        return made[size]
+        sizes = self.sizes if size in self.sizes else (size,)
+
+        def make():
+            img = self.db.load_original(tile_id)
+            return {s: np.asarray(square_resize(img, s)) for s in sizes}
+
+        return self._lru.get_or_make((tile_id, sizes), make)[size]
 
 
 class CellRenderer:

@@ -9,8 +9,6 @@ are area-resampled in RAM from one small render.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..errors import RenderError
-from .cells import CellRenderer, PixelCache
+from .cells import CellRenderer, OnceLRU, PixelCache
 
 TILE = 256
 BLOCK_W = 16 * TILE     # pixels per render task: memory per task is fixed, whatever the width
@@ -70,33 +68,6 @@ def plan_levels(cols: int, rows: int, tile_px: int, stop: int = TILE) -> tuple[l
     return levels, small_px
 
 
-class BytesCache:
-    """Encoded tiles by tile id, for levels where one mosaic tile is exactly one output tile."""
-
-    def __init__(self, budget: int = 128 << 20):
-        self.budget, self._bytes = budget, 0
-        self._lru: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-
-    def get(self, key):
-        with self._lock:
-            v = self._lru.get(key)
-            if v is not None:
-                self._lru.move_to_end(key)
-                self.hits += 1
-            return v
-
-    def put(self, key, value: bytes) -> None:
-        with self._lock:
-            if key not in self._lru:
-                self._lru[key] = value
-                self._bytes += len(value)
-            while self._bytes > self.budget and len(self._lru) > 1:
-                _, old = self._lru.popitem(last=False)
-                self._bytes -= len(old)
-
-
 class PyramidRenderer:
     """Yields every level's tiles in row-major order, as pixels or encoded bytes."""
 
@@ -107,7 +78,7 @@ class PyramidRenderer:
         big = tuple(lv.cell_px for lv in self.levels if lv.cell_px and lv.cell_px > max(db.thumb_sizes))
         self.cells = CellRenderer(db, saved, color, strength, target, PixelCache(db, big, cache_bytes))
         self.reuse = color == "none"
-        self.bytes_cache = BytesCache()
+        self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by tile id
         self.workers = max(1, workers)
         self._small = None
 
@@ -145,11 +116,8 @@ class PyramidRenderer:
             out = []
             for tx in range(tx0, tx1):
                 tid = int(self.saved.tile_ids[ty, tx])
-                b = self.bytes_cache.get(tid)
-                if b is None:
-                    b = encode(self.cells.tiles(np.array([tid]), TILE)[0])
-                    self.bytes_cache.put(tid, b)
-                out.append(b)
+                out.append(self.bytes_cache.get_or_make(
+                    tid, lambda tid=tid: encode(self.cells.tiles(np.array([tid]), TILE)[0])))
             return out
         if lv.cell_px is None:
             pix = self._small_level(lv)[y0:y1, x0:x1]

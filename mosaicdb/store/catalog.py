@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -40,9 +41,11 @@ CREATE TABLE IF NOT EXISTS errors(source TEXT PRIMARY KEY, reason TEXT NOT NULL,
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        # quoted: a '?', '#' or '%' in the path would otherwise be read as URI syntax
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=30,
+                              check_same_thread=False)
     else:
-        con = sqlite3.connect(path, timeout=30)
+        con = sqlite3.connect(path, timeout=30, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
     con.row_factory = sqlite3.Row

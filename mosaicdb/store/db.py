@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class TileDB:
         self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
+        self._read_lock = threading.Lock()  # one connection, shared by render threads
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
@@ -147,14 +149,16 @@ class TileDB:
         return self._thumbs[size].read(self.next_id)
 
     def tiles(self, ids) -> list[dict]:
+        """Catalog rows (dicts, provenance parsed) of tile ids, in the order given; safe from any thread."""
         ids = [int(i) for i in ids]
         out = {}
-        for i in range(0, len(ids), 900):
-            part = ids[i:i + 900]
-            for r in self.con.execute(f"SELECT * FROM tiles WHERE id IN ({','.join('?' * len(part))})", part):
-                d = dict(r)
-                d["provenance"] = json.loads(d["provenance"])
-                out[d["id"]] = d
+        with self._read_lock:
+            for i in range(0, len(ids), 900):
+                part = ids[i:i + 900]
+                for r in self.con.execute(f"SELECT * FROM tiles WHERE id IN ({','.join('?' * len(part))})", part):
+                    d = dict(r)
+                    d["provenance"] = json.loads(d["provenance"])
+                    out[d["id"]] = d
         return [out[i] for i in ids if i in out]
 
     def blob_path(self, tile: dict) -> Path:
@@ -223,7 +227,8 @@ class TileDB:
                     bar.update(len(chunk))
             finally:
                 bar.close()
-            if update_index and report.added:
+            # also when nothing was added but the index is behind (a rerun after a kill)
+            if update_index and (report.added or (len(self) and self.index_stale())):
                 self._update_index_locked(index_options)
             report.seconds = time.perf_counter() - t0
             return report
@@ -316,9 +321,13 @@ class TileDB:
         for h in hashes:
             out.update(r[0] for r in self.con.execute("SELECT id FROM tiles WHERE hash LIKE ?", (h.lower() + "%",)))
         if source_prefix:
+            # the file itself, files under the folder, members of the archive ("archive!member");
+            # compared exactly (LIKE would be case-insensitive and treat '_' and '%' as wildcards)
             p = os.path.abspath(source_prefix)
-            out.update(r[0] for r in self.con.execute("SELECT id FROM tiles WHERE source = ? OR source LIKE ?",
-                                                      (p, p.rstrip("/") + "/%")))
+            folder, archive = p.rstrip("/") + "/", p + "!"
+            out.update(r[0] for r in self.con.execute(
+                "SELECT id FROM tiles WHERE source = ? OR substr(source, 1, ?) = ? OR substr(source, 1, ?) = ?",
+                (p, len(folder), folder, len(archive), archive)))
         return np.array(sorted(out), dtype=np.int64)
 
     # ---- index -------------------------------------------------------------------------------
@@ -353,6 +362,8 @@ class TileDB:
     def update_index(self, options: IndexOptions | None = None) -> dict:
         self._writable()
         with self.lock:
+            if len(self) == 0:  # (the locked helper returns {} here, which callers can't print)
+                raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
             return self._update_index_locked(options)
 
     def _update_index_locked(self, options: IndexOptions | None) -> dict:
