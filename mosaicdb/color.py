@@ -11,6 +11,7 @@ Modes (all per RGB channel, 0-255 scale, strength s in [0, 1]):
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .errors import UsageError, choice
@@ -19,25 +20,46 @@ from .errors import UsageError, choice
 # stretch that quantisation noise into full target contrast.
 _STD_EPS = 1.0
 
-# Tiles are processed in slices so the float32 working copy stays near 64 MB however many
-# cells the mosaic has (a 256x256 grid of 64 px tiles is 800 MB as float32).
+# Tiles are processed in slices so the working set stays bounded however many cells there are.
 _CHUNK_VALUES = 16 * 1024 * 1024
 
 
+def _tile_stats(tiles):
+    """Per-tile, per-channel mean and (population) std: (n, 3) float64 each."""
+    stats = [cv2.meanStdDev(t) for t in tiles]
+    mu = np.array([m.ravel() for m, _ in stats]).reshape(-1, 3)
+    sd = np.array([d.ravel() for _, d in stats]).reshape(-1, 3)
+    return mu, sd
+
+
+def _apply_affine(tiles, a, b):
+    """out = round(clip(a * v + b)) per tile and channel, as a 256-entry lookup table per tile:
+    one table lookup per pixel instead of several float passes over every value."""
+    v = np.arange(256, dtype=np.float64)
+    luts = np.clip(np.rint(a[:, :, None] * v + b[:, :, None]), 0, 255).astype(np.uint8)  # (n, 3, 256)
+    out = np.empty_like(tiles)
+    for i, t in enumerate(tiles):
+        out[i] = cv2.LUT(t, np.ascontiguousarray(luts[i].T[:, None, :]))
+    return out
+
+
 def _mean(tiles, mu, sd, cells, s):
-    mu_tile = tiles.mean(axis=(1, 2), dtype=np.float32)
-    return tiles + (s * (mu - mu_tile))[:, None, None, :]
+    mu_tile, _ = _tile_stats(tiles)
+    return _apply_affine(tiles, np.ones_like(mu_tile), s * (mu - mu_tile))
 
 
 def _meanstd(tiles, mu, sd, cells, s):
-    mu_tile = tiles.mean(axis=(1, 2), dtype=np.float32)[:, None, None, :]
-    sd_tile = tiles.std(axis=(1, 2), dtype=np.float32)[:, None, None, :]
-    full = (tiles - mu_tile) / np.maximum(sd_tile, _STD_EPS) * sd[:, None, None, :] + mu[:, None, None, :]
-    return (1.0 - s) * tiles + s * full
+    # (1-s)*v + s*((v - mu_t)/sd_t*sd + mu) is affine in v: a*v + b
+    mu_tile, sd_tile = _tile_stats(tiles)
+    g = sd / np.maximum(sd_tile, _STD_EPS)
+    return _apply_affine(tiles, (1.0 - s) + s * g, s * (mu - mu_tile * g))
 
 
 def _blend(tiles, mu, sd, cells, s):
-    return (1.0 - s) * tiles + s * cells.astype(np.float32)
+    out = np.empty_like(tiles)
+    for i, (t, c) in enumerate(zip(tiles, cells)):
+        out[i] = cv2.addWeighted(t, 1.0 - s, c, s, 0.0)
+    return out
 
 
 _TRANSFERS = {"none": None, "mean": _mean, "meanstd": _meanstd, "blend": _blend}
@@ -88,7 +110,5 @@ def transfer(tiles: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray,
     for i in range(0, n, step):
         sl = slice(i, i + step)
         cells = None if target_cells is None else target_cells[sl]
-        res = fn(tiles[sl].astype(np.float32), mu[sl], sd[sl], cells, np.float32(s))
-        np.clip(np.rint(res), 0, 255, out=res)
-        out[sl] = res
+        out[sl] = fn(tiles[sl], mu[sl].astype(np.float64), sd[sl].astype(np.float64), cells, float(s))
     return out

@@ -142,13 +142,33 @@ def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, prog
     return write_output(db, saved, Path(out), ropts, None, progress)
 
 
+def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
+    """A mosaic file as RGB pixels; for a pyramidal TIFF the smallest level at least
+    `min_width` wide (metrics work at 64 px or one pixel per cell), never the gigapixel level."""
+    p = Path(path)
+    if p.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        try:
+            with tifffile.TiffFile(p) as tf:
+                levels = list(tf.series[0].levels) if tf.series else []
+                pages = [lv for lv in levels] or list(tf.pages)
+                pick = next((lv for lv in reversed(pages) if lv.shape[1] >= min_width), pages[0])
+                a = pick.asarray()
+        except (tifffile.TiffFileError, ValueError, OSError) as e:
+            raise UsageError(f"cannot read mosaic {p}: {e}") from None
+        return np.ascontiguousarray(a[..., :3]).astype(np.uint8)
+    if p.suffix.lower() == ".dzi":
+        raise UsageError(f"{p}: eval reads image files (.tif/.png/.jpg/.webp), not DeepZoom folders")
+    return load_target(p).image
+
+
 def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
     """Metrics of a mosaic image file against its target. With the mosaic's saved assignment
     (or --grid COLSxROWS) the per-cell PSNR and repeat statistics are included."""
     from .evaluate import psnr_at, pyramid_mse, ssim_at
     from .match.grid import parse_grid
     target = load_target(target_path).image
-    mosaic = load_target(mosaic_path).image
+    mosaic = load_mosaic_image(mosaic_path)
     saved = None
     try:
         saved = asg.load(mosaic_path)
