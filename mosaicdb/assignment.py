@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def load(path) -> SavedAssignment:
         meta = json.loads(jpath.read_text())
         with np.load(npath) as z:
             arrays = {k: z[k] for k in ("tile_ids", "cost", "target_mean", "target_std")}
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"assignment {jpath} / {npath} is damaged ({e}); run `mosaic make` again") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise UsageError(f"{jpath} has format version {meta.get('format_version')}, this mosaicdb reads {FORMAT_VERSION}")

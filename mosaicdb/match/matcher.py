@@ -22,10 +22,16 @@ class MatchResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _max_feasible_radius(rows: int, cols: int, n_tiles: int) -> int:
-    """Largest R with min(rows, R+1) * min(cols, R+1) <= n_tiles (enough tiles to tile any window)."""
+def _max_safe_radius(rows: int, cols: int, n_tiles: int, max_uses: int = 0) -> int:
+    """Largest R at which greedy placement can never get stuck: a cell's (2R+1)^2 window blocks
+    at most window-1 tiles and --max-uses exhausts at most (cells-1)//N, and one tile must be left."""
+    exhausted = (rows * cols - 1) // max_uses if max_uses else 0
+
+    def safe(r):
+        return min(rows, 2 * r + 1) * min(cols, 2 * r + 1) - 1 + exhausted < n_tiles
+
     r = 0
-    while r < max(rows, cols) and min(rows, r + 2) * min(cols, r + 2) <= n_tiles:
+    while r < max(rows, cols) and safe(r + 1):
         r += 1
     return r
 
@@ -35,7 +41,7 @@ def resolve_repeat(opts: MatchOptions, grid: Grid, n_tiles: int) -> tuple[Repeat
     r = opts.min_distance
     if r is None:
         r = 0 if opts.unique else DEFAULT_MIN_DISTANCE
-        cap = _max_feasible_radius(grid.rows, grid.cols, n_tiles)
+        cap = _max_safe_radius(grid.rows, grid.cols, n_tiles, opts.max_uses)
         if r > cap:
             warnings.append(f"the database has only {n_tiles} tiles: --min-distance lowered from {r} to {cap}")
             r = cap
@@ -61,13 +67,14 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
     d, ids = index.search(cells.features, k, device=opts.device)
     t2 = time.perf_counter()
 
-    def widen(which: np.ndarray, k2: int):
+    def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
+        avail = n_tiles - len(exclude)
         k2 = min(k2, n_tiles)
-        if k2 <= _IVF_WIDEN_MAX and (index.infos["kind"] == "flat" or k2 < n_tiles):
-            dd, ii = index.search(q, k2, device=opts.device)
+        if k2 <= _IVF_WIDEN_MAX and (index.infos["kind"] == "flat" or k2 < avail):
+            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)
         else:
-            dd, ii = db.search(q, k2, exact=True)
+            dd, ii = db.search(q, k2, exact=True, exclude=exclude)
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, rep, widen)

@@ -399,8 +399,10 @@ class TileDB:
             self.update_index()
         return self.load_index()
 
-    def search(self, vectors: np.ndarray, k: int, *, exact: bool = False, device: str = "auto"):
-        """k nearest tiles of each query: (squared L2 distances (n, k), tile ids (n, k), -1 padded)."""
+    def search(self, vectors: np.ndarray, k: int, *, exact: bool = False, device: str = "auto",
+               exclude: np.ndarray | None = None):
+        """k nearest tiles of each query: (squared L2 distances (n, k), tile ids (n, k), -1 padded).
+        `exclude`: tile ids never to return."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise UsageError(f"queries must be (n, {self.dim}) feature vectors, got {vectors.shape}")
@@ -408,13 +410,17 @@ class TileDB:
             ids = self.ids()
             if len(ids) == 0:
                 raise EmptyDatabase(f"{self.path} has no tiles")
+            if exclude is not None and len(exclude):
+                ids = np.setdiff1d(ids, exclude)
+                if len(ids) == 0:
+                    return (np.full((len(vectors), k), np.inf, np.float32), np.full((len(vectors), k), -1, np.int64))
             d, i = exact_search(np.asarray(self.features()[ids]), ids, vectors, k)
             if d.shape[1] < k:
                 pad = k - d.shape[1]
                 d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
                 i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
             return d, i
-        return self.ensure_index().search(vectors, k, device=device)
+        return self.ensure_index().search(vectors, k, device=device, exclude=exclude)
 
     # ---- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:

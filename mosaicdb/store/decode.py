@@ -8,6 +8,7 @@ square tiles are the centre crop of the shorter side (nothing is stretched or pa
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -39,7 +40,9 @@ def _to_rgb(img: Image.Image, background) -> Image.Image:
             pass  # a broken profile: fall back to Pillow's plain conversion below
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(img, dtype=np.int64)
-        top = 65535 if a.max(initial=0) > 255 else 255
+        # 16-bit modes always span 0..65535 (a dark 16-bit image is not an 8-bit one); only
+        # the generic 32-bit "I" mode is guessed from its values.
+        top = 255 if img.mode == "I" and a.max(initial=0) <= 255 else 65535
         img = Image.fromarray((np.clip(a, 0, top) * 255 // top).astype(np.uint8), "L")
     elif img.mode == "F":
         a = np.asarray(img, dtype=np.float32)
@@ -54,6 +57,21 @@ def _to_rgb(img: Image.Image, background) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+_LIMIT_LOCK = threading.Lock()
+
+
+def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
+    """Image.open (header only) with Pillow's bomb check at our limit: Pillow's own global limit
+    (~89 Mpx, an error above ~179 Mpx) would otherwise refuse images max_pixels allows. The
+    global is swapped under a lock, only for this quick call, so threads can't interleave."""
+    with _LIMIT_LOCK:
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
 def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int = 0) -> tuple[Image.Image, tuple[int, int], str]:
     """Decode `data` -> (normalised RGB image, original (width, height), format).
 
@@ -65,7 +83,7 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = _open_with_limit(data, opts.max_pixels)
             w, h = img.size
             if w * h > opts.max_pixels:
                 raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
@@ -93,7 +111,12 @@ def center_square(img: Image.Image) -> Image.Image:
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s))
+    box = (left, top, left + s, top + s)
+    if s * s <= (Image.MAX_IMAGE_PIXELS or s * s):
+        return img.crop(box)
+    # crop() applies Pillow's bomb check, pointless on a decoded image that passed ours:
+    # a same-size NEAREST resize of the box gives exactly the same pixels without it
+    return img.resize((s, s), Image.NEAREST, box=box)
 
 
 def square_resize(img: Image.Image, size: int) -> Image.Image:

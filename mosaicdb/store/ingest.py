@@ -12,6 +12,7 @@ import os
 import tarfile
 import time
 import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def _archive_sources(path: str, st):
                 for m in t:
                     if m.isfile() and not os.path.basename(m.name).startswith("."):
                         yield Source(f"{path}!{m.name}", "tar", path, m.name, m.size, st.st_mtime_ns), None
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as e:
         yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns), f"unreadable archive: {e}"
 
 
@@ -124,17 +125,21 @@ def _write_blob(db_path: str, rel: str, data: bytes) -> None:
     os.replace(tmp, dest)
 
 
-_zip_cache: dict[str, zipfile.ZipFile] = {}
+_zip_cache: dict[str, tuple[int, zipfile.ZipFile]] = {}  # path -> (mtime_ns it was opened at, zip)
 
 
-def _read(src: Source, payload: bytes | None) -> bytes:
+def _read(src: Source, payload: bytes | Exception | None) -> bytes:
+    if isinstance(payload, Exception):  # with_payloads could not read the member
+        raise payload
     if payload is not None:
         return payload
     if src.kind == "zip":
-        z = _zip_cache.get(src.path)
-        if z is None:
-            z = _zip_cache[src.path] = zipfile.ZipFile(src.path)
-        return z.read(src.member)
+        cached = _zip_cache.get(src.path)
+        if cached is None or cached[0] != src.mtime_ns:  # a rewritten archive must be reopened
+            if cached is not None:
+                cached[1].close()
+            cached = _zip_cache[src.path] = (src.mtime_ns, zipfile.ZipFile(src.path))
+        return cached[1].read(src.member)
     with open(src.path, "rb") as f:
         return f.read()
 
@@ -147,7 +152,7 @@ def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
         try:
             try:
                 data = _read(src, payload)
-            except (OSError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+            except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:
                 raise ImageError(f"unreadable: {getattr(e, 'strerror', None) or e}") from None
             img, (w, h), fmt = open_image(data, cfg.decode, min_side=cfg.thumb_sizes[-1])
             ts = make_thumbnails(img, cfg.thumb_sizes)
@@ -185,9 +190,23 @@ class IngestReport:
                 f" ({rate:.0f} tiles/s)")
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: exit when the ingest process dies (kill -9), instead of waiting
+    forever on the task queue as an orphan (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _pool(workers: int):
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def run_chunks(chunks, cfg: WorkerConfig, workers: int):
@@ -228,15 +247,19 @@ def with_payloads(sources):
             if src.kind != "tar":
                 yield src, None
                 continue
-            t = open_tars.get(src.path)
-            if t is None:
-                t = open_tars[src.path] = tarfile.open(src.path, "r:*")
-                members[src.path] = {m.name: m for m in t.getmembers()}
+            if src.path not in members:
+                found = members[src.path] = {}
+                try:
+                    t = open_tars[src.path] = tarfile.open(src.path, "r:*")
+                    for m in t:  # a damaged archive raises part-way: the members before stay usable
+                        found[m.name] = m
+                except (tarfile.TarError, OSError, EOFError, zlib.error):
+                    pass  # listing it recorded the damage as an error of the archive
             try:
-                f = t.extractfile(members[src.path][src.member])
+                f = open_tars[src.path].extractfile(members[src.path][src.member])
                 yield src, f.read() if f else b""
-            except (tarfile.TarError, OSError, EOFError, KeyError):
-                yield src, b""
+            except (tarfile.TarError, OSError, EOFError, KeyError, zlib.error) as e:
+                yield src, OSError(f"damaged archive member ({type(e).__name__}: {e})")
     finally:
         for t in open_tars.values():
             t.close()

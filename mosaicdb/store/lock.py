@@ -8,6 +8,23 @@ from pathlib import Path
 
 from ..errors import DatabaseLocked
 
+# Lock fds this process holds. A forked child (an ingest worker) shares the open file
+# description, so it would keep the flock alive after the parent is killed: close them there.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
 
 class WriteLock:
     def __init__(self, db_path: Path):
@@ -27,13 +44,18 @@ class WriteLock:
                                      "wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode())
-            self._fd = fd
+            self._fd, self._pid = fd, os.getpid()
+            _HELD.add(fd)
         self._depth += 1
         return self
 
     def __exit__(self, *exc):
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
+            if self._pid != os.getpid():  # a forked child: its copy of the fd is already closed
+                self._fd = None
+                return
+            _HELD.discard(self._fd)
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
