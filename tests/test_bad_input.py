@@ -224,7 +224,7 @@ def test_bomb_limits(tmp_path):
     Image.new("RGB", (30, 30), "red").save(tmp_path / "in" / "ok.png")
     rep = db.ingest([tmp_path / "in"], workers=1)
     assert (rep.added, rep.skipped) == (1, 1)
-    assert "decompression bomb" in db.errors()[0]["reason"] and "1000" in db.errors()[0]["reason"]
+    assert "decompression bomb" in db.errors()[0]["reason"] and "1,000 px limit" in db.errors()[0]["reason"]
     db.close()
 
 

@@ -64,10 +64,13 @@ def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
     """Image.open (header only) with Pillow's bomb check at our limit: Pillow's own global limit
     (~89 Mpx, an error above ~179 Mpx) would otherwise refuse images max_pixels allows. The
     global is swapped under a lock, only for this quick call, so threads can't interleave."""
-    with _LIMIT_LOCK:
+    with _LIMIT_LOCK, warnings.catch_warnings():  # the warnings state is global too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
         try:
             return Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"decompression bomb: over the {max_pixels:,} px limit (--max-pixels)") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -80,28 +83,26 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = _open_with_limit(data, opts.max_pixels)
-            w, h = img.size
-            if w * h > opts.max_pixels:
-                raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
-            fmt = img.format or "unknown"
-            if min_side and fmt == "JPEG":
-                s = min_side / min(w, h)
-                img.draft("RGB", (max(1, int(w * s + 1)), max(1, int(h * s + 1))))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img, opts.background)
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"decompression bomb: {e}") from None
-        except Image.UnidentifiedImageError:
-            raise ImageError("not an image Pillow can read") from None
-        except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as e:
-            raise ImageError(f"corrupt or truncated image: {e}") from None
+    try:
+        img = _open_with_limit(data, opts.max_pixels)
+        w, h = img.size
+        if w * h > opts.max_pixels:
+            raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
+        fmt = img.format or "unknown"
+        if min_side and fmt == "JPEG":
+            s = min_side / min(w, h)
+            img.draft("RGB", (max(1, int(w * s + 1)), max(1, int(h * s + 1))))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img, opts.background)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as e:
+        raise ImageError(f"corrupt or truncated image: {e}") from None
     if min(img.size) < 1:
         raise ImageError("image has no pixels")
     return img, (w, h), fmt
