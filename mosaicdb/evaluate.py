@@ -21,8 +21,6 @@ import math
 import cv2
 import numba
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from skimage.transform import pyramid_gaussian
 
 from .errors import UsageError
 
@@ -85,10 +83,12 @@ def _pair_short(target, mosaic, short):
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     if np.array_equal(a, b):
         return PSNR_CAP
+    from skimage.metrics import peak_signal_noise_ratio  # scikit-image loads scipy.stats: seconds
     return min(PSNR_CAP, float(peak_signal_noise_ratio(a, b, data_range=255)))
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
     return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
 
 
@@ -130,6 +130,7 @@ def pyramid_mse(target: np.ndarray, mosaic: np.ndarray, levels=(1, 2, 3, 4)) -> 
     t = target.astype(np.float32) / 255.0
     m = _resize(mosaic, h, w).astype(np.float32) / 255.0
     out = {}
+    from skimage.transform import pyramid_gaussian
     pt = pyramid_gaussian(t, max_layer=top, downscale=2, channel_axis=-1)
     pm = pyramid_gaussian(m, max_layer=top, downscale=2, channel_axis=-1)
     for level, (a, b) in enumerate(zip(pt, pm)):
