@@ -22,9 +22,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timer, data_dir, default_out, loadavg, peak_rss_mb, run_isolated, write_results  # noqa: E402
+from common import Timer, data_dir, default_out, loadavg, run_isolated, write_results  # noqa: E402
 
 TILE_SRC_PX = 512
+
+
+def vm_hwm_mb() -> float:
+    """This process's own peak RSS (VmHWM): ru_maxrss would include the parent's peak, which
+    Linux carries across fork+exec."""
+    with open("/proc/self/status") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024, 1)
 
 
 def make_pool(data: Path, folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -80,7 +87,7 @@ def render_one(db_path: str, assignment: str, out: str, tile_px: int, quality: i
     wall = time.perf_counter() - t0
     return {"wall_seconds": round(wall, 2), "bytes": w["bytes"], "levels": w["levels"], "tiles": w["tiles"],
             "original_decodes": w["original_decodes"], "reused_tile_bytes": w["reused_tile_bytes"],
-            "peak_rss": peak_rss_mb()}
+            "peak_rss_mb": vm_hwm_mb()}
 
 
 def encode_floor(pool: list[Path], pixels: int, quality: int, workers: int) -> dict:
@@ -137,7 +144,7 @@ def main() -> None:
             floor = encode_floor(pool, pixels, a.quality, a.workers)
             r.update(size=size, grid=g, pixels_all_levels=pixels, floor=floor,
                      ratio_to_floor=round(r["wall_seconds"] / max(floor["seconds"], 1e-9), 2),
-                     peak_rss_mb=r["peak_rss"]["self_mb"])
+                     )
             runs.append(r)
             print(f"{size}^2: {r['wall_seconds']} s (floor {floor['seconds']} s, ratio {r['ratio_to_floor']}), "
                   f"peak RSS {r['peak_rss_mb']} MB, {r['bytes'] / 1e9:.2f} GB", flush=True)

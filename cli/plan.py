@@ -15,6 +15,7 @@ from mosaicdb.units import human_bytes, parse_bytes
 
 from .common import echo_json, json_option
 from .make import output_options, print_geometry
+from .print_cmd import assignment_name, build_options, print_options
 
 
 @click.command("plan")
@@ -24,17 +25,34 @@ from .make import output_options, print_geometry
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side.")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality.")
 @output_options
+@click.option("--print", "for_print", is_flag=True,
+              help="Plan a `mosaic print` request (SOURCE: a saved assignment); the print options below imply it.")
+@click.option("--size", default=None, help="--print: physical size, 120x80cm or 120cm (long side) [default: --print-size].")
+@print_options
+@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
+              help="--print: tile database [default: the one saved in the assignment].")
 @json_option
-def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, workers, cache, as_json):
+def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, workers, cache, for_print, size,
+             compression, icc, bleed, panel_width, panel_grid, overlap, proof, buffer, db_path, as_json):
     """Show what rendering would produce: pixels, cells, levels, bytes, time, disk space.
 
     SOURCE is a target image (its aspect sets the rows) or a saved assignment
     (OUT.mosaic.json); without one, give --grid COLSxROWS.
 
+    With --print (or any print option), what `mosaic print` would write: pixels and
+    physical size of each panel, estimated file sizes (from a small sample rendered and
+    encoded), the tiles' own ppi at print size, and the warnings.
+
     Example:
 
         mosaic plan photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+
+        mosaic plan mosaic.mosaic.json --print --size 5.5m --dpi 300 --panel-width 1.2m --overlap 2cm --out panels/
     """
+    if for_print or size or icc or panel_width or panel_grid or proof or bleed != "0" or overlap != "0" \
+            or compression != "lzw":
+        return plan_print_request(source, out, size or print_size, dpi, compression, icc, bleed, panel_width,
+                                  panel_grid, overlap, proof, quality, workers, cache, buffer, db_path, as_json)
     saved = None
     if source and source.endswith((".mosaic.json", ".mosaic.npz")):
         saved = asg.load(source)
@@ -76,3 +94,44 @@ def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, w
                f"thread(s); {human_bytes(p.free_bytes)} free")
     if not d["fits_on_disk"]:
         click.echo("  warning: not enough free disk space for this output", err=True)
+
+
+def plan_print_request(source, out, size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof,
+                       quality, workers, cache, buffer, db_path, as_json):
+    from mosaicdb import TileDB
+    from mosaicdb.printing import plan_print
+    if not source or not source.endswith((".mosaic.json", ".mosaic.npz")):
+        raise UsageError("a print plan needs a saved assignment (OUT.mosaic.json) as SOURCE")
+    if not size:
+        raise UsageError("a print plan needs --size (e.g. 120x80cm or 120cm)")
+    saved = asg.load(source)
+    opts = build_options(saved, size, dpi or 300, compression, icc, bleed, panel_width, panel_grid, overlap, proof,
+                         quality, None, 0.5, workers, cache, buffer)
+    opts.parsed()
+    with TileDB.open(db_path or saved.meta["db"], readonly=True) as db:
+        plan = plan_print(db, saved, opts, out, assignment_name(source))
+    d = plan.to_json()
+    if as_json:
+        echo_json(d)
+        return
+    g, t = plan.geometry, plan.tiles
+    click.echo(f"print: {g.mm(g.trim_w) / 10:.1f} x {g.mm(g.trim_h) / 10:.1f} cm trim"
+               + (f" + {g.mm(g.bleed_px):.1f} mm bleed" if g.bleed_px else "")
+               + f", {g.width:,} x {g.height:,} px at {g.dpi:.2f} dpi ({g.requested_dpi:g} asked), "
+               f"{g.cols} x {g.rows} cells of {g.cell_px} px")
+    click.echo(f"  tiles at print size: median {t['median_ppi']:.0f} ppi, lowest {t['min_ppi']:.0f} ppi "
+               f"({t['upsampled_tiles']} of {t['distinct_tiles']} tiles upsampled)")
+    click.echo(f"  {len(d['files'])} file(s), {opts.compression}, profile {plan.profile.name}:")
+    for f in d["files"]:
+        click.echo(f"    {f['name']}: {f['size_px'][0]:,} x {f['size_px'][1]:,} px, "
+                   f"{f['size_mm'][0] / 10:.1f} x {f['size_mm'][1] / 10:.1f} cm, ~{human_bytes(f['est_bytes'])}"
+                   + (" (BigTIFF)" if f["est_bigtiff"] else ""))
+    for k in ("layout", "proof", "manifest"):
+        if d[k]:
+            click.echo(f"    {Path(d[k]).name}")
+    click.echo(f"  estimate: ~{human_bytes(d['est_total_bytes'])}, ~{d['est_seconds']:.0f} s; "
+               f"{human_bytes(d['free_bytes'])} free")
+    if not d["fits_on_disk"]:
+        click.echo("  warning: not enough free disk space for this print", err=True)
+    for w in plan.warnings:
+        click.echo(f"  warning: {w}", err=True)

@@ -4,6 +4,8 @@
 1.0
 >>> parse_length("48in")
 48.0
+>>> parse_length("0mm", "--bleed", allow_zero=True), parse_length("0", "--bleed", allow_zero=True)
+(0.0, 0.0)
 >>> [round(v, 4) if v else v for v in parse_print_size("120x80cm")]
 [47.2441, 31.4961]
 >>> parse_print_size("48in")
@@ -23,8 +25,10 @@ _PER_INCH = {"mm": 25.4, "cm": 2.54, "m": 0.0254, "in": 1.0, "inch": 1.0, "inche
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
 
 
-def parse_length(text: str, option: str = "--size") -> float:
-    """A length with a unit (mm, cm, m, in) -> inches."""
+def parse_length(text: str, option: str = "--size", allow_zero: bool = False) -> float:
+    """A length with a unit (mm, cm, m, in) -> inches; with allow_zero, also 0 (unit optional)."""
+    if allow_zero and re.fullmatch(r"\s*(0+(\.0*)?|\.0+)\s*(mm|cm|m|inches|inch|in|\")?\s*", str(text).lower()):
+        return 0.0
     m = re.fullmatch(rf"\s*{_NUM}\s*(mm|cm|m|inches|inch|in|\")\s*", str(text).lower())
     if not m:
         raise UsageError(f"{option}: {text!r} is not a length; use a number and a unit (mm, cm, m, in), e.g. 120cm")

@@ -1,0 +1,246 @@
+"""Where every pixel of a print goes: cell size and effective dpi from --size/--dpi, the bleed
+(extra cells reflected across each edge), and the panel boxes with their overlaps.
+
+Cell size: the request gives `size x dpi` pixels for `cells` cells, rarely a whole number per
+cell. Cells are drawn at the nearest whole number of pixels and the dpi written into the file
+is adjusted so the mosaic lands exactly on the requested physical size (e.g. 120 cm at 150 dpi
+over 64 cells: 11.07 px -> 11 px per cell, written at 149.0 dpi). Tiles are never resampled
+twice and seams stay on whole pixels.
+
+Bleed: the grid is extended by k cells on every side whose tiles are the assignment's own,
+reflected across the edge (cell -1 is cell 1, cell n is cell n-2), each drawn upright and at
+full size, with the colour transfer of the cell it copies. The canvas is the trim box (the
+mosaic) plus `bleed_px` of that extension on each side.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UsageError
+from .tiffstrips import MAX_SIDE
+
+MAX_CELL_PX = 4096            # the largest tile the renderer draws
+PANEL_MAX_SIDE = 65_500       # JPEG-era and many RIPs' limit, for every panel
+PANEL_MAX_BYTES = 4 * 10 ** 9  # raw bytes of a panel, so it stays a classic (< 4 GiB) TIFF
+MM_PER_IN = 25.4
+
+
+def reflect_index(n: int, k: int) -> np.ndarray:
+    """Original cell index of each of the n + 2k extended cells (reflection without repeating
+    the edge cell; repeated reflection for small n)."""
+    if n == 1:
+        return np.zeros(1 + 2 * k, np.int64)
+    return np.pad(np.arange(n), k, mode="reflect").astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    cols: int
+    rows: int
+    cell_px: int
+    dpi: float                # effective: written to the file
+    requested_dpi: float
+    bleed_px: int
+    requested_size_in: tuple  # (w or long side, h or None)
+
+    @property
+    def bleed_cells(self) -> int:
+        return -(-self.bleed_px // self.cell_px) if self.bleed_px else 0
+
+    @property
+    def trim_w(self) -> int:
+        return self.cols * self.cell_px
+
+    @property
+    def trim_h(self) -> int:
+        return self.rows * self.cell_px
+
+    @property
+    def width(self) -> int:
+        return self.trim_w + 2 * self.bleed_px
+
+    @property
+    def height(self) -> int:
+        return self.trim_h + 2 * self.bleed_px
+
+    @property
+    def trim_box(self) -> tuple[int, int, int, int]:
+        b = self.bleed_px
+        return b, b, b + self.trim_w, b + self.trim_h
+
+    @property
+    def offset(self) -> int:
+        """Extended-grid pixel of canvas pixel 0 (same on both axes)."""
+        return self.bleed_cells * self.cell_px - self.bleed_px
+
+    def row_map(self) -> np.ndarray:
+        return reflect_index(self.rows, self.bleed_cells)
+
+    def col_map(self) -> np.ndarray:
+        return reflect_index(self.cols, self.bleed_cells)
+
+    def mm(self, px: float) -> float:
+        return round(px / self.dpi * MM_PER_IN, 2)
+
+    def to_json(self) -> dict:
+        return {"grid": [self.cols, self.rows], "cell_px": self.cell_px, "cell_mm": self.mm(self.cell_px),
+                "dpi": self.dpi, "requested_dpi": self.requested_dpi,
+                "size_px": [self.width, self.height], "size_mm": [self.mm(self.width), self.mm(self.height)],
+                "trim_px": [self.trim_w, self.trim_h], "trim_mm": [self.mm(self.trim_w), self.mm(self.trim_h)],
+                "trim_box": list(self.trim_box), "bleed_box": [0, 0, self.width, self.height],
+                "bleed_px": self.bleed_px, "bleed_mm": self.mm(self.bleed_px), "bleed_cells": self.bleed_cells}
+
+
+def fit_cells(cols: int, rows: int, size_in: tuple, dpi: float) -> tuple[int, float, list[str]]:
+    """(cell px, effective dpi, warnings) putting a cols x rows grid at the requested size: one
+    side = the long side; two sides = the largest print of the mosaic's aspect inside them."""
+    a, b = size_in
+    if b is None:
+        n, side_in = max(cols, rows), a
+    else:
+        n, side_in = (cols, a) if a / cols <= b / rows else (rows, b)
+    exact = side_in * dpi / n
+    if exact < 1:
+        raise UsageError(f"at {dpi:g} dpi, {side_in * MM_PER_IN / 10:.1f} cm is {side_in * dpi:.0f} px for {n} cells: "
+                         "less than a pixel per cell; raise --dpi or --size")
+    t = max(1, round(exact))
+    eff = n * t / side_in
+    warnings = []
+    if abs(eff - dpi) / dpi > 0.02:
+        warnings.append(f"cells are {t} px ({exact:.2f} at {dpi:g} dpi), so the file is written at {eff:.1f} dpi "
+                        "to keep the requested size")
+    if b is not None:
+        w_in, h_in = cols * t / eff, rows * t / eff
+        if abs(w_in - a) > 0.01 * a or abs(h_in - b) > 0.01 * b:
+            warnings.append(f"the mosaic is {cols}x{rows} cells ({cols / rows:.2f}:1), so it prints at "
+                            f"{w_in * 2.54:.1f} x {h_in * 2.54:.1f} cm inside the requested "
+                            f"{a * 2.54:.1f} x {b * 2.54:.1f} cm; give one side (e.g. --size {a * 2.54:.0f}cm) "
+                            "to size by the long side")
+    if t > MAX_CELL_PX:
+        raise UsageError(f"each cell would be {t} px at {dpi:g} dpi: more than the {MAX_CELL_PX} px a tile is drawn at; "
+                         "lower --dpi or make the mosaic with more cells")
+    return t, eff, warnings
+
+
+def make_geometry(cols: int, rows: int, size_in: tuple, dpi: float, bleed_in: float) -> tuple[Geometry, list[str]]:
+    t, eff, warnings = fit_cells(cols, rows, size_in, dpi)
+    g = Geometry(cols, rows, t, eff, dpi, round(bleed_in * eff), tuple(size_in))
+    if max(g.width, g.height) > MAX_SIDE:
+        raise UsageError(f"{g.width:,} x {g.height:,} px is beyond what TIFF allows ({MAX_SIDE:,} px a side); "
+                         "lower --dpi or --size")
+    return g, warnings
+
+
+# ---- panels ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Panel:
+    row: int     # 1-based
+    col: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    def name(self, base: str) -> str:
+        return f"{base}_r{self.row:02d}_c{self.col:02d}.tif"
+
+
+def cuts(total: int, n: int, overlap: int) -> list[tuple[int, int]]:
+    """n ranges covering [0, total), neighbours sharing `overlap` px, widths within 1 px."""
+    step = (total - overlap) / n
+    c = [round(j * step) for j in range(n + 1)]
+    return [(c[j], c[j + 1] + overlap) for j in range(n)]
+
+
+def count_for(total: int, max_len: int, overlap: int) -> int:
+    """Fewest pieces of at most max_len px, overlapping by `overlap`, that cover total px."""
+    if total <= max_len:
+        return 1
+    return math.ceil((total - overlap) / (max_len - overlap))
+
+
+@dataclass(frozen=True)
+class PanelLayout:
+    cols: int
+    rows: int
+    overlap_px: int
+    panels: tuple          # Panel, row-major
+    note: str | None = None
+
+    @property
+    def single(self) -> bool:
+        return len(self.panels) == 1
+
+
+def plan_panels(g: Geometry, *, panel_width_in: float | None = None, grid: tuple[int, int] | None = None,
+                overlap_in: float = 0.0, limits: bool = True) -> PanelLayout:
+    """Panel boxes over the canvas (trim + bleed). `panel_width_in`: the widest a panel may be
+    (overlap included), rows added only if a panel would pass 65,500 px or 4 GB; `grid`:
+    exactly COLS x ROWS panels. With neither, one image."""
+    W, H = g.width, g.height
+    ov = round(overlap_in * g.dpi)
+    note = None
+    if panel_width_in is None and grid is None:
+        return PanelLayout(1, 1, 0, (Panel(1, 1, 0, 0, W, H),))
+    if panel_width_in is not None:
+        pw = math.floor(panel_width_in * g.dpi)
+        if pw <= ov:
+            raise UsageError(f"--panel-width ({g.mm(pw):.0f} mm) must be wider than --overlap ({g.mm(ov):.0f} mm)")
+        if pw < 2 * ov:
+            raise UsageError(f"--panel-width ({g.mm(pw):.0f} mm) must be at least twice --overlap ({g.mm(ov):.0f} mm): "
+                             "each panel overlaps both its neighbours")
+        if pw > PANEL_MAX_SIDE:
+            raise UsageError(f"--panel-width is {pw:,} px at {g.dpi:.1f} dpi: panels must stay within "
+                             f"{PANEL_MAX_SIDE:,} px; use a narrower panel")
+        nc = count_for(W, pw, ov)
+        width = max(b - a for a, b in cuts(W, nc, ov))
+        by_bytes = max(1, PANEL_MAX_BYTES // (3 * width))
+        nr = count_for(H, min(PANEL_MAX_SIDE, by_bytes), ov) if ov < min(PANEL_MAX_SIDE, by_bytes) else 0
+        if nr == 0:
+            raise UsageError("--overlap is too large for panels this size")
+        if nr > 1:
+            note = (f"panels are also split into {nr} rows so each stays within {PANEL_MAX_SIDE:,} px and "
+                    f"4 GB ({H:,} px tall)")
+    else:
+        nc, nr = grid
+        if nc < 1 or nr < 1:
+            raise UsageError("--panels must be COLSxROWS with both at least 1, e.g. 3x2")
+    for total, n, what in ((W, nc, "wide"), (H, nr, "tall")):
+        if n > 1:
+            step = (total - ov) / n
+            if step < 1:
+                raise UsageError(f"the print is {total:,} px {what}: too small for {n} panels with --overlap "
+                                 f"{g.mm(ov):.0f} mm")
+            if step < ov:
+                raise UsageError(f"panels {g.mm(step + ov):.0f} mm {what} with --overlap {g.mm(ov):.0f} mm "
+                                 "would overlap three deep: a panel must be at least twice the overlap")
+    xs = cuts(W, nc, ov if nc > 1 else 0)
+    ys = cuts(H, nr, ov if nr > 1 else 0)
+    panels = tuple(Panel(r + 1, c + 1, x0, y0, x1, y1) for r, (y0, y1) in enumerate(ys)
+                   for c, (x0, x1) in enumerate(xs))
+    if limits:
+        big = max(panels, key=lambda p: p.width * p.height)
+        side = max(max(p.width, p.height) for p in panels)
+        if side > PANEL_MAX_SIDE or big.width * big.height * 3 > PANEL_MAX_BYTES:
+            raise UsageError(f"panels of {big.width:,} x {big.height:,} px pass {PANEL_MAX_SIDE:,} px a side or 4 GB: "
+                             "use more panels (--panels) or --panel-width")
+    return PanelLayout(nc, nr, ov, panels, note)
+
+
+def parse_panel_grid(text: str) -> tuple[int, int]:
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+    if not m:
+        raise UsageError(f"--panels {text!r}: use COLSxROWS, e.g. 3x2")
+    return int(m.group(1)), int(m.group(2))
