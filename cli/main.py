@@ -11,6 +11,7 @@ from .demo import demo_cmd
 from .make import eval_cmd, make_cmd, render_cmd
 from .plan import plan_cmd
 from .print_cmd import print_cmd
+from .serve import serve_cmd
 
 
 @click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,7 @@ cli.add_command(eval_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(plan_cmd)
 cli.add_command(print_cmd)
+cli.add_command(serve_cmd)
 
 
 def main() -> None:

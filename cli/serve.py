@@ -1,0 +1,49 @@
+"""`mosaic serve`: the zoomable viewer of a mosaic, on a local HTTP server."""
+from __future__ import annotations
+
+import webbrowser
+
+import click
+
+from mosaicdb.serve import Viewer, host_warning, make_server
+
+
+@click.command("serve")
+@click.argument("mosaic", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback exposes the mosaic and its tiles' originals.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
+              help="Tile database [default: the one saved in the mosaic's assignment].")
+@click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
+@click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
+              help="OpenSeadragon's build folder [default: node_modules/ of the mosaicdb checkout; "
+                   "env MOSAICDB_OPENSEADRAGON].")
+def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir):
+    """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
+
+    Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
+    tiles of a pyramidal TIFF are sent straight from the file. Stop with Ctrl-C.
+
+    Example:
+
+        mosaic serve print.tif
+
+        mosaic serve mosaic.jpg --port 0 --no-open
+    """
+    warning = host_warning(host)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    viewer = Viewer(mosaic, db=db_path, osd_dir=osd_dir)
+    try:
+        httpd = make_server(viewer, host, port)
+        click.echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
+                   f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")
+        if not no_open:
+            webbrowser.open(httpd.url)
+        try:
+            httpd.serve_forever()  # Ctrl-C: the root group prints "Interrupted." and exits 130
+        finally:
+            httpd.server_close()
+    finally:
+        viewer.close()

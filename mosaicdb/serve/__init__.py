@@ -1,0 +1,10 @@
+"""`mosaic serve`: a local zoomable viewer of a mosaic that shows where every tile came from.
+
+server.py (HTTP, routes) -> tilesource.py / tiff_source.py (DeepZoom tiles) and api.py (cells,
+originals); assets.py holds the page (static/) and OpenSeadragon from npm.
+"""
+from .server import Viewer, host_warning, make_server, serve_in_thread
+from .tilesource import BadRequest, NotFound, RequestError, open_source
+
+__all__ = ["Viewer", "make_server", "serve_in_thread", "host_warning", "open_source", "RequestError",
+           "BadRequest", "NotFound"]

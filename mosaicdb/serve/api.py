@@ -1,0 +1,79 @@
+"""What the viewer's JSON API answers: the mosaic's grid, and for a cell the tile placed there,
+its distance to the target cell and where it came from; originals of the assignment's tiles."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..assignment import SavedAssignment
+from ..errors import DatabaseError
+from .tilesource import NotFound, BadRequest
+
+# PIL format name -> content type, for originals a browser shows as stored
+BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
+                   "WEBP": "image/webp"}
+GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style")
+JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
+
+
+class MosaicAPI:
+    """Cell and original look-ups for one saved assignment and its (read-only) tile database."""
+
+    def __init__(self, saved: SavedAssignment, db, width: int, height: int):
+        self.saved, self.db = saved, db
+        self.width, self.height = width, height
+        self.allowed = set(np.unique(saved.tile_ids).tolist())
+
+    def info(self) -> dict:
+        m = self.saved.meta
+        return {"width": self.width, "height": self.height, "cols": self.saved.cols, "rows": self.saved.rows,
+                "distinct_tiles": len(self.allowed), "db": str(self.db.path),
+                "target": (m.get("target") or {}).get("path"),
+                "mean_distance": float(self.saved.cost.mean())}
+
+    def cell(self, row: int, col: int) -> dict:
+        if not (0 <= row < self.saved.rows and 0 <= col < self.saved.cols):
+            raise BadRequest(f"cell ({row}, {col}) is outside the {self.saved.rows} x {self.saved.cols} grid")
+        tid = int(self.saved.tile_ids[row, col])
+        out = {"row": row, "col": col, "tile_id": tid, "distance": round(float(self.saved.cost[row, col]), 3),
+               "original_url": f"/tile/{tid}/original"}
+        rows = self.db.tiles([tid])
+        if not rows:
+            out["missing"] = f"tile {tid} is no longer in the database"
+            return out
+        t = rows[0]
+        prov = t["provenance"] or {}
+        out.update(source=t["source"], origin=t["origin"], width=t["width"], height=t["height"],
+                   format=t["format"], provenance=prov)
+        gen = {k: prov[k] for k in GENERATION_KEYS if prov.get(k) is not None}
+        if gen.get("prompt") is not None:
+            out["generation"] = gen
+        return out
+
+    def original(self, tile_id: int) -> tuple[bytes, str]:
+        """The original of a tile of this mosaic: stored bytes when a browser shows them,
+        else converted (PNG, or JPEG when large)."""
+        if tile_id not in self.allowed:
+            raise NotFound(f"tile {tile_id} is not in this mosaic")
+        rows = self.db.tiles([tile_id])
+        if not rows:
+            raise NotFound(f"tile {tile_id} is no longer in the database")
+        t = rows[0]
+        ctype = BROWSER_FORMATS.get(t["format"])
+        if ctype:
+            try:
+                return Path(self.db.blob_path(t)).read_bytes(), ctype
+            except OSError:
+                raise NotFound(f"the original of tile {tile_id} is missing; run `mosaic db check`") from None
+        try:
+            img = self.db.load_original(tile_id)
+        except DatabaseError as e:
+            raise NotFound(str(e)) from None
+        buf = io.BytesIO()
+        if img.width * img.height > JPEG_ABOVE_PIXELS:
+            img.save(buf, "JPEG", quality=90)
+            return buf.getvalue(), "image/jpeg"
+        img.save(buf, "PNG", compress_level=3)
+        return buf.getvalue(), "image/png"

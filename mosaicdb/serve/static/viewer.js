@@ -1,0 +1,118 @@
+// The mosaicdb viewer: OpenSeadragon on /mosaic.dzi, and a side panel for the cell under a
+// click (or under the pointer once a cell is large on screen), filled from /api/cell/ROW/COL.
+// Text from the database (paths, prompts) is only ever set as textContent.
+(function () {
+  "use strict";
+  const HOVER_CELL_PX = 96;   // hover shows a cell once it is at least this wide on screen
+  const $ = (id) => document.getElementById(id);
+
+  function showError(msg) {
+    $("error").textContent = msg;
+    $("error").hidden = false;
+  }
+
+  async function getJSON(url) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`${url}: ${r.status} ${await r.text()}`);
+    return r.json();
+  }
+
+  async function start() {
+    const info = await getJSON("/api/info");
+    $("mosaic-summary").textContent =
+      `${info.cols} × ${info.rows} cells, ${info.width} × ${info.height} px, ${info.distinct_tiles} distinct tiles`;
+    const viewer = OpenSeadragon({
+      id: "viewer",
+      prefixUrl: "/osd/images/",
+      tileSources: "/mosaic.dzi",
+      showNavigator: true,
+      maxZoomPixelRatio: 4,
+      visibilityRatio: 0.5,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    });
+    window.mosaicViewer = viewer;  // for tests and the console
+    const cellW = info.width / info.cols, cellH = info.height / info.rows;
+    const highlight = document.createElement("div");
+    highlight.className = "cell-highlight";
+    let shown = null, pending = 0;
+
+    function cellAt(pixel) {
+      const p = viewer.viewport.viewerElementToImageCoordinates(pixel);
+      const col = Math.floor(p.x / cellW), row = Math.floor(p.y / cellH);
+      if (col < 0 || row < 0 || col >= info.cols || row >= info.rows) return null;
+      return { row, col };
+    }
+
+    function cellScreenPx() {
+      return cellW * viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
+    }
+
+    async function show(cell) {
+      const key = `${cell.row},${cell.col}`;
+      if (key === shown) return;
+      shown = key;
+      const ticket = ++pending;
+      let d;
+      try {
+        d = await getJSON(`/api/cell/${cell.row}/${cell.col}`);
+      } catch (e) {
+        showError(String(e.message || e));
+        return;
+      }
+      if (ticket !== pending) return;  // a newer cell was asked for meanwhile
+      fill(d);
+      const rect = viewer.viewport.imageToViewportRectangle(cell.col * cellW, cell.row * cellH, cellW, cellH);
+      if (viewer.getOverlayById(highlight)) viewer.updateOverlay(highlight, rect);
+      else viewer.addOverlay({ element: highlight, location: rect });
+      document.body.dataset.cell = key;
+    }
+
+    function fill(d) {
+      $("hint").hidden = true;
+      $("error").hidden = true;
+      $("tile").hidden = false;
+      $("tile-id").textContent = String(d.tile_id);
+      $("cell-pos").textContent = `row ${d.row}, column ${d.col}`;
+      $("tile-distance").textContent = `${d.distance.toFixed(2)} (Lab RMS)`;
+      $("tile-origin").textContent = d.origin || "";
+      $("tile-source").textContent = d.source || "";
+      $("tile-size").textContent = d.width ? `original ${d.width} × ${d.height} px, ${d.format}` : "";
+      const gen = d.generation;
+      $("tile-generation").hidden = !gen;
+      if (gen) {
+        $("gen-prompt").textContent = gen.prompt;
+        $("gen-seed").textContent = gen.seed === undefined ? "" : String(gen.seed);
+        $("gen-model").textContent = gen.model || "";
+      }
+      $("tile-missing").hidden = !d.missing;
+      $("tile-missing").textContent = d.missing || "";
+      const img = $("tile-original");
+      img.hidden = !!d.missing;
+      if (!d.missing) {
+        img.classList.toggle("small", Math.max(d.width || 0, d.height || 0) < 160);  // crisp when enlarged
+        img.src = d.original_url;
+      }
+    }
+
+    viewer.addHandler("canvas-click", (e) => {
+      if (!e.quick) return;  // a drag, not a click
+      const cell = cellAt(e.position);
+      if (cell) show(cell);
+    });
+
+    let hoverTimer = 0;
+    new OpenSeadragon.MouseTracker({
+      element: viewer.canvas,
+      moveHandler: (e) => {
+        if (cellScreenPx() < HOVER_CELL_PX) return;
+        clearTimeout(hoverTimer);
+        hoverTimer = setTimeout(() => {
+          const cell = cellAt(e.position);
+          if (cell) show(cell);
+        }, 120);
+      },
+    });
+  }
+
+  start().catch((e) => showError(`could not load the mosaic: ${e.message || e}`));
+})();

@@ -1,0 +1,153 @@
+"""`mosaic serve` end to end in Debian's headless Chromium (selenium + chromedriver): load the
+page, zoom in, click a known cell and read the side panel; hover at high zoom; keep a screenshot.
+
+Skipped, with the reason, only where chromium/chromedriver cannot be found or started (CI
+installs them: see .ci/run)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_serve import (BMP_CELL, FILE_CELL, GEN_CELL, GENERATED, TILE_PX, Served,  # noqa: F401 (fixtures, mark)
+                        mosaics, pytestmark)
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1280,800"]
+WAIT = 20
+
+
+def find(name: str, default: str) -> str | None:
+    return default if Path(default).is_file() else shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+    chromium, driver = find("chromium", CHROMIUM), find("chromedriver", CHROMEDRIVER)
+    if not chromium or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver; .ci/run does it)")
+    profile = tempfile.mkdtemp(prefix="mosaic-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for f in FLAGS + [f"--user-data-dir={profile}"]:
+        opts.add_argument(f)
+    try:
+        d = webdriver.Chrome(options=opts, service=Service(driver))
+    except WebDriverException as e:
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.skip(f"chromium could not be started: {str(e).splitlines()[0]}")
+    d.set_script_timeout(WAIT)
+    yield d
+    d.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(d, script: str, what: str, timeout: float = WAIT):
+    """Poll a JS expression until it is truthy; its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda d: d.execute_script("return " + script), what)
+
+
+def wait_loaded(d):
+    wait_for(d, "window.mosaicViewer && mosaicViewer.world.getItemCount() === 1 && "
+                "mosaicViewer.world.getItemAt(0).getFullyLoaded() && !mosaicViewer.viewport.isAnimating?.()",
+             "the mosaic's tiles to load")
+
+
+def cell_pixel(d, row: int, col: int) -> tuple[float, float]:
+    """Where the centre of a cell is, in CSS pixels from the viewer element's centre."""
+    return tuple(d.execute_script("""
+        const v = mosaicViewer, [row, col, cw] = arguments;
+        const p = v.viewport.imageToViewerElementCoordinates(new OpenSeadragon.Point((col + 0.5) * cw, (row + 0.5) * cw));
+        const r = v.element.getBoundingClientRect();
+        return [p.x - r.width / 2, p.y - r.height / 2];""", row, col, TILE_PX))
+
+
+def panel(d) -> dict:
+    ids = ["tile-id", "cell-pos", "tile-distance", "tile-origin", "tile-source", "gen-prompt", "gen-seed", "gen-model"]
+    return d.execute_script("return Object.fromEntries(arguments[0].map(i => [i, document.getElementById(i).textContent]))",
+                            ids)
+
+
+def test_click_a_cell_shows_its_tile(browser, mosaics):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+    s = Served(mosaics["tiff"])
+    d = browser
+    saved = mosaics["saved"]
+    try:
+        d.get(f"http://127.0.0.1:{s.port}/")
+        wait_loaded(d)
+        assert "13 × 9 cells" in d.find_element(By.ID, "mosaic-summary").text
+        viewer_el = d.find_element(By.ID, "viewer")
+        # zoom in with the mouse wheel, as a person would
+        home = d.execute_script("return mosaicViewer.viewport.getZoom()")
+        ActionChains(d).scroll_from_origin(ScrollOrigin.from_element(viewer_el), 0, -300).perform()
+        wait_for(d, f"mosaicViewer.viewport.getZoom(true) > {home} * 1.1", "the wheel to zoom in")
+        # then to a known cell at a zoom where cells are big on screen
+        row, col = GEN_CELL
+        d.execute_script("""
+            const v = mosaicViewer, [x, y] = arguments;
+            v.viewport.zoomTo(v.viewport.imageToViewportZoom(2.5), null, true);
+            v.viewport.panTo(v.viewport.imageToViewportCoordinates(x, y), true);""",
+                         (col + 0.5) * TILE_PX, (row + 0.5) * TILE_PX)
+        wait_loaded(d)
+        dx, dy = cell_pixel(d, row, col)
+        ActionChains(d).move_to_element_with_offset(viewer_el, int(dx), int(dy)).click().perform()
+        tid = int(saved.tile_ids[row, col])
+        wait_for(d, f"document.getElementById('tile-id').textContent === '{tid}'", "the panel to show the clicked tile")
+        p = panel(d)
+        assert p["cell-pos"] == f"row {row}, column {col}"
+        assert p["tile-origin"] == "generated"
+        assert p["gen-prompt"] == GENERATED["prompt"] and p["gen-seed"] == "4242" and p["gen-model"] == GENERATED["model"]
+        assert p["tile-distance"].startswith(f"{float(saved.cost[row, col]):.2f}")
+        wait_for(d, "document.getElementById('tile-original').complete && "
+                    "document.getElementById('tile-original').naturalWidth > 0", "the original to load")
+        natural = d.execute_script("return document.getElementById('tile-original').naturalWidth")
+        assert natural == 64  # the generated original, not a thumbnail or a mosaic tile
+        assert d.find_element(By.ID, "tile-generation").is_displayed()
+        ARTIFACTS.mkdir(exist_ok=True)
+        d.save_screenshot(str(ARTIFACTS / "serve_browser_generated.png"))
+
+        # hovering over a neighbour at this zoom shows it too; its source is the PNG file
+        row2, col2 = FILE_CELL if FILE_CELL != GEN_CELL else BMP_CELL
+        d.execute_script("""
+            const v = mosaicViewer, [x, y] = arguments;
+            v.viewport.panTo(v.viewport.imageToViewportCoordinates(x, y), true);""",
+                         (col2 + 1) * TILE_PX, (row2 + 1) * TILE_PX)
+        wait_loaded(d)
+        dx, dy = cell_pixel(d, row2, col2)
+        ActionChains(d).move_to_element_with_offset(viewer_el, int(dx) - 3, int(dy) - 3) \
+            .move_by_offset(3, 3).perform()
+        tid2 = int(saved.tile_ids[row2, col2])
+        wait_for(d, f"document.getElementById('tile-id').textContent === '{tid2}'", "hover to show the tile under the pointer")
+        p = panel(d)
+        assert p["tile-origin"] == "file" and p["tile-source"].endswith(".png") and Path(p["tile-source"]).is_file()
+        assert not d.find_element(By.ID, "tile-generation").is_displayed()  # no prompt for a file tile
+        assert d.find_element(By.ID, "tile-original").is_displayed()
+        wait_for(d, "document.getElementById('tile-original').complete && "
+                    "document.getElementById('tile-original').naturalWidth > 0", "the original to load")
+        wait_loaded(d)
+        shot = ARTIFACTS / "serve_browser.png"
+        d.save_screenshot(str(shot))
+        print(f"screenshots: {shot}, {ARTIFACTS / 'serve_browser_generated.png'}")
+        # the screenshot shows the mosaic (not a blank canvas) and the filled panel
+        img = np.asarray(Image.open(shot).convert("RGB"))
+        assert img.shape[0] > 400 and img.std() > 20
+        errors = [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        s.close()
