@@ -8,8 +8,13 @@ PYTEST_ARGS ?= -n 2
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch (pinned by TORCH_SPEC), diffusers and Ray for the generation tests: `make test` only, not `make demo`
+GEN_STAMP := $(VENV)/.installed-gen
+# The viewer's front-end (OpenSeadragon), pinned in package.json/package-lock.json
+NPM ?= npm
+NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test install gen-deps clean bench
+.PHONY: demo test install node-deps gen-deps clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,22 +22,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
+	touch $(NODE_STAMP)
 
-demo: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
+
+demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/mosaic demo --out demo-out
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP) $(GEN_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-gen-deps: $(STAMP)
+# torch first and pinned, so the extras resolve against it instead of pulling a CUDA build
+$(GEN_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[gen,dev]'
+	$(BIN)/pip install -q -e '.[gen,ray,dev]'
+	touch $(GEN_STAMP)
+
+gen-deps:
+	rm -f $(GEN_STAMP)
+	$(MAKE) $(GEN_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_match.py
+	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_print.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 clean:
 	rm -rf demo-out benchmarks/results .pytest_cache

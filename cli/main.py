@@ -8,6 +8,7 @@ from mosaicdb import __version__
 from .common import MosaicGroup, setup_logging
 from .db import db_group
 from .demo import demo_cmd
+from .generate import generate_group
 from .make import eval_cmd, make_cmd, render_cmd
 from .plan import plan_cmd
 from .print_cmd import print_cmd
@@ -33,6 +34,7 @@ cli.add_command(make_cmd)
 cli.add_command(render_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(generate_group)
 cli.add_command(plan_cmd)
 cli.add_command(print_cmd)
 cli.add_command(serve_cmd)

@@ -1,0 +1,132 @@
+"""The macro scene (a mosaic's target) from the same model, and regenerating any generated
+tile or scene from its provenance."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatabaseError, UsageError
+from .colours import nearest_name
+from .pipeline import (Generator, PipelineOptions, ResolvedPipeline, _resolve_device, locate_model,
+                       resolve_pipeline)
+from .prompts import DEFAULT_NEGATIVE
+from .worker import derive_seed
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    prompt: str
+    negative: str | None = None   # None: DEFAULT_NEGATIVE
+    width: int | None = None      # None: the model's native size
+    height: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise UsageError("the scene needs a prompt, e.g. \"a lighthouse on a cliff at sunset\"")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+
+
+def image_format(out) -> str:
+    fmt = _FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--out {out}: the suffix must be one of {', '.join(_FORMATS)}")
+    return fmt
+
+
+def write_image(rgb: np.ndarray, out) -> Path:
+    """Write uint8 RGB to PNG/JPEG/WebP (by suffix) under a temporary name, then rename."""
+    from PIL import Image
+    out = Path(out)
+    fmt = image_format(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    Image.fromarray(rgb).save(tmp, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))
+    os.replace(tmp, out)
+    return out
+
+
+def generate_scene(popts: PipelineOptions, sopts: SceneOptions, out, *, on_note=None) -> dict:
+    """Generate one scene image to `out`, with its provenance as JSON beside it (<out>.json).
+    Returns the provenance."""
+    sopts.validate()
+    image_format(out)
+    rp = resolve_pipeline(popts)
+    for note in rp.notes:
+        if on_note:
+            on_note(note)
+    w = rp.check_size(sopts.width or rp.native_size, "--width")
+    h = rp.check_size(sopts.height or rp.native_size, "--height")
+    if rp.threads == 0:
+        rp = replace(rp, threads=int(__import__("torch").get_num_threads()))
+    negative = DEFAULT_NEGATIVE if sopts.negative is None else sopts.negative
+    rgb = Generator(rp)([sopts.prompt], [negative], [sopts.seed], width=w, height=h)[0]
+    out = write_image(rgb, out)
+    prov = {"generator": "mosaicdb.generate", "kind": "scene", "prompt": sopts.prompt, "negative": negative,
+            "seed": sopts.seed, "width": w, "height": h, "model": rp.model, "steps": rp.steps,
+            "guidance": rp.guidance,
+            "lora": None if not rp.lora else {"path": rp.lora, "scale": rp.lora_scale, "sha256": rp.lora_sha256},
+            "pipeline": rp.provenance(), "notes": list(rp.notes), "output": str(out)}
+    Path(str(out) + ".json").write_text(json.dumps(prov, indent=2) + "\n")
+    return prov
+
+
+def regenerate(prov: dict, *, model: str | None = None, device: str | None = None, dtype: str | None = None,
+               exact_batch: bool = True) -> np.ndarray:
+    """The pixels of a generated tile or scene, from its provenance.
+
+    A tile is regenerated together with the batch it was made in (`exact_batch`): batch mates
+    change the low bits of the arithmetic, so only the same batch, device, dtype, torch threads
+    and library versions reproduce every pixel exactly. `exact_batch=False` renders it alone
+    (a few pixels may then differ by one level on a CPU). `model` points at the checkpoint when
+    it has moved since the tile was made."""
+    if prov.get("generator") != "mosaicdb.generate":
+        raise DatabaseError("this tile was not made by `mosaic generate` (its provenance has no generator record)")
+    rp = ResolvedPipeline.from_provenance(prov["pipeline"])
+    if model:
+        source, local = locate_model(model)
+        rp = replace(rp, source=source, local=local)
+    elif rp.local and not Path(rp.source, "model_index.json").is_file():
+        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
+    if device or dtype:
+        notes = []
+        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
+                                  None, notes)
+        rp = replace(rp, device=dev, dtype=dt)
+    gen = Generator(rp)
+    w, h = int(prov["width"]), int(prov["height"])
+    if prov.get("kind") == "scene":
+        return gen([prov["prompt"]], [prov["negative"]], [int(prov["seed"])], width=w, height=h)[0]
+    own = f"{prov['palette']['hex']}:{prov['attempt']}"
+    members = prov["batch"]["members"] if exact_batch else [own]
+    position = prov["batch"]["position"] if exact_batch else 0
+    prompts, seeds, rgbs = [], [], []
+    for m in members:
+        hexcode, attempt = m.rsplit(":", 1)
+        rgb = tuple(int(hexcode[i:i + 2], 16) for i in (1, 3, 5))
+        prompts.append(prov["prompt"] if m == own else prov["template"].format(colour=nearest_name(rgb)))
+        seeds.append(derive_seed(prov["base_seed"], hexcode, int(attempt)))
+        rgbs.append(rgb)
+    strength = float(prov.get("colour_init") or 0.0)
+    pixels = gen(prompts, [prov["negative"]] * len(members), seeds, width=w, height=h,
+                 init_rgb=rgbs if strength > 0 else None, strength=strength)
+    return pixels[position]
+
+
+def provenance_of(db_path, tile_id: int) -> dict:
+    from ..store import TileDB
+    with TileDB.open(db_path, readonly=True) as db:
+        rows = db.tiles([tile_id])
+        if not rows:
+            raise DatabaseError(f"no tile {tile_id} in {db_path}")
+        return rows[0]["provenance"]
+
+
+__all__ = ["SceneOptions", "generate_scene", "regenerate", "provenance_of", "write_image", "asdict"]
