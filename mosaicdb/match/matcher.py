@@ -1,7 +1,9 @@
 """Candidates from the index, then the repeat-controlled assignment of one tile per cell."""
 from __future__ import annotations
 
+import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,8 +12,12 @@ from ..options import DEFAULT_MIN_DISTANCE, MatchOptions
 from .assign import Assignment, RepeatOptions, assign
 from .grid import CellData, Grid
 
-# Beyond this many candidates per cell, IVF lists run dry: widen with exact search instead.
-_IVF_WIDEN_MAX = 1024
+# Widening an IVF index: probe lists holding about this many times k vectors, and search rows
+# that still come back short (their nearest lists used up by --max-uses) again with this many
+# times more lists, up to all of them (= exact). At its tuned nprobe an IVF index returns only
+# what a few lists hold, and exact search with k in the thousands costs ~2 ms a cell.
+_WIDEN_SCAN = 3
+_NPROBE_STEP = 4
 
 
 @dataclass
@@ -69,14 +75,48 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
 
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
-        avail = n_tiles - len(exclude)
         k2 = min(k2, n_tiles)
-        if k2 <= _IVF_WIDEN_MAX and (index.infos["kind"] == "flat" or k2 < avail):
-            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)
+        if index.infos["kind"] != "ivf":
+            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: exact
         else:
-            dd, ii = db.search(q, k2, exact=True, exclude=exclude)
+            dd, ii = _wide_ivf_search(index, q, k2, exclude)
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, rep, widen)
     t3 = time.perf_counter()
     return MatchResult(a, rep, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
+
+
+@contextmanager
+def _nprobe(index, nprobe: int):
+    """The IVF index searched with `nprobe` lists for the duration (CPU searches)."""
+    import faiss
+    ivf = faiss.extract_index_ivf(index.index)
+    old = ivf.nprobe
+    ivf.nprobe = int(nprobe)
+    try:
+        yield
+    finally:
+        ivf.nprobe = old
+
+
+def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray):
+    """k nearest tiles not in `exclude` from an IVF index, with nprobe raised until every row
+    is full (or all lists are probed, which is exact search). On the CPU index: a GPU copy
+    would not see the nprobe changes."""
+    import faiss
+    ivf = faiss.extract_index_ivf(index.index)
+    nlist, base = int(ivf.nlist), int(ivf.nprobe)
+    avail = max(index.ntotal - len(exclude), 1)
+    want = min(k, avail)
+    nprobe = min(nlist, max(base, math.ceil(_WIDEN_SCAN * k * nlist / avail)))
+    with _nprobe(index, nprobe):
+        dd, ii = index.search(q, k, device="cpu", exclude=exclude)
+    short = ii[:, want - 1] < 0 if want else np.zeros(len(ii), bool)
+    while short.any() and nprobe < nlist:
+        nprobe = min(nlist, nprobe * _NPROBE_STEP)
+        with _nprobe(index, nprobe):
+            d2, i2 = index.search(q[short], k, device="cpu", exclude=exclude)
+        dd[short], ii[short] = d2, i2
+        short[short] = i2[:, want - 1] < 0
+    return dd, ii
