@@ -218,7 +218,7 @@ def test_peak_memory_flat_from_8192_to_16384(synthetic_db, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, sig):
-    n = 96
+    n = 192  # 49152^2: far too long to finish before the signal, and never written in full
     saved = random_assignment(synthetic_db, n, n, seed=5)
     out = tmp_path / "killed.tif"
     asg.save(out, saved)
