@@ -129,14 +129,19 @@ def square_resize(img: Image.Image, size: int) -> Image.Image:
 
 
 def make_thumbnails(img: Image.Image, sizes: tuple[int, ...]) -> list[np.ndarray]:
-    """Square thumbnails at each size (ascending powers of two): the largest from the image,
-    each smaller one by a 2x box reduction of the next, which is fast and alias-free."""
+    """Square thumbnails at each size (ascending powers of two): the largest from the centre
+    square (area-averaged down, or bicubic up for small originals), each smaller one by a 2x
+    area reduction of the next. OpenCV on arrays: several times cheaper than Pillow per tile,
+    which is most of ingest's cost for small images."""
+    import cv2
+    sq = np.asarray(center_square(img))
+    top, s = sizes[-1], sq.shape[0]
+    if s != top:
+        sq = cv2.resize(sq, (top, top), interpolation=cv2.INTER_AREA if s > top else cv2.INTER_CUBIC)
     out = [None] * len(sizes)
-    cur = square_resize(img, sizes[-1])
-    out[-1] = np.asarray(cur)
+    out[-1] = np.ascontiguousarray(sq)
     for i in range(len(sizes) - 2, -1, -1):
-        cur = cur.reduce(sizes[i + 1] // sizes[i])
-        out[i] = np.asarray(cur)
+        out[i] = cv2.resize(out[i + 1], (sizes[i], sizes[i]), interpolation=cv2.INTER_AREA)
     return out
 
 
