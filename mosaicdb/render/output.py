@@ -15,7 +15,7 @@ from ..errors import RenderError, UsageError
 from ..units import human_bytes
 from .codecs import get_codec
 from .pyramid import TILE, PyramidRenderer, plan_levels
-from .raster import FORMATS as RASTER, check_raster, write_raster
+from .raster import FORMATS as RASTER, check_raster, suffix_choice, write_raster
 
 KINDS = {**{s: "raster" for s in RASTER}, ".tif": "tiff", ".tiff": "tiff", ".dzi": "dzi"}
 TIFF_MAX_SIDE = 2 ** 32 - 1
@@ -23,11 +23,7 @@ PNG_BYTES_PER_PX = 1.5
 
 
 def output_kind(path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in KINDS:
-        raise UsageError(f"--out {path}: unknown output type {suffix or '(none)'}; use one of "
-                         f"{', '.join(sorted(KINDS))}")
-    return KINDS[suffix]
+    return suffix_choice(path, KINDS, "output type")
 
 
 @dataclass

@@ -17,12 +17,17 @@ MAX_SIDE = {"PNG": 2 ** 31 - 1, "JPEG": 65500, "WEBP": 16383}
 IN_MEMORY_MAX_PIXELS = 400_000_000  # 1.2 GB of RGB: past this, write PNG (streamed) or TIFF
 
 
-def raster_format(path) -> str:
+def suffix_choice(path, table: dict, what: str):
+    """table[suffix of path]; an unknown suffix raises UsageError listing the known ones."""
     suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise UsageError(f"--out {path}: unknown image type {suffix or '(none)'}; use one of "
-                         f"{', '.join(sorted(FORMATS))}")
-    return FORMATS[suffix]
+    if suffix not in table:
+        raise UsageError(f"--out {path}: unknown {what} {suffix or '(none)'}; use one of "
+                         f"{', '.join(sorted(table))}")
+    return table[suffix]
+
+
+def raster_format(path) -> str:
+    return suffix_choice(path, FORMATS, "image type")
 
 
 def check_raster(path, width: int, height: int) -> str:
