@@ -224,7 +224,9 @@ def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, s
     asg.save(out, saved)
     proc = subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", "render",
                              str(asg.sidecar_paths(out)[0]), "--out", str(out), "--color", "mean", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (as CI may run us) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".killed.tif") for p in tmp_path.iterdir()):
         time.sleep(0.05)
