@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timer, data_dir, default_out, loadavg, mb, peak_rss_mb, run_isolated, write_results  # noqa: E402
+from common import data_dir, default_out, loadavg, mb, peak_rss_mb, run_isolated, vm_hwm_mb, write_results  # noqa: E402
 
 GRID = 128
 
@@ -47,16 +47,6 @@ def disk_write_speed(folder: Path, n_bytes: int, chunk: int = 16 << 20) -> dict:
     return {"bytes": n_bytes, "seconds": round(dt, 3), "mb_per_s": round(n_bytes / dt / 1e6, 1)}
 
 
-def own_peak_mb() -> float | None:
-    """This process's own peak RSS (VmHWM). ru_maxrss is not used: Linux carries it over from
-    the parent across fork+exec, so a spawned child would report at least its parent's RSS."""
-    try:
-        with open("/proc/self/status") as f:
-            return round(next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024, 1)
-    except (OSError, StopIteration):
-        return None
-
-
 def print_one(db_path: str, assignment: str, out: str, opts: dict) -> dict:
     from mosaicdb import TileDB
     from mosaicdb import assignment as asg
@@ -69,7 +59,7 @@ def print_one(db_path: str, assignment: str, out: str, opts: dict) -> dict:
     return {"wall_seconds": round(wall, 2), "bytes": m["bytes"], "size_px": m["size_px"], "cell_px": m["cell_px"],
             "dpi": m["dpi"], "files": [(p["name"], p["size_px"], p["bytes"], p["bigtiff"]) for p in m["panels"]],
             "raw_bytes": sum(p["size_px"][0] * p["size_px"][1] * 3 for p in m["panels"]),
-            "warnings": m["warnings"], "peak_rss_mb": own_peak_mb(), "ru_maxrss": peak_rss_mb()}
+            "warnings": m["warnings"], "peak_rss_mb": vm_hwm_mb(), "ru_maxrss": peak_rss_mb()}
 
 
 def main() -> None:
@@ -83,7 +73,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results JSON [default: results/bench_print.json, "
                                                 "or bench_print_scale<S>.json when scaled]")
     a = ap.parse_args()
-    from bench_render import build_assignments, make_pool
+    from bench_render import build_assignments, pool_database
     data = data_dir(a.data)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_print_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -92,14 +82,7 @@ def main() -> None:
              ("B_5p5m_300dpi_panels", {"size": f"{550 * s:g}cm", "dpi": 300, "panel_width": f"{120 * s:g}cm",
                                        "overlap": f"{2 * s:g}cm"})]
     try:
-        from mosaicdb import TileDB
-        with Timer() as tp:
-            pool = make_pool(data, work / "pool", a.tiles)
-        dbp = work / "tiles.db"
-        if not (dbp / "catalog.sqlite").exists():
-            TileDB.create(dbp)
-        with TileDB.open(dbp) as db, Timer() as ti:
-            db.ingest([work / "pool"])
+        pool, dbp, pool_s, ingest_s, _ = pool_database(data, work, a.tiles)
         target = data / "targets" / "kodak" / "kodim23.png"
         assignment = build_assignments(dbp, target, work, [GRID])[GRID]
         runs = []
@@ -120,7 +103,7 @@ def main() -> None:
                   f"ratio {r['write_floor_ratio']}), peak RSS {r['peak_rss_mb']} MB", flush=True)
             shutil.rmtree(out, ignore_errors=True)
         results = {"scale": s, "grid": GRID, "tiles": len(pool), "compression": a.compression, "workers": a.workers,
-                   "pool_seconds": round(tp.seconds, 2), "ingest_seconds": round(ti.seconds, 2), "runs": runs,
+                   "pool_seconds": round(pool_s, 2), "ingest_seconds": round(ingest_s, 2), "runs": runs,
                    "loadavg": loadavg()}
         out = Path(a.out) if a.out else default_out("bench_print" if s == 1 else f"bench_print_scale{s:g}")
         print(f"wrote {write_results(out, 'bench_print', results)}")

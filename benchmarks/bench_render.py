@@ -22,16 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Timer, data_dir, default_out, loadavg, run_isolated, write_results  # noqa: E402
+from common import Timer, data_dir, default_out, loadavg, run_isolated, vm_hwm_mb, write_results  # noqa: E402
 
 TILE_SRC_PX = 512
-
-
-def vm_hwm_mb() -> float:
-    """This process's own peak RSS (VmHWM): ru_maxrss would include the parent's peak, which
-    Linux carries across fork+exec."""
-    with open("/proc/self/status") as f:
-        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024, 1)
 
 
 def make_pool(data: Path, folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -50,6 +43,20 @@ def make_pool(data: Path, folder: Path, n: int, seed: int = 0) -> list[Path]:
         Image.fromarray(a[y:y + side, x:x + side]).resize((TILE_SRC_PX, TILE_SRC_PX), Image.LANCZOS).save(p, quality=92)
         out.append(p)
     return out
+
+
+def pool_database(data: Path, work: Path, n: int):
+    """The real 512 px pool written under `work` and ingested through the normal path:
+    (pool files, database path, seconds to cut the pool, seconds to ingest, ingest report)."""
+    from mosaicdb import TileDB
+    with Timer() as tp:
+        pool = make_pool(data, work / "pool", n)
+    dbp = work / "tiles.db"
+    if not (dbp / "catalog.sqlite").exists():
+        TileDB.create(dbp)
+    with TileDB.open(dbp) as db, Timer() as ti:
+        rep = db.ingest([work / "pool"])
+    return pool, dbp, tp.seconds, ti.seconds, rep
 
 
 def build_assignments(db_path: Path, target: Path, work: Path, grids: list[int]) -> dict:
@@ -125,14 +132,7 @@ def main() -> None:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_render_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        from mosaicdb import TileDB
-        with Timer() as tp:
-            pool = make_pool(data, work / "pool", a.tiles)
-        dbp = work / "tiles.db"
-        if not (dbp / "catalog.sqlite").exists():
-            TileDB.create(dbp)
-        with TileDB.open(dbp) as db, Timer() as ti:
-            rep = db.ingest([work / "pool"])
+        pool, dbp, pool_s, ingest_s, rep = pool_database(data, work, a.tiles)
         grids = [s // a.tile_px for s in a.sizes]
         target = data / "targets" / "kodak" / "kodim23.png"
         assignments = build_assignments(dbp, target, work, grids)
@@ -151,8 +151,8 @@ def main() -> None:
             out.unlink(missing_ok=True)
         rss = [r["peak_rss_mb"] for r in runs]
         results = {"tiles": len(pool), "tile_source_px": TILE_SRC_PX, "tile_px": a.tile_px, "quality": a.quality,
-                   "workers": a.workers, "ingest": {"seconds": round(ti.seconds, 2), "summary": rep.summary()},
-                   "pool_seconds": round(tp.seconds, 2), "runs": runs,
+                   "workers": a.workers, "ingest": {"seconds": round(ingest_s, 2), "summary": rep.summary()},
+                   "pool_seconds": round(pool_s, 2), "runs": runs,
                    "rss_spread": round(max(rss) / min(rss) - 1, 3) if rss else None,
                    "goals": {"ratio_to_floor_max": 6, "peak_rss_mb_max": 1000, "rss_spread_max": 0.2},
                    "loadavg": loadavg()}

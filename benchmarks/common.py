@@ -88,6 +88,13 @@ def peak_rss_mb() -> dict:
     return {"self_mb": round(self_kb * scale, 1), "largest_child_mb": round(child_kb * scale, 1)}
 
 
+def vm_hwm_mb() -> float:
+    """This process's own peak RSS (VmHWM): ru_maxrss would include the parent's peak, which
+    Linux carries across fork+exec."""
+    with open("/proc/self/status") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024, 1)
+
+
 def cpu_seconds() -> dict:
     """User+system CPU seconds of this process and of its waited-for children so far."""
     me = resource.getrusage(resource.RUSAGE_SELF)
