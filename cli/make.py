@@ -33,8 +33,9 @@ def output_options(f):
 
 def render_options(f):
     f = click.option("--quality", default=90, show_default=True, help="JPEG/WebP quality (1-100).")(f)
-    f = click.option("--color-strength", default=0.5, show_default=True, type=float,
-                     help="How far colour transfer goes, 0 (none) to 1 (full).")(f)
+    f = click.option("--color-strength", default=None, type=float,
+                     help="How far colour transfer goes, 0 (none) to 1 (full) [make default: 0.5; "
+                          "render default: as saved].")(f)
     f = click.option("--color", "color", type=click.Choice(COLOR_MODES), default=None,
                      help="Per-cell colour transfer: mean shift, mean+std (AdaIN), or blend with the target "
                           "[make default: none; render default: as saved].")(f)
@@ -88,7 +89,8 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
-    ropts = RenderOptions(tile_px=tile_px, color=color or "none", color_strength=color_strength, quality=quality,
+    ropts = RenderOptions(tile_px=tile_px, color=color or "none",
+                          color_strength=0.5 if color_strength is None else color_strength, quality=quality,
                           codec=codec, ome=ome, dpi=dpi, workers=workers, cache_bytes=parse_bytes(cache))
     ropts.validate()
     paths = expand_targets(targets)
@@ -145,7 +147,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
     if print_size:
         tile_px, dpi = print_for_grid(print_size, dpi, saved.cols, saved.rows)
     ropts = RenderOptions(tile_px=tile_px if tile_px is not None else r0.get("tile_px", 32), color=color or r0.get("color", "none"),
-                          color_strength=color_strength if color else r0.get("color_strength", color_strength),
+                          color_strength=r0.get("color_strength", 0.5) if color_strength is None else color_strength,
                           quality=quality, codec=codec, ome=ome, dpi=dpi, workers=workers,
                           cache_bytes=parse_bytes(cache))
     with TileDB.open(db_path or saved.meta["db"], readonly=True) as db:

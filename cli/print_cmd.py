@@ -47,7 +47,7 @@ def build_options(saved, size, dpi, compression, icc, bleed, panel_width, panel_
     return PrintOptions(size=size, dpi=dpi, compression=compression, icc=icc, bleed=bleed, panel_width=panel_width,
                         panels=panel_grid, overlap=overlap, proof=proof, quality=quality,
                         color=color or r0.get("color", "none"),
-                        color_strength=color_strength if color else r0.get("color_strength", color_strength),
+                        color_strength=r0.get("color_strength", 0.5) if color_strength is None else color_strength,
                         workers=workers, cache_bytes=parse_bytes(cache), buffer_bytes=parse_bytes(buffer, "--buffer"))
 
 

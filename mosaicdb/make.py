@@ -102,7 +102,7 @@ class Maker:
         if grid.cell_px < 1:
             warnings.append(f"--grid {self.mopts.grid} is finer than {Path(target_path).name} "
                             f"({target.size[0]}x{target.size[1]} px): the target is upsampled "
-                            f"{1 / grid.cell_px:.1f}x; a coarser grid will read better")
+                            f"{1 / grid.cell_px:.2f}x; a coarser grid will read better")
         t1 = time.perf_counter()
         cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
         t2 = time.perf_counter()
