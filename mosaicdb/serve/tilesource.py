@@ -7,6 +7,8 @@ written by `mosaic make`, or a PNG/JPEG/WebP held in memory (small outputs).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 import re
 import threading
@@ -52,7 +54,7 @@ def parse_int(text: str, what: str) -> int:
     return int(text)
 
 
-class TileSource:
+class TileSource(ABC):
     """Geometry and validation shared by every source; subclasses implement `_tile`."""
     kind = "abstract"
     format = "jpeg"
@@ -91,8 +93,9 @@ class TileSource:
         w, h = self.level_size(level)
         return col * TILE, row * TILE, min(w, (col + 1) * TILE), min(h, (row + 1) * TILE)
 
+    @abstractmethod
     def _tile(self, level: int, col: int, row: int) -> bytes:
-        raise NotImplementedError
+        """Encoded bytes of one (already checked) tile: each source says where they come from."""
 
     def close(self) -> None:
         pass
