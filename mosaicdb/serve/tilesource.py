@@ -7,11 +7,10 @@ written by `mosaic make`, or a PNG/JPEG/WebP held in memory (small outputs).
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import math
 import re
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import cv2
