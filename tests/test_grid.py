@@ -231,7 +231,7 @@ def test_grid_finer_than_the_target_warns_and_upsamples(synthetic_db, tmp_path):
     r = maker.make(path, tmp_path / "m.png")
     assert len(r.warnings) == 1
     w = r.warnings[0]
-    assert "finer than tiny.png" in w and "30x20" in w and "upsampled 2.0x" in w and "coarser grid" in w
+    assert "finer than tiny.png" in w and "30x20" in w and "upsampled 2.00x" in w and "coarser grid" in w
     assert Image.open(r.output).size == (240, 160)
     assert r.metrics["cells"] == 2400 and np.isfinite(r.metrics["psnr64"])
     # the tiles follow the target: redder on the left than on the right
