@@ -17,6 +17,7 @@ def db_group():
 
     Example:
 
+    \b
         mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
     """
 
@@ -42,6 +43,7 @@ def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels)
 
     Example:
 
+    \b
         mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
     """
     d = TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), feature_grid=feature_grid,
@@ -64,6 +66,7 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet):
 
     Example:
 
+    \b
         mosaic db ingest tiles.db ~/Pictures/holiday photos.zip
     """
     with TileDB.open(db) as d:
@@ -86,12 +89,12 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
 
     Example:
 
+    \b
         mosaic db index tiles.db --target-recall 0.995
     """
     opts = IndexOptions(kind=kind, flat_max=flat_max, nlist=nlist, nprobe=nprobe, target_recall=target_recall)
-    opts.validate()
     with TileDB.open(db) as d:
-        infos = d.build_index(opts) if rebuild or kind != "auto" or nlist or nprobe else d.update_index(opts)
+        infos = d.index(opts, rebuild=rebuild)
     if as_json:
         echo_json(infos)
     else:
@@ -108,6 +111,7 @@ def stats_cmd(db, as_json):
 
     Example:
 
+    \b
         mosaic db stats tiles.db --json
     """
     with TileDB.open(db, readonly=True) as d:
@@ -136,6 +140,7 @@ def check_cmd(db, deep):
 
     Example:
 
+    \b
         mosaic db check tiles.db --deep
     """
     with TileDB.open(db, readonly=True) as d:
@@ -157,6 +162,7 @@ def errors_cmd(db, as_json):
 
     Example:
 
+    \b
         mosaic db errors tiles.db
     """
     with TileDB.open(db, readonly=True) as d:
@@ -178,19 +184,11 @@ def remove_cmd(db, tiles, source_prefix):
 
     Example:
 
+    \b
         mosaic db remove tiles.db 12 40 3fa9c2d1 --source ~/Pictures/blurry
     """
     if not tiles and not source_prefix:
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
-    ids, hashes = [], []
-    for t in tiles:
-        if t.isdigit():
-            ids.append(int(t))
-        elif len(t) >= 8 and all(c in "0123456789abcdefABCDEF" for c in t):
-            hashes.append(t)
-        else:
-            raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits")
     with TileDB.open(db) as d:
-        found = set(ids) | set(d.find(hashes=hashes, source_prefix=source_prefix).tolist())
-        n = d.remove(sorted(found))
+        n = d.remove(d.resolve_refs(tiles, source_prefix))
     click.echo(f"Removed {n} tile(s) from {db}.")

@@ -17,13 +17,14 @@ from .serve import serve_cmd
 
 @click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mosaic")
-@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback of system errors (disk, permissions) too.")
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
 def cli(debug, verbose):
     """mosaicdb: photomosaics from a reusable tile database, up to gigapixel prints.
 
     Example:
 
+    \b
         mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
     """
     setup_logging(verbose)

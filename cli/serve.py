@@ -27,8 +27,8 @@ def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir):
 
     Example:
 
+    \b
         mosaic serve print.tif
-
         mosaic serve mosaic.jpg --port 0 --no-open
     """
     warning = host_warning(host)

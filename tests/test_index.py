@@ -281,17 +281,17 @@ def test_devices(synthetic_db):
         resolve_device("cuda")
 
 
-@pytest.mark.parametrize("opts, message", [
-    (IndexOptions(kind="hnsw"), "unknown index kind"),
-    (IndexOptions(device="tpu"), "unknown device"),
-    (IndexOptions(target_recall=0), "target-recall"),
-    (IndexOptions(nlist=-1), "nlist"),
+@pytest.mark.parametrize("kw, message", [
+    (dict(kind="hnsw"), "unknown index kind"),
+    (dict(device="tpu"), "unknown device"),
+    (dict(target_recall=0), "target-recall"),
+    (dict(target_recall=float("nan")), "target-recall"),
+    (dict(nlist=-1), "nlist"),
+    (dict(nprobe=1.5), "nprobe"),
 ])
-def test_index_options_validation(opts, message):
+def test_index_options_validation(kw, message):
     with pytest.raises(UsageError, match=message):
-        opts.validate()
-    with pytest.raises(UsageError, match=message):
-        build_index(np.zeros((10, 3), np.float32), np.arange(10), opts)
+        IndexOptions(**kw)
 
 
 def test_forced_kinds(tmp_path, synthetic_tiles, new_db):

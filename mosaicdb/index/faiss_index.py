@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError, choice
+from ..errors import DeviceError, UsageError, check_int, check_number, choice
+from ..io import AtomicFiles
 
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
 KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IndexOptions:
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF beyond), IVF lists
+    and probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
     nlist: int = 0                  # 0: ~4*sqrt(n), a power of two in [64, 16384]
@@ -34,13 +36,16 @@ class IndexOptions:
     device: str = "auto"
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         choice("index kind", self.kind, {k: k for k in KINDS})
         choice("device", self.device, {k: k for k in DEVICES})
-        if not 0 < self.target_recall <= 1:
+        if check_number("--target-recall", self.target_recall, 0, 1) == 0:
             raise UsageError("--target-recall must be in (0, 1]")
-        if self.nlist < 0 or self.nprobe < 0:
-            raise UsageError("--nlist and --nprobe must be >= 0 (0 chooses automatically)")
+        check_int("--flat-max", self.flat_max, 0)
+        check_int("--nlist", self.nlist, 0, 1 << 20)
+        check_int("--nprobe", self.nprobe, 0, 1 << 20)
+        check_int("recall_sample", self.recall_sample, 1)
+        check_int("seed", self.seed, 0)
 
 
 def _faiss():
@@ -51,7 +56,7 @@ def _faiss():
 def resolve_device(device: str) -> str:
     ngpu = _faiss().get_num_gpus()
     if device == "cuda" and ngpu == 0:
-        raise UsageError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
+        raise DeviceError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
                          "is visible); use --device cpu, or swap in faiss-gpu on a GPU machine (see README)")
     if device == "auto":
         return "cuda" if ngpu > 0 else "cpu"
@@ -162,12 +167,11 @@ class VectorIndex:
             with open(path, "wb") as f:
                 np.save(f, self.ids)
 
-        for name, write in (("index.faiss", lambda p: faiss.write_index(self.index, p)),
-                            ("ids.npy", write_ids),
-                            ("index_infos.json", lambda p: Path(p).write_text(json.dumps(self.infos, indent=2)))):
-            tmp = str(folder / f".{name}.tmp")
-            write(tmp)
-            os.replace(tmp, folder / name)
+        with AtomicFiles() as group:  # the three files are replaced together, the infos last
+            faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            write_ids(group.temp(folder / "ids.npy"))
+            group.temp(folder / "index_infos.json").write_text(json.dumps(self.infos, indent=2))
+            group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
@@ -187,7 +191,6 @@ class VectorIndex:
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None) -> VectorIndex:
     """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,)."""
-    opts.validate()
     faiss = _faiss()
     t0 = time.perf_counter()
     n, d = vectors.shape

@@ -27,10 +27,10 @@ class MosaicAPI:
         self.allowed = set(np.unique(saved.tile_ids).tolist())
 
     def info(self) -> dict:
-        m = self.saved.meta
+        target = self.saved.meta.target
         return {"width": self.width, "height": self.height, "cols": self.saved.cols, "rows": self.saved.rows,
                 "distinct_tiles": len(self.allowed), "db": str(self.db.path),
-                "target": (m.get("target") or {}).get("path"),
+                "target": target.path if target is not None else None,
                 "mean_distance": float(self.saved.cost.mean())}
 
     def cell(self, row: int, col: int) -> dict:

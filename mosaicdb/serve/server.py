@@ -24,7 +24,8 @@ from .. import assignment as asg
 from ..errors import DatabaseError, MosaicError, UsageError
 from .api import MosaicAPI
 from .assets import load_assets
-from .tilesource import BadRequest, NotFound, RequestError, open_source, parse_int
+from .sources import open_source
+from .tilesource import BadRequest, NotFound, RequestError, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Viewer:
         self.source = open_source(mosaic)
         try:
             saved = asg.load(mosaic)
-            db_path = Path(db or saved.meta.get("db", ""))
+            db_path = Path(db or saved.meta.db)
             try:
                 self.db = TileDB.open(db_path, readonly=True)
             except DatabaseError as e:

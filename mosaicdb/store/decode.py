@@ -108,6 +108,26 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
     return img, (w, h), fmt
 
 
+# EXIF orientations 5-8 turn the picture a quarter turn: width and height swap
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image file as it will be decoded (EXIF rotation applied), from its
+    header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: decompression bomb") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot read {path}: {e}") from None
+    return (h, w) if orientation in _QUARTER_TURNS else (w, h)
+
+
 def center_square(img: Image.Image) -> Image.Image:
     w, h = img.size
     s = min(w, h)

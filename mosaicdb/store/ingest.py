@@ -21,6 +21,7 @@ import multiprocessing as mp
 import numpy as np
 
 from ..errors import ImageError, UsageError
+from ..io import write_atomic
 from .decode import DecodeOptions, make_thumbnails, open_image, tile_features
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -119,10 +120,7 @@ def _write_blob(db_path: str, rel: str, data: bytes) -> None:
     if os.path.exists(dest):
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    write_atomic(dest, lambda tmp: tmp.write_bytes(data))
 
 
 _zip_cache: dict[str, tuple[int, zipfile.ZipFile]] = {}  # path -> (mtime_ns it was opened at, zip)
