@@ -16,7 +16,7 @@ pytest.importorskip("diffusers", reason="generation tests need diffusers: pip in
 pytest.importorskip("transformers", reason="generation tests need transformers: pip install 'mosaicdb[gen]'")
 
 from mosaicdb import TileDB  # noqa: E402
-from mosaicdb.errors import UsageError  # noqa: E402
+from mosaicdb.errors import DeviceError, UsageError  # noqa: E402
 from mosaicdb.generate import (FilterOptions, Palette, PipelineOptions, SceneOptions, TileRunOptions,  # noqa: E402
                                generate_scene, generate_tiles, regenerate, save_tiny_pipeline)
 from mosaicdb.generate.filters import tile_stats  # noqa: E402
@@ -190,7 +190,7 @@ def test_pipeline_options_fail_in_one_line(tiny, kw, match):
     import torch
     if torch.cuda.is_available() and kw.get("device") == "cuda":
         pytest.skip("a GPU is visible here")
-    with pytest.raises(UsageError, match=match) as e:
+    with pytest.raises(DeviceError if kw.get("device") == "cuda" else UsageError, match=match) as e:
         resolve_pipeline(PipelineOptions(str(tiny), **kw))
     assert "\n" not in str(e.value)
 

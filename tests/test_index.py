@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write_synthetic
 from mosaicdb import TileDB
-from mosaicdb.errors import EmptyDatabase, IndexStale, UsageError
+from mosaicdb.errors import DeviceError, EmptyDatabase, IndexStale, UsageError
 from mosaicdb.features import lab_features
 from mosaicdb.index import IndexOptions, VectorIndex, build_index
 from mosaicdb.index.faiss_index import default_nlist, resolve_device
@@ -275,9 +275,9 @@ def test_devices(synthetic_db):
     q = np.asarray(synthetic_db.features()[:3])
     _, got = synthetic_db.search(q, 1, device="auto")
     np.testing.assert_array_equal(got[:, 0], synthetic_db.ids()[:3])
-    with pytest.raises(UsageError, match="no GPU"):
+    with pytest.raises(DeviceError, match="no GPU"):
         synthetic_db.search(q, 1, device="cuda")
-    with pytest.raises(UsageError, match="no GPU"):
+    with pytest.raises(DeviceError, match="no GPU"):
         resolve_device("cuda")
 
 

@@ -10,7 +10,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import __version__
+from .._version import __version__
 from ..io import AtomicFiles, check_free_space
 from ..units import human_bytes
 from .canvas import band_edges, stripes
