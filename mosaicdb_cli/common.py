@@ -16,10 +16,22 @@ import click
 
 from mosaicdb.errors import MosaicError, UsageError
 
+EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
+
+# The table `mosaic --help` shows (and README repeats); tests check it against the codes above.
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_RUNTIME: "the request could not be carried out (damaged database, full disk...)",
+    EXIT_USAGE: "the request is wrong: a bad option or argument (the message names it)",
+    EXIT_BUG: "internal error (a bug): the traceback is printed; please report it",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing is left half-written",
+}
+
+DB_ENV = "MOSAICDB_DB"
 
 # OS errors that describe the machine, not our code: reported in one line like any runtime error
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
@@ -77,20 +89,93 @@ def _bug(ctx) -> None:
     ctx.exit(EXIT_BUG)
 
 
+def root_epilog() -> str:
+    """The root --help's closing sections; `\\b` keeps each block's lines as written."""
+    width = max(len(str(c)) for c in EXIT_CODES) + 2
+    codes = "\n".join(f"  {c:<{width}}{what}" for c, what in EXIT_CODES.items())
+    return (f"\b\nExit codes:\n{codes}\n\n"
+            "\b\nEnvironment:\n"
+            f"  {DB_ENV}             the tile database when DB or --db is not given\n"
+            "  MOSAICDB_OPENSEADRAGON  OpenSeadragon's build folder (as serve --osd-dir)\n"
+            "  TQDM_DISABLE=1          no progress bars (never drawn off a terminal)\n\n"
+            "\b\nShell completion (bash; zsh_source or fish_source for those shells):\n"
+            '  eval "$(_MOSAIC_COMPLETE=bash_source mosaic)"')
+
+
+def _root_flag(name: str) -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get(name))
+
+
 def quiet_option(f):
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bars or informational messages.")(f)
+    """-q on a command; `mosaic -q COMMAND` (on the root group) sets it for every command."""
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bars or informational messages.",
+                        callback=lambda ctx, param, value: value or _root_flag("quiet"))(f)
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(f)
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
 
 
 def db_argument(f):
-    return click.argument("db", type=click.Path(file_okay=False, path_type=str))(f)
+    """The DB positional; it may be left out when $MOSAICDB_DB names the database."""
+    return click.argument("db", type=click.Path(file_okay=False, path_type=str), envvar=DB_ENV)(f)
+
+
+def after_db(name: str, *, nargs: int = -1, required: bool = True, **kw):
+    """A positional that follows DB. With $MOSAICDB_DB set, DB may be left out: the first
+    positional is then taken for DB only when it is a tile database (or, for a fixed number of
+    positionals, when all of them are there), otherwise it belongs to NAME."""
+    from mosaicdb.store.db import TileDB
+
+    def shift(ctx, param, value):
+        db = ctx.params.get("db")
+        from_env = ctx.get_parameter_source("db") == click.core.ParameterSource.ENVIRONMENT
+        fallback = _env_db(ctx)
+        missing = value is None or value == ()
+        if fallback and db is not None and not from_env and not TileDB.exists(db) and (nargs == -1 or missing):
+            value = param.type_cast_value(ctx, (db, *value) if nargs == -1 else db)
+            ctx.params["db"] = fallback
+        if required and (value is None or value == ()):
+            raise click.MissingParameter(ctx=ctx, param=param)
+        return value
+
+    if required:  # shown as required, though click may not insist (the callback does)
+        kw.setdefault("metavar", name.upper() + ("..." if nargs == -1 else ""))
+    return click.argument(name, nargs=nargs, required=False, callback=shift, **kw)
+
+
+def _env_db(ctx) -> str | None:
+    """$MOSAICDB_DB, as click reads the DB argument's envvar (the CLI never touches os)."""
+    return next(p for p in ctx.command.params if p.name == "db").resolve_envvar_value(ctx)
+
+
+def db_option(f):
+    """--db DB (required), which $MOSAICDB_DB may give instead."""
+    return click.option("--db", "db_path", type=click.Path(file_okay=False), required=True, envvar=DB_ENV,
+                        show_envvar=True, help="Tile database folder.")(f)
+
+
+def saved_db_option(f):
+    """--db for commands on a saved assignment: the database it names wins over $MOSAICDB_DB,
+    which is used only when that one is gone (see `given_db`)."""
+    return click.option("--db", "db_path", type=click.Path(file_okay=False), default=None, envvar=DB_ENV,
+                         show_envvar=True, help="Tile database [default: the one saved in the assignment; "
+                                                f"${DB_ENV} if that one is gone].")(f)
+
+
+def given_db(name: str = "db_path") -> dict:
+    """{db: --db as given on the command line, db_fallback: $MOSAICDB_DB} for `saved_db_option`."""
+    ctx = click.get_current_context()
+    value = ctx.params.get(name)
+    if ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT:
+        return {"db": None, "db_fallback": value}
+    return {"db": value, "db_fallback": None}
 
 
 def info(quiet: bool, msg: str) -> None:
-    if not quiet:
+    """An informational line on stderr, unless -q (on the command or the root group)."""
+    if not (quiet or _root_flag("quiet")):
         click.echo(msg, err=True)
 
 
@@ -104,5 +189,6 @@ def echo_json(obj) -> None:
 
 
 def setup_logging(verbose: bool) -> None:
+    """-v: the library's debug log on stderr; otherwise warnings and errors only (also with -q)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -14,7 +14,7 @@ PKG = ROOT / "mosaicdb"
 # A stage may import its own rank and below; ARCHITECTURE.md shows the same table.
 RANK = {
     "_version": 0, "errors": 0,
-    "units": 1, "features": 1, "color": 1, "evaluate": 1, "srgb": 1,
+    "units": 1, "features": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
     "io": 2,
     "assignment": 3, "index": 3,
     "store": 4,
@@ -137,6 +137,13 @@ def test_importing_the_library_loads_no_click():
             "print(sorted(m for m in ('click', 'mosaicdb_cli') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_one_progress_bar_factory():
+    """Every bar goes through mosaicdb/progress.py, where the TTY and TQDM_DISABLE rule lives."""
+    hits = [str(p.relative_to(ROOT)) for p in [*PKG.rglob("*.py"), *(ROOT / "mosaicdb_cli").glob("*.py")]
+            if p.name != "progress.py" and re.search(r"^\s*(import tqdm|from tqdm)", p.read_text(), re.M)]
+    assert not hits, f"make bars with mosaicdb.progress.progress_bar: {hits}"
 
 
 def test_cli_holds_no_logic():

@@ -14,6 +14,7 @@ import tifffile
 from clirun import invoke_cli
 from PIL import Image, ImageCms
 
+from mosaicdb import __version__
 from mosaicdb import assignment as asg
 from mosaicdb.srgb import colorants, srgb_icc, srgb_sha256
 from test_pyramid import random_assignment
@@ -113,9 +114,9 @@ def test_two_pyramids_are_identical(saved_json, tmp_path, extra):
         for lv in levels:
             page = lv.keyframe
             assert page.tags[34675].value == srgb_icc()
-            assert 306 not in page.tags and page.tags[305].value == "mosaicdb"
+            assert 306 not in page.tags and page.tags[305].value == f"mosaicdb {__version__}"
         if extra == ["--ome"]:
-            assert 'Creator="mosaicdb"' in tf.ome_metadata and "tifffile" not in tf.ome_metadata
+            assert f'Creator="mosaicdb {__version__}"' in tf.ome_metadata and "tifffile" not in tf.ome_metadata
 
 
 def test_ome_uuid_names_the_content(synthetic_db, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..io import write_atomic
+from ..progress import progress_bar
 from .executors import make_executor
 from .filters import FilterOptions
 from .palette import Palette, palette_from_targets, spread_palette
@@ -271,5 +272,4 @@ def _state(rep, ropts, palette, have, used, popts, rp, spec) -> dict:
 
 
 def _bar(enabled: bool, total: int):
-    from tqdm import tqdm
-    return tqdm(total=total, desc="generate", unit="tile", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(enabled, total, "generate", unit="tile")

@@ -5,9 +5,9 @@ the pyramid); `ome=True`: reduced levels as SubIFDs of the first page (Bio-Forma
 Tiles reach tifffile already encoded, so its own buffering holds bytes, not pixels.
 
 Reproducible: every page embeds the fixed sRGB profile (`mosaicdb.srgb`); nothing in the file
-depends on the time or on library versions (no DateTime tag, Software "mosaicdb", and with OME
-a Creator of "mosaicdb" and a UUID derived from the assignment instead of a random one), so
-the same assignment and options give the same bytes.
+depends on the time or on other libraries' versions (no DateTime tag; Software, and with OME
+the Creator, is "mosaicdb VERSION"; the OME UUID is derived from the assignment instead of
+drawn at random), so the same assignment and options give the same bytes.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import tifffile
 
+from .._version import __version__
 from ..srgb import srgb_icc
 from .pyramid import TILE, PyramidRenderer
 
 BUFFERSIZE = 16 << 20
-SOFTWARE = "mosaicdb"
+SOFTWARE = f"mosaicdb {__version__}"   # no date, no library versions: same input, same bytes
 
 
 def content_uuid(pyr: PyramidRenderer, codec) -> str:

@@ -58,17 +58,17 @@ def host_warning(host: str) -> str | None:
 class Viewer:
     """Everything one served mosaic needs: its tile source, assignment, database and assets."""
 
-    def __init__(self, mosaic, *, db=None, osd_dir=None):
-        from ..store.db import TileDB
+    def __init__(self, mosaic, *, db=None, db_fallback=None, osd_dir=None):
+        from ..store.db import TileDB, saved_db_path
         self.assets = load_assets(osd_dir)          # first: the cheapest failure to report
         self.source = open_source(mosaic)
         try:
             saved = asg.load(mosaic)
-            db_path = Path(db or saved.meta.db)
+            db_path = Path(saved_db_path(saved.meta.db, db, db_fallback))
             try:
                 self.db = TileDB.open(db_path, readonly=True)
             except DatabaseError as e:
-                hint = "" if db else " (moved? pass its new place with --db)"
+                hint = "" if db else " (moved? pass its new place with --db or $MOSAICDB_DB)"
                 raise DatabaseError(f"{e}{hint}") from None
             cols, rows = saved.cols, saved.rows
             w, h = self.source.width, self.source.height

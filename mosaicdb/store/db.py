@@ -102,6 +102,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         write_atomic(path / CATALOG, write_catalog)
         return cls(path)
 
+    @staticmethod
+    def exists(path) -> bool:
+        """Whether `path` is a tile database folder (it holds a catalog)."""
+        return bool(path) and (Path(path) / CATALOG).is_file()
+
     @classmethod
     def open(cls, path, readonly: bool = False) -> "TileDB":
         """An existing database (`TileDB.create` makes a new one)."""
@@ -204,3 +209,14 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
 __all__ = ["TileDB", "CheckReport", "IngestReport", "DEFAULT_THUMB_SIZES"]
+
+
+def saved_db_path(named: str, given=None, fallback=None) -> str:
+    """The database that renders a saved assignment: `given` (--db), else the one the assignment
+    `named`, else (only when that one is gone) `fallback` ($MOSAICDB_DB), so a default from the
+    environment never silently replaces the database the tiles were chosen from."""
+    if given:
+        return str(given)
+    if fallback and not TileDB.exists(named):
+        return str(fallback)
+    return named

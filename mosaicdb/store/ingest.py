@@ -181,6 +181,11 @@ class IngestReport:
     seconds: float = 0.0
     new_ids: list = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        """The counts and time (not the new ids: there may be millions)."""
+        return {"added": self.added, "duplicates": self.duplicates, "unchanged": self.unchanged,
+                "skipped": self.skipped, "seconds": self.seconds}
+
     def summary(self) -> str:
         rate = self.added / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.added} added, {self.skipped} skipped (mosaic db errors), "

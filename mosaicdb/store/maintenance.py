@@ -24,6 +24,9 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "tiles": self.tiles, "problems": list(self.problems), "warnings": list(self.warnings)}
+
 
 class Maintenance:
     def stats(self) -> dict:
