@@ -51,7 +51,8 @@ def find_openseadragon(explicit=None) -> Path:
     where = explicit or os.environ.get(ENV)
     if where:
         raise MissingDependency(f"OpenSeadragon not found in {where} ({'--osd-dir' if explicit else '$' + ENV}): "
-                                "point it at the openseadragon npm package's build/openseadragon folder")
+                                "point it at the build/openseadragon folder of the openseadragon npm package "
+                                "(`npm ci` installs it in a checkout), or leave it out to use the installed copy")
     raise MissingDependency(
         f"OpenSeadragon is not installed (looked in {BUNDLED} and {REPO / 'node_modules'}): reinstall "
         f"mosaicdb from its wheel, run `npm ci` in a checkout ({REPO}; or `make`), or point --osd-dir / "
