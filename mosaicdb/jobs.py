@@ -21,6 +21,7 @@ ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
 
 
 def is_assignment(path) -> bool:
+    """Whether `path` names a saved assignment (OUT.mosaic.json or .npz)."""
     return str(path).endswith(ASSIGNMENT_SUFFIXES)
 
 
@@ -128,6 +129,7 @@ class PrintJob:
                            progress=progress, plan=self.plan, assignment_path=self.assignment)
 
     def close(self) -> None:
+        """Close the tile database."""
         self.db.close()
 
     def __enter__(self) -> "PrintJob":

@@ -112,4 +112,5 @@ def srgb_icc() -> bytes:
 
 
 def srgb_sha256() -> str:
+    """The SHA-256 of the profile's bytes (as print manifests record it)."""
     return hashlib.sha256(srgb_icc()).hexdigest()

@@ -31,6 +31,9 @@ STATE_DIR = "generated"
 
 @dataclass(frozen=True)
 class TileRunOptions:
+    """One `generate tiles` run: style or prompt, tiles per palette colour, the palette (from
+    targets or spread), image size, seed, batch, negative prompt, colour init, retry budget,
+    filters and executor (local or Ray)."""
     style: str
     per_colour: int = 16
     palette_size: int = 64
@@ -67,6 +70,7 @@ class TileRunOptions:
         return self.max_attempts if self.max_attempts is not None else 3 * self.per_colour
 
     def to_json(self) -> dict:
+        """The options as JSON (in the run record)."""
         d = asdict(self)
         d["palette_from"] = list(self.palette_from)
         return d
@@ -74,6 +78,8 @@ class TileRunOptions:
 
 @dataclass
 class TileRunReport:
+    """What a `generate tiles` run did: tiles accepted, duplicates, rejections by reason,
+    attempts, colours left short, and timings."""
     recipe: str = ""
     db: str = ""
     colours: int = 0
@@ -96,6 +102,7 @@ class TileRunReport:
         return self.accepted / w if w > 0 else 0.0
 
     def summary(self) -> str:
+        """The report in one line."""
         rej = ", ".join(f"{v} {k}" for k, v in sorted(self.rejected.items())) or "none"
         s = (f"{self.accepted} tiles added ({self.duplicates} duplicates) for {self.colours} colours x "
              f"{self.per_colour}; {self.already_complete} colours were already complete; "
@@ -106,6 +113,7 @@ class TileRunReport:
         return s
 
     def to_json(self) -> dict:
+        """The report as JSON (also in the run record)."""
         return dict(asdict(self), tiles_per_s=round(self.tiles_per_s, 4))
 
 

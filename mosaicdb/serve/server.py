@@ -49,6 +49,8 @@ def is_loopback(host: str) -> bool:
 
 
 def host_warning(host: str) -> str | None:
+    """A warning when `host` is not a loopback address (the mosaic and originals would be
+    visible to others), else None."""
     if is_loopback(host):
         return None
     return (f"serving on {host}: anyone who can reach this address sees the mosaic and the originals of "
@@ -83,6 +85,7 @@ class Viewer:
         self.mosaic = Path(mosaic)
 
     def close(self) -> None:
+        """Close the mosaic's file and the tile database."""
         self.source.close()
         self.db.close()
 

@@ -79,6 +79,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
     @classmethod
     def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, feature_grid: int = 4, mean_weight: float = 1.0,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
+        """A new, empty tile database folder at `path` (it must not exist, or be empty). `thumb_sizes`:
+        the square thumbnails kept per tile; features are the Lab mean (weighted `mean_weight`) plus a
+        `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
+        `background`; images over `max_pixels` are refused."""
         path = Path(path)
         if (path / CATALOG).exists():
             raise DatabaseError(f"{path} is already a tile database")
@@ -130,6 +134,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return cls.open(path) if (Path(path) / CATALOG).exists() else cls.create(path, **create_options)
 
     def close(self) -> None:
+        """Close the catalog (the database is also closed by leaving a `with` block)."""
         self.con.close()
 
     def __enter__(self):
@@ -154,6 +159,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return self.con.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
 
     def ids(self) -> np.ndarray:
+        """The ids of the tiles in the database (removed tiles excluded), sorted."""
         return catalog.live_ids(self.con)
 
     def features(self) -> np.ndarray:
@@ -161,6 +167,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return self._features.read(self.next_id)
 
     def thumbs(self, size: int) -> np.ndarray:
+        """The (next_id, size, size, 3) uint8 thumbnails of that size, memory-mapped; row = tile id."""
         if size not in self._thumbs:
             raise UsageError(f"thumbnail size {size} is not stored; this database has {list(self.thumb_sizes)}")
         return self._thumbs[size].read(self.next_id)
@@ -179,6 +186,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return [out[i] for i in ids if i in out]
 
     def blob_path(self, tile: dict) -> Path:
+        """Where a tile's original is (`tile`: a row from `tiles()`): in the database, or the linked file."""
         p = Path(tile["blob"])
         return p if p.is_absolute() else self.path / p
 
@@ -206,6 +214,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return np.asarray(square_resize(self.load_original(tile_id), size))
 
     def errors(self) -> list[dict]:
+        """The inputs that were skipped, with why and when: [{source, reason, at}]."""
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
 __all__ = ["TileDB", "CheckReport", "IngestReport", "DEFAULT_THUMB_SIZES"]
