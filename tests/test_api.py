@@ -76,6 +76,7 @@ def readme_python() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     """Create, ingest, make to a file and to an array, exactly as the README shows."""
     write_synthetic(tmp_path / "photos", 120, seed=5)

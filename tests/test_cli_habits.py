@@ -105,6 +105,7 @@ def test_db_commands_json(images, tmp_path):
 
 
 # ---- $MOSAICDB_DB ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mosaicdb_db_is_the_default_database(images, tmp_path, monkeypatch):
     db, other = tmp_path / "env.db", tmp_path / "other.db"
     invoke_cli("db", "init", db, code=0)

@@ -25,6 +25,7 @@ def has_gpu() -> bool:
     return faiss.get_num_gpus() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(has_gpu(), reason="this machine has a GPU: run scripts/gpu_check.sh for real")
 def test_gpu_check_fails_fast_without_a_gpu():
     env = dict(os.environ, PYTHON=sys.executable)
