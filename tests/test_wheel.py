@@ -44,6 +44,10 @@ def dists(tmp_path_factory):
     pytest.importorskip("build", reason="`build` is in the dev extra: pip install -e '.[dev]'")
     if shutil.which("npm") is None:
         pytest.skip("npm is needed to build the wheel (it fetches OpenSeadragon)")
+    import setuptools
+    if int(setuptools.__version__.split(".")[0]) < 77:  # built without isolation: this one is used
+        pytest.fail(f"setuptools {setuptools.__version__} is below the build requirement (>=77): "
+                    "pip install -e '.[dev]' brings a newer one")
     tmp = tmp_path_factory.mktemp("dist")
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=JUNK)  # a clean tree: no node_modules, no build leftovers
