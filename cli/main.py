@@ -5,7 +5,7 @@ import click
 
 from mosaicdb import __version__
 
-from .common import MosaicGroup, setup_logging
+from .common import MosaicGroup, install_signal_handlers, setup_logging
 from .db import db_group
 from .demo import demo_cmd
 from .generate import generate_group
@@ -42,4 +42,5 @@ cli.add_command(serve_cmd)
 
 
 def main() -> None:
+    install_signal_handlers()
     cli(prog_name="mosaic")
