@@ -14,7 +14,7 @@ from .match.options import DEFAULT_GRID
 from .render.options import RenderOptions
 from .render.output import plan_output
 from .store import TileDB
-from .store.db import saved_db_path
+from .store.db import open_for_assignment
 from .store.decode import image_size
 
 ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
@@ -26,20 +26,21 @@ def is_assignment(path) -> bool:
 
 
 def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:
-    """The tile database of an assignment (read-only): `db` if given, else the one it names,
-    else `fallback` when that one is gone (`store.db.saved_db_path`)."""
-    path = saved_db_path(saved.meta.db, db, fallback)
-    if not path:
-        raise UsageError("this assignment names no tile database: give --db")
-    return TileDB.open(path, readonly=True)
+    """The tile database of an assignment (read-only): `db` if given, else the one it names, else
+    `fallback` if that one is gone; a different database than the one it was made from is
+    refused (see open_for_assignment)."""
+    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, fallback)
 
 
 def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = False, **render) -> dict:
     """Render a saved ASSIGNMENT to `out`; `render` holds RenderOptions fields (None: as saved).
     Returns what was written, with the warnings."""
     from .make import render_saved
+    from .make import refuse_overwriting_input
     saved = asg.load(assignment)
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
+    refuse_overwriting_input([Path(out)], [assignment, *asg.sidecar_paths(assignment),
+                                           *([saved.meta.target.path] if saved.meta.target else [])])
     with open_db(saved, db, db_fallback) as d:
         return render_saved(d, saved, out, ropts, progress)
 

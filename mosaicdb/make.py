@@ -62,13 +62,13 @@ def metrics_for(db, saved: asg.SavedAssignment, target_img: np.ndarray, render: 
     return m
 
 
-def refuse_overwriting_input(out: Path, *inputs) -> None:
-    """An output (or its assignment/metrics files) must never replace an input."""
-    finals = [out, *asg.sidecar_paths(out), asg.metrics_path(out)]
+def refuse_overwriting_input(outputs, inputs) -> None:
+    """No file written (`outputs`) may replace an input."""
     for i in inputs:
         ip = Path(i)
-        if ip.exists() and any(f.exists() and f.resolve() == ip.resolve() for f in finals):
-            raise UsageError(f"--out {out} would overwrite the input {ip}: choose another output name")
+        for f in map(Path, outputs):
+            if ip.exists() and f.exists() and f.resolve() == ip.resolve():
+                raise UsageError(f"--out {outputs[0]} would overwrite the input {ip}: choose another output name")
 
 
 def expand_targets(paths) -> list[Path]:
@@ -135,7 +135,7 @@ class Maker:
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
-            refuse_overwriting_input(out, target_path)
+            refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid_spec)
         ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
@@ -156,7 +156,7 @@ class Maker:
         t3 = time.perf_counter()
         meta = asg.AssignmentMeta(
             grid=asg.GridInfo(grid.cols, grid.rows, grid.crop, self.mopts.grid_spec),
-            db=str(Path(self.db.path).resolve()), db_version=self.db.version,
+            db=str(Path(self.db.path).resolve()), db_uuid=self.db.uuid, db_version=self.db.version,
             target=asg.TargetInfo(target.path, target.sha256, target.size),
             match=res.options.to_json(), render=ropts.to_json(),
             output=str(out.resolve()) if out is not None else "",

@@ -3,13 +3,15 @@
 Exit codes: 0 success; 1 the request could not be carried out (a `MosaicError`, or the system
 refusing: disk full, permission denied); 2 the request is wrong (a usage error: a bad option,
 argument or combination); 70 an internal error (a bug: the traceback is printed, please
-report it); 130 interrupted (Ctrl-C).
+report it); 130 interrupted (Ctrl-C); 143 / 129 terminated by SIGTERM / SIGHUP (cleaned up
+like Ctrl-C).
 """
 from __future__ import annotations
 
 import errno
 import json
 import logging
+import signal
 import traceback
 
 import click
@@ -21,6 +23,8 @@ EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
+EXIT_HANGUP = 128 + signal.SIGHUP        # 129
+EXIT_TERMINATED = 128 + signal.SIGTERM   # 143
 
 # The table `mosaic --help` shows (and README repeats); tests check it against the codes above.
 EXIT_CODES = {
@@ -28,7 +32,9 @@ EXIT_CODES = {
     EXIT_RUNTIME: "the request could not be carried out (damaged database, full disk...)",
     EXIT_USAGE: "the request is wrong: a bad option or argument (the message names it)",
     EXIT_BUG: "internal error (a bug): the traceback is printed; please report it",
+    EXIT_HANGUP: "hung up (SIGHUP); cleaned up like Ctrl-C",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing is left half-written",
+    EXIT_TERMINATED: "terminated (SIGTERM); cleaned up like Ctrl-C",
 }
 
 DB_ENV = "MOSAICDB_DB"
@@ -37,6 +43,25 @@ DB_ENV = "MOSAICDB_DB"
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
                       errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR,
                       errno.ENOTDIR, errno.ENOENT, errno.EEXIST, errno.EXDEV, errno.EBUSY, errno.ETXTBSY}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C so that every cleanup path
+    (temporary files, worker pools, locks) runs the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP end the command as cleanly as Ctrl-C does (exit 128 + signal)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 class OptionError(click.ClickException):
@@ -58,7 +83,10 @@ class MosaicGroup(click.Group):
             if ctx.find_root().params.get("debug") and not isinstance(e, MosaicError):
                 raise  # --debug: the full traceback of system errors too
             self._map_error(ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):
+                click.echo(f"Terminated ({signal.Signals(e.signum).name}).", err=True)
+                ctx.exit(128 + e.signum)
             click.echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from mosaicdb import TileDB
-from mosaicdb.errors import UsageError
+from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
@@ -170,6 +170,38 @@ def check_cmd(db, deep, as_json):
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
     click.echo(f"{db}: OK ({rep.tiles} tiles)")
+
+
+@db_group.command("repair")
+@db_argument
+@click.option("--remove-unrecoverable", is_flag=True,
+              help="Remove the tiles whose originals are missing or changed (they cannot be rebuilt).")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
+@quiet_option
+@json_option
+def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
+    """Rebuild what a damaged DB lost: array rows from the originals, checksums, the index.
+
+    Reports the tiles that cannot be rebuilt (original missing or changed) and exits 1 while
+    any remain (--remove-unrecoverable removes them).
+
+    Example:
+
+    \b
+        mosaic db repair tiles.db
+    """
+    with TileDB.open(db) as d:
+        rep = d.repair(remove_unrecoverable=remove_unrecoverable, workers=workers or 1,
+                       progress=not quiet and not as_json)
+    if as_json:
+        echo_json(rep.to_json())
+    else:
+        click.echo(f"{db}: {rep.summary()}")
+        for tid, why in rep.unrecoverable[:20]:
+            click.echo(f"  tile {tid}: {why}", err=True)
+    if not rep.ok:
+        raise DatabaseError(f"{db}: {len(rep.unrecoverable)} tile(s) cannot be rebuilt; they are never drawn: "
+                            "restore their originals and repair again, or rerun with --remove-unrecoverable")
 
 
 @db_group.command("errors")

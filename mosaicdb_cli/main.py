@@ -5,7 +5,7 @@ import click
 
 from mosaicdb import __version__
 
-from .common import MosaicGroup, root_epilog, setup_logging
+from .common import MosaicGroup, install_signal_handlers, root_epilog, setup_logging
 from .db import db_group
 from .demo import demo_cmd
 from .generate import generate_group
@@ -46,4 +46,5 @@ cli.add_command(serve_cmd)
 
 
 def main() -> None:
+    install_signal_handlers()
     cli(prog_name="mosaic")

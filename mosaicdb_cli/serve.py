@@ -15,14 +15,17 @@ from .common import given_db, json_option, saved_db_option
 @click.argument("mosaic", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback exposes the mosaic and its tiles' originals.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Another Host name to answer to (e.g. the name a proxy or other machines use); repeatable.")
 @saved_db_option
 @click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
 @click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
               show_envvar=True, help="OpenSeadragon's build folder [default: the copy installed with mosaicdb, "
                                      "else node_modules/ of a mosaicdb checkout].")
 @json_option
-def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir, as_json):
+def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_json):
     """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
@@ -40,7 +43,7 @@ def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir, as_json):
         click.echo(f"warning: {warning}", err=True)
     viewer = Viewer(mosaic, **given_db(), osd_dir=osd_dir)
     try:
-        httpd = make_server(viewer, host, port)
+        httpd = make_server(viewer, host, port, allow_hosts=allow_hosts)
         if as_json:
             click.echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
                                    "height": viewer.source.height, "cols": viewer.api.saved.cols,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from clirun import invoke_cli
 from mosaicdb import assignment as asg
-from mosaicdb.store.db import TileDB, saved_db_path
+from mosaicdb.store.db import TileDB
 from mosaicdb_cli import common
 from mosaicdb_cli.main import cli
 from test_cli import ALL
@@ -36,8 +36,8 @@ def exit_table(text: str) -> dict[int, str]:
 def test_root_help_documents_the_exit_codes():
     res = invoke_cli("--help", code=0, terminal_width=80)
     assert exit_table(res.output) == common.EXIT_CODES
-    assert set(common.EXIT_CODES) == {0, common.EXIT_RUNTIME, common.EXIT_USAGE, common.EXIT_BUG,
-                                      common.EXIT_INTERRUPTED} == {0, 1, 2, 70, 130}
+    assert set(common.EXIT_CODES) == {0, common.EXIT_RUNTIME, common.EXIT_USAGE, common.EXIT_BUG, common.EXIT_HANGUP,
+                                      common.EXIT_INTERRUPTED, common.EXIT_TERMINATED} == {0, 1, 2, 70, 129, 130, 143}
     epilog = res.output.split("Exit codes:", 1)[1]
     assert all(len(ln) <= 80 for ln in epilog.splitlines()), "the epilog is kept as written: fit 80 columns"
     assert "MOSAICDB_DB" in epilog and "TQDM_DISABLE" in epilog and "_MOSAIC_COMPLETE=bash_source" in epilog
@@ -131,28 +131,29 @@ def test_mosaicdb_db_is_the_default_database(images, tmp_path, monkeypatch):
 
 
 def test_saved_database_wins_over_the_environment(synthetic_db, tmp_path, monkeypatch):
-    """For a saved assignment, $MOSAICDB_DB stands in only when the database it names is gone."""
-    assert saved_db_path("/named", "/given", "/env") == "/given"
-    assert saved_db_path(str(synthetic_db.path), None, "/env") == str(synthetic_db.path)
-    assert saved_db_path(str(tmp_path / "gone.db"), None, "/env") == "/env"
-    assert saved_db_path(str(tmp_path / "gone.db"), None, None) == str(tmp_path / "gone.db")
-
+    """For a saved assignment, $MOSAICDB_DB stands in only when the database it names is gone,
+    and only if it is that same database, moved (its uuid): an implicit default never swaps tiles."""
     moved = tmp_path / "moved.db"
     shutil.copytree(synthetic_db.path, moved)
-    saved = random_assignment(synthetic_db, 6, 4)
-    asg.save(tmp_path / "s.png", saved)  # names synthetic_db, which exists
+    asg.save(tmp_path / "s.png", random_assignment(synthetic_db, 6, 4))
     js = tmp_path / "s.mosaic.json"
-    monkeypatch.setenv("MOSAICDB_DB", str(tmp_path / "empty.db"))
-    invoke_cli("db", "init", tmp_path / "empty.db", code=0)
-    invoke_cli("render", js, "--out", tmp_path / "a.png", "--tile-px", "4", "-q", code=0)  # the named one
     meta = json.loads(js.read_text())
+    meta["db_uuid"] = synthetic_db.uuid
+    js.write_text(json.dumps(meta))
+    other = tmp_path / "other.db"
+    invoke_cli("db", "init", other, code=0)
+    monkeypatch.setenv("MOSAICDB_DB", str(other))
+    invoke_cli("render", js, "--out", tmp_path / "a.png", "--tile-px", "4", "-q", code=0)  # the named one
     meta["db"] = str(tmp_path / "gone.db")
     js.write_text(json.dumps(meta))
     res = invoke_cli("render", js, "--out", tmp_path / "b.png", "--tile-px", "4", "-q", code=1)
-    assert "tile" in res.output  # the empty fallback database lacks the tiles
+    assert f"$MOSAICDB_DB ({other}) is not the tile database this assignment was made from" in res.output
     monkeypatch.setenv("MOSAICDB_DB", str(moved))
     invoke_cli("render", js, "--out", tmp_path / "c.png", "--tile-px", "4", "-q", code=0)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "c.png")))
+    monkeypatch.delenv("MOSAICDB_DB")
+    assert "moved? pass its new place with --db or $MOSAICDB_DB" in invoke_cli(
+        "render", js, "--out", tmp_path / "d.png", "-q", code=1).output
 
 
 # ---- -q on the root group ----------------------------------------------------------------------

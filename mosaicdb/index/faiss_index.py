@@ -179,11 +179,15 @@ class VectorIndex:
     def load(cls, folder: Path) -> "VectorIndex | None":
         """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
         folder = Path(folder)
+        # None means "no usable index": the database rebuilds it from its features
         try:
             infos = json.loads((folder / "index_infos.json").read_text())
-            ids = np.load(folder / "ids.npy")
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+            if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
+                    and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (FileNotFoundError, json.JSONDecodeError, ValueError, RuntimeError):
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError):
             return None
         if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
             return None  # files from different saves (a kill between the renames): rebuild

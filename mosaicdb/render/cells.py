@@ -136,6 +136,7 @@ class CellRenderer:
         if t <= self.max_thumb:
             s = min(s for s in self.db.thumb_sizes if s >= t)
             uniq, inv = np.unique(ids, return_inverse=True)
+            self.db.check_rows(f"thumbs_{s}", uniq)  # never draw a damaged row (black) as a tile
             return box_reduce(np.asarray(self._thumb(s)[uniq]), t)[inv]
         out = np.empty((len(ids), t, t, 3), np.uint8)
         for j, i in enumerate(ids.tolist()):

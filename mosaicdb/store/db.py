@@ -2,8 +2,9 @@
 
 This module opens and reads a database; the rest of the API comes in along its seams:
 writing (`writer.TileWriter`: ingest, add_images, remove, find), the vector index
-(`indexing.IndexLifecycle`: build, update, search) and upkeep (`maintenance.Maintenance`:
-stats, check).
+(`indexing.IndexLifecycle`: build, update, search), upkeep (`maintenance.Maintenance`: stats,
+check), trust in the arrays (`integrity.Integrity`: checksums, verified reads) and
+`repair.Repair` (rebuild what was lost from the originals).
 
 Layout of a database folder:
     catalog.sqlite          tiles, sources seen, skipped inputs, settings (WAL mode)
@@ -22,17 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, ImageError, UsageError
 from ..features import feature_dim
 from ..index import VectorIndex
-from ..io import write_atomic
+from ..io import UnsafeFile, inside, read_regular_file, write_atomic
 from . import catalog
 from .arrays import RowArray
 from .decode import DecodeOptions, open_image, square_resize
 from .indexing import IndexLifecycle
+from .integrity import Integrity
 from .ingest import IngestReport
 from .lock import WriteLock
 from .maintenance import CATALOG, CheckReport, Maintenance
+from .repair import Repair, RepairReport
 from .writer import TileWriter
 
 DEFAULT_THUMB_SIZES = (8, 16, 32, 64)
@@ -47,7 +50,7 @@ def _validate_sizes(sizes) -> tuple[int, ...]:
     return sizes
 
 
-class TileDB(TileWriter, IndexLifecycle, Maintenance):
+class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     """A tile database folder: tiles at full resolution with their provenance, thumbnails and
     features by tile id, and a FAISS index over the features.
 
@@ -63,6 +66,8 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         self.path = Path(path)
         self.readonly = readonly
         self.con = catalog.connect(self.path / CATALOG, readonly=readonly)
+        if not readonly:
+            catalog.upgrade(self.con)
         self.meta = catalog.get_meta(self.con)
         self.thumb_sizes = tuple(self.meta["thumb_sizes"])
         self.feature_grid = int(self.meta["feature_grid"])
@@ -73,6 +78,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
+        self._init_integrity()
         self._read_lock = threading.Lock()  # one connection, shared by render threads
 
     # ---- opening ---------------------------------------------------------------------------
@@ -155,6 +161,12 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
     def version(self) -> int:
         return int(self.meta["version"])
 
+    @property
+    def uuid(self) -> str | None:
+        """The database's identity, recorded in every assignment made from it (None for a
+        database made by an older mosaicdb and opened read-only since)."""
+        return self.meta.get("uuid")
+
     def __len__(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
 
@@ -185,27 +197,48 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
                     out[d["id"]] = d
         return [out[i] for i in ids if i in out]
 
-    def blob_path(self, tile: dict) -> Path:
-        """Where a tile's original is (`tile`: a row from `tiles()`): in the database, or the linked file."""
+    def blob_root(self, tile: dict) -> Path:
+        """The folder a tile's original must stay inside: originals/ for copies, the source
+        folder it was linked from for --link tiles (its own folder for older databases)."""
         p = Path(tile["blob"])
-        return p if p.is_absolute() else self.path / p
+        if not p.is_absolute():
+            return self.path / "originals"
+        return Path(tile.get("link_root") or p.parent)
+
+    def blob_path(self, tile: dict) -> Path:
+        """Where a tile's original is; DatabaseError when the catalog points outside its root."""
+        p = Path(tile["blob"])
+        full = p if p.is_absolute() else self.path / p
+        if not inside(full, self.blob_root(tile)):
+            raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
+                                f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
+        return full
 
     def load_original(self, tile_id: int):
-        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image."""
+        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image.
+        Only a regular file inside the tile's root, of bounded size, is read."""
         rows = self.tiles([tile_id])
         if not rows:
             raise DatabaseError(f"no tile {tile_id} in {self.path}")
         p = self.blob_path(rows[0])
         try:
-            data = p.read_bytes()
+            data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(rows[0]))
         except OSError as e:
-            raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); run `mosaic db check`") from None
-        return open_image(data, self.decode_options)[0]
+            raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); "
+                                f"run `mosaic db check {self.path}`") from None
+        except UnsafeFile as e:
+            raise DatabaseError(f"original of tile {tile_id} cannot be read safely: {e}") from None
+        try:
+            return open_image(data, self.decode_options)[0]
+        except ImageError as e:
+            raise DatabaseError(f"original of tile {tile_id} ({p}) no longer decodes ({e}); "
+                                f"run `mosaic db check --deep {self.path}`") from None
 
     def tile_pixels(self, tile_id: int, size: int) -> np.ndarray:
         """Square size x size pixels of one tile: from thumbnails when they reach `size`, else the original."""
         for s in self.thumb_sizes:
             if s >= size:
+                self.check_rows(f"thumbs_{s}", [tile_id])
                 t = self._thumbs[s].read(self.next_id)[tile_id]
                 if s == size:
                     return np.array(t)
@@ -217,15 +250,37 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         """The inputs that were skipped, with why and when: [{source, reason, at}]."""
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
-__all__ = ["TileDB", "CheckReport", "IngestReport", "DEFAULT_THUMB_SIZES"]
+__all__ = ["TileDB", "CheckReport", "IngestReport", "RepairReport", "DEFAULT_THUMB_SIZES"]
 
 
-def saved_db_path(named: str, given=None, fallback=None) -> str:
-    """The database that renders a saved assignment: `given` (--db), else the one the assignment
-    `named`, else (only when that one is gone) `fallback` ($MOSAICDB_DB), so a default from the
-    environment never silently replaces the database the tiles were chosen from."""
-    if given:
-        return str(given)
-    if fallback and not TileDB.exists(named):
-        return str(fallback)
-    return named
+def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None,
+                        fallback=None) -> TileDB:
+    """The tile database an assignment was made from, read-only: `override` (--db) if given,
+    else the path it recorded. A database at the recorded path that is not the one it was
+    made from (another uuid: recreated or replaced) is refused; an explicit --db is accepted
+    when it holds every tile of the assignment. `fallback` ($MOSAICDB_DB) stands in for the
+    recorded path only when no database is left there, and is held to the same uuid check: an
+    implicit default finds a moved database, it never swaps in another one."""
+    implicit = bool(not override and fallback and not TileDB.exists(recorded))
+    path = override or (fallback if implicit else recorded)
+    if not path:
+        raise UsageError("the assignment names no tile database: give --db")
+    try:
+        db = TileDB.open(path, readonly=True)
+    except DatabaseError as e:
+        hint = "" if override else " (moved? pass its new place with --db or $MOSAICDB_DB)"
+        raise DatabaseError(f"{e}{hint}") from None
+    try:
+        if recorded_uuid and db.uuid and db.uuid != recorded_uuid:
+            if not override:
+                where = f"$MOSAICDB_DB ({path})" if implicit else path
+                raise DatabaseError(f"{where} is not the tile database this assignment was made from (it was "
+                                    "recreated or replaced since): pass --db to use it anyway")
+            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
+            if len(gone):
+                raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
+                                    f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -46,6 +46,7 @@ class IndexLifecycle:
         ids = self.ids()
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
+        self.check_rows("features", ids)
         vectors = np.asarray(self.features()[ids])
         idx = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
         idx.save(self.index_dir)
@@ -66,7 +67,10 @@ class IndexLifecycle:
         moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
         idx = self.load_index()
         if idx is not None and options is None:
-            options = IndexOptions(**idx.infos.get("options", {}))
+            try:
+                options = IndexOptions(**idx.infos.get("options", {}))
+            except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
+                idx = None
         options = options or IndexOptions()
         ids = self.ids()
         if idx is None or len(ids) == 0:
@@ -78,6 +82,7 @@ class IndexLifecycle:
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
+        self.check_rows("features", missing)
         idx.remove(extra)
         idx.add(np.asarray(self.features()[missing]), missing)
         idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
