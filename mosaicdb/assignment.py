@@ -61,6 +61,7 @@ class AssignmentMeta:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The metadata as saved in OUT.mosaic.json."""
         d = asdict(self)
         d["grid"]["crop"] = list(self.grid.crop)
         if self.target is not None:
@@ -125,6 +126,7 @@ def sidecar_paths(out) -> tuple[Path, Path]:
 
 
 def metrics_path(out) -> Path:
+    """Where the metrics of output `out` go: OUT.metrics.json beside it."""
     out = Path(out)
     base = out.with_suffix("") if out.suffix else out
     return base.with_name(base.name + ".metrics.json")

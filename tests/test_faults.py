@@ -34,7 +34,7 @@ from mosaicdb.make import Maker
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.options import RenderOptions
 
-MOSAIC = [sys.executable, "-c", "from cli.main import main; main()"]
+MOSAIC = [sys.executable, "-m", "mosaicdb"]
 
 
 @pytest.fixture

@@ -77,6 +77,8 @@ class ResolvedPipeline:
     notes: tuple = field(default=(), compare=False)
 
     def provenance(self) -> dict:
+        """What made a tile, as stored with it: model, scheduler, dtype, device, LoRA... and
+        the library versions."""
         d = asdict(self)
         d.pop("notes")
         d["versions"] = _versions()
@@ -84,10 +86,13 @@ class ResolvedPipeline:
 
     @classmethod
     def from_provenance(cls, d: dict, **overrides) -> "ResolvedPipeline":
+        """The pipeline settings recorded in a tile's provenance, with `overrides` (None: as
+        recorded), to regenerate it."""
         keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "notes"}
         return replace(cls(**keep), **{k: v for k, v in overrides.items() if v is not None})
 
     def check_size(self, size: int, what: str = "--size") -> int:
+        """`size` if the VAE can make it (a multiple of its scale, at least 4 latents), else UsageError."""
         if size < self.vae_scale * 4 or size % self.vae_scale:
             raise UsageError(f"{what} must be a multiple of {self.vae_scale} and at least {self.vae_scale * 4}, got {size}")
         return size

@@ -21,6 +21,7 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 @dataclass(frozen=True)
 class SceneOptions:
+    """One `generate scene` image: prompt, negative prompt, size (None: the model's) and seed."""
     prompt: str
     negative: str | None = None   # None: DEFAULT_NEGATIVE
     width: int | None = None      # None: the model's native size
@@ -118,6 +119,7 @@ def regenerate(prov: dict, *, model: str | None = None, device: str | None = Non
 
 
 def provenance_of(db_path, tile_id: int) -> dict:
+    """The provenance stored with tile `tile_id` of the database at `db_path`."""
     from ..store import TileDB
     with TileDB.open(db_path, readonly=True) as db:
         rows = db.tiles([tile_id])

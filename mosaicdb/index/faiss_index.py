@@ -146,12 +146,14 @@ class VectorIndex:
         return dist, ids
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add `vectors` under tile `ids` (in place)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
             self.ids = np.union1d(self.ids, ids)
             self._search_index = None
 
     def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors of tile `ids` (in place)."""
         if len(ids):
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
             self.ids = np.setdiff1d(self.ids, ids)
@@ -175,6 +177,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
+        """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
         try:

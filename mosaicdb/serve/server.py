@@ -56,6 +56,8 @@ def is_loopback(host: str) -> bool:
 
 
 def host_warning(host: str) -> str | None:
+    """A warning when `host` is not a loopback address (the mosaic and originals would be
+    visible to others), else None."""
     if is_loopback(host):
         return None
     return (f"serving on {host}: anyone who can reach this address and has the URL's token sees the mosaic and "
@@ -65,13 +67,13 @@ def host_warning(host: str) -> str | None:
 class Viewer:
     """Everything one served mosaic needs: its tile source, assignment, database and assets."""
 
-    def __init__(self, mosaic, *, db=None, osd_dir=None):
+    def __init__(self, mosaic, *, db=None, db_fallback=None, osd_dir=None):
         from ..store.db import open_for_assignment
         self.assets = load_assets(osd_dir)          # first: the cheapest failure to report
         self.source = open_source(mosaic)
         try:
             saved = asg.load(mosaic)
-            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db)
+            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, db_fallback)
             cols, rows = saved.cols, saved.rows
             w, h = self.source.width, self.source.height
             if w % cols or h % rows or w // cols != h // rows:
@@ -85,6 +87,7 @@ class Viewer:
         self.mosaic = Path(mosaic)
 
     def close(self) -> None:
+        """Close the mosaic's file and the tile database."""
         self.source.close()
         self.db.close()
 

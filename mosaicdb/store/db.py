@@ -85,6 +85,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     @classmethod
     def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, feature_grid: int = 4, mean_weight: float = 1.0,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
+        """A new, empty tile database folder at `path` (it must not exist, or be empty). `thumb_sizes`:
+        the square thumbnails kept per tile; features are the Lab mean (weighted `mean_weight`) plus a
+        `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
+        `background`; images over `max_pixels` are refused."""
         path = Path(path)
         if (path / CATALOG).exists():
             raise DatabaseError(f"{path} is already a tile database")
@@ -107,6 +111,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
 
         write_atomic(path / CATALOG, write_catalog)
         return cls(path)
+
+    @staticmethod
+    def exists(path) -> bool:
+        """Whether `path` is a tile database folder (it holds a catalog)."""
+        return bool(path) and (Path(path) / CATALOG).is_file()
 
     @classmethod
     def open(cls, path, readonly: bool = False) -> "TileDB":
@@ -131,6 +140,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return cls.open(path) if (Path(path) / CATALOG).exists() else cls.create(path, **create_options)
 
     def close(self) -> None:
+        """Close the catalog (the database is also closed by leaving a `with` block)."""
         self.con.close()
 
     def __enter__(self):
@@ -161,6 +171,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return self.con.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
 
     def ids(self) -> np.ndarray:
+        """The ids of the tiles in the database (removed tiles excluded), sorted."""
         return catalog.live_ids(self.con)
 
     def features(self) -> np.ndarray:
@@ -168,6 +179,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return self._features.read(self.next_id)
 
     def thumbs(self, size: int) -> np.ndarray:
+        """The (next_id, size, size, 3) uint8 thumbnails of that size, memory-mapped; row = tile id."""
         if size not in self._thumbs:
             raise UsageError(f"thumbnail size {size} is not stored; this database has {list(self.thumb_sizes)}")
         return self._thumbs[size].read(self.next_id)
@@ -235,28 +247,34 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return np.asarray(square_resize(self.load_original(tile_id), size))
 
     def errors(self) -> list[dict]:
+        """The inputs that were skipped, with why and when: [{source, reason, at}]."""
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
 __all__ = ["TileDB", "CheckReport", "IngestReport", "RepairReport", "DEFAULT_THUMB_SIZES"]
 
 
-def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None) -> TileDB:
+def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None,
+                        fallback=None) -> TileDB:
     """The tile database an assignment was made from, read-only: `override` (--db) if given,
     else the path it recorded. A database at the recorded path that is not the one it was
     made from (another uuid: recreated or replaced) is refused; an explicit --db is accepted
-    when it holds every tile of the assignment."""
-    path = override or recorded
+    when it holds every tile of the assignment. `fallback` ($MOSAICDB_DB) stands in for the
+    recorded path only when no database is left there, and is held to the same uuid check: an
+    implicit default finds a moved database, it never swaps in another one."""
+    implicit = bool(not override and fallback and not TileDB.exists(recorded))
+    path = override or (fallback if implicit else recorded)
     if not path:
         raise UsageError("the assignment names no tile database: give --db")
     try:
         db = TileDB.open(path, readonly=True)
     except DatabaseError as e:
-        hint = "" if override else " (moved? pass its new place with --db)"
+        hint = "" if override else " (moved? pass its new place with --db or $MOSAICDB_DB)"
         raise DatabaseError(f"{e}{hint}") from None
     try:
         if recorded_uuid and db.uuid and db.uuid != recorded_uuid:
             if not override:
-                raise DatabaseError(f"{path} is not the tile database this assignment was made from (it was "
+                where = f"$MOSAICDB_DB ({path})" if implicit else path
+                raise DatabaseError(f"{where} is not the tile database this assignment was made from (it was "
                                     "recreated or replaced since): pass --db to use it anyway")
             gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
             if len(gone):

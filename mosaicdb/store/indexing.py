@@ -26,15 +26,18 @@ class IndexLifecycle:
         return self.update_index(opts)
 
     def load_index(self) -> VectorIndex | None:
+        """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
             self._index = VectorIndex.load(self.index_dir)
         return self._index
 
     def index_stale(self) -> bool:
+        """Whether the index is missing or does not cover the catalog as it is now."""
         idx = self.load_index()
         return idx is None or idx.infos.get("catalog_version") != self.version
 
     def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
+        """Build the index from scratch (takes the write lock); returns its index_infos."""
         self._writable()
         with self.lock:
             return self._build_index_locked(options or IndexOptions())
@@ -51,6 +54,8 @@ class IndexLifecycle:
         return idx.infos
 
     def update_index(self, options: IndexOptions | None = None) -> dict:
+        """Bring the index up to date with the catalog: add and remove in place, or rebuild when
+        the pool doubled or halved; returns its index_infos."""
         self._writable()
         with self.lock:
             if len(self) == 0:  # (the locked helper returns {} here, which callers can't print)

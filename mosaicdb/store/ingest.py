@@ -203,6 +203,8 @@ def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
 
 @dataclass
 class IngestReport:
+    """What an ingest did: tiles added, exact duplicates, unchanged inputs (a rerun), skipped
+    inputs (listed by `TileDB.errors`), seconds, and the new tile ids."""
     added: int = 0
     duplicates: int = 0
     unchanged: int = 0
@@ -210,7 +212,13 @@ class IngestReport:
     seconds: float = 0.0
     new_ids: list = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        """The counts and time (not the new ids: there may be millions)."""
+        return {"added": self.added, "duplicates": self.duplicates, "unchanged": self.unchanged,
+                "skipped": self.skipped, "seconds": self.seconds}
+
     def summary(self) -> str:
+        """The report in one line, as `mosaic db ingest` prints it."""
         rate = self.added / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.added} added, {self.skipped} skipped (mosaic db errors), "
                 f"{self.duplicates} duplicates, {self.unchanged} unchanged in {self.seconds:.1f} s"

@@ -25,9 +25,15 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict:
+        """The report as JSON: ok, tiles, problems, warnings."""
+        return {"ok": self.ok, "tiles": self.tiles, "problems": list(self.problems), "warnings": list(self.warnings)}
+
 
 class Maintenance:
     def stats(self) -> dict:
+        """What the database holds: tile counts by origin, skipped inputs, linked files, thumbnail
+        sizes, feature layout, bytes on disk per part, and the index (kind, parameters, recall, staleness)."""
         def du(p: Path) -> int:
             if p.is_file():
                 return p.stat().st_size

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import DatabaseError, UsageError
 from ..index import IndexOptions
 from ..io import inside, sweep_stale
+from ..progress import progress_bar
 from . import catalog
 from .ingest import (IngestReport, Source, WorkerConfig, chunked, enumerate_sources,
                      run_chunks, with_payloads)
@@ -204,7 +205,6 @@ class TileWriter:
 
 
 def _bar(enabled: bool, total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return progress_bar(enabled, total, desc, unit="img", smoothing=0.1)
 
 

@@ -15,7 +15,7 @@ from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, info, json_option, quiet_option, warn_all
+from .common import db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
 
 def output_options(f):
@@ -52,7 +52,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 
 
 @click.command("make")
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Tile database folder.")
+@db_option
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
                                                                    "or a folder for several targets.")
@@ -132,8 +132,7 @@ def _summary(target, r) -> str:
 @click.command("render")
 @click.argument("assignment", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
-              help="Tile database [default: the one saved in the assignment].")
+@saved_db_option
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
 @render_options
 @output_options
@@ -153,7 +152,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
         mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
     """
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
-    written = render_file(assignment, out, db=db_path, progress=not quiet and not as_json, **given)
+    written = render_file(assignment, out, **given_db(), progress=not quiet and not as_json, **given)
     warn_all(written["warnings"])
     if as_json:
         echo_json({k: v for k, v in written.items() if k != "levels"})
