@@ -106,7 +106,7 @@ class Maker:
         t1 = time.perf_counter()
         cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
         t2 = time.perf_counter()
-        res = match(self.db, cells, grid, self.mopts)
+        res = match(self.db, cells, grid, self.mopts, progress=self.progress)
         warnings += res.warnings
         t3 = time.perf_counter()
         meta = {
@@ -130,6 +130,8 @@ class Maker:
                    "render": t4 - t3, "evaluate": t5 - t4, "total": t5 - t0}
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
+        if res.assignment.report:
+            metrics["unique"] = res.assignment.report
         metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
         mpath = asg.metrics_path(out)
         asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
