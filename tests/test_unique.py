@@ -276,3 +276,21 @@ def test_use_exact_only_when_few_unused_left():
     assert not use_exact(100_000, 50_000)
     assert use_exact(100_000, 95_000)
     assert not use_exact(5_000, 0)  # nothing excluded: the index search is as good
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("n_excluded", [10, 3000])  # hash set below BITMAP_FROM, bitmap above
+def test_index_search_never_returns_excluded_ids(kind, n_excluded):
+    from mosaicdb.index import faiss_index as fi
+    rng = np.random.default_rng(15)
+    vecs = rng.random((4000, 8)).astype(np.float32)
+    ids = np.sort(rng.choice(9000, 4000, replace=False)).astype(np.int64)  # gapped ids
+    index = fi.build_index(vecs, ids, fi.IndexOptions(kind=kind, nlist=32 if kind == "ivf" else 0,
+                                                      nprobe=32 if kind == "ivf" else 0))
+    exclude = np.sort(rng.choice(ids, n_excluded, replace=False))
+    q = rng.random((50, 8)).astype(np.float32)
+    d, found = index.search(q, 20, exclude=exclude)
+    assert not np.isin(found, exclude).any()
+    keep = ~np.isin(ids, exclude)
+    exact = np.sort(((q[:, None] - vecs[keep][None]) ** 2).sum(-1), axis=1)[:, :20]
+    np.testing.assert_allclose(d, exact, rtol=1e-4, atol=1e-5)  # all lists probed: exact

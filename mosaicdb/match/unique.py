@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 
 # Unused tiles per cell and request (completion doubles it when a round places under a tenth).
 FETCH = 32
-IMPROVE_ROUNDS = 2
+# Improvement rounds, and the gain (fraction of the total) below which no other follows.
+IMPROVE_ROUNDS, MIN_GAIN = 1, 0.002
 # Completion: open cells per search (the used set is refreshed between searches) and unused
 # tiles shown to each. Deep lists let a chunk of similar cells, which all want the same few
 # unused tiles, place most of its cells at once.
 COMPLETE_CHUNK, COMPLETE_K = 1024, 128
+# The nearest of those that join the graph as arcs (alternatives for the auction).
+COMPLETE_ARCS = 32
 # eps-scaling: the first eps is this fraction of the mean k-th candidate distance, each phase
 # divides it by EPS_STEP, the last is EPS_FINAL of it (cells x eps: 0.1 % of a typical total).
 EPS_FIRST, EPS_STEP, EPS_FINAL = 0.25, 6.0, 1e-3
@@ -91,9 +94,12 @@ def solve_unique(cand_ids: np.ndarray, cand_dist: np.ndarray, n_tiles: int, wide
         bar.set_postfix_str("improving")
         more = n < n_tiles and cand_ids.shape[1] < n_tiles
         for r in range(IMPROVE_ROUNDS if more else 1):
+            before = s.total()
             if more:
                 s.show_unused(np.arange(n, dtype=np.int64), widen)
             steps.append((f"round {r + 1}", s.attempt(s.resume)))
+            if steps[-1][1] is None or steps[-1][1] > (1 - MIN_GAIN) * before:
+                break  # another round would find little more
         t3 = time.perf_counter()
     tile, cost = s.result()
     first_k = (cand_ids == tile[:, None]).any(axis=1)
@@ -263,7 +269,7 @@ class _State:
             for chunk in _chunks(pending, k, COMPLETE_CHUNK):
                 ids, dist = _call_widen(widen, chunk, k, self.used())
                 searches += 1
-                self._add(chunk, ids, dist)
+                self._add(chunk, ids[:, :COMPLETE_ARCS], dist[:, :COMPLETE_ARCS])
                 placed = np.full(self.choice.size, -1, np.int64)
                 placed_cost = np.zeros(self.choice.size)
                 n_placed = au.greedy_pairs(np.repeat(chunk, ids.shape[1]), ids.ravel(),
