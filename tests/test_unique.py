@@ -294,3 +294,31 @@ def test_index_search_never_returns_excluded_ids(kind, n_excluded):
     keep = ~np.isin(ids, exclude)
     exact = np.sort(((q[:, None] - vecs[keep][None]) ** 2).sum(-1), axis=1)[:, :20]
     np.testing.assert_allclose(d, exact, rtol=1e-4, atol=1e-5)  # all lists probed: exact
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the metrics file
+
+
+def test_make_writes_unique_metrics(synthetic_db, tmp_path):
+    """`mosaic make --unique` (Maker) writes total cost, bound and fallback cells to its metrics."""
+    import json
+
+    from conftest import synthetic_image
+    from PIL import Image
+
+    from mosaicdb import assignment as asg
+    from mosaicdb.make import Maker
+    from mosaicdb.options import MatchOptions, RenderOptions
+
+    target = tmp_path / "t.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(16), 160, 120, "gradient")).save(target)
+    maker = Maker(synthetic_db, MatchOptions(grid="16", k=8, unique=True, seed=2), RenderOptions(tile_px=2))
+    r = maker.make(target, tmp_path / "m.png")
+    m = json.loads(r.metrics_path.read_text())["unique"]
+    saved = asg.load(tmp_path / "m.png")
+    assert np.unique(saved.tile_ids).size == saved.tile_ids.size == 16 * 12
+    assert m["total_cost"] == pytest.approx(float(saved.cost.astype(np.float64).sum()), rel=1e-5)
+    assert m["lower_bounds"]["free_nearest"] <= m["lower_bound"] <= m["total_cost"]
+    assert m["fallback_cells"] == saved.meta["widened_cells"]
+    assert m["open_after_relaxation"] > 0  # a smooth gradient crowds the cells onto few tiles
