@@ -279,7 +279,11 @@ def greedy_pairs(cell, tile, cost, cell_placed, taken, placed, placed_cost):
     for a in order:
         c = cell[a]
         t = tile[a]
-        if c < 0 or t < 0 or cell_placed[c] or taken[t]:
+        if c < 0 or t < 0:
+            continue
+        if c >= cell_placed.shape[0] or t >= taken.shape[0]:
+            raise IndexError("greedy_pairs: a cell or tile id beyond its array")
+        if cell_placed[c] or taken[t]:
             continue
         cell_placed[c] = True
         taken[t] = True

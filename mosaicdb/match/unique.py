@@ -15,11 +15,12 @@ What happens instead (kernels in mosaicdb.match.auction):
    cheapest pairs first, in chunks with the used set refreshed between them; leftovers ask
    again. Always ends with every cell placed (tiles >= cells). The nearest tiles shown join
    the graph as arcs.
-3. Improvement, in rounds: every cell is shown its nearest unused tiles, the outside option is
-   withdrawn, and the auction resumes from its prices on the grown graph, which holds the
-   completed assignment: cells that can now do better bid again, and the tiles they leave are
-   offered back. Each round has a bid budget: a price war past it (or a higher total) restores
-   the assignment from before the round.
+3. Improvement: every cell is shown its nearest unused tiles, the outside option is withdrawn,
+   and the auction resumes from its prices on the grown graph, which holds the completed
+   assignment: cells that can now do better bid again, and the tiles they leave are offered
+   back. The round has a bid budget: a price war past it (or a higher total) restores the
+   assignment from before it. (A second round gained 0.04 % at 10,880 cells and 0.01 % at
+   43,520 for a third more time: IMPROVE_ROUNDS is 1.)
 
 Memory: the arcs, about cells x (k + FETCH x the times a cell asked for unused tiles).
 """
@@ -269,6 +270,7 @@ class _State:
             for chunk in _chunks(pending, k, COMPLETE_CHUNK):
                 ids, dist = _call_widen(widen, chunk, k, self.used())
                 searches += 1
+                self._grow(int(ids.max()) + 1 if ids.size else 0)  # before any kernel sees the ids
                 self._add(chunk, ids[:, :COMPLETE_ARCS], dist[:, :COMPLETE_ARCS])
                 placed = np.full(self.choice.size, -1, np.int64)
                 placed_cost = np.zeros(self.choice.size)
