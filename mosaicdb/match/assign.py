@@ -15,6 +15,7 @@ from typing import Callable
 
 import numba
 import numpy as np
+
 from mosaicdb.errors import EmptyDatabase, MatchError, UsageError
 from mosaicdb.match.unique import solve_unique
 
