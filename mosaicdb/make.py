@@ -151,7 +151,7 @@ class Maker:
         t1 = time.perf_counter()
         cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
         t2 = time.perf_counter()
-        res = match(self.db, cells, grid, self.mopts)
+        res = match(self.db, cells, grid, self.mopts, progress=self.progress)
         warnings += res.warnings
         t3 = time.perf_counter()
         meta = asg.AssignmentMeta(
@@ -199,6 +199,8 @@ class Maker:
         seconds["total"] = now - t0
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
+        if res.assignment.report:  # --unique: total cost, lower bound, cells beyond their candidates
+            metrics["unique"] = res.assignment.report
         return metrics["seconds"]
 
 

@@ -65,7 +65,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
               help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
 @click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
-@click.option("--unique", is_flag=True, help="Each tile at most once (global min-cost matching).")
+@click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")

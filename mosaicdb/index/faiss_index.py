@@ -91,6 +91,10 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
     return d, np.where(i >= 0, ids[np.clip(i, 0, None)], -1)
 
 
+# Excluded ids from which search() tests membership in a bitmap rather than a hash set.
+BITMAP_FROM = 1024
+
+
 class VectorIndex:
     """A FAISS index over tile features whose ids are tile ids, plus its infos."""
 
@@ -130,7 +134,14 @@ class VectorIndex:
         if exclude is not None and len(exclude):
             faiss = _faiss()
             excl = np.ascontiguousarray(exclude, dtype=np.int64)
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
+            if len(excl) > BITMAP_FROM:
+                # A bit test per scanned vector instead of a hash lookup: half the time of an
+                # IVF search over all lists with 30,000 of 50,000 ids excluded (issue 19).
+                excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool),
+                                   bitorder="little")
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
+            else:
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
             if self.infos.get("kind") == "ivf":
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
