@@ -139,7 +139,10 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, **pipe_kw):
 @click.argument("folder", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace a tiny model already in FOLDER.")
-def tiny_model_cmd(folder, seed, force):
+@click.option("--vae", default="random", show_default=True,
+              help="random, or colour: an exact colour codec in the VAE's architecture, so `generate cells` "
+                   "guidance and AdaIN can change what tiles show (random weights cannot).")
+def tiny_model_cmd(folder, seed, force, vae):
     """Write a tiny random-weight SDXL pipeline (1.2M parameters, 64 px, seconds on a CPU) to FOLDER.
 
     Built offline from configs, no download. Its pictures are noise-like, but every generate
@@ -151,8 +154,8 @@ def tiny_model_cmd(folder, seed, force):
         mosaic generate tiny-model tiny-sdxl
     """
     from mosaicdb.generate import save_tiny_pipeline
-    save_tiny_pipeline(folder, seed=seed, overwrite=force)
-    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, 64 px images): --model {folder}")
+    save_tiny_pipeline(folder, seed=seed, overwrite=force, vae=vae)
+    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
 
 
 @generate_group.command("reproduce")
@@ -192,3 +195,8 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check):
                                        f"{int(diff.max())} levels")
         click.echo(f"Identical to tile {tile_id} of {db}.")
 
+
+
+from .cells import cells_cmd  # noqa: E402  (it builds on this module's pipeline options)
+
+generate_group.add_command(cells_cmd)

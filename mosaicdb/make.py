@@ -85,10 +85,12 @@ def output_paths(targets: list[Path], out: Path, fmt_suffix: str) -> list[Path]:
 
 
 class Maker:
-    def __init__(self, db, match_opts: MatchOptions, render_opts: RenderOptions, progress: bool = False):
+    def __init__(self, db, match_opts: MatchOptions, render_opts: RenderOptions, progress: bool = False,
+                 hybrid=None):
         match_opts.validate()
         render_opts.validate()
         self.db, self.mopts, self.ropts, self.progress = db, match_opts, render_opts, progress
+        self.hybrid = hybrid  # mosaicdb.generate.hybrid.Hybrid: generated tiles for the worst cells
         db.ensure_index()
 
     def make(self, target_path, out) -> MakeResult:
@@ -121,6 +123,9 @@ class Maker:
         }
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost,
                                     cells.mean, cells.std)
+        if self.hybrid is not None:
+            saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, self.ropts,
+                                                 self.progress)
         jpath, _ = asg.save(out, saved)
         written = write_output(self.db, saved, out, self.ropts, target.image, self.progress)
         t4 = time.perf_counter()
@@ -131,6 +136,8 @@ class Maker:
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
         metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
+        if self.hybrid is not None:
+            metrics["generated"] = generated
         mpath = asg.metrics_path(out)
         asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, seconds)

@@ -2,6 +2,7 @@
 tile or scene from its provenance."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -69,7 +70,9 @@ def generate_scene(popts: PipelineOptions, sopts: SceneOptions, out, *, on_note=
     negative = DEFAULT_NEGATIVE if sopts.negative is None else sopts.negative
     rgb = Generator(rp)([sopts.prompt], [negative], [sopts.seed], width=w, height=h)[0]
     out = write_image(rgb, out)
-    prov = {"generator": "mosaicdb.generate", "kind": "scene", "prompt": sopts.prompt, "negative": negative,
+    # the hash lets `generate cells` tell that this very image came from this noise
+    prov = {"generator": "mosaicdb.generate", "kind": "scene", "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+            "prompt": sopts.prompt, "negative": negative,
             "seed": sopts.seed, "width": w, "height": h, "model": rp.model, "steps": rp.steps,
             "guidance": rp.guidance,
             "lora": None if not rp.lora else {"path": rp.lora, "scale": rp.lora_scale, "sha256": rp.lora_sha256},
@@ -89,17 +92,10 @@ def regenerate(prov: dict, *, model: str | None = None, device: str | None = Non
     it has moved since the tile was made."""
     if prov.get("generator") != "mosaicdb.generate":
         raise DatabaseError("this tile was not made by `mosaic generate` (its provenance has no generator record)")
-    rp = ResolvedPipeline.from_provenance(prov["pipeline"])
-    if model:
-        source, local = locate_model(model)
-        rp = replace(rp, source=source, local=local)
-    elif rp.local and not Path(rp.source, "model_index.json").is_file():
-        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
-    if device or dtype:
-        notes = []
-        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
-                                  None, notes)
-        rp = replace(rp, device=dev, dtype=dt)
+    if prov.get("kind") == "cell":
+        from .cellrun import regenerate_cell
+        return regenerate_cell(prov, model=model, device=device, dtype=dtype, exact_batch=exact_batch)
+    rp = override_pipeline(ResolvedPipeline.from_provenance(prov["pipeline"]), model, device, dtype)
     gen = Generator(rp)
     w, h = int(prov["width"]), int(prov["height"])
     if prov.get("kind") == "scene":
@@ -118,6 +114,21 @@ def regenerate(prov: dict, *, model: str | None = None, device: str | None = Non
     pixels = gen(prompts, [prov["negative"]] * len(members), seeds, width=w, height=h,
                  init_rgb=rgbs if strength > 0 else None, strength=strength)
     return pixels[position]
+
+
+def override_pipeline(rp: ResolvedPipeline, model: str | None, device: str | None,
+                      dtype: str | None) -> ResolvedPipeline:
+    """A recorded pipeline, pointed at where the model is now and at another device/dtype."""
+    if model:
+        source, local = locate_model(model)
+        rp = replace(rp, source=source, local=local)
+    elif rp.local and not Path(rp.source, "model_index.json").is_file():
+        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
+    if device or dtype:
+        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
+                                  None, [])
+        rp = replace(rp, device=dev, dtype=dt)
+    return rp
 
 
 def provenance_of(db_path, tile_id: int) -> dict:

@@ -14,7 +14,9 @@ from .tilesource import NotFound, BadRequest
 # PIL format name -> content type, for originals a browser shows as stored
 BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
                    "WEBP": "image/webp"}
-GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style")
+GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
+                   # a tile generated for its cell (`mosaic generate cells`, `make --generate-worst`)
+                   "kind", "cell", "run", "guidance_weight", "adain", "noise", "scheduler")
 JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
 
 
