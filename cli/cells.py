@@ -20,8 +20,9 @@ def loop_options(f):
         click.option("--adain", default="x0", show_default=True,
                      help="x0 (AdaIN of each step's x̂0 to the cell's block of the target latent), zt (of the "
                           "noisy latent), or off."),
-        click.option("--adain-std-weight", type=float, default=1.0, show_default=True,
-                     help="1: the block's spread; 0: keep the tile's own (a mean shift only)."),
+        click.option("--adain-std-weight", type=float, default=0.5, show_default=True,
+                     help="1: the block's spread (a flat block gives a flat tile); 0: keep the tile's own "
+                          "(a mean shift only)."),
         click.option("--guidance-weight", type=float, default=5000.0, show_default=True,
                      help="w of the low-frequency guidance, in GP's units at any tile size; 0: off."),
         click.option("--guidance-decay", type=float, default=0.95, show_default=True, help="γ: w shrinks by it each step."),

@@ -60,33 +60,69 @@ class CellRunReport:
 
 
 # ---- the database side -------------------------------------------------------------------------
+def record_path(db, run: str) -> Path:
+    return Path(db.path) / STATE_DIR / f"cells-{run}.json"
+
+
+def read_record(db, run: str) -> dict:
+    try:
+        doc = json.loads(record_path(db, run).read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}   # no record, or a damaged one: the database alone says what is done
+
+
+def write_record(db, run: str, **fields) -> Path:
+    """Merge `fields` into the run record (written to a temporary name, then renamed)."""
+    path = record_path(db, run)
+    doc = read_record(db, run)
+    doc.update(fields, run=run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def cells_done(db, run: str) -> dict:
-    """{(row, col): tile id} of the cells this run already has in `db`."""
+    """{(row, col): tile id} of the cells this run already has in `db`: tiles whose provenance
+    names the run and cell, and cells whose tile had the very bytes of a stored tile (flat
+    cells can give identical tiles; the database keeps one copy), kept in the run record."""
     rows = db.con.execute(
         "SELECT id, json_extract(provenance, '$.cell[0]'), json_extract(provenance, '$.cell[1]') FROM tiles "
         "WHERE origin = 'generated' AND json_extract(provenance, '$.run') = ?", (run,))
-    return {(int(r), int(c)): int(i) for i, r, c in rows}
+    out = {(int(r), int(c)): int(i) for i, r, c in rows}
+    for key, sha in (read_record(db, run).get("duplicates") or {}).items():
+        cell = tuple(int(v) for v in key.split(","))
+        if cell not in out:
+            found = db.find(hashes=[sha])
+            if len(found):
+                out[cell] = int(found[0])
+    return out
 
 
-def ingest_tiles(db, tiles: list[CellTile], common: dict) -> dict:
-    """Add a batch of tiles (lossless PNG, provenance = common + the tile's own); returns
-    {(row, col): tile id}. A tile whose bytes are already stored (another run made the very
-    same pixels) keeps the stored tile's id."""
+def ingest_tiles(db, tiles: list[CellTile], common: dict) -> tuple[dict, dict]:
+    """Add a batch of tiles (lossless PNG, provenance = common + the tile's own). Returns
+    ({(row, col): tile id}, {"row,col": sha256} of the tiles whose bytes were already stored,
+    which keep the stored tile's id)."""
     pngs = [encode_png(t.rgb) for t in tiles]
     items = ((png, f"generated:cells:{common['run']}:{t.row}:{t.col}", {**common, **t.provenance})
              for t, png in zip(tiles, pngs))
     db.add_images(items, origin="generated", progress=False, update_index=False)
-    have = cells_done(db, common["run"])
-    out = {}
+    ids, dups = {}, {}
+    have = {(int(r), int(c)): int(i) for i, r, c in db.con.execute(
+        "SELECT id, json_extract(provenance, '$.cell[0]'), json_extract(provenance, '$.cell[1]') FROM tiles "
+        "WHERE origin = 'generated' AND json_extract(provenance, '$.run') = ?", (common["run"],))}
     for t, png in zip(tiles, pngs):
         tid = have.get((t.row, t.col))
         if tid is None:
-            found = db.find(hashes=[hashlib.sha256(png).hexdigest()])
+            sha = hashlib.sha256(png).hexdigest()
+            found = db.find(hashes=[sha])
             if not len(found):
                 raise DatabaseError(f"tile for cell ({t.row}, {t.col}) was not stored in {db.path}")
-            tid = int(found[0])
-        out[(t.row, t.col)] = tid
-    return out
+            tid, dups[f"{t.row},{t.col}"] = int(found[0]), sha
+        ids[(t.row, t.col)] = tid
+    return ids, dups
 
 
 def cell_costs(db, tile_ids: np.ndarray, cell_features: np.ndarray) -> np.ndarray:
@@ -99,15 +135,6 @@ def cell_costs(db, tile_ids: np.ndarray, cell_features: np.ndarray) -> np.ndarra
 def _bar(enabled: bool, total: int, desc: str = "cells"):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled, dynamic_ncols=True)
-
-
-def write_record(db, run: str, doc: dict) -> Path:
-    path = Path(db.path) / STATE_DIR / f"cells-{run}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def generate_into(db, plan: CellPlan, cells, *, progress: bool = False, pipe=None,
@@ -125,6 +152,7 @@ def generate_into(db, plan: CellPlan, cells, *, progress: bool = False, pipe=Non
     seconds["build"] = generator.build_seconds
     seconds["reference"] = generator.reference_seconds
     common = generator.plan.common_provenance()
+    dups = dict(read_record(db, plan.run).get("duplicates") or {})
     bar = _bar(progress, len(todo))
     try:
         for i in range(0, len(todo), plan.opts.batch):
@@ -132,7 +160,11 @@ def generate_into(db, plan: CellPlan, cells, *, progress: bool = False, pipe=Non
             t0 = time.perf_counter()
             tiles = generator.batch(part)
             t1 = time.perf_counter()
-            ids.update(ingest_tiles(db, tiles, common))
+            new, new_dups = ingest_tiles(db, tiles, common)
+            ids.update(new)
+            if new_dups:
+                dups.update(new_dups)
+                write_record(db, plan.run, duplicates=dups)
             seconds["generate"] = seconds.get("generate", 0.0) + t1 - t0
             seconds["ingest"] = seconds.get("ingest", 0.0) + time.perf_counter() - t1
             bar.update(len(part))
@@ -202,10 +234,8 @@ def generate_cells(target, popts: PipelineOptions, opts: CellOptions, out, *, db
         mpath = asg.metrics_path(out)
         asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
         rep.metrics_path = str(mpath)
-        rep.record = str(write_record(db, plan.run, {"run": plan.run, "options": opts.to_json(),
-                                                     "pipeline_options": asdict(popts),
-                                                     "provenance": plan.common_provenance(),
-                                                     "report": rep.to_json()}))
+        rep.record = str(write_record(db, plan.run, options=opts.to_json(), pipeline_options=asdict(popts),
+                                      provenance=plan.common_provenance(), report=rep.to_json()))
     return rep
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..match.grid import Grid, Target
-from .cellopts import CellGeometry, CellOptions, resolve_geometry
+from .cellopts import CellGeometry, CellOptions, check_cells, resolve_geometry
 from .cellref import SceneLink, cell_patches, field_blocks, link_scene, load_reference, noise_field, \
     scene_provenance, to_tensor
 from .pipeline import PipelineOptions, ResolvedPipeline, resolve_pipeline, to_uint8
@@ -101,6 +101,7 @@ def plan_cells(target_path, popts: PipelineOptions, opts: CellOptions, *, grid: 
     opts.validate()
     if target is None:
         target, grid = load_reference(target_path, opts.grid)
+    check_cells(opts.grid, grid.cells)
     rp = resolve_pipeline(popts)
     scheduler = resolve_scheduler(opts.scheduler, rp.scheduler)
     prediction = check_prediction(model_prediction(rp))

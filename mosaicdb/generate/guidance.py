@@ -17,7 +17,7 @@ import math
 
 ADAIN_MODES = {"x0": "x0", "zt": "zt", "off": "off"}
 DECODERS = ("vae", "tiny", "linear")
-STD_EPS = 1e-5
+FLAT_ULPS = 64     # a channel whose std is within this many ulps of its magnitude is flat (rounding only)
 
 
 # ---- AdaIN -----------------------------------------------------------------------------------
@@ -28,11 +28,14 @@ def channel_stats(x):
 
 def adain(x, mean, std, std_weight: float = 1.0):
     """x (B, C, H, W) shifted and scaled so each channel has mean `mean` and std
-    std_weight * std + (1 - std_weight) * its own std (mean/std: (B, C)). A flat channel stays
-    flat at the target mean (no division by zero)."""
+    std_weight * std + (1 - std_weight) * its own std (mean/std: (B, C)). A flat channel (its
+    spread is rounding error, which scaling would blow up into noise) becomes flat at the
+    target mean."""
+    import torch
     mu, sd = channel_stats(x)
     want = std_weight * std + (1.0 - std_weight) * sd
-    scale = want / (sd + STD_EPS)
+    flat = sd <= FLAT_ULPS * torch.finfo(x.dtype).eps * (mu.abs() + 1.0)
+    scale = torch.where(flat, torch.zeros_like(sd), want / torch.where(flat, torch.ones_like(sd), sd))
     return mean[..., None, None] + scale[..., None, None] * (x - mu[..., None, None])
 
 
