@@ -321,11 +321,14 @@ def test_through_the_unet_the_gradient_differs_but_also_pulls(pipes):
 def test_a_tile_alone_equals_the_same_tile_in_a_batch(tiny_colour, target_file):
     plan = plan_cells(target_file, popts(tiny_colour), CellOptions(prompt="a dog", grid="4x3", batch=3))
     gen = CellGenerator(plan)
-    together = gen.batch([(0, 0), (1, 2), (2, 3)])
+    cells = [(0, 0), (1, 2), (2, 3)]
+    together = gen.batch(cells)
+    shuffled = {(t.row, t.col): t for t in gen.batch([cells[2], cells[0], cells[1]])}
     alone = gen.batch([(1, 2)])[0]
-    assert together[1].row == 1 and together[1].col == 2
-    diff = np.abs(together[1].rgb.astype(int) - alone.rgb.astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    assert [(t.row, t.col) for t in together] == cells
+    for t in together + [alone]:
+        diff = np.abs(t.rgb.astype(int) - shuffled[t.row, t.col].rgb.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (t.row, t.col)
 
 
 # ---- the colour VAE and the decoders ----------------------------------------------------------------------
