@@ -17,7 +17,7 @@ def loop_options(f):
         click.option("--scene-noise/--no-scene-noise", default=True, show_default=True,
                      help="When TARGET came from `mosaic generate scene` (TARGET.json beside it), use its own "
                           "initial noise as the field."),
-        click.option("--adain", default="x0", show_default=True,
+        click.option("--adain", "--adain-on", "adain", default="x0", show_default=True,
                      help="x0 (AdaIN of each step's x̂0 to the cell's block of the target latent), zt (of the "
                           "noisy latent), or off."),
         click.option("--adain-std-weight", type=float, default=0.5, show_default=True,

@@ -89,7 +89,9 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
 
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
 
-        mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+    \b
+        mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 \\
+            --generate-model ./sdxl-turbo --generate-prompt "a dog"
     """
     grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,

@@ -46,6 +46,8 @@ class CellLoop:
             pipe.upcast_vae()   # the SDXL VAE overflows in fp16, forwards and backwards
         self.decoder = decoder
         self.grad_scale = G.area_scale(geom.latent)
+        # float64 for the latent algebra (Apple's MPS has no float64; float32 there)
+        self.exact = torch.float32 if self.device.type == "mps" else torch.float64
         self._embeds: dict = {}
 
     @property
@@ -82,8 +84,8 @@ class CellLoop:
                 sched.set_begin_index(0)
             latents = noise.to(self.device, cond["dtype"]) * sched.init_noise_sigma
             extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
-            mean = block_mean.to(self.device, torch.float64)
-            std = block_std.to(self.device, torch.float64)
+            mean = block_mean.to(self.device, self.exact)
+            std = block_std.to(self.device, self.exact)
             ref_b = G.blur(torch, refs.to(self.device, torch.float32), self.geom.blur_sigma)
             w = float(self.opts.guidance_weight)
             losses = []
@@ -143,8 +145,8 @@ class CellLoop:
         dtype = latents.dtype
         # float64 for the algebra: with nothing edited, z and the model output come back to the
         # last bit, so the loop is the pipeline's own
-        z_d = k.c * latents.double()
-        x0, eps = x0_eps(z_d, out.double(), k, self.prediction)
+        z_d = k.c * latents.to(self.exact)
+        x0, eps = x0_eps(z_d, out.to(self.exact), k, self.prediction)
         x0, z_d = self._adain(x0, z_d, eps, k, mean, std)
         loss = None
         if w > 0 and self.decoder is not None:

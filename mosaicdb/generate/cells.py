@@ -200,6 +200,11 @@ class CellGenerator:
         res = self.loop.run(noise, mean, std, refs, gens, plan.opts.prompt, plan.negative)
         pixels = to_uint8(res.images)
         per_tile = (time.perf_counter() - t0) / len(cells)
+        if res.losses:
+            log.debug("cells %s: guidance loss per step %s", cells,
+                      [round(sum(step) / len(step), 5) for step in res.losses])
+        log.info("%d cells in %.2f s/tile, loss of the output %.5f", len(cells), per_tile,
+                 sum(res.final_loss) / len(cells))
         members = [[r, c] for r, c in cells]
         out = []
         for k, (r, c) in enumerate(cells):
@@ -209,6 +214,7 @@ class CellGenerator:
                 "block": {"mean": self.block_mean[r, c].round(5).tolist(), "std": self.block_std[r, c].round(5).tolist()},
                 "guidance_loss": {"first_step": losses[0] if losses else None,
                                   "last_step": losses[-1] if losses else None,
+                                  "per_step": [round(v, 6) for v in losses],
                                   "output": round(float(res.final_loss[k]), 6)},
                 "seconds": round(per_tile, 4)}))
         return out
