@@ -35,8 +35,8 @@ def cell_box(grid: Grid, row: int, col: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of a cell in target pixels (at least one pixel each way)."""
     l, t, r, b = grid.crop
     cw, ch = (r - l) / grid.cols, (b - t) / grid.rows
-    x0, y0 = l + int(round(col * cw)), t + int(round(row * ch))
-    x1, y1 = l + int(round((col + 1) * cw)), t + int(round((row + 1) * ch))
+    x0, y0 = l + round(col * cw), t + round(row * ch)
+    x1, y1 = l + round((col + 1) * cw), t + round((row + 1) * ch)
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 

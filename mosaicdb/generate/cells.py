@@ -22,8 +22,8 @@ import numpy as np
 from ..errors import UsageError
 from ..match.grid import Grid, Target
 from .cellopts import CellGeometry, CellOptions, check_cells, resolve_geometry
-from .cellref import SceneLink, cell_patches, field_blocks, link_scene, load_reference, noise_field, \
-    scene_provenance, to_tensor
+from .cellref import (SceneLink, cell_patches, field_blocks, link_scene, load_reference, noise_field,
+                      scene_provenance, to_tensor)
 from .pipeline import PipelineOptions, ResolvedPipeline, resolve_pipeline, to_uint8
 from .prompts import DEFAULT_NEGATIVE
 from .schedulers import check_prediction, resolve_scheduler, swap_scheduler
