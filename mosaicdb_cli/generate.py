@@ -145,8 +145,11 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, as_json, **pipe
 @click.argument("folder", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace a tiny model already in FOLDER.")
+@click.option("--vae", default="random", show_default=True,
+              help="random, or colour: an exact colour codec in the VAE's architecture, so `generate cells` "
+                   "guidance and AdaIN can change what tiles show (random weights cannot).")
 @json_option
-def tiny_model_cmd(folder, seed, force, as_json):
+def tiny_model_cmd(folder, seed, force, vae, as_json):
     """Write a tiny random-weight SDXL pipeline (1.2M parameters, 64 px, seconds on a CPU) to FOLDER.
 
     Built offline from configs, no download. Its pictures are noise-like, but every generate
@@ -159,11 +162,11 @@ def tiny_model_cmd(folder, seed, force, as_json):
         mosaic generate tiny-model tiny-sdxl
     """
     from mosaicdb.generate import save_tiny_pipeline
-    save_tiny_pipeline(folder, seed=seed, overwrite=force)
+    save_tiny_pipeline(folder, seed=seed, overwrite=force, vae=vae)
     if as_json:
-        echo_json({"model": folder, "seed": seed})
+        echo_json({"model": folder, "seed": seed, "vae": vae})
         return
-    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, 64 px images): --model {folder}")
+    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
 
 
 @generate_group.command("reproduce")
@@ -193,3 +196,8 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, as_json)
     click.echo(f"Wrote {out} ({w}x{h}).")
     if check:
         click.echo(f"Identical to tile {tile_id} of {db}.")
+
+
+from .cells import cells_cmd  # noqa: E402  (it builds on this module's pipeline options)
+
+generate_group.add_command(cells_cmd)

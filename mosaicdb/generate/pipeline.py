@@ -343,3 +343,18 @@ def check_colour_init(rp: ResolvedPipeline, strength: float) -> None:
     if strength > 0 and int(rp.steps * strength) < 1:
         raise UsageError(f"--colour-init {strength} with --steps {rp.steps} leaves no denoising step "
                          f"(steps x strength < 1): raise --steps to at least {int(np.ceil(1 / strength))}")
+
+
+def override_pipeline(rp: ResolvedPipeline, model: str | None, device: str | None,
+                      dtype: str | None) -> ResolvedPipeline:
+    """A recorded pipeline, pointed at where the model is now and at another device/dtype."""
+    if model:
+        source, local = locate_model(model)
+        rp = replace(rp, source=source, local=local)
+    elif rp.local and not Path(rp.source, "model_index.json").is_file():
+        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
+    if device or dtype:
+        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
+                                  None, [])
+        rp = replace(rp, device=dev, dtype=dt)
+    return rp
