@@ -34,7 +34,7 @@ def open_db(saved: asg.SavedAssignment, db=None) -> TileDB:
 def render_file(assignment, out, *, db=None, progress: bool = False, **render) -> dict:
     """Render a saved ASSIGNMENT to `out`; `render` holds RenderOptions fields (None: as saved).
     Returns what was written, with the warnings."""
-    from .make import render_saved
+    from .render.output import render_saved
     saved = asg.load(assignment)
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
     with open_db(saved, db) as d:

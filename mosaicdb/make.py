@@ -21,7 +21,7 @@ from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
 from .render.options import RenderOptions
-from .render.output import check_space, output_kind, plan_output, write_output
+from .render.output import check_space, output_kind, plan_output, render_saved, write_output  # noqa: F401 (render_saved: API)
 from .render.raster import IN_MEMORY_MAX_PIXELS
 from .render.rows import render_array
 
@@ -200,15 +200,6 @@ class Maker:
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
         return metrics["seconds"]
-
-
-def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> dict:
-    """Re-render a saved assignment (no matching) to `out`; returns what was written. A print
-    size in `ropts` is fitted to the assignment's grid."""
-    ropts, warnings = ropts.for_grid(saved.cols, saved.rows)
-    written = write_output(db, saved, Path(out), ropts, None, progress)
-    written["warnings"] = warnings
-    return written
 
 
 def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
