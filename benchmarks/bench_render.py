@@ -19,6 +19,7 @@ less than the wall-time ratio.
     python benchmarks/bench_render.py            # full run (~10 minutes on 2 quiet cores)
     python benchmarks/bench_render.py --quick    # cells / 4 (outputs 8192^2, 16384^2), 500 tiles
     python benchmarks/bench_render.py --scale 0.5 --only mean
+    python benchmarks/bench_render.py --size 65536            # the two 65536^2 runs only
 """
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's cells across (outputs shrink alike)")
     ap.add_argument("--quick", action="store_true", help="--scale 0.25 --tiles 500")
     ap.add_argument("--only", choices=["mean", "none"], default=None, help="only the runs with this --color")
+    ap.add_argument("--size", type=int, default=None, help="only the runs of this output side (after --scale)")
     ap.add_argument("--quality", type=int, default=85)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp dir, removed at the end)")
@@ -176,6 +178,7 @@ def main() -> None:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_render_"))
     work.mkdir(parents=True, exist_ok=True)
     plan = [(max(1, round(c * a.scale)), t, color) for c, t, color in RUNS if a.only in (None, color)]
+    plan = [(c, t, color) for c, t, color in plan if a.size in (None, c * t)]
     try:
         load_start = loadavg()
         pool, dbp, pool_s, ingest_s, rep = pool_database(data, work, a.tiles)

@@ -102,12 +102,10 @@ def _exact_shifts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a == 1.0) & (frac > _TIE_MARGIN)).all(axis=-1)
 
 
-def _cells_view(img: np.ndarray, t: int) -> np.ndarray:
-    """(nr, t, nc, t, 3) view of an (nr*t, nc*t, 3) image: writes through it land in `img` (only
-    axes are split, which never needs a copy whatever img's strides; setting .shape checks it)."""
-    v = img.view()
-    v.shape = (img.shape[0] // t, t, img.shape[1] // t, t, 3)
-    return v
+def cell_grid_view(img: np.ndarray, t: int) -> np.ndarray:
+    """(nr, t, nc, t, 3) view of an (nr*t, nc*t, 3) image, whatever its row stride: writes through
+    it land in `img` (splitting axes never needs a copy; copy=False would raise if it did)."""
+    return img.reshape((img.shape[0] // t, t, img.shape[1] // t, t, 3), copy=False)
 
 
 def _into(result: np.ndarray, dst: np.ndarray) -> None:
@@ -137,7 +135,7 @@ def _affine_values(img: np.ndarray, t: int, a: np.ndarray, b: np.ndarray, cells)
     """The table formula on every value of the chosen cells, in place: for cells smaller than
     their table."""
     rr, cc = cells
-    v = _cells_view(img, t)
+    v = cell_grid_view(img, t)
     f = v[rr, :, cc].astype(np.float64)           # (k, t, t, 3)
     f *= a[rr, cc][:, None, None, :]
     f += b[rr, cc][:, None, None, :]

@@ -128,13 +128,18 @@ def test_paint_equals_the_per_tile_render(synthetic_db, saved9, target9, color, 
                                                 strength, target9))
 
 
-def test_slices_do_not_change_pixels(synthetic_db, saved9, monkeypatch):
-    """Painting one cell row per step (a tiny budget) gives the same image as one step."""
+@pytest.mark.parametrize("cells_per_slice", [1, 3, 25])
+@pytest.mark.parametrize("color", MODES[1:])
+def test_slices_do_not_change_pixels(synthetic_db, saved9, target9, monkeypatch, color, cells_per_slice):
+    """Painting in slices of one cell, of 3 cells (rows cut into columns: strided views) or of
+    two rows and a bit gives the same image as one step."""
     import mosaicdb.render.cells as cells
-    opts = RenderOptions(tile_px=8, color="meanstd", color_strength=0.7)
-    whole = CellRenderer(synthetic_db, saved9, opts).region(0, 9, 0, 11, 8)
-    monkeypatch.setattr(cells, "CHUNK_BYTES", 1)
-    np.testing.assert_array_equal(CellRenderer(synthetic_db, saved9, opts).region(0, 9, 0, 11, 8), whole)
+    t = 8
+    opts = RenderOptions(tile_px=t, color=color, color_strength=0.7)
+    whole = CellRenderer(synthetic_db, saved9, opts, target=target9).region(0, 9, 0, 11, t)
+    monkeypatch.setattr(cells, "CHUNK_BYTES", cells_per_slice * (3 * t * t + cells.CELL_OVERHEAD))
+    np.testing.assert_array_equal(CellRenderer(synthetic_db, saved9, opts, target=target9).region(0, 9, 0, 11, t),
+                                  whole)
 
 
 @pytest.mark.parametrize("cols,rows,tile_px,cell_sizes", [

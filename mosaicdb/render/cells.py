@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..color import affine_params, blend_grid, recolor_grid, strength_value, tile_stats
+from ..color import affine_params, blend_grid, cell_grid_view, recolor_grid, strength_value, tile_stats
 from ..errors import RenderError
 from ..match.grid import Grid, load_target, resample_cells
 from ..store.decode import square_resize
@@ -213,7 +213,7 @@ class CellRenderer:
         """The target under cells rows x cols, each cell resampled to t px, laid out like them."""
         q, src = self._blend_q, self._blend_src
         out = np.empty((len(rows) * t, len(cols) * t, 3), np.uint8)
-        view = out.reshape(len(rows), t, len(cols), t, 3)
+        view = cell_grid_view(out, t)
         if q == t:
             view[...] = src[np.ix_(rows, cols)].swapaxes(1, 2)
             return out
@@ -224,13 +224,14 @@ class CellRenderer:
         return out
 
     def _paint_slice(self, rows: np.ndarray, cols: np.ndarray, t: int, img: np.ndarray) -> None:
-        """Cells rows x cols at t px into img ((len(rows)*t, len(cols)*t, 3), written in place)."""
+        """Cells rows x cols at t px into img ((len(rows)*t, len(cols)*t, 3), any row stride: a
+        view into the caller's image, written in place)."""
         cells = np.ix_(rows, cols)
         ids = self.saved.tile_ids[cells]
         uniq, inv = np.unique(ids, return_inverse=True)
         inv = inv.reshape(ids.shape)
         pix = self._distinct(uniq, t)
-        cells_view = img.reshape(len(rows), t, len(cols), t, 3)
+        cells_view = cell_grid_view(img, t)
         if isinstance(pix, np.ndarray):
             cells_view[...] = pix[inv].swapaxes(1, 2)
         else:  # a few big tiles: each copied once, straight from the cache into place
@@ -256,10 +257,13 @@ class CellRenderer:
             out = np.empty(shape, np.uint8)
         elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous uint8 {shape}, got {out.dtype} {out.shape}")
-        step = max(1, CHUNK_BYTES // max(1, (3 * t * t + CELL_OVERHEAD) * len(cols)))
-        for i in range(0, len(rows), step):
-            part = rows[i:i + step]
-            self._paint_slice(part, cols, t, out[i * t:(i + len(part)) * t])
+        per_cell = 3 * t * t + CELL_OVERHEAD
+        col_step = max(1, min(len(cols), CHUNK_BYTES // per_cell))   # a row wider than the budget is cut
+        row_step = max(1, CHUNK_BYTES // (per_cell * col_step))
+        for i in range(0, len(rows), row_step):
+            for j in range(0, len(cols), col_step):
+                rs, cs = rows[i:i + row_step], cols[j:j + col_step]
+                self._paint_slice(rs, cs, t, out[i * t:(i + len(rs)) * t, j * t:(j + len(cs)) * t])
         return out
 
     def region(self, r0: int, r1: int, c0: int, c1: int, t: int) -> np.ndarray:
