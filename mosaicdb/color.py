@@ -38,6 +38,9 @@ _LUT_MIN_VALUES = 3 * 256
 # for some v (float addition can land on the half): such cells take the exact table instead.
 _TIE_MARGIN = 1e-6
 
+# Big cells are shifted a band of pixel rows at a time, adding a band this size of their values.
+_BAND_BYTES = 256 << 10
+
 _V = np.arange(256, dtype=np.float64)
 
 
@@ -125,10 +128,23 @@ def _shift_cells(img: np.ndarray, t: int, k: np.ndarray) -> None:
     up = np.clip(k, 0, 255).astype(np.uint8)
     down = np.clip(-k, 0, 255).astype(np.uint8)
     # one of the two is 0 for each channel, so saturating add-then-subtract is clip(v + k)
-    if up.any():
-        _into(cv2.add(img, _repeat_cells(up, t), dst=img), img)
-    if down.any():
-        _into(cv2.subtract(img, _repeat_cells(down, t), dst=img), img)
+    band = _BAND_BYTES // max(1, img.nbytes // max(1, img.shape[0]))
+    if band >= t:   # small cells: one image of the per-cell values for all of img
+        if up.any():
+            _into(cv2.add(img, _repeat_cells(up, t), dst=img), img)
+        if down.any():
+            _into(cv2.subtract(img, _repeat_cells(down, t), dst=img), img)
+        return
+    # big cells: every pixel row of a cell row adds the same values, so a band of a few rows of
+    # them (kept in cache) serves the whole cell row instead of an image the size of img
+    for r in range(k.shape[0]):
+        for values, op in ((up[r], cv2.add), (down[r], cv2.subtract)):
+            if not values.any():
+                continue
+            rows = np.broadcast_to(np.repeat(values, t, axis=0), (band, img.shape[1], 3)).copy()
+            for y in range(r * t, (r + 1) * t, band):
+                seg = img[y:min(y + band, (r + 1) * t)]
+                _into(op(seg, rows[:len(seg)], dst=seg), seg)
 
 
 def _affine_values(img: np.ndarray, t: int, a: np.ndarray, b: np.ndarray, cells) -> None:

@@ -198,13 +198,17 @@ def test_print_with_bleed_and_its_proof_equal_the_per_tile_render(synthetic_db, 
 
 
 # ---- recolor_grid: exact tables, whatever path a cell takes ------------------------------------
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(t=st.integers(1, 20), nr=st.integers(1, 4), nc=st.integers(1, 5), seed=st.integers(0, 2 ** 32 - 1),
-       shape=st.sampled_from(["shift", "half", "affine", "mixed"]))
-def test_recolor_grid_is_each_cells_table(t, nr, nc, seed, shape):
+       shape=st.sampled_from(["shift", "half", "affine", "mixed"]), band_rows=st.sampled_from([1, 3, None]))
+def test_recolor_grid_is_each_cells_table(t, nr, nc, seed, shape, band_rows):
     """Every pixel of every cell ends up exactly its table's entry: shifts (whole, fractional, and
     exactly half a level, where v + rint(b) would be wrong for half the values) and general affine
-    maps, at sizes either side of the per-cell table threshold."""
+    maps, at sizes either side of the per-cell table threshold, with big-cell shifts done in bands
+    of 1 or 3 pixel rows as well as in one go."""
+    from unittest import mock
+
+    import mosaicdb.color as color
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 256, (nr * t, nc * t, 3), dtype=np.uint8)
     a = np.ones((nr, nc, 3))
@@ -224,7 +228,9 @@ def test_recolor_grid_is_each_cells_table(t, nr, nc, seed, shape):
         want[..., ch] = np.take_along_axis(luts[:, :, ch].reshape(nr, 1, nc, 1, 256).repeat(t, 1).repeat(t, 3),
                                            cells[..., ch, None].astype(np.intp), axis=-1)[..., 0]
     got = img.copy()
-    recolor_grid(got, t, a, b)
+    band_bytes = color._BAND_BYTES if band_rows is None else band_rows * nc * t * 3
+    with mock.patch.object(color, "_BAND_BYTES", band_bytes):
+        recolor_grid(got, t, a, b)
     np.testing.assert_array_equal(got, want.reshape(img.shape))
 
 
