@@ -342,3 +342,41 @@ def test_peak_memory_does_not_grow_with_the_number_of_cells(synthetic_db, tmp_pa
                           "mean") for n in (64, 256)}
     print(f"peak RSS by cells across: {rss}")
     assert rss[256] <= 1.10 * rss[64] + 25, rss
+
+
+PRINT_RSS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from mosaicdb import TileDB
+    from mosaicdb.assignment import SavedAssignment
+    from mosaicdb.printing import PrintOptions, write_print
+    from mosaicdb.render.options import RenderOptions
+    db_path, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    with TileDB.open(db_path, readonly=True) as db:
+        rng = np.random.default_rng(n)
+        ids = rng.choice(db.ids(), size=(n, n)).astype(np.int64)
+        meta = {"db": str(db.path), "grid": {"cols": n, "rows": n, "crop": [0, 0, n, n]}, "render": {}}
+        saved = SavedAssignment(meta, ids, np.zeros((n, n), np.float32),
+                                rng.uniform(0, 255, (n, n, 3)).astype(np.float32),
+                                rng.uniform(0, 60, (n, n, 3)).astype(np.float32))
+        opts = PrintOptions(size="30.72in", dpi=100, compression="none", buffer_bytes=8 << 20,
+                            render=RenderOptions(color="mean", workers=2))
+        m = write_print(db, saved, opts, out)
+    print(json.dumps({"rss_mb": next(int(ln.split()[1]) for ln in open("/proc/self/status")
+                                     if ln.startswith("VmHWM")) / 1024, "cell_px": m["cell_px"]}))
+""")
+
+
+@pytest.mark.slow
+def test_print_memory_does_not_grow_with_the_number_of_cells(synthetic_db, tmp_path):
+    """The same 3,072 px print from 64^2 cells of 48 px and from 256^2 cells of 12 px, colour
+    transfer on: the same peak RSS (within 10 % + 25 MB)."""
+    res = {}
+    for n in (64, 256):
+        r = subprocess.run([sys.executable, "-c", PRINT_RSS_SCRIPT, str(synthetic_db.path), str(n),
+                            str(tmp_path / f"p{n}.tif")], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res[n] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (res[64]["cell_px"], res[256]["cell_px"]) == (48, 12)
+    print(f"print peak RSS by cells across: {res}")
+    assert res[256]["rss_mb"] <= 1.10 * res[64]["rss_mb"] + 25, res
