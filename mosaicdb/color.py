@@ -78,11 +78,6 @@ def strength_value(strength) -> float:
     return s
 
 
-def is_affine(mode: str) -> bool:
-    """Whether `mode` recolours by per-cell lookup tables (mean, meanstd)."""
-    return choice("color mode", mode, _TRANSFERS) in _AFFINE.values()
-
-
 def affine_params(mode: str, strength: float, mu_tile, sd_tile, mu_cell, sd_cell) -> tuple[np.ndarray, np.ndarray]:
     """(a, b), float64 of the cells' shape (..., 3): each cell's channel maps v to
     clip(rint(a * v + b)). mu/sd_tile: the placed tiles' statistics at the size drawn (`tile_stats`);
