@@ -380,3 +380,22 @@ def test_print_memory_does_not_grow_with_the_number_of_cells(synthetic_db, tmp_p
     assert (res[64]["cell_px"], res[256]["cell_px"]) == (48, 12)
     print(f"print peak RSS by cells across: {res}")
     assert res[256]["rss_mb"] <= 1.10 * res[64]["rss_mb"] + 25, res
+
+
+def test_rendering_a_saved_assignment_loads_no_matching_stack(synthetic_db, tmp_path):
+    """`mosaic render` / `print` start at ~90 MB: numba and scipy (the matcher's, ~150 MB of
+    resident memory) stay out of a process that only re-renders."""
+    saved = random_assignment(synthetic_db, 6, 4)
+    p = tmp_path / "m.tif"
+    asg.save(p, saved)
+    code = textwrap.dedent(f"""
+        import sys
+        from cli.main import main
+        from mosaicdb.jobs import render_file
+        render_file({str(asg.sidecar_paths(p)[0])!r}, {str(tmp_path / 'r.tif')!r}, tile_px=32, color="mean")
+        print(sorted(m for m in ("numba", "scipy", "faiss", "mosaicdb.make") if m in sys.modules))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "r.tif").stat().st_size > 0
