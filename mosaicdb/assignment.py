@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .io import AtomicFiles
+from .io import AtomicFiles, UnsafeFile, read_regular_file
 
 FORMAT_VERSION = 2
 READS = (1, 2)
+MAX_CELLS = 1 << 22          # as match.grid allows: bounds what a saved assignment may make us read
+MAX_JSON_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class AssignmentMeta:
     """Everything about an assignment except its arrays: what `mosaic render`, `print`, `plan`
     and `serve` need to redo or explain the output.
 
-    db / db_version: the tile database (path, catalog version when matched).
+    db / db_uuid / db_version: the tile database (path, identity, catalog version when matched).
     match: the matching options as applied (`MatchOptions.to_json()`), None when the tiles were
         not matched (e.g. generated per cell).
     render: the render options the output was written with (`RenderOptions.to_json()`).
@@ -48,6 +50,7 @@ class AssignmentMeta:
     """
     grid: GridInfo
     db: str = ""
+    db_uuid: str | None = None
     db_version: int = 0
     target: TargetInfo | None = None
     match: dict | None = None
@@ -58,6 +61,7 @@ class AssignmentMeta:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The metadata as saved in OUT.mosaic.json."""
         d = asdict(self)
         d["grid"]["crop"] = list(self.grid.crop)
         if self.target is not None:
@@ -78,8 +82,11 @@ class AssignmentMeta:
             match = d.get("match")
             if isinstance(match, dict) and "resolved" in match:   # format 1: requested + resolved
                 match = {**{k: v for k, v in match.items() if k != "resolved"}, **match["resolved"]}
-            db = d.get("db")
-            return cls(grid=grid, db="" if db is None else str(db), db_version=int(d.get("db_version", 0)),
+            db, uid = d.get("db"), d.get("db_uuid")
+            if grid.cols * grid.rows > MAX_CELLS:
+                raise ValueError(f"{grid.cols}x{grid.rows} cells is over the {MAX_CELLS:,} limit")
+            return cls(grid=grid, db="" if db is None else str(db), db_uuid=None if uid is None else str(uid),
+                       db_version=int(d.get("db_version", 0)),
                        target=target, match=match, render=dict(d.get("render") or {}),
                        output=str(d.get("output", "")), widened_cells=int(d.get("widened_cells", 0)),
                        created=float(d.get("created", 0.0)), extra=dict(d.get("extra") or {}))
@@ -119,6 +126,7 @@ def sidecar_paths(out) -> tuple[Path, Path]:
 
 
 def metrics_path(out) -> Path:
+    """Where the metrics of output `out` go: OUT.metrics.json beside it."""
     out = Path(out)
     base = out.with_suffix("") if out.suffix else out
     return base.with_name(base.name + ".metrics.json")
@@ -157,12 +165,52 @@ def load(path) -> SavedAssignment:
         raise UsageError(f"no saved assignment for {path}: expected {jpath} and {npath} "
                          "(written by `mosaic make`)")
     try:
-        meta = json.loads(jpath.read_text())
-        with np.load(npath) as z:
-            arrays = {k: z[k] for k in ("tile_ids", "cost", "target_mean", "target_std")}
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UsageError(f"assignment {jpath} / {npath} is damaged ({e}); run `mosaic make` again") from None
+        meta = json.loads(read_regular_file(jpath, MAX_JSON_BYTES))
+    except (ValueError, OSError, UnsafeFile) as e:
+        raise UsageError(f"assignment {jpath} is damaged or not an assignment ({e}); run `mosaic make` again") from None
     if not isinstance(meta, dict) or meta.get("format_version") not in READS:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise UsageError(f"{jpath} has format version {version}, this mosaicdb reads {', '.join(map(str, READS))}")
-    return SavedAssignment(AssignmentMeta.from_json(meta, str(jpath)), **arrays)
+    m = AssignmentMeta.from_json(meta, str(jpath))
+    arrays = _load_arrays(npath, m.grid.rows, m.grid.cols)
+    return SavedAssignment(m, **arrays)
+
+
+# the arrays of a rows x cols assignment: (dtype kinds allowed, trailing shape, itemsize at most)
+_ARRAYS = {"tile_ids": ("iu", (), 8), "cost": ("f", (), 8), "target_mean": ("f", (3,), 8), "target_std": ("f", (3,), 8)}
+
+
+def _load_arrays(npath: Path, rows: int, cols: int) -> dict:
+    """The .npz arrays, checked against the grid before and after reading: sizes bounded by
+    the grid (a crafted file cannot make us allocate more), dtypes, shapes, finite values."""
+    bad = f"assignment {npath} is damaged"
+    try:
+        with zipfile.ZipFile(npath) as z:
+            for info in z.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in _ARRAYS:
+                    _, tail, item = _ARRAYS[name]
+                    limit = rows * cols * int(np.prod(tail or (1,))) * item + 4096
+                    if info.file_size > limit:
+                        raise UsageError(f"{bad}: {name} is {info.file_size:,} bytes, more than a {cols}x{rows} "
+                                         f"grid needs; run `mosaic make` again")
+        with np.load(npath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in _ARRAYS}
+    except UsageError:
+        raise
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{bad} ({e}); run `mosaic make` again") from None
+    for name, (kinds, tail, _) in _ARRAYS.items():
+        a = arrays[name]
+        if a.dtype.kind not in kinds or a.shape != (rows, cols, *tail):
+            raise UsageError(f"{bad}: {name} is {a.dtype} {a.shape}, expected {(rows, cols, *tail)} for its grid; "
+                             "run `mosaic make` again")
+        if kinds == "f" and not np.isfinite(a).all():
+            raise UsageError(f"{bad}: {name} holds non-finite values; run `mosaic make` again")
+    if (arrays["tile_ids"] < 0).any() or arrays["tile_ids"].max(initial=0) > 2 ** 62:
+        raise UsageError(f"{bad}: negative tile ids; run `mosaic make` again")
+    arrays["tile_ids"] = arrays["tile_ids"].astype(np.int64)
+    arrays["cost"] = arrays["cost"].astype(np.float32)
+    for k in ("target_mean", "target_std"):
+        arrays[k] = np.clip(arrays[k], 0, 255).astype(np.float32)
+    return arrays

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable
 
-from .errors import RenderError
+from .errors import MosaicError, RenderError, UsageError
 from .units import human_bytes
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(?:\.[^.]*)?$")
@@ -70,8 +71,11 @@ class AtomicFiles:
         self.committed = False
 
     def temp(self, final) -> Path:
-        """The temporary path to write `final` under (the same one each time it is asked)."""
+        """The temporary path to write `final` under (the same one each time it is asked).
+        Temporaries of the same name left by killed runs are removed first."""
         final = Path(final)
+        if final not in self._temps:
+            sweep_stale(final.parent if str(final.parent) else ".", final.name)
         return self._temps.setdefault(final, temp_path(final))
 
     def commit(self, order=None) -> None:
@@ -120,3 +124,72 @@ def check_free_space(path, need: int, what: str, free: int | None = None) -> Non
         where = Path(path) if Path(path).is_dir() else Path(path).parent
         raise RenderError(f"{what} needs about {human_bytes(need)}, only {human_bytes(free)} free on "
                           f"{where or '.'}; free space or write elsewhere")
+
+
+class UnsafeFile(MosaicError):
+    """A file that must not be read: not a regular file, too large, or outside its root."""
+
+
+def inside(path, root) -> bool:
+    """Whether `path`, with every symlink resolved, lies inside `root` (also resolved)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def read_regular_file(path, max_bytes: int, root=None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, read without blocking on FIFOs or
+    devices; with `root`, the file (symlinks resolved) must lie inside it. Raises UnsafeFile
+    for anything else (OSError for files that cannot be opened at all)."""
+    if root is not None and not inside(path, root):
+        raise UnsafeFile(f"{path} leads outside {root}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise UnsafeFile(f"{path} is {human_bytes(st.st_size)}, over the {human_bytes(max_bytes)} limit")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grew while we read it
+            raise UnsafeFile(f"{path} is over the {human_bytes(max_bytes)} limit")
+        return data
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder, name: str | None = None) -> list[Path]:
+    """Remove temporaries (`temp_path` names) in `folder` whose writing process is gone; only
+    those of final name `name` when given. Returns what was removed. A live pid keeps its
+    files (it may be another run writing right now)."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        owner = temp_owner(p)
+        if owner is None or (name is not None and owner[0] != name) or pid_alive(owner[1]):
+            continue
+        _remove(p)
+        removed.append(p)
+    return removed
+
+
+def refuse_overwriting_input(outputs, inputs) -> None:
+    """No file written (`outputs`) may replace an input."""
+    for i in inputs:
+        ip = Path(i)
+        for f in map(Path, outputs):
+            if ip.exists() and f.exists() and f.resolve() == ip.resolve():
+                raise UsageError(f"--out {outputs[0]} would overwrite the input {ip}: choose another output name")

@@ -9,35 +9,38 @@ from pathlib import Path
 
 from . import assignment as asg
 from .errors import UsageError
+from .io import refuse_overwriting_input
 from .match.grid import make_grid, parse_grid
 from .match.options import DEFAULT_GRID
 from .render.options import RenderOptions
-from .render.output import plan_output
+from .render.output import plan_output, render_saved
 from .store import TileDB
+from .store.db import open_for_assignment
 from .store.decode import image_size
 
 ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
 
 
 def is_assignment(path) -> bool:
+    """Whether `path` names a saved assignment (OUT.mosaic.json or .npz)."""
     return str(path).endswith(ASSIGNMENT_SUFFIXES)
 
 
-def open_db(saved: asg.SavedAssignment, db=None) -> TileDB:
-    """The tile database of an assignment (read-only): `db` if given, else the one it names."""
-    path = db or saved.meta.db
-    if not path:
-        raise UsageError("this assignment names no tile database: give --db")
-    return TileDB.open(path, readonly=True)
+def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:
+    """The tile database of an assignment (read-only): `db` if given, else the one it names, else
+    `fallback` if that one is gone; a different database than the one it was made from is
+    refused (see open_for_assignment)."""
+    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, fallback)
 
 
-def render_file(assignment, out, *, db=None, progress: bool = False, **render) -> dict:
+def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = False, **render) -> dict:
     """Render a saved ASSIGNMENT to `out`; `render` holds RenderOptions fields (None: as saved).
     Returns what was written, with the warnings."""
-    from .render.output import render_saved
     saved = asg.load(assignment)
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
-    with open_db(saved, db) as d:
+    refuse_overwriting_input([Path(out)], [assignment, *asg.sidecar_paths(assignment),
+                                           *([saved.meta.target.path] if saved.meta.target else [])])
+    with open_db(saved, db, db_fallback) as d:
         return render_saved(d, saved, out, ropts, progress)
 
 
@@ -97,8 +100,11 @@ class PrintJob:
     plan: object             # printing.PrintPlan
 
     @classmethod
-    def open(cls, assignment, out, *, db=None, render: dict | None = None, **print_options) -> "PrintJob":
-        """`print_options`: PrintOptions fields; `render`: RenderOptions fields (None: as saved)."""
+    def open(cls, assignment, out, *, db=None, db_fallback=None, render: dict | None = None,
+             **print_options) -> "PrintJob":
+        """Plan printing a saved `assignment` to `out` (nothing written yet: see `write`), with its
+        database open. `print_options`: PrintOptions fields; `render`: RenderOptions fields (None:
+        as saved); `db`/`db_fallback` as in `open_db`. Use it as a context manager."""
         from .printing import PrintOptions, plan_print
         if assignment is None or (not is_assignment(assignment) and not asg.sidecar_paths(assignment)[0].exists()):
             raise UsageError(f"{assignment or 'no source'}: a print needs a saved assignment (OUT.mosaic.json)")
@@ -108,7 +114,7 @@ class PrintJob:
         ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **(render or {}))
         opts = PrintOptions(**{k: v for k, v in print_options.items() if v is not None},
                             render=replace(ropts, tile_px=None, print_size=None))
-        d = open_db(saved, db)
+        d = open_db(saved, db, db_fallback)
         try:
             plan = plan_print(d, saved, opts, out, assignment_name(assignment))
         except BaseException:
@@ -123,6 +129,7 @@ class PrintJob:
                            progress=progress, plan=self.plan, assignment_path=self.assignment)
 
     def close(self) -> None:
+        """Close the tile database."""
         self.db.close()
 
     def __enter__(self) -> "PrintJob":

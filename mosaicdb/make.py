@@ -16,10 +16,11 @@ import numpy as np
 from . import assignment as asg
 from .errors import MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles
+from .io import AtomicFiles, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
+from .render.fidelity import eval_px, metrics_for  # noqa: F401 (re-exported)
 from .render.options import RenderOptions
 from .render.output import check_space, output_kind, plan_output, render_saved, write_output  # noqa: F401 (render_saved: API)
 from .render.raster import IN_MEMORY_MAX_PIXELS
@@ -27,7 +28,6 @@ from .render.rows import render_array
 
 log = logging.getLogger(__name__)
 
-EVAL_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
@@ -44,31 +44,6 @@ class MakeResult:
     seconds: dict = field(default_factory=dict)
     saved: asg.SavedAssignment | None = None
     image: np.ndarray | None = None
-
-
-def eval_px(cells: int, tile_px: int) -> int:
-    """Pixels per cell for the evaluation render: <= 16 and <= 64 MP in all."""
-    return int(max(1, min(16, tile_px, int((EVAL_MAX_PIXELS / max(cells, 1)) ** 0.5))))
-
-
-def metrics_for(db, saved: asg.SavedAssignment, target_img: np.ndarray, render: RenderOptions) -> dict:
-    """Fidelity and repeat metrics of an assignment as rendered with `render`'s colour settings."""
-    px = eval_px(saved.rows * saved.cols, render.px)
-    mosaic = render_array(db, saved, replace(render, tile_px=px), target_img)
-    l, t, r, b = saved.meta.grid.crop
-    m = evaluate(target_img[t:b, l:r], mosaic, saved.rows, saved.cols, saved.tile_ids)
-    m["eval_px_per_cell"] = px
-    m["mean_cell_distance"] = float(saved.cost.mean())
-    return m
-
-
-def refuse_overwriting_input(out: Path, *inputs) -> None:
-    """An output (or its assignment/metrics files) must never replace an input."""
-    finals = [out, *asg.sidecar_paths(out), asg.metrics_path(out)]
-    for i in inputs:
-        ip = Path(i)
-        if ip.exists() and any(f.exists() and f.resolve() == ip.resolve() for f in finals):
-            raise UsageError(f"--out {out} would overwrite the input {ip}: choose another output name")
 
 
 def expand_targets(paths) -> list[Path]:
@@ -113,11 +88,12 @@ class Maker:
     ...     pixels = maker.make("photo.jpg").image                       # no file: the pixels
 
     Options are validated when they are made (before any target is decoded); with a print size
-    in `render` and no grid in `match`, the grid follows from the size.
+    in `render` and no grid in `match`, the grid follows from the size. `hybrid`
+    (`generate.hybrid.Hybrid`) swaps generated tiles into the cells the pool serves worst.
     """
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
-                 progress: bool = False):
+                 progress: bool = False, hybrid=None):
         self.db = db
         self.ropts = render_opts or RenderOptions()
         mopts = match_opts or MatchOptions()
@@ -125,6 +101,7 @@ class Maker:
             mopts = replace(mopts, grid=self.ropts.grid_for_print() or DEFAULT_GRID)
         self.mopts = mopts
         self.progress = progress
+        self.hybrid = hybrid
         db.ensure_index()
 
     def make(self, target_path, out=None) -> MakeResult:
@@ -135,7 +112,7 @@ class Maker:
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
-            refuse_overwriting_input(out, target_path)
+            refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid_spec)
         ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
@@ -151,27 +128,31 @@ class Maker:
         t1 = time.perf_counter()
         cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
         t2 = time.perf_counter()
-        res = match(self.db, cells, grid, self.mopts)
+        res = match(self.db, cells, grid, self.mopts, progress=self.progress)
         warnings += res.warnings
         t3 = time.perf_counter()
         meta = asg.AssignmentMeta(
             grid=asg.GridInfo(grid.cols, grid.rows, grid.crop, self.mopts.grid_spec),
-            db=str(Path(self.db.path).resolve()), db_version=self.db.version,
+            db=str(Path(self.db.path).resolve()), db_uuid=self.db.uuid, db_version=self.db.version,
             target=asg.TargetInfo(target.path, target.sha256, target.size),
             match=res.options.to_json(), render=ropts.to_json(),
             output=str(out.resolve()) if out is not None else "",
             widened_cells=res.assignment.widened_cells, created=time.time())
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std)
+        generated = None
+        if self.hybrid is not None:
+            saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, ropts,
+                                                 self.progress)
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
-            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics = self._metrics(saved, target.image, ropts, warnings, generated)
             return MakeResult(str(target_path), None, None, None, metrics, warnings,
                               self._seconds(metrics, grid, res, t0, t1, t2, t3), saved, image)
         with AtomicFiles() as group:
             jpath, _ = asg.write_into(group, out, saved)
             written = write_output(self.db, saved, out, ropts, target.image, self.progress, group=group)
             t4 = time.perf_counter()
-            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics = self._metrics(saved, target.image, ropts, warnings, generated)
             metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
             metrics["warnings"] = list(warnings)
             self._seconds(metrics, grid, res, t0, t1, t2, t3, t4)
@@ -180,13 +161,16 @@ class Maker:
             group.commit(order=[jpath])
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, metrics["seconds"], saved)
 
-    def _metrics(self, saved, image, ropts, warnings) -> dict:
+    def _metrics(self, saved, image, ropts, warnings, generated=None) -> dict:
         """Metrics, or a record of why they could not be computed: the mosaic itself is fine."""
         try:
-            return metrics_for(self.db, saved, image, ropts)
+            m = metrics_for(self.db, saved, image, ropts)
         except MosaicError as e:
             warnings.append(f"evaluation skipped: {e}")
-            return {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
+            m = {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
+        if generated is not None:  # --generate-worst: which cells, fidelity before/after
+            m["generated"] = generated
+        return m
 
     @staticmethod
     def _seconds(metrics, grid: Grid, res, t0, t1, t2, t3, t4=None) -> dict:
@@ -199,6 +183,8 @@ class Maker:
         seconds["total"] = now - t0
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
+        if res.assignment.report:  # --unique: total cost, lower bound, cells beyond their candidates
+            metrics["unique"] = res.assignment.report
         return metrics["seconds"]
 
 

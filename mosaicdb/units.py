@@ -49,6 +49,8 @@ def parse_print_size(text: str, option: str = "--print-size") -> tuple[float, fl
 
 
 def parse_bytes(text: str, option: str = "--cache") -> int:
+    """Bytes from a size such as 512M, 2G or 1.5GiB (powers of 1024); a bad one is a UsageError
+    naming `option`."""
     m = re.fullmatch(rf"\s*{_NUM}\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not m:
         raise UsageError(f"{option}: {text!r} is not a size; use e.g. 512M or 2G")
@@ -56,6 +58,7 @@ def parse_bytes(text: str, option: str = "--cache") -> int:
 
 
 def human_bytes(n: float) -> str:
+    """A byte count for people: 512 B, 3.4 KB, 1.2 GB (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -390,7 +390,7 @@ def test_rendering_a_saved_assignment_loads_no_matching_stack(synthetic_db, tmp_
     asg.save(p, saved)
     code = textwrap.dedent(f"""
         import sys
-        from cli.main import main
+        from mosaicdb_cli.main import main
         from mosaicdb.jobs import render_file
         render_file({str(asg.sidecar_paths(p)[0])!r}, {str(tmp_path / 'r.tif')!r}, tile_px=32, color="mean")
         print(sorted(m for m in ("numba", "scipy", "faiss", "mosaicdb.make") if m in sys.modules))

@@ -18,6 +18,8 @@ MAX_PALETTE = 4096
 
 @dataclass(frozen=True)
 class Palette:
+    """The colours a generated pool should cover: (n, 3) uint8 sRGB, each colour's share of the
+    targets' pixels, and where they came from."""
     rgb: np.ndarray       # (n, 3) uint8
     weights: np.ndarray   # (n,) share of target pixels (uniform for a spread palette)
     source: str           # "kmeans:<files>" or "spread"
@@ -43,6 +45,7 @@ class Palette:
                 "lab": [round(float(v), 3) for v in self.lab[i]], "name": self.names[i]}
 
     def to_json(self) -> dict:
+        """The palette as JSON: source and, per colour, hex, RGB, Lab, name and weight."""
         return {"source": self.source, "colours": [dict(self.colour(i), weight=round(float(w), 5))
                                                    for i, w in enumerate(self.weights)]}
 

@@ -91,6 +91,10 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
     return d, np.where(i >= 0, ids[np.clip(i, 0, None)], -1)
 
 
+# Excluded ids from which search() tests membership in a bitmap rather than a hash set.
+BITMAP_FROM = 1024
+
+
 class VectorIndex:
     """A FAISS index over tile features whose ids are tile ids, plus its infos."""
 
@@ -130,7 +134,14 @@ class VectorIndex:
         if exclude is not None and len(exclude):
             faiss = _faiss()
             excl = np.ascontiguousarray(exclude, dtype=np.int64)
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
+            if len(excl) > BITMAP_FROM:
+                # A bit test per scanned vector instead of a hash lookup: half the time of an
+                # IVF search over all lists with 30,000 of 50,000 ids excluded (issue 19).
+                excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool),
+                                   bitorder="little")
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
+            else:
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
             if self.infos.get("kind") == "ivf":
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
@@ -146,12 +157,14 @@ class VectorIndex:
         return dist, ids
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add `vectors` under tile `ids` (in place)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
             self.ids = np.union1d(self.ids, ids)
             self._search_index = None
 
     def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors of tile `ids` (in place)."""
         if len(ids):
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
             self.ids = np.setdiff1d(self.ids, ids)
@@ -175,12 +188,17 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
+        """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
         folder = Path(folder)
+        # None means "no usable index": the database rebuilds it from its features
         try:
             infos = json.loads((folder / "index_infos.json").read_text())
-            ids = np.load(folder / "ids.npy")
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+            if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
+                    and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (FileNotFoundError, json.JSONDecodeError, ValueError, RuntimeError):
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError):
             return None
         if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
             return None  # files from different saves (a kill between the renames): rebuild

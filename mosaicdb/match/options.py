@@ -38,7 +38,11 @@ class MatchOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.grid, int) and not isinstance(self.grid, bool):
+            object.__setattr__(self, "grid", str(self.grid))  # grid=128 means "128"
         if self.grid is not None:
+            if not isinstance(self.grid, str):
+                raise UsageError(f"--grid takes N or COLSxROWS, e.g. 128 or 128x96; got {self.grid!r}")
             parse_grid(self.grid)
         check_int("-k/--candidates", self.k, 1, MAX_K)
         if self.min_distance is not None:
@@ -58,10 +62,12 @@ class MatchOptions:
         return self.grid if self.grid is not None else DEFAULT_GRID
 
     def to_json(self) -> dict:
+        """The options as JSON (saved in the assignment)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "MatchOptions":
+        """Options from JSON saved by `to_json` (unknown keys, from other versions, are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -1,5 +1,6 @@
 """Colour profiles of print files. Tile pixels are sRGB (ingest converts every image to it), so
-the default embeds Pillow's sRGB profile; `--icc FILE` names another RGB output profile, into
+the default embeds the standard sRGB profile (`mosaicdb.srgb`: fixed bytes, so two prints of one
+assignment are identical); `--icc FILE` names another RGB output profile, into
 which the pixels are converted (relative colorimetric, black-point compensation) before it
 is embedded, so the embedded profile always describes the pixels."""
 from __future__ import annotations
@@ -7,18 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
-
-
-@lru_cache(maxsize=1)
-def srgb_bytes() -> bytes:
-    from PIL import ImageCms
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+from ..srgb import srgb_icc as srgb_bytes
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,7 @@ class CellRenderer:
         cache, as a list of its (t, t, 3) arrays (big tiles are not copied into a stack)."""
         if t <= self.max_thumb:
             s = min(s for s in self.db.thumb_sizes if s >= t)
+            self.db.check_rows(f"thumbs_{s}", uniq)  # never draw a damaged row (black) as a tile
             return box_reduce(np.asarray(self._thumb(s)[uniq]), t)
         return [self.cache.get(i, t) for i in uniq.tolist()]
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..io import AtomicFiles, check_free_space, free_bytes
 from ..errors import RenderError, UsageError
+from ..progress import progress_bar
 from .codecs import get_codec
 from .layout import TILE, dzi_files_dir
 from .options import RenderOptions
@@ -106,8 +107,6 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
             written = write_output(db, saved, path, ropts, target, progress, own)
             own.commit(order=[Path(path)])
         return written
-    from tqdm import tqdm
-
     from .cells import check_tiles_present
     path = Path(path)
     plan = plan_output(path, saved.cols, saved.rows, ropts)
@@ -116,7 +115,7 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
     t0 = time.perf_counter()
     if plan.kind == "raster":
         from .rows import iter_rows
-        bar = tqdm(total=plan.height, desc=f"render {path.name}", unit="px rows", disable=not progress, leave=False)
+        bar = progress_bar(progress, plan.height, f"render {path.name}", unit="px rows", leave=False)
         with bar:
             write_raster(group.temp(path), iter_rows(db, saved, ropts, target), plan.width, plan.height,
                          ropts.quality, on_band=bar.update)
@@ -124,8 +123,7 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
                 "seconds": time.perf_counter() - t0}
     codec = get_codec(ropts.codec, ropts.quality)
     pyr = PyramidRenderer(db, saved, ropts, stop=TILE if plan.kind == "tiff" else 1, target=target)
-    bar = tqdm(total=pyr.total_tiles, desc=f"render {path.name}", unit="tile", disable=not progress,
-               smoothing=0.05, dynamic_ncols=True)
+    bar = progress_bar(progress, pyr.total_tiles, f"render {path.name}", unit="tile", smoothing=0.05)
     with bar:
         if plan.kind == "tiff":
             from .tiff import write_pyramid_tiff

@@ -30,10 +30,12 @@ class RequestError(MosaicError):
 
 
 class BadRequest(RequestError):
+    """A request with bad coordinates or parameters: HTTP 400."""
     status = 400
 
 
 class NotFound(RequestError):
+    """No such route, level, tile or cell: HTTP 404."""
     status = 404
 
 

@@ -2,8 +2,9 @@
 
 This module opens and reads a database; the rest of the API comes in along its seams:
 writing (`writer.TileWriter`: ingest, add_images, remove, find), the vector index
-(`indexing.IndexLifecycle`: build, update, search) and upkeep (`maintenance.Maintenance`:
-stats, check).
+(`indexing.IndexLifecycle`: build, update, search), upkeep (`maintenance.Maintenance`: stats,
+check), trust in the arrays (`integrity.Integrity`: checksums, verified reads) and
+`repair.Repair` (rebuild what was lost from the originals).
 
 Layout of a database folder:
     catalog.sqlite          tiles, sources seen, skipped inputs, settings (WAL mode)
@@ -22,17 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, ImageError, UsageError
 from ..features import feature_dim
 from ..index import VectorIndex
-from ..io import write_atomic
+from ..io import UnsafeFile, inside, read_regular_file, write_atomic
 from . import catalog
 from .arrays import RowArray
 from .decode import DecodeOptions, open_image, square_resize
 from .indexing import IndexLifecycle
+from .integrity import Integrity
 from .ingest import IngestReport
 from .lock import WriteLock
 from .maintenance import CATALOG, CheckReport, Maintenance
+from .repair import Repair, RepairReport
 from .writer import TileWriter
 
 DEFAULT_THUMB_SIZES = (8, 16, 32, 64)
@@ -47,7 +50,7 @@ def _validate_sizes(sizes) -> tuple[int, ...]:
     return sizes
 
 
-class TileDB(TileWriter, IndexLifecycle, Maintenance):
+class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     """A tile database folder: tiles at full resolution with their provenance, thumbnails and
     features by tile id, and a FAISS index over the features.
 
@@ -63,6 +66,8 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         self.path = Path(path)
         self.readonly = readonly
         self.con = catalog.connect(self.path / CATALOG, readonly=readonly)
+        if not readonly:
+            catalog.upgrade(self.con)
         self.meta = catalog.get_meta(self.con)
         self.thumb_sizes = tuple(self.meta["thumb_sizes"])
         self.feature_grid = int(self.meta["feature_grid"])
@@ -73,12 +78,17 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
+        self._init_integrity()
         self._read_lock = threading.Lock()  # one connection, shared by render threads
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
     def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, feature_grid: int = 4, mean_weight: float = 1.0,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
+        """A new, empty tile database folder at `path` (it must not exist, or be empty). `thumb_sizes`:
+        the square thumbnails kept per tile; features are the Lab mean (weighted `mean_weight`) plus a
+        `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
+        `background`; images over `max_pixels` are refused."""
         path = Path(path)
         if (path / CATALOG).exists():
             raise DatabaseError(f"{path} is already a tile database")
@@ -101,6 +111,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
 
         write_atomic(path / CATALOG, write_catalog)
         return cls(path)
+
+    @staticmethod
+    def exists(path) -> bool:
+        """Whether `path` is a tile database folder (it holds a catalog)."""
+        return bool(path) and (Path(path) / CATALOG).is_file()
 
     @classmethod
     def open(cls, path, readonly: bool = False) -> "TileDB":
@@ -125,6 +140,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return cls.open(path) if (Path(path) / CATALOG).exists() else cls.create(path, **create_options)
 
     def close(self) -> None:
+        """Close the catalog (the database is also closed by leaving a `with` block)."""
         self.con.close()
 
     def __enter__(self):
@@ -145,10 +161,17 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
     def version(self) -> int:
         return int(self.meta["version"])
 
+    @property
+    def uuid(self) -> str | None:
+        """The database's identity, recorded in every assignment made from it (None for a
+        database made by an older mosaicdb and opened read-only since)."""
+        return self.meta.get("uuid")
+
     def __len__(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
 
     def ids(self) -> np.ndarray:
+        """The ids of the tiles in the database (removed tiles excluded), sorted."""
         return catalog.live_ids(self.con)
 
     def features(self) -> np.ndarray:
@@ -156,6 +179,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return self._features.read(self.next_id)
 
     def thumbs(self, size: int) -> np.ndarray:
+        """The (next_id, size, size, 3) uint8 thumbnails of that size, memory-mapped; row = tile id."""
         if size not in self._thumbs:
             raise UsageError(f"thumbnail size {size} is not stored; this database has {list(self.thumb_sizes)}")
         return self._thumbs[size].read(self.next_id)
@@ -173,26 +197,48 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
                     out[d["id"]] = d
         return [out[i] for i in ids if i in out]
 
-    def blob_path(self, tile: dict) -> Path:
+    def blob_root(self, tile: dict) -> Path:
+        """The folder a tile's original must stay inside: originals/ for copies, the source
+        folder it was linked from for --link tiles (its own folder for older databases)."""
         p = Path(tile["blob"])
-        return p if p.is_absolute() else self.path / p
+        if not p.is_absolute():
+            return self.path / "originals"
+        return Path(tile.get("link_root") or p.parent)
+
+    def blob_path(self, tile: dict) -> Path:
+        """Where a tile's original is; DatabaseError when the catalog points outside its root."""
+        p = Path(tile["blob"])
+        full = p if p.is_absolute() else self.path / p
+        if not inside(full, self.blob_root(tile)):
+            raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
+                                f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
+        return full
 
     def load_original(self, tile_id: int):
-        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image."""
+        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image.
+        Only a regular file inside the tile's root, of bounded size, is read."""
         rows = self.tiles([tile_id])
         if not rows:
             raise DatabaseError(f"no tile {tile_id} in {self.path}")
         p = self.blob_path(rows[0])
         try:
-            data = p.read_bytes()
+            data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(rows[0]))
         except OSError as e:
-            raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); run `mosaic db check`") from None
-        return open_image(data, self.decode_options)[0]
+            raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); "
+                                f"run `mosaic db check {self.path}`") from None
+        except UnsafeFile as e:
+            raise DatabaseError(f"original of tile {tile_id} cannot be read safely: {e}") from None
+        try:
+            return open_image(data, self.decode_options)[0]
+        except ImageError as e:
+            raise DatabaseError(f"original of tile {tile_id} ({p}) no longer decodes ({e}); "
+                                f"run `mosaic db check --deep {self.path}`") from None
 
     def tile_pixels(self, tile_id: int, size: int) -> np.ndarray:
         """Square size x size pixels of one tile: from thumbnails when they reach `size`, else the original."""
         for s in self.thumb_sizes:
             if s >= size:
+                self.check_rows(f"thumbs_{s}", [tile_id])
                 t = self._thumbs[s].read(self.next_id)[tile_id]
                 if s == size:
                     return np.array(t)
@@ -201,6 +247,40 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance):
         return np.asarray(square_resize(self.load_original(tile_id), size))
 
     def errors(self) -> list[dict]:
+        """The inputs that were skipped, with why and when: [{source, reason, at}]."""
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
-__all__ = ["TileDB", "CheckReport", "IngestReport", "DEFAULT_THUMB_SIZES"]
+__all__ = ["TileDB", "CheckReport", "IngestReport", "RepairReport", "DEFAULT_THUMB_SIZES"]
+
+
+def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None,
+                        fallback=None) -> TileDB:
+    """The tile database an assignment was made from, read-only: `override` (--db) if given,
+    else the path it recorded. A database at the recorded path that is not the one it was
+    made from (another uuid: recreated or replaced) is refused; an explicit --db is accepted
+    when it holds every tile of the assignment. `fallback` ($MOSAICDB_DB) stands in for the
+    recorded path only when no database is left there, and is held to the same uuid check: an
+    implicit default finds a moved database, it never swaps in another one."""
+    implicit = bool(not override and fallback and not TileDB.exists(recorded))
+    path = override or (fallback if implicit else recorded)
+    if not path:
+        raise UsageError("the assignment names no tile database: give --db")
+    try:
+        db = TileDB.open(path, readonly=True)
+    except DatabaseError as e:
+        hint = "" if override else " (moved? pass its new place with --db or $MOSAICDB_DB)"
+        raise DatabaseError(f"{e}{hint}") from None
+    try:
+        if recorded_uuid and db.uuid and db.uuid != recorded_uuid:
+            if not override:
+                where = f"$MOSAICDB_DB ({path})" if implicit else path
+                raise DatabaseError(f"{where} is not the tile database this assignment was made from (it was "
+                                    "recreated or replaced since): pass --db to use it anyway")
+            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
+            if len(gone):
+                raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
+                                    f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -26,15 +26,18 @@ class IndexLifecycle:
         return self.update_index(opts)
 
     def load_index(self) -> VectorIndex | None:
+        """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
             self._index = VectorIndex.load(self.index_dir)
         return self._index
 
     def index_stale(self) -> bool:
+        """Whether the index is missing or does not cover the catalog as it is now."""
         idx = self.load_index()
         return idx is None or idx.infos.get("catalog_version") != self.version
 
     def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
+        """Build the index from scratch (takes the write lock); returns its index_infos."""
         self._writable()
         with self.lock:
             return self._build_index_locked(options or IndexOptions())
@@ -43,6 +46,7 @@ class IndexLifecycle:
         ids = self.ids()
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
+        self.check_rows("features", ids)
         vectors = np.asarray(self.features()[ids])
         idx = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
         idx.save(self.index_dir)
@@ -50,6 +54,8 @@ class IndexLifecycle:
         return idx.infos
 
     def update_index(self, options: IndexOptions | None = None) -> dict:
+        """Bring the index up to date with the catalog: add and remove in place, or rebuild when
+        the pool doubled or halved; returns its index_infos."""
         self._writable()
         with self.lock:
             if len(self) == 0:  # (the locked helper returns {} here, which callers can't print)
@@ -61,7 +67,10 @@ class IndexLifecycle:
         moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
         idx = self.load_index()
         if idx is not None and options is None:
-            options = IndexOptions(**idx.infos.get("options", {}))
+            try:
+                options = IndexOptions(**idx.infos.get("options", {}))
+            except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
+                idx = None
         options = options or IndexOptions()
         ids = self.ids()
         if idx is None or len(ids) == 0:
@@ -73,6 +82,7 @@ class IndexLifecycle:
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
+        self.check_rows("features", missing)
         idx.remove(extra)
         idx.add(np.asarray(self.features()[missing]), missing)
         idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())

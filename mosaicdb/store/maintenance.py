@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import inside
 from .decode import tile_features
 
 CATALOG = "catalog.sqlite"
@@ -24,9 +25,15 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict:
+        """The report as JSON: ok, tiles, problems, warnings."""
+        return {"ok": self.ok, "tiles": self.tiles, "problems": list(self.problems), "warnings": list(self.warnings)}
+
 
 class Maintenance:
     def stats(self) -> dict:
+        """What the database holds: tile counts by origin, skipped inputs, linked files, thumbnail
+        sizes, feature layout, bytes on disk per part, and the index (kind, parameters, recall, staleness)."""
         def du(p: Path) -> int:
             if p.is_file():
                 return p.stat().st_size
@@ -49,7 +56,9 @@ class Maintenance:
         }
 
     def check(self, deep: bool = False) -> CheckReport:
-        """Catalog vs originals vs features/thumbnails vs index. `deep` re-hashes the originals."""
+        """Catalog vs originals vs features/thumbnails vs index. Array sizes, paths and the
+        index's coverage always; `deep` also re-hashes the originals, verifies every array row
+        against its checksum and the index against the features."""
         rep = CheckReport()
         qc = self.con.execute("PRAGMA quick_check").fetchone()[0]
         if qc != "ok":
@@ -58,36 +67,38 @@ class Maintenance:
         rep.tiles = len(ids)
         if len(ids) and ids[-1] >= self.next_id:
             rep.problems.append(f"catalog: tile id {ids[-1]} is beyond next_id {self.next_id}")
-        for name, arr in [("features", self._features)] + [(f"thumbs_{s}", a) for s, a in self._thumbs.items()]:
-            if arr.capacity() < self.next_id:
-                rep.problems.append(f"{name}: holds {arr.capacity()} rows, the catalog needs {self.next_id}")
+        rep.problems += [f"arrays: {p} (run `mosaic db repair {self.path}`)" for p in self.size_problems()]
         if rep.problems:
             return rep
         feats = self.features()
         bad = ids[~np.isfinite(np.asarray(feats[ids])).all(axis=1)] if len(ids) else ids
         if len(bad):
             rep.problems.append(f"features: {len(bad)} tiles have non-finite features (first id {bad[0]})")
-        referenced = set()
-        missing = []
-        for r in self.con.execute("SELECT id, hash, blob FROM tiles"):
+        self._check_originals(rep, deep)
+        if deep:
+            self._check_rows(rep, ids, feats)
+        self._check_index(rep, ids, feats, deep)
+        return rep
+
+    def _check_originals(self, rep: CheckReport, deep: bool) -> None:
+        referenced, missing, outside = set(), [], []
+        for r in self.con.execute("SELECT * FROM tiles"):
+            r = dict(r)
             p = Path(r["blob"])
             full = p if p.is_absolute() else self.path / p
             if not p.is_absolute():
                 referenced.add(str(p))
-            if not full.is_file():
+            if not inside(full, self.blob_root(r)):
+                outside.append(f"{r['id']} ({r['blob']})")
+            elif not full.is_file():
                 missing.append(f"{r['id']} ({full})")
-            elif deep and hashlib.sha256(full.read_bytes()).hexdigest() != r["hash"]:
+            elif deep and _sha256(full) != r["hash"]:
                 rep.problems.append(f"original of tile {r['id']} ({full}) changed since ingest (hash differs)")
+        if outside:
+            rep.problems.append(f"catalog: {len(outside)} tiles' originals lead outside their folder (tampered "
+                                f"with?), e.g. tile {outside[0]}; `mosaic db remove` them")
         if missing:
             rep.problems.append(f"originals: {len(missing)} missing, e.g. tile {missing[0]}")
-        if deep and len(ids):
-            sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
-            sample = np.sort(sample)
-            thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
-            off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
-            if off.any():
-                rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")
         orig = self.path / "originals"
         if orig.exists():
             files = [str(f.relative_to(self.path)) for f in orig.rglob("*") if f.is_file()]
@@ -95,17 +106,53 @@ class Maintenance:
             if orphans:
                 rep.warnings.append(f"originals: {len(orphans)} files no tile references (left by an interrupted "
                                     "ingest or a duplicate; harmless, reused when that file is ingested again)")
+
+    def _check_rows(self, rep: CheckReport, ids, feats) -> None:
+        for name in self.arrays():
+            bad = self.bad_rows(name, ids)
+            if len(bad):
+                rep.problems.append(f"{name}: rows of {len(bad)} tiles fail their checksum (e.g. tile {bad[0]}): "
+                                    f"run `mosaic db repair {self.path}`")
+            n = self.unrecorded(name)
+            if n:
+                rep.warnings.append(f"{name}: {n} tiles' rows have no checksum (made by an older mosaicdb); "
+                                    f"`mosaic db repair {self.path}` records them")
+        if len(ids):
+            sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
+            sample = np.sort(sample)
+            thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
+            if off.any():
+                rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")
+
+    def _check_index(self, rep: CheckReport, ids, feats, deep: bool) -> None:
         idx = self.load_index()
         if idx is None:
             if len(ids):
                 rep.warnings.append(f"index: none yet; build it with `mosaic db index {self.path}`")
-        elif self.index_stale():
+            return
+        if self.index_stale():
             rep.warnings.append(f"index: out of date ({idx.ntotal} of {len(ids)} tiles); "
                                 f"`mosaic db index {self.path}` updates it (make does so automatically)")
-        else:
-            if idx.ntotal != len(idx.ids) or not np.array_equal(idx.ids, ids):
-                rep.problems.append(f"index: holds {idx.ntotal} vectors for {len(ids)} tiles although it is "
-                                    f"marked current; rebuild it with `mosaic db index --rebuild {self.path}`")
-        return rep
+            return
+        if idx.ntotal != len(idx.ids) or not np.array_equal(idx.ids, ids):
+            rep.problems.append(f"index: holds {idx.ntotal} vectors for {len(ids)} tiles although it is "
+                                f"marked current; rebuild it with `mosaic db index --rebuild {self.path}`")
+            return
+        if deep and len(ids):
+            # each tile's own feature must find a vector at distance ~0 (itself, or an identical one)
+            sample = ids if len(ids) <= 2000 else np.sort(np.random.default_rng(1).choice(ids, 2000, replace=False))
+            d, _ = idx.search(np.asarray(feats[sample], np.float32), 1, device="cpu")
+            off = int((d[:, 0] > 1e-3 * max(1.0, float(np.abs(feats[sample]).max()))).sum())
+            if off:
+                rep.problems.append(f"index: {off} of {len(sample)} sampled tiles are not found at their own "
+                                    f"features; rebuild it with `mosaic db index --rebuild {self.path}`")
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

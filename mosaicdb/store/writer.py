@@ -12,6 +12,8 @@ import numpy as np
 
 from ..errors import DatabaseError, UsageError
 from ..index import IndexOptions
+from ..io import inside, sweep_stale
+from ..progress import progress_bar
 from . import catalog
 from .ingest import (IngestReport, Source, WorkerConfig, chunked, enumerate_sources,
                      run_chunks, with_payloads)
@@ -29,8 +31,12 @@ class TileWriter:
         Unchanged sources already seen (same size and mtime) are skipped without reading.
         """
         self._writable()
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
         workers = (os.cpu_count() or 1) if workers is None else workers
         with self.lock:
+            self.require_intact()
+            self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
             items = list(enumerate_sources([str(s) for s in sources], exclude=self.path))
@@ -47,7 +53,7 @@ class TileWriter:
                         todo.append(src)
             bar = _bar(progress, len(todo), "ingest")
             try:
-                jobs = ((src, payload, {}) for src, payload in with_payloads(todo))
+                jobs = ((src, payload, {}) for src, payload in with_payloads(todo, self.decode_options.max_bytes))
                 for chunk, res in run_chunks(chunked(jobs, chunk_size), self._worker_config(link), workers):
                     self._commit_chunk(res, "file", report)
                     bar.update(len(chunk))
@@ -64,6 +70,7 @@ class TileWriter:
         """Add in-memory images: an iterable of (bytes, name, provenance dict). Used by generators."""
         self._writable()
         with self.lock:
+            self.require_intact()
             report = IngestReport()
             t0 = time.perf_counter()
             cfg = self._worker_config(False)
@@ -88,19 +95,26 @@ class TileWriter:
                 chunk_seen.add(r[1])
                 keep.append(j)
         start = self.next_id
+        written = {}
         if keep:
             # Arrays first, catalog second: rows past next_id are invisible until the commit.
-            self._features.write(start, res.features[keep])
+            written["features"] = res.features[keep]
             for s, arr in zip(self.thumb_sizes, res.thumbs):
-                self._thumbs[s].write(start, arr[keep])
+                written[f"thumbs_{s}"] = arr[keep]
+            arrays = self.arrays()
+            for name, rows in written.items():
+                arrays[name].write(start, rows)
         now = time.time()
         with self.con:
             rows = []
             for n, j in enumerate(keep):
                 src, digest, blob, w, h, fmt, prov = res.ok[j]
                 kind = origin if src.kind in ("file", "bytes") else "archive"
-                rows.append((start + n, digest, src.key, blob, w, h, fmt, kind, json.dumps(prov), now))
-            self.con.executemany("INSERT INTO tiles VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                link_root = os.path.realpath(src.root) if os.path.isabs(blob) and src.root else None
+                rows.append((start + n, digest, src.key, blob, w, h, fmt, kind, json.dumps(prov), now, link_root))
+            self.con.executemany("INSERT INTO tiles (id, hash, source, blob, width, height, format, origin, "
+                                 "provenance, added, link_root) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.record_checksums(start, written)
             srcs = [(res.ok[j][0], "added", res.ok[j][1]) for j in keep] + [(r[0], "duplicate", r[1]) for r in dup]
             srcs += [(src, "error", None) for src, _ in res.errors]
             self.con.executemany("INSERT OR REPLACE INTO sources VALUES (?,?,?,?,?)",
@@ -117,6 +131,13 @@ class TileWriter:
         report.skipped += len(res.errors)
         report.new_ids.extend(range(start, start + len(keep)))
 
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove temporary files left under the database by killed runs (their pid is gone)."""
+        removed = []
+        for folder in [self.path, self.path / "index", *(p for p in (self.path / "originals").glob("*") if p.is_dir())]:
+            removed += sweep_stale(folder)
+        return removed
+
     def _writable(self) -> None:
         if self.readonly:
             raise DatabaseError(f"{self.path} was opened read-only")
@@ -124,8 +145,12 @@ class TileWriter:
     def remove(self, ids) -> int:
         """Remove tiles by id: catalog rows, copied originals, index entries. Returns how many."""
         self._writable()
-        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        try:
+            ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        except (TypeError, ValueError, OverflowError):
+            raise UsageError(f"tile ids must be whole numbers, got {ids!r}") from None
         with self.lock:
+            self.require_intact()
             rows = self.tiles(ids)
             if not rows:
                 return 0
@@ -134,9 +159,13 @@ class TileWriter:
                 self.con.executemany("DELETE FROM sources WHERE hash = ?", [(r["hash"],) for r in rows])
                 catalog.bump_version(self.con)
             self._refresh()
+            originals = self.path / "originals"
             for r in rows:
-                if not Path(r["blob"]).is_absolute():
-                    (self.path / r["blob"]).unlink(missing_ok=True)
+                p = self.path / r["blob"]
+                # only copies this database made, and only inside originals/: a crafted catalog
+                # row can never make remove delete anything else
+                if not Path(r["blob"]).is_absolute() and inside(p, originals) and not p.is_symlink():
+                    p.unlink(missing_ok=True)
             if self.load_index() is not None:
                 self._update_index_locked(None)
             return len(rows)
@@ -176,7 +205,6 @@ class TileWriter:
 
 
 def _bar(enabled: bool, total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+    return progress_bar(enabled, total, desc, unit="img", smoothing=0.1)
 
 

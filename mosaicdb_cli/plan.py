@@ -8,7 +8,7 @@ import click
 from mosaicdb.jobs import PrintJob, plan_file
 from mosaicdb.units import human_bytes
 
-from .common import echo_json, json_option, warn_all
+from .common import echo_json, given_db, json_option, saved_db_option, warn_all
 from .make import output_options, render_fields
 from .print_cmd import print_fields, print_options
 
@@ -24,8 +24,7 @@ from .print_cmd import print_fields, print_options
               help="Plan a `mosaic print` request (SOURCE: a saved assignment); the print options below imply it.")
 @click.option("--size", default=None, help="--print: physical size, 120x80cm or 120cm (long side) [default: --print-size].")
 @print_options
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
-              help="--print: tile database [default: the one saved in the assignment].")
+@saved_db_option
 @json_option
 def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, workers, cache, for_print, size,
              compression, icc, bleed, panel_width, panel_grid, overlap, proof, buffer, db_path, as_json):
@@ -49,7 +48,7 @@ def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, w
         render = render_fields(None, None, None, quality, None, None, None, None, workers, cache)
         fields = print_fields(size or print_size, dpi or 300, compression, icc, bleed, panel_width, panel_grid,
                               overlap, proof, buffer)
-        with PrintJob.open(source, out, db=db_path, render={k: render[k] for k in
+        with PrintJob.open(source, out, **given_db(), render={k: render[k] for k in
                                                              ("quality", "workers", "cache_bytes")}, **fields) as job:
             _show_print_plan(job.plan, as_json)
         return

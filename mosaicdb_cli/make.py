@@ -14,7 +14,8 @@ from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, info, json_option, quiet_option, warn_all
+from .cells import hybrid_from_cli, hybrid_options
+from .common import db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
 
 def output_options(f):
@@ -51,7 +52,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 
 
 @click.command("make")
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Tile database folder.")
+@db_option
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
                                                                    "or a folder for several targets.")
@@ -64,17 +65,19 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
               help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
 @click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
-@click.option("--unique", is_flag=True, help="Each tile at most once (global min-cost matching).")
+@click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @render_options
 @output_options
+@hybrid_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json):
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
+             **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -88,6 +91,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     \b
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+        mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
     """
     from mosaicdb.make import Maker, expand_targets, output_paths  # the matching stack: only for make
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
@@ -96,9 +100,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet)
+        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -109,6 +114,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
                             "seconds": m["seconds"]})
+            if "generated" in m:
+                g = m["generated"]
+                info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "
+                            f"{g['fidelity_after']['psnr64']:.2f} dB")
             if not as_json:
                 info(quiet, _summary(t, r))
                 click.echo(f"{r.output}")
@@ -132,8 +141,7 @@ def _summary(target, r) -> str:
 @click.command("render")
 @click.argument("assignment", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
-              help="Tile database [default: the one saved in the assignment].")
+@saved_db_option
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
 @render_options
 @output_options
@@ -153,7 +161,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
         mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
     """
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
-    written = render_file(assignment, out, db=db_path, progress=not quiet and not as_json, **given)
+    written = render_file(assignment, out, **given_db(), progress=not quiet and not as_json, **given)
     warn_all(written["warnings"])
     if as_json:
         echo_json({k: v for k, v in written.items() if k != "levels"})

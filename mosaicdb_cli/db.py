@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from mosaicdb import TileDB
-from mosaicdb.errors import UsageError
+from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
-from .common import db_argument, echo_json, info, json_option, quiet_option
+from .common import after_db, db_argument, echo_json, info, json_option, quiet_option
 
 
 @click.group("db")
@@ -38,7 +38,8 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--mean-weight", default=1.0, show_default=True, help="Weight of the mean colour against the grid.")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
 @click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
-def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels):
+@json_option
+def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels, as_json):
     """Create an empty tile database folder DB.
 
     Example:
@@ -46,23 +47,31 @@ def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels)
     \b
         mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
     """
-    d = TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), feature_grid=feature_grid,
-                      mean_weight=mean_weight, background=_csv_ints(background, "--background"), max_pixels=max_pixels)
-    click.echo(f"Created tile database {db} (thumbnails {','.join(map(str, d.thumb_sizes))} px, {d.dim}-dim features).")
+    with TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), feature_grid=feature_grid,
+                       mean_weight=mean_weight, background=_csv_ints(background, "--background"),
+                       max_pixels=max_pixels) as d:
+        made = {"path": str(d.path), "thumb_sizes": list(d.thumb_sizes), "feature_dim": d.dim}
+    if as_json:
+        echo_json(made)
+        return
+    click.echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
+               f"{made['feature_dim']}-dim features).")
 
 
 @db_group.command("ingest")
 @db_argument
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
+@after_db("sources", type=click.Path(path_type=str))
 @click.option("--link", is_flag=True, help="Reference files where they are instead of copying them (archive members are always copied).")
 @click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
 @click.option("--no-index", is_flag=True, help="Don't build or update the vector index afterwards.")
 @quiet_option
-def ingest_cmd(db, sources, link, workers, no_index, quiet):
+@json_option
+def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
     """Add every image under SOURCES (files, folders, zip and tar archives) to DB.
 
     Unreadable, corrupt or non-image inputs are skipped and listed by `mosaic db errors`.
     Running the same ingest again adds nothing and is fast; an interrupted one resumes.
+    With $MOSAICDB_DB set, DB may be left out.
 
     Example:
 
@@ -71,6 +80,9 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet):
     """
     with TileDB.open(db) as d:
         report = d.ingest(sources, link=link, workers=workers, progress=not quiet, update_index=not no_index)
+    if as_json:
+        echo_json({"db": db, **report.to_json()})
+    else:
         click.echo(report.summary())
 
 
@@ -133,7 +145,8 @@ def stats_cmd(db, as_json):
 @db_group.command("check")
 @db_argument
 @click.option("--deep", is_flag=True, help="Also re-hash every original and recompute a sample of features.")
-def check_cmd(db, deep):
+@json_option
+def check_cmd(db, deep, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
     Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
@@ -145,6 +158,11 @@ def check_cmd(db, deep):
     """
     with TileDB.open(db, readonly=True) as d:
         rep = d.check(deep=deep)
+    if as_json:
+        echo_json({"db": db, **rep.to_json()})
+        if not rep.ok:
+            raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
+        return
     for w in rep.warnings:
         click.echo(f"warning: {w}", err=True)
     for p in rep.problems:
@@ -152,6 +170,38 @@ def check_cmd(db, deep):
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
     click.echo(f"{db}: OK ({rep.tiles} tiles)")
+
+
+@db_group.command("repair")
+@db_argument
+@click.option("--remove-unrecoverable", is_flag=True,
+              help="Remove the tiles whose originals are missing or changed (they cannot be rebuilt).")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
+@quiet_option
+@json_option
+def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
+    """Rebuild what a damaged DB lost: array rows from the originals, checksums, the index.
+
+    Reports the tiles that cannot be rebuilt (original missing or changed) and exits 1 while
+    any remain (--remove-unrecoverable removes them).
+
+    Example:
+
+    \b
+        mosaic db repair tiles.db
+    """
+    with TileDB.open(db) as d:
+        rep = d.repair(remove_unrecoverable=remove_unrecoverable, workers=workers or 1,
+                       progress=not quiet and not as_json)
+    if as_json:
+        echo_json(rep.to_json())
+    else:
+        click.echo(f"{db}: {rep.summary()}")
+        for tid, why in rep.unrecoverable[:20]:
+            click.echo(f"  tile {tid}: {why}", err=True)
+    if not rep.ok:
+        raise DatabaseError(f"{db}: {len(rep.unrecoverable)} tile(s) cannot be rebuilt; they are never drawn: "
+                            "restore their originals and repair again, or rerun with --remove-unrecoverable")
 
 
 @db_group.command("errors")
@@ -177,9 +227,10 @@ def errors_cmd(db, as_json):
 
 @db_group.command("remove")
 @db_argument
-@click.argument("tiles", nargs=-1)
+@after_db("tiles", required=False)
 @click.option("--source", "source_prefix", help="Remove every tile ingested from this file or folder.")
-def remove_cmd(db, tiles, source_prefix):
+@json_option
+def remove_cmd(db, tiles, source_prefix, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
 
     Example:
@@ -191,4 +242,7 @@ def remove_cmd(db, tiles, source_prefix):
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
     with TileDB.open(db) as d:
         n = d.remove(d.resolve_refs(tiles, source_prefix))
-    click.echo(f"Removed {n} tile(s) from {db}.")
+    if as_json:
+        echo_json({"db": db, "removed": n})
+    else:
+        click.echo(f"Removed {n} tile(s) from {db}.")
