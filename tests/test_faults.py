@@ -412,12 +412,12 @@ def test_another_database_at_the_same_path_is_refused(db40, target, tmp_path):
 
 
 def test_evaluation_failure_does_not_fail_a_finished_mosaic(db40, target, tmp_path, monkeypatch):
-    import mosaicdb.make as mk
+    import mosaicdb.render.fidelity as fidelity
 
     def broken(*a, **k):
         raise UsageError("evaluation could not run")
 
-    monkeypatch.setattr(mk, "evaluate", broken)
+    monkeypatch.setattr(fidelity, "evaluate", broken)
     res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "12", "-q", code=0)
     assert "evaluation skipped" in res.output
     assert (tmp_path / "m.png").exists() and asg.metrics_path(tmp_path / "m.png").exists()

@@ -17,6 +17,9 @@ DEFAULT_S = 8          # GP: a tile's latent is 8x its cell's block of the refer
 
 @dataclass(frozen=True)
 class CellOptions:
+    """How `mosaic generate cells` makes a tile for each cell (GP): the prompt, grid, tile size,
+    reference block, seeds and batch, and each part of the loop (∫-noise, AdaIN, low-frequency
+    guidance, scheduler), every one switchable. Validated when made."""
     prompt: str
     negative: str | None = None        # None: DEFAULT_NEGATIVE
     grid: str = "8"                    # N across the long side, or COLSxROWS
@@ -75,6 +78,7 @@ class CellOptions:
         return self.guidance_weight > 0
 
     def to_json(self) -> dict:
+        """The options as JSON-ready values (recorded in every tile's provenance)."""
         return asdict(self)
 
 

@@ -31,6 +31,8 @@ DEFAULT_MAX_TILE_PX = 256
 
 @dataclass
 class CellRunReport:
+    """What `generate_cells` did: the run, where the tiles and outputs went, how many cells were
+    generated now or found done, seconds per stage and the mosaic's metrics."""
     run: str = ""
     db: str = ""
     output: str = ""
@@ -49,6 +51,7 @@ class CellRunReport:
         return self.seconds.get("generate", 0.0) / self.generated if self.generated else None
 
     def summary(self) -> str:
+        """One line for the terminal."""
         m = self.metrics
         spt = f", {self.seconds_per_tile:.2f} s/tile" if self.generated else ""
         return (f"{self.generated} tiles generated, {self.already_done} already done (run {self.run}) for "
@@ -56,6 +59,7 @@ class CellRunReport:
                 f"SSIM@64 {m.get('ssim64', float('nan')):.3f}; {self.seconds.get('total', 0):.1f} s")
 
     def to_json(self) -> dict:
+        """The report as JSON-ready values."""
         return dict(asdict(self), seconds_per_tile=self.seconds_per_tile)
 
 
