@@ -6,6 +6,7 @@ redraws a saved assignment; `evaluate_files` scores an image file against its ta
 from __future__ import annotations
 
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from . import assignment as asg
-from .errors import MosaicError, UsageError
+from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles, refuse_overwriting_input
+from .io import AtomicFiles, check_regular_file, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
@@ -44,6 +45,25 @@ class MakeResult:
     seconds: dict = field(default_factory=dict)
     saved: asg.SavedAssignment | None = None
     image: np.ndarray | None = None
+
+
+def check_batch(targets: list[Path], outs: list[Path]) -> None:
+    """No output of a batch (nor its assignment or metrics) may replace any target of it."""
+    for o in outs:
+        refuse_overwriting_input([o, *asg.sidecar_paths(o), asg.metrics_path(o)], targets)
+
+
+def make_batch(maker: "Maker", targets: list[Path], outs: list[Path]):
+    """Yield (target, MakeResult or the MosaicError it failed with) for each target: a target
+    that cannot be read or matched does not stop the others (a damaged database does)."""
+    check_batch(targets, outs)
+    for t, o in zip(targets, outs):
+        try:
+            yield t, maker.make(t, o)
+        except (ImageError, MatchError) as e:
+            if len(targets) == 1:
+                raise
+            yield t, e
 
 
 def expand_targets(paths) -> list[Path]:
@@ -94,6 +114,9 @@ class Maker:
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
                  progress: bool = False, hybrid=None):
+        for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions)):
+            if value is not None and not isinstance(value, cls):
+                raise UsageError(f"Maker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
         self.db = db
         self.ropts = render_opts or RenderOptions()
         mopts = match_opts or MatchOptions()
@@ -109,10 +132,13 @@ class Maker:
         its assignment (OUT.mosaic.json/.npz) and metrics (OUT.metrics.json), all or nothing.
         Without `out`, nothing is written and the result holds the image (small mosaics only)."""
         t0 = time.perf_counter()
+        if not isinstance(target_path, (str, os.PathLike)):
+            raise UsageError(f"make() takes the target image's path, got {target_path!r}")
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
             refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
+            asg.check_sidecars_free(out)
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid_spec)
         ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
@@ -143,6 +169,7 @@ class Maker:
         if self.hybrid is not None:
             saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, ropts,
                                                  self.progress)
+        saved.meta = replace(saved.meta, tiles_digest=self.db.tiles_digest(saved.tile_ids))
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
             metrics = self._metrics(saved, target.image, ropts, warnings, generated)
@@ -194,6 +221,7 @@ def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
+        check_regular_file(p, f"mosaic {p}")
         try:
             with tifffile.TiffFile(p) as tf:
                 levels = list(tf.series[0].levels) if tf.series else []

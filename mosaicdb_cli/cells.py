@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import echo_json, info, json_option, quiet_option
+from .common import echo, echo_json, info, json_option, quiet_option
 from .generate import _note, _pipeline, pipeline_options
 
 
@@ -103,7 +103,7 @@ def cells_cmd(target, prompt, out, db_path, grid, size, block, negative, seed, b
     if as_json:
         echo_json(rep.to_json())
         return
-    click.echo(rep.summary())
+    echo(rep.summary())
     info(quiet, f"Mosaic {rep.output}; assignment {rep.assignment}; metrics {rep.metrics_path}; tiles in {rep.db}")
 
 

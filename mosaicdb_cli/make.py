@@ -8,6 +8,7 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
+from mosaicdb.errors import MosaicError
 from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
@@ -15,7 +16,7 @@ from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
 from .cells import hybrid_from_cli, hybrid_options
-from .common import db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
 
 def output_options(f):
@@ -93,7 +94,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
     """
-    from mosaicdb.make import Maker, expand_targets, output_paths  # the matching stack: only for make
+    from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
@@ -107,8 +108,12 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
-        for t, o in zip(paths, outs):
-            r = maker.make(t, o)
+        failed = []
+        for t, r in make_batch(maker, paths, outs):
+            if isinstance(r, MosaicError):
+                failed.append(t)
+                echo(f"error: {t}: {r}", err=True)
+                continue
             warn_all(r.warnings)
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
@@ -120,11 +125,13 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
                             f"{g['fidelity_after']['psnr64']:.2f} dB")
             if not as_json:
                 info(quiet, _summary(t, r))
-                click.echo(f"{r.output}")
+                echo(f"{r.output}")
     if as_json:
         echo_json(results)
-    elif not quiet:
-        click.echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
+    elif not quiet and results:
+        echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} targets failed (see above); the others were made")
 
 
 def _summary(target, r) -> str:
@@ -167,7 +174,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
         echo_json({k: v for k, v in written.items() if k != "levels"})
         return
     info(quiet, f"{written['kind']}: {human_bytes(written['bytes'])} in {written['seconds']:.1f} s")
-    click.echo(str(written["path"]))
+    echo(str(written["path"]))
 
 
 @click.command("eval")
@@ -188,8 +195,8 @@ def eval_cmd(target, mosaic, grid, as_json):
     if as_json:
         echo_json(m)
         return
-    click.echo(f"PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}" +
+    echo(f"PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}" +
                (f", PSNR per cell {m['psnr_cell']:.2f} dB" if m.get("psnr_cell") is not None else ""))
-    click.echo("pyramid MSE: " + ", ".join(f"L{k} {v:.5f}" for k, v in m["pyramid_mse"].items()))
+    echo("pyramid MSE: " + ", ".join(f"L{k} {v:.5f}" for k, v in m["pyramid_mse"].items()))
     if m.get("repeats"):
-        click.echo("repeats: " + json.dumps(m["repeats"]))
+        echo("repeats: " + json.dumps(m["repeats"]))

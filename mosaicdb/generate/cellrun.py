@@ -195,6 +195,7 @@ def generate_cells(target, popts: PipelineOptions, opts: CellOptions, out, *, db
     t_start = time.perf_counter()
     out = Path(out)
     output_kind(out)
+    asg.check_sidecars_free(out)
     plan = plan_cells(target, popts, opts)
     ropts = render or RenderOptions(tile_px=min(plan.geom.size, DEFAULT_MAX_TILE_PX))
     check_space(out, plan_output(out, plan.grid.cols, plan.grid.rows, ropts))
@@ -220,7 +221,7 @@ def generate_cells(target, popts: PipelineOptions, opts: CellOptions, out, *, db
         t0 = time.perf_counter()
         tile_ids = np.array([ids[c] for c in cells], dtype=np.int64).reshape(plan.grid.rows, plan.grid.cols)
         cd = cell_data(plan.target.image, plan.grid, db.feature_grid, db.mean_weight)
-        saved = asg.SavedAssignment(assignment_meta(db, plan, out, ropts), tile_ids,
+        saved = asg.SavedAssignment(assignment_meta(db, plan, out, ropts, tile_ids), tile_ids,
                                     cell_costs(db, tile_ids, cd.features), cd.mean, cd.std)
         with AtomicFiles() as group:  # the mosaic, its assignment and metrics: all or nothing
             jpath, _ = asg.write_into(group, out, saved)
@@ -250,12 +251,13 @@ def default_db_path(out: Path) -> Path:
     return base.with_name(base.name + ".tiles.db")
 
 
-def assignment_meta(db, plan: CellPlan, out: Path, ropts: RenderOptions) -> asg.AssignmentMeta:
+def assignment_meta(db, plan: CellPlan, out: Path, ropts: RenderOptions, tile_ids) -> asg.AssignmentMeta:
     """The saved assignment's record: no matching (`match` None), the generation in `extra`."""
     g = plan.grid
     return asg.AssignmentMeta(
         grid=asg.GridInfo(g.cols, g.rows, tuple(g.crop), plan.opts.grid),
         db=str(Path(db.path).resolve()), db_uuid=db.uuid, db_version=db.version,
+        tiles_digest=db.tiles_digest(tile_ids),
         target=asg.TargetInfo(plan.target.path, plan.target.sha256, tuple(plan.target.size)),
         match=None, render=ropts.to_json(), output=str(out.resolve()), created=time.time(),
         extra={"generated": {k: v for k, v in plan.common_provenance().items() if k != "pipeline"}})

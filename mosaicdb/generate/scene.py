@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, UsageError, check_int
 from ..io import write_atomic
 from .colours import nearest_name
 from .pipeline import Generator, PipelineOptions, ResolvedPipeline, override_pipeline, resolve_pipeline
@@ -31,8 +31,10 @@ class SceneOptions:
     def __post_init__(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise UsageError("the scene needs a prompt, e.g. \"a lighthouse on a cliff at sunset\"")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        check_int("--seed", self.seed, 0)
+        for flag, v in (("--width", self.width), ("--height", self.height)):
+            if v is not None:
+                check_int(flag, v, 32, 4096)  # leave it out for the model's native size
 
 
 def image_format(out) -> str:
