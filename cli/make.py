@@ -10,10 +10,11 @@ from mosaicdb import TileDB
 from mosaicdb import assignment as asg
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.errors import UsageError
-from mosaicdb.make import Maker, expand_targets, output_paths, render_saved
+from mosaicdb.make import expand_targets, maker_for, output_paths, render_saved
 from mosaicdb.options import MatchOptions, RenderOptions, print_for_grid, resolve_print_size
 from mosaicdb.units import human_bytes, parse_bytes
 
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary
 from .common import echo_json, info, json_option, quiet_option
 
 
@@ -68,10 +69,12 @@ def print_geometry(grid, tile_px, dpi, print_size):
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @render_options
 @output_options
+@autoencoder_make_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json):
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
+             **ae):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -85,7 +88,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
 
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+
+        mosaic make --db tiles.db photo.jpg --autoencoder cifar-ae --out mosaic.jpg --grid 64
     """
+    auto = auto_options(**ae)
     grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
@@ -97,7 +103,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     outs = output_paths(paths, Path(out), "." + fmt)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet)
+        maker = maker_for(db, mopts, ropts, progress=not quiet, autoencoder=auto)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -108,13 +114,15 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
-                            "seconds": m["seconds"]})
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
             if not as_json:
                 rep = m["repeats"]
                 info(quiet, f"{t} -> {r.output}  ({m['cells']} cells, PSNR@64 {m['psnr64']:.2f} dB, "
                             f"SSIM@64 {m['ssim64']:.3f}, {rep['distinct_tiles']} distinct tiles, max uses "
                             f"{rep['max_uses']}; match {m['seconds']['match_total']:.2f} s, "
                             f"total {m['seconds']['total']:.2f} s)")
+                if "autoencoder" in m:
+                    info(quiet, autoencoder_summary(m["autoencoder"]))
                 click.echo(f"{r.output}")
     if as_json:
         echo_json(results)

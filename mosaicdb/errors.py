@@ -37,6 +37,10 @@ class RenderError(MosaicError):
     """An output cannot be written as requested."""
 
 
+class ModelError(MosaicError):
+    """A model file is missing, damaged, not ours, or does not fit its configuration."""
+
+
 class MissingDependency(MosaicError):
     """An optional package is needed; the message holds the install hint."""
 

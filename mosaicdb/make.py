@@ -136,6 +136,16 @@ class Maker:
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, seconds)
 
 
+def maker_for(db, match_opts: MatchOptions, render_opts: RenderOptions, progress: bool = False,
+              autoencoder=None):
+    """The maker for these options: retrieval (`Maker`), or tiles decoded per cell when
+    `autoencoder` (`mosaicdb.autoencoder.AutoOptions`) is given."""
+    if autoencoder is None:
+        return Maker(db, match_opts, render_opts, progress)
+    from .autoencoder.make import AutoMaker
+    return AutoMaker(db, match_opts, render_opts, autoencoder, progress)
+
+
 def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> dict:
     """Re-render a saved assignment (no matching) to `out`."""
     ropts.validate()

@@ -1,0 +1,268 @@
+"""Fitting a code to every cell: encoder -> atlas -> Adam on logit(code) -> colour fit.
+
+Per cell (all in batches, on the model's size x size pixels, values 0-1):
+
+1. **Encoder**: code = E(cell), tile = D(code).
+2. **Atlas**: the model's atlas codes are decoded once (full size, and box-averaged to
+   `atlas_px`). Each cell's nearest atlas tile at `atlas_px` (exact search over the whole atlas:
+   one matrix product; with `shortlist` > 1 the best of that many at full size) is scored
+   exactly beside the encoder's tile and the better one is the first guess, so it is never
+   worse than the encoder alone.
+3. **Refinement**: `steps` Adam steps on logit(code) (codes stay inside (0, 1)) minimising the
+   cell's error; every evaluated code is scored and the best kept, so refinement never
+   increases a cell's error.
+4. **Colour fit** (on by default): per cell and channel the least-squares a + b * tile with
+   0 <= b <= MAX_GAIN, clipped to 0-1. The error that steps 2-3 minimise is the error after this
+   fit, so codes are chosen for structure and the fit supplies the colour. Without it the error
+   is the plain MSE.
+
+The error of a cell is always the MSE (0-1 scale) of the tile as it will be stored, before
+rounding to 8 bits.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..generate import deps
+from . import model as M
+from .files import Model
+from .options import AutoOptions
+
+MAX_GAIN = 4.0
+LOGIT_EPS = 1e-6
+SOURCES = ("encoder", "atlas")
+
+
+@dataclass
+class FitResult:
+    codes: np.ndarray                 # (n, latent) float32 final codes
+    tiles: np.ndarray                 # (n, s, s, 3) uint8 final tiles
+    gain: np.ndarray                  # (n, 3) b of the colour fit (ones without it)
+    offset: np.ndarray                # (n, 3) a of the colour fit (0-1 scale; zeros without it)
+    errors: dict                      # stage -> (n,) float32 MSE: encoder, first, final
+    first_source: np.ndarray          # (n,) index into SOURCES of the first guess
+    seconds: dict = field(default_factory=dict)
+
+
+class Cells:
+    """A batch of cells (n, 3, s, s) in 0-1 with the per-channel statistics every fit reuses."""
+
+    def __init__(self, x):
+        self.x = x
+        self.mean = x.mean(dim=(2, 3), keepdim=True)
+        self.centred = x - self.mean
+        self.var = self.centred.square().mean(dim=(2, 3), keepdim=True)
+
+
+def colour_fit(y, cells: Cells):
+    """Least squares of the cell on the tile y per cell and channel, as
+    (b, mean_y, y - mean_y, var_y, cov): the fitted tile is mean_x + b (y - mean_y) with
+    0 <= b <= MAX_GAIN."""
+    torch = deps.torch()
+    my = y.mean(dim=(2, 3), keepdim=True)
+    dy = y - my
+    var = dy.square().mean(dim=(2, 3), keepdim=True)
+    cov = (dy * cells.centred).mean(dim=(2, 3), keepdim=True)
+    # a flat tile (var 0) gets b = 0: the cell's mean colour, the least-squares answer
+    b = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.zeros_like(var)).clamp(0.0, MAX_GAIN)
+    return b, my, dy, var, cov
+
+
+def fitted_tiles(y, cells: Cells, fit: bool):
+    """The tiles as stored: colour-fitted (if on) and clipped to 0-1."""
+    if not fit:
+        return y
+    b, _, dy, _, _ = colour_fit(y, cells)
+    return (cells.mean + b * dy).clamp(0.0, 1.0)
+
+
+def errors(y, cells: Cells, fit: bool):
+    """(n,) MSE of each cell's stored tile against the cell."""
+    return (fitted_tiles(y, cells, fit) - cells.x).square().mean(dim=(1, 2, 3))
+
+
+def smooth_loss(y, cells: Cells, fit: bool):
+    """(n,) the error before clipping, in closed form for the fit (var_x - 2 b cov + b^2 var_y):
+    what the gradient follows. Clipping only lowers it; kept codes are chosen on `errors`."""
+    if not fit:
+        return (y - cells.x).square().mean(dim=(1, 2, 3))
+    b, _, _, var, cov = colour_fit(y, cells)
+    return (cells.var - 2 * b * cov + b * b * var).mean(dim=(1, 2, 3))
+
+
+def cell_errors(y, x, fit: bool):
+    """(n,) MSE of the stored tiles made from decoder outputs y against cells x (n, 3, s, s)."""
+    return errors(y, Cells(x), fit)
+
+
+def gain_offset(y, cells: Cells, fit: bool):
+    """(b, a) per cell and channel, each (n, 3): the stored tile is clip(a + b * y)."""
+    torch = deps.torch()
+    if not fit:
+        return torch.ones(len(y), 3), torch.zeros(len(y), 3)
+    b, my, _, _, _ = colour_fit(y, cells)
+    return b.reshape(-1, 3), (cells.mean - b * my).reshape(-1, 3)
+
+
+def apply_gain_offset(y, b, a):
+    """clip(a + b * y) with (n, 3) gains and offsets."""
+    return (a.reshape(-1, 3, 1, 1) + b.reshape(-1, 3, 1, 1) * y).clamp(0.0, 1.0)
+
+
+class Fitter:
+    """Fits codes to cells for one model; the decoded atlas is computed once here."""
+
+    def __init__(self, model: Model, opts: AutoOptions):
+        opts.validate()
+        self.model, self.opts = model, opts
+        torch = deps.torch()
+        self.size = model.arch.size
+        self.q = min(opts.atlas_px, self.size)
+        self.use_atlas = opts.shortlist > 0 and len(model.atlas) > 0
+        if self.use_atlas:
+            with torch.inference_mode():
+                full = torch.cat([M.decode(model.net, model.atlas[i:i + 1024]) for i in range(0, len(model.atlas), 1024)])
+            self.atlas_full = full
+            flat = full.reshape(len(full), 3, -1)
+            self.atlas_mean = flat.mean(2)                          # (K, 3)
+            self.atlas_sq = flat.square().mean(2)                   # (K, 3) E[y^2]
+            low = self._low(full)
+            self.atlas_low, self.atlas_low_sq = low, low.square().sum(1)
+
+    def _low(self, x):
+        """(n, 3, s, s) -> (n, 3 q^2) box averages; centred per channel when colour is fitted
+        (the fit removes each tile's mean, so only the structure should pick the shortlist)."""
+        torch = deps.torch()
+        f = self.size // self.q
+        low = torch.nn.functional.avg_pool2d(x, f) if f > 1 else x
+        if self.opts.color_fit:
+            low = low - low.mean(dim=(2, 3), keepdim=True)
+        return low.reshape(len(x), -1)
+
+    def fit(self, cells: np.ndarray) -> FitResult:
+        """cells: (n, s, s, 3) uint8, the target resampled to the model's size per cell."""
+        torch = deps.torch()
+        if cells.ndim != 4 or cells.shape[1:] != (self.size, self.size, 3) or cells.dtype != np.uint8:
+            raise ValueError(f"cells must be uint8 (n, {self.size}, {self.size}, 3), got {cells.dtype} {cells.shape}")
+        n, lat = len(cells), self.model.arch.latent
+        res = FitResult(np.empty((n, lat), np.float32), np.empty_like(cells), np.empty((n, 3), np.float32),
+                        np.empty((n, 3), np.float32), {k: np.empty(n, np.float32) for k in ("encoder", "first", "final")},
+                        np.empty(n, np.int8))
+        secs = {"encode": 0.0, "atlas": 0.0, "refine": 0.0, "colour": 0.0}
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.opts.resolved_threads())
+        try:
+            for i in range(0, n, self.opts.batch):
+                self._fit_batch(cells[i:i + self.opts.batch], res, slice(i, i + self.opts.batch), secs)
+        finally:
+            torch.set_num_threads(old)
+        res.seconds = {k: round(v, 4) for k, v in secs.items()}
+        return res
+
+    def _fit_batch(self, px: np.ndarray, res: FitResult, sl: slice, secs: dict) -> None:
+        torch = deps.torch()
+        net, fit = self.model.net, self.opts.color_fit
+        cells = Cells(M.from_images(px))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            code = M.encode(net, cells.x)
+            y = M.decode(net, code)
+            err = errors(y, cells, fit)
+        res.errors["encoder"][sl] = err.numpy()
+        source = torch.zeros(len(px), dtype=torch.int8)
+        t1 = time.perf_counter()
+        if self.use_atlas:
+            code, y, err, source = self._atlas_guess(cells, code, y, err, source)
+        res.errors["first"][sl] = err.numpy()
+        res.first_source[sl] = source.numpy()
+        t2 = time.perf_counter()
+        if self.opts.steps:
+            code, y, err = self._refine(cells, code.clone(), y.clone(), err.clone())
+        t3 = time.perf_counter()
+        with torch.inference_mode():
+            b, a = gain_offset(y, cells, fit)
+            tile = apply_gain_offset(y, b, a)
+        res.errors["final"][sl] = err.numpy()
+        res.codes[sl] = code.numpy()
+        res.tiles[sl] = M.to_images(tile)
+        res.gain[sl], res.offset[sl] = b.numpy(), a.numpy()
+        t4 = time.perf_counter()
+        for k, v in zip(secs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            secs[k] += v
+
+    def _atlas_guess(self, cells: Cells, code, y, err, source):
+        """Each cell's nearest atlas tiles at atlas_px (exact search: one matrix product); with a
+        shortlist of several, ranked by their full-size error before clipping (per-channel
+        moments and one dot product per channel). The best is scored exactly and replaces the
+        encoder's tile where it is closer, so the first guess is never worse than the encoder."""
+        torch = deps.torch()
+        m = min(self.opts.shortlist, len(self.atlas_low))
+        x = cells.x
+        with torch.inference_mode():
+            low = self._low(x)
+            d = low.square().sum(1, keepdim=True) - 2 * low @ self.atlas_low.T + self.atlas_low_sq
+            idx = d.topk(m, dim=1, largest=False).indices                     # (n, m)
+            if m > 1:
+                pick = idx.gather(1, self._rank_full(cells, idx).argmin(1, keepdim=True))[:, 0]
+            else:
+                pick = idx[:, 0]
+            cy = self.atlas_full[pick]
+            ce = errors(cy, cells, self.opts.color_fit)
+            better = ce < err
+            code = torch.where(better[:, None], self.model.atlas[pick], code)
+            y = torch.where(better[:, None, None, None], cy, y)
+            err = torch.where(better, ce, err)
+            source = torch.where(better, torch.ones_like(source), source)
+        return code, y, err, source
+
+    def _rank_full(self, cells: Cells, idx):
+        """(n, m) full-size errors before clipping of the shortlisted atlas tiles."""
+        torch = deps.torch()
+        xf = cells.x.reshape(len(idx), 3, -1)
+        cand = self.atlas_full.reshape(len(self.atlas_full), 3, -1)[idx]      # (n, m, 3, P)
+        exy = torch.einsum("ncp,nmcp->nmc", xf, cand) / xf.shape[2]
+        ex, ex2 = xf.mean(2)[:, None], xf.square().mean(2)[:, None]          # (n, 1, 3)
+        ey, ey2 = self.atlas_mean[idx], self.atlas_sq[idx]                    # (n, m, 3)
+        if not self.opts.color_fit:
+            return (ex2 - 2 * exy + ey2).mean(2)
+        vx, vy, cov = ex2 - ex * ex, (ey2 - ey * ey).clamp_min(0), exy - ex * ey
+        b = torch.where(vy > 1e-12, cov / vy.clamp_min(1e-12), torch.zeros_like(vy)).clamp(0, MAX_GAIN)
+        return (vx - 2 * b * cov + b * b * vy).mean(2)
+
+    def _refine(self, cells: Cells, code, y, err):
+        """Adam on logit(code); each cell keeps the best code it has seen."""
+        torch = deps.torch()
+        net, fit = self.model.net, self.opts.color_fit
+        z = torch.logit(code.clamp(LOGIT_EPS, 1 - LOGIT_EPS)).requires_grad_(True)
+        adam = torch.optim.Adam([z], lr=self.opts.lr)
+        for k in range(self.opts.steps + 1):
+            last = k == self.opts.steps
+            with torch.set_grad_enabled(not last):
+                c = z.sigmoid()
+                out = M.decode(net, c)
+            with torch.no_grad():
+                e = errors(out, cells, fit)
+                better = e < err
+                err = torch.where(better, e, err)
+                code = torch.where(better[:, None], c, code)
+                y = torch.where(better[:, None, None, None], out, y)
+            if last:
+                break
+            # each cell's loss depends on its own code only: summing keeps gradients per cell
+            loss = smooth_loss(out, cells, fit).sum()
+            adam.zero_grad(set_to_none=True)
+            loss.backward()
+            adam.step()
+        return code.detach(), y.detach(), err
+
+
+def decode_tiles(model: Model, codes: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Tiles from codes and colour-fit parameters (as recorded in a tile's provenance)."""
+    torch = deps.torch()
+    with torch.inference_mode():
+        y = M.decode(model.net, torch.from_numpy(np.asarray(codes, np.float32)))
+        return M.to_images(apply_gain_offset(y, torch.from_numpy(np.asarray(gain, np.float32)),
+                                             torch.from_numpy(np.asarray(offset, np.float32))))
