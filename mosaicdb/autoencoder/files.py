@@ -96,15 +96,24 @@ def _header(path: Path, data: bytes) -> dict:
     return head
 
 
+def _pack_meta(meta: dict) -> dict:
+    """safetensors metadata as one key: the library writes several keys in no fixed order, and
+    a model file should have the same bytes whenever it has the same content."""
+    return {"mosaicdb": json.dumps(meta, sort_keys=True)}
+
+
 def _load_tensors(path: Path, limit: int, fmt: str) -> tuple[dict, dict, dict]:
-    """(header entries, metadata, tensors) of a safetensors file of our format."""
+    """(header entries, our metadata, tensors) of a safetensors file of our format."""
     data = _read_bounded(path, limit)
     head = _header(path, data)
-    meta = head.pop("__metadata__", None) or {}
+    raw = head.pop("__metadata__", None) or {}
+    try:
+        meta = json.loads(raw["mosaicdb"]) if isinstance(raw, dict) else None
+    except (KeyError, TypeError, ValueError):
+        meta = None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise ModelError(f"{path} is a safetensors file but not a {fmt} file (metadata format "
-                         f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise ModelError(f"{path} is a safetensors file but not a {fmt} file (no mosaicdb metadata of that format)")
+    if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path} has format version {meta.get('format_version')}; this mosaicdb reads {FORMAT_VERSION}")
     try:
         tensors = _st().load(data)
@@ -164,11 +173,7 @@ def load_model(path) -> Model:
     shapes = M.expected_shapes(arch)
     p = folder / WEIGHTS
     head, meta, tensors = _load_tensors(p, _weights_limit(shapes), FORMAT)
-    try:
-        same = json.loads(meta.get("arch", "null")) == arch.to_json()
-    except ValueError:
-        same = False
-    if not same:
+    if meta.get("arch") != arch.to_json():
         raise ModelError(f"{p} was written for architecture {meta.get('arch')}, but {folder / CONFIG} says "
                          f"{json.dumps(arch.to_json())}: the folder mixes two models")
     _check_names(p, tensors, list(shapes) + ["atlas"])
@@ -191,8 +196,8 @@ def save_model(folder: Path, arch: Arch, net, atlas, config: dict) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     tensors["atlas"] = atlas.detach().float().contiguous()
-    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": json.dumps(arch.to_json())}
-    data = _st().save(tensors, metadata=meta)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch.to_json()}
+    data = _st().save(tensors, metadata=_pack_meta(meta))
     write_atomic(folder / WEIGHTS, lambda t: Path(t).write_bytes(data))
     digest = hashlib.sha256(data).hexdigest()
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch.to_json(), **config, "sha256": digest}
@@ -219,10 +224,9 @@ def save_checkpoint(folder: Path, ck: Checkpoint) -> None:
         for k, v in st.items():
             tensors[f"adam.{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(float(v))
     tensors["losses"] = torch.tensor(ck.losses, dtype=torch.float64)
-    meta = {"format": CHECKPOINT_FORMAT, "format_version": str(FORMAT_VERSION), "step": str(ck.step),
-            "identity": json.dumps(ck.identity, sort_keys=True), "data": json.dumps(ck.data, sort_keys=True),
-            "seconds": repr(float(ck.seconds))}
-    data = _st().save(tensors, metadata=meta)
+    meta = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "step": ck.step,
+            "identity": ck.identity, "data": ck.data, "seconds": float(ck.seconds)}
+    data = _st().save(tensors, metadata=_pack_meta(meta))
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / CHECKPOINT, lambda t: Path(t).write_bytes(data))
 
@@ -236,10 +240,9 @@ def load_checkpoint(folder: Path, arch: Arch) -> Checkpoint | None:
     limit = 3 * _weights_limit(shapes) + 8 * MAX_LOSSES
     _, meta, tensors = _load_tensors(p, limit, CHECKPOINT_FORMAT)
     try:
-        step = int(meta["step"])
-        identity, data = json.loads(meta["identity"]), json.loads(meta["data"])
-        seconds = float(meta.get("seconds", "0"))
-    except (KeyError, ValueError) as e:
+        step, identity, data = int(meta["step"]), dict(meta["identity"]), dict(meta["data"])
+        seconds = float(meta.get("seconds", 0))
+    except (KeyError, ValueError, TypeError) as e:
         raise ModelError(f"{p} is damaged (metadata: {e}); delete it or rerun with --restart") from None
     net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     _check_names(p, net_state, shapes)

@@ -32,7 +32,7 @@ from .files import Model
 from .options import AutoOptions
 
 MAX_GAIN = 4.0
-LOGIT_EPS = 1e-6
+CODE_EPS = 1e-6        # codes are kept in [CODE_EPS, 1 - CODE_EPS]: strictly inside, logit finite
 SOURCES = ("encoder", "atlas")
 
 
@@ -168,7 +168,7 @@ class Fitter:
         cells = Cells(M.from_images(px))
         t0 = time.perf_counter()
         with torch.inference_mode():
-            code = M.encode(net, cells.x)
+            code = M.encode(net, cells.x).clamp(CODE_EPS, 1 - CODE_EPS)
             y = M.decode(net, code)
             err = errors(y, cells, fit)
         res.errors["encoder"][sl] = err.numpy()
@@ -236,7 +236,8 @@ class Fitter:
         """Adam on logit(code); each cell keeps the best code it has seen."""
         torch = deps.torch()
         net, fit = self.model.net, self.opts.color_fit
-        z = torch.logit(code.clamp(LOGIT_EPS, 1 - LOGIT_EPS)).requires_grad_(True)
+        bound = float(torch.logit(torch.tensor(1 - CODE_EPS)))
+        z = torch.logit(code).requires_grad_(True)
         adam = torch.optim.Adam([z], lr=self.opts.lr)
         for k in range(self.opts.steps + 1):
             last = k == self.opts.steps
@@ -256,6 +257,8 @@ class Fitter:
             adam.zero_grad(set_to_none=True)
             loss.backward()
             adam.step()
+            with torch.no_grad():
+                z.clamp_(-bound, bound)
         return code.detach(), y.detach(), err
 
 

@@ -286,5 +286,6 @@ def make_atlas(net, pixels: np.ndarray, opts: TrainOptions):
     cube = qmc.Halton(opts.arch.latent, scramble=True, seed=opts.seed).random(n_cube) if n_cube else \
         np.empty((0, opts.arch.latent))
     codes.append(torch.from_numpy(cube.astype(np.float32)))
-    return torch.cat(codes).clamp(0, 1).contiguous()
+    from .fit import CODE_EPS
+    return torch.cat(codes).clamp(CODE_EPS, 1 - CODE_EPS).contiguous()
 
