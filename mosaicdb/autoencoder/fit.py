@@ -244,8 +244,14 @@ class Fitter:
             with torch.set_grad_enabled(not last):
                 c = z.sigmoid()
                 out = M.decode(net, c)
+                if fit:   # the fit once per step: its closed-form loss for the gradient, its tile for the score
+                    b, _, dy, var, cov = colour_fit(out, cells)
+                    loss = (cells.var - 2 * b * cov + b * b * var).mean(dim=(1, 2, 3))
+                else:
+                    loss = (out - cells.x).square().mean(dim=(1, 2, 3))
             with torch.no_grad():
-                e = errors(out, cells, fit)
+                e = ((cells.mean + b * dy).clamp_(0.0, 1.0).sub_(cells.x).square_().mean(dim=(1, 2, 3))
+                     if fit else loss.detach())
                 better = e < err
                 err = torch.where(better, e, err)
                 code = torch.where(better[:, None], c, code)
@@ -253,9 +259,8 @@ class Fitter:
             if last:
                 break
             # each cell's loss depends on its own code only: summing keeps gradients per cell
-            loss = smooth_loss(out, cells, fit).sum()
             adam.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()
             adam.step()
             with torch.no_grad():
                 z.clamp_(-bound, bound)
