@@ -13,7 +13,7 @@ def autoencoder_group():
 
     Example:
 
-        mosaic autoencoder train tiles.db --latent 16 --size 32 --steps 3000 --out cifar-ae
+        mosaic autoencoder train tiles.db --latent 32 --size 32 --steps 3000 --out cifar-ae
 
         mosaic make --db tiles.db photo.jpg --autoencoder cifar-ae --out mosaic.jpg --grid 64
     """
@@ -22,15 +22,16 @@ def autoencoder_group():
 @autoencoder_group.command("train")
 @db_argument
 @click.option("--out", "-o", required=True, type=click.Path(), help="Model folder to write (config.json, model.safetensors, checkpoint).")
-@click.option("--latent", default=16, show_default=True, help="Code dimensions (each in (0, 1)).")
+@click.option("--latent", default=32, show_default=True, help="Code dimensions (each in (0, 1)).")
 @click.option("--size", default=32, show_default=True, help="Tile side in px: 8, 16, 32 or 64 (from the database's thumbnails).")
-@click.option("--width", default=16, show_default=True, help="Channels at full resolution (doubling at each 2x reduction).")
+@click.option("--width", default=8, show_default=True, help="Channels at full resolution (doubling at each 2x reduction).")
 @click.option("--steps", default=3000, show_default=True, help="Training steps (batches).")
 @click.option("--batch", default=128, show_default=True, help="Tiles per step.")
 @click.option("--lr", default=2e-3, show_default=True, help="Adam learning rate (decays linearly to 0 over the last 40%).")
 @click.option("--noise", default=0.05, show_default=True, help="Std of the Gaussian noise added to the code while training.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the initial weights, batches and noise.")
-@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: all CPUs); part of the run's identity.")
+@click.option("--threads", default=1, show_default=True,
+              help="torch CPU threads (0: all CPUs); part of the run's identity. More than 1 helps only on idle cores.")
 @click.option("--max-tiles", default=100_000, show_default=True, help="Training tiles held in memory (a seeded sample beyond).")
 @click.option("--atlas-size", default=2048, show_default=True, help="Codes decoded once per model for each cell's first guess.")
 @click.option("--checkpoint-every", default=100, show_default=True, help="Save the training state every N steps.")
@@ -47,7 +48,7 @@ def train_cmd(db, out, latent, size, width, steps, batch, lr, noise, seed, threa
 
     Example:
 
-        mosaic autoencoder train tiles.db --latent 16 --size 32 --steps 3000 --out cifar-ae
+        mosaic autoencoder train tiles.db --latent 32 --size 32 --steps 3000 --out cifar-ae
     """
     from mosaicdb import TileDB
     from mosaicdb.autoencoder import Arch, TrainOptions
@@ -100,11 +101,11 @@ def autoencoder_make_options(f):
     opts = [
         click.option("--autoencoder", "ae_model", default=None, type=click.Path(),
                      help="Decode each cell's tile with this model (from `mosaic autoencoder train`) instead of retrieving it."),
-        click.option("--hybrid", "ae_hybrid", is_flag=True,
+        click.option("--hybrid", "ae_hybrid", is_flag=True, default=False,
                      help="With --autoencoder: per cell, the closer of the decoded tile and the retrieved one."),
         click.option("--ae-db", "ae_db", default=None, type=click.Path(file_okay=False),
                      help="Tile database for decoded tiles [default: MODEL-NAME.tiles.db beside --out]; --db is never written."),
-        click.option("--ae-steps", "ae_steps", default=4, show_default=True, help="Adam steps refining each cell's code."),
+        click.option("--ae-steps", "ae_steps", default=2, show_default=True, help="Adam steps refining each cell's code."),
         click.option("--ae-color-fit/--no-ae-color-fit", "ae_color_fit", default=True, show_default=True,
                      help="Per-cell least-squares colour fit of each decoded tile."),
     ]

@@ -600,3 +600,18 @@ def test_make_option_errors(glyph_db, glyph_model, target_png, tmp_path):
                  tmp_path / "x.png", code=1)
     assert "mosaic autoencoder train" in res.output
     assert not list(tmp_path.glob("*.tiles.db"))
+
+
+def test_cli_defaults_are_the_options_defaults():
+    """`mosaic autoencoder train` and `mosaic make --autoencoder` default to the dataclasses'
+    defaults (one source of truth for what the README and benchmarks call the defaults)."""
+    from cli.autoencoder import train_cmd
+    from cli.make import make_cmd
+    d = {p.name: p.default for p in train_cmd.params}
+    t = TrainOptions()
+    assert (d["latent"], d["size"], d["width"]) == (t.arch.latent, t.arch.size, t.arch.width)
+    for k in ("steps", "batch", "lr", "noise", "seed", "threads", "max_tiles", "atlas_size", "checkpoint_every"):
+        assert d[k] == getattr(t, k), k
+    m = {p.name: p.default for p in make_cmd.params}
+    a = AutoOptions(model="x")
+    assert (m["ae_steps"], m["ae_color_fit"], m["ae_hybrid"]) == (a.steps, a.color_fit, a.hybrid)

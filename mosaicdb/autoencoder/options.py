@@ -17,9 +17,9 @@ MAX_WIDTH = 256
 class Arch:
     """The network: `latent` code dimensions, `size` px tiles, `width` channels at full
     resolution (doubling at each stride-2 stage, capped at MAX_WIDTH)."""
-    latent: int = 16
+    latent: int = 32
     size: int = 32
-    width: int = 16
+    width: int = 8
 
     def validate(self) -> "Arch":
         for f in fields(self):
@@ -59,7 +59,7 @@ class TrainOptions:
     lr: float = 2e-3
     noise: float = 0.05              # std of the Gaussian noise added to the code while training
     seed: int = 0
-    threads: int = 0                 # torch CPU threads; 0: all CPUs
+    threads: int = 1                 # torch CPU threads; 0: all CPUs (see README: 1 is the robust choice)
     max_tiles: int = 100_000         # training tiles held in memory (a seeded sample beyond)
     val_tiles: int = 1000            # held out for the reconstruction metrics
     atlas_size: int = 2048           # codes decoded once per model for the first guess
@@ -100,15 +100,15 @@ class TrainOptions:
 class AutoOptions:
     """Making a mosaic from an autoencoder: each cell's tile is decoded from a code fitted to it."""
     model: str
-    steps: int = 4                   # Adam steps on logit(code) per cell
-    lr: float = 0.1
+    steps: int = 2                   # Adam steps on logit(code) per cell
+    lr: float = 0.2
     shortlist: int = 1               # nearest atlas codes re-ranked at full size per cell; 0: no atlas
     atlas_px: int = 8                # the atlas shortlist compares cells at this size
     color_fit: bool = True           # per-cell, per-channel least-squares a + b * tile (0 <= b <= MAX_GAIN)
     hybrid: bool = False             # per cell, the closer of the decoded and the retrieved tile
     ae_db: str | None = None         # where decoded tiles go; None: MODEL-NAME.tiles.db beside the output
-    batch: int = 1024                # cells per torch batch
-    threads: int = 0                 # torch CPU threads; 0: all CPUs
+    batch: int = 512                 # cells per torch batch
+    threads: int = 0                 # worker threads, one batch each; 0: all CPUs
 
     def validate(self) -> "AutoOptions":
         _int_range("--ae-steps", self.steps, 0, 10_000)
