@@ -16,6 +16,9 @@ scored by `mosaicdb.evaluate` (PSNR/SSIM at 64 px, PSNR per cell, Gaussian-pyram
   autoencoder            `mosaic make --autoencoder` defaults (encoder, atlas, Adam, colour fit)
   autoencoder_no_fit     the same without the per-cell colour fit
   hybrid                 --autoencoder --hybrid: per cell the closer of decoded and retrieved
+  hybrid_no_fit          the same without the colour fit (where retrieved tiles can compete)
+  autoencoder_latentN    the first, with a second model of --compare-latent N code values
+                         (default 8): a tighter bottleneck keeps tiles closer to the pool's look
 
 Inference speed: Fitter.fit on every cell of the largest grid of the first target, for several
 Adam step counts (wall and process CPU seconds, with the stage split), against retrieval's
@@ -46,7 +49,7 @@ NAME = "bench_automosaic"
 GOAL_TRAIN_SECONDS = 300.0
 GOAL_RATIO = 0.2
 GOAL_CELLS_PER_S = 5000.0
-DEFAULT_TARGETS = ["kodim01", "kodim03", "kodim05", "kodim07", "kodim13", "kodim15", "kodim19", "kodim23"]
+DEFAULT_TARGETS = ["kodim23", "kodim01", "kodim03", "kodim05", "kodim07", "kodim13", "kodim15", "kodim19"]
 EVAL_TILE_PX = 16
 PICTURE_GRID, PICTURE_PX = 64, 32
 SPEED_STEPS = (0, 1, 2, 4, 8)
@@ -128,7 +131,8 @@ def scored(m: dict) -> dict:
     return out
 
 
-def run_target(pool, model: Path, target: Path, grid: int, work: Path, variants: list[str]) -> dict:
+def run_target(pool, model: Path, target: Path, grid: int, work: Path, variants: list[str],
+               models: dict | None = None) -> dict:
     from mosaicdb import assignment as asg
     from mosaicdb.autoencoder import AutoOptions
     from mosaicdb.autoencoder.make import AutoMaker
@@ -148,15 +152,18 @@ def run_target(pool, model: Path, target: Path, grid: int, work: Path, variants:
     for mode in ("mean", "meanstd"):
         m = metrics_for(pool, saved, img, RenderOptions(tile_px=EVAL_TILE_PX, color=mode, color_strength=1.0))
         out[f"retrieval_{mode}"] = scored(m)
-    kinds = {"autoencoder": {}, "autoencoder_no_fit": {"color_fit": False}, "hybrid": {"hybrid": True}}
+    kinds = {"autoencoder": {}, "autoencoder_no_fit": {"color_fit": False}, "hybrid": {"hybrid": True},
+             "hybrid_no_fit": {"hybrid": True, "color_fit": False}}
     for name in variants:
-        aopts = AutoOptions(model=str(model), ae_db=str(work / f"aedb-{name}"), **kinds[name])
+        aopts = AutoOptions(model=str((models or {}).get(name, model)), ae_db=str(work / f"aedb-{name}"),
+                            **kinds.get(name, {}))
         t0 = time.perf_counter()
         r = AutoMaker(pool, mopts, ropts, aopts).make(target, folder / f"{target.stem}-{grid}-{name}.jpg")
         a = r.metrics["autoencoder"]
         out[name] = {**scored(r.metrics), "seconds": round(time.perf_counter() - t0, 3),
                      "fit_seconds": a["fit_seconds"], "stage_seconds": a["stage_seconds"], "mse": a["mse"],
-                     "cells_decoded": a["cells_decoded"], "tiles_added": a["tiles_added"],
+                     "cells_decoded": a["cells_decoded"], "cells_retrieved": a["cells_retrieved"],
+                     "tiles_added": a["tiles_added"],
                      "tiles_shared": a["tiles_shared"], "assignment": str(r.assignment)}
     return out
 
@@ -195,17 +202,18 @@ def speed(pool, model: Path, target: Path, grid: int, steps_list) -> dict:
     return out
 
 
-def side_by_side(pool, work: Path, target: Path, rows: dict, out_png: Path) -> None:
+def side_by_side(target: Path, rows: dict, out_png: Path) -> None:
     """A crop of the mosaics at PICTURE_PX per tile, one panel per method, labelled."""
     from PIL import Image, ImageDraw
     from mosaicdb import TileDB
     from mosaicdb import assignment as asg
     from mosaicdb.match.grid import load_target, make_grid
-    from mosaicdb.render.rows import render_array
     img = load_target(target).image
     panels = []
     crop = None
-    for name, color in (("retrieval", "none"), ("retrieval", "meanstd"), ("autoencoder", "none"), ("hybrid", "none")):
+    named = [("retrieval", "none"), ("retrieval", "meanstd"), ("autoencoder", "none")]
+    named += [(k, "none") for k in rows if k.startswith("autoencoder_latent")] + [("hybrid_no_fit", "none")]
+    for name, color in named:
         if name not in rows:
             continue
         saved = asg.load(rows[name]["assignment"])
@@ -267,7 +275,10 @@ def main() -> None:
     ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="Kodak names or image paths, comma-separated")
     ap.add_argument("--grids", default="32,64,128")
     ap.add_argument("--steps", type=int, default=None, help="training steps [default: the CLI's default]")
-    ap.add_argument("--quick", action="store_true", help="2 targets, grids 32 and 64, 600 training steps")
+    ap.add_argument("--compare-latent", type=int, default=8,
+                    help="also train a model with this many code values and make its mosaics (0: skip)")
+    ap.add_argument("--quick", action="store_true", help="2 targets, grids 32 and 64, 600 training steps, "
+                    "no second model")
     ap.add_argument("--out", default=str(common.default_out(NAME)))
     args = ap.parse_args()
     data = common.data_dir(args.data)
@@ -279,6 +290,7 @@ def main() -> None:
     steps = args.steps
     if args.quick:
         targets, grids, steps = targets[:2], [g for g in grids if g <= 64] or grids[:1], steps or 600
+        args.compare_latent = 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     for p in work.glob("aedb-*"):
@@ -296,19 +308,29 @@ def main() -> None:
         print(f"training {opts.steps} steps ...", flush=True)
         results["training"] = train(db_path, model, opts)
         print(f"  {results['training']['wall_s']} s, ratio {results['training']['metrics']['ratio']:.3f}", flush=True)
-    variants = ["autoencoder", "autoencoder_no_fit", "hybrid"]
+    variants = ["autoencoder", "autoencoder_no_fit", "hybrid", "hybrid_no_fit"]
+    models = {}
+    if args.compare_latent:
+        from mosaicdb.autoencoder import Arch
+        name = f"autoencoder_latent{args.compare_latent}"
+        base = TrainOptions() if steps is None else TrainOptions(steps=steps)
+        opts2 = TrainOptions(**{**base.__dict__, "arch": Arch(**{**base.arch.__dict__, "latent": args.compare_latent})})
+        models[name] = work / f"model-latent{args.compare_latent}"
+        print(f"training the latent-{args.compare_latent} model ...", flush=True)
+        results["training_compare"] = train(db_path, models[name], opts2)
+        variants.append(name)
     per_target: dict = {}
     with TileDB.open(db_path) as pool:
         for t in targets:
             per_target[t.stem] = {}
             for g in grids:
                 print(f"{t.stem} at {g} cells ...", flush=True)
-                per_target[t.stem][str(g)] = run_target(pool, model, t, g, work, variants)
+                per_target[t.stem][str(g)] = run_target(pool, model, t, g, work, variants, models)
         print("inference speed ...", flush=True)
         results["inference"] = speed(pool, model, targets[0], max(grids), SPEED_STEPS)
         pic_grid = PICTURE_GRID if PICTURE_GRID in grids else grids[0]
         pic = common.RESULTS / "automosaic_side_by_side.png"
-        side_by_side(pool, work, targets[0], per_target[targets[0].stem][str(pic_grid)], pic)
+        side_by_side(targets[0], per_target[targets[0].stem][str(pic_grid)], pic)
         results["picture"] = str(pic)
     methods = ["retrieval", "retrieval_mean", "retrieval_meanstd"] + variants
     results["per_target"] = per_target

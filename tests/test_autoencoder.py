@@ -9,7 +9,6 @@ from __future__ import annotations
 import colorsys
 import io
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -447,6 +446,18 @@ def test_refinement_never_increases_a_cells_error(loaded, real_cells, color_fit,
     stored = (y - x).square().mean(dim=(1, 2, 3)).numpy()
     assert np.abs(stored - e["final"]).max() < 2 / 255   # the uint8 rounding only
     assert ((r.codes > 0) & (r.codes < 1)).all()     # strictly: logit(code) stays finite
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 10.0), st.integers(1, 6), st.booleans())
+def test_refinement_never_increases_error_on_any_cells(loaded, seed, lr, steps, color_fit):
+    """The same guarantee on seeded random cells of every kind the fixtures make (blocks,
+    gradients, discs, noise), for any learning rate and step count."""
+    from conftest import synthetic_image
+    rng = np.random.default_rng(seed)
+    cells = np.stack([synthetic_image(rng, SIZE, SIZE) for _ in range(12)])
+    r = Fitter(loaded, AutoOptions(model="x", steps=steps, lr=lr, color_fit=color_fit, threads=1)).fit(cells)
+    assert (r.errors["first"] <= r.errors["encoder"]).all() and (r.errors["final"] <= r.errors["first"]).all()
 
 
 def test_refinement_and_atlas_help_on_average(loaded, real_cells):

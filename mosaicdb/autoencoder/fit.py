@@ -9,8 +9,10 @@ Per cell (all in batches, on the model's size x size pixels, values 0-1):
    exactly beside the encoder's tile and the better one is the first guess, so it is never
    worse than the encoder alone.
 3. **Refinement**: `steps` Adam steps on logit(code) (codes stay inside (0, 1)) minimising the
-   cell's error; every evaluated code is scored and the best kept, so refinement never
-   increases a cell's error.
+   cell's error before clipping, with its gradient written out (`residual`) rather than traced
+   through the fit; every evaluated code is scored and the best kept, and it replaces the
+   first guess only where its stored tile is closer, so refinement never increases a cell's
+   error.
 4. **Colour fit** (on by default): per cell and channel the least-squares a + b * tile with
    0 <= b <= MAX_GAIN, clipped to 0-1. The error that steps 2-3 minimise is the error after this
    fit, so codes are chosen for structure and the fit supplies the colour. Without it the error
@@ -85,13 +87,16 @@ def errors(y, cells: Cells, fit: bool):
     return (fitted_tiles(y, cells, fit) - cells.x).square().mean(dim=(1, 2, 3))
 
 
-def smooth_loss(y, cells: Cells, fit: bool):
-    """(n,) the error before clipping, in closed form for the fit (var_x - 2 b cov + b^2 var_y):
-    what the gradient follows. Clipping only lowers it; kept codes are chosen on `errors`."""
+def residual(y, cells: Cells, fit: bool):
+    """(r, b): the fitted tile before clipping is cells.x + r, and its error is mean(r^2). The
+    gradient of that error with respect to y is 2 b r / (3 s^2) per cell: at the least-squares
+    b the error does not move with b to first order (the envelope theorem; at a bound of b the
+    same holds on the feasible side), and r has zero mean per channel, so centring y adds
+    nothing. Without the fit, r = y - x and b = 1."""
     if not fit:
-        return (y - cells.x).square().mean(dim=(1, 2, 3))
-    b, _, _, var, cov = colour_fit(y, cells)
-    return (cells.var - 2 * b * cov + b * b * var).mean(dim=(1, 2, 3))
+        return y - cells.x, 1.0
+    b, _, dy, _, _ = colour_fit(y, cells)
+    return b * dy - cells.centred, b
 
 
 def cell_errors(y, x, fit: bool):
@@ -249,38 +254,42 @@ class Fitter:
         return (vx - 2 * b * cov + b * b * vy).mean(2)
 
     def _refine(self, cells: Cells, code, y, err):
-        """Adam on logit(code); each cell keeps the best code it has seen."""
+        """Adam on logit(code). Each step keeps, per cell, the code with the lowest error before
+        clipping (a by-product of the gradient); at the end the kept code replaces the first
+        guess only where its stored tile (clipped) is closer, so no cell's error increases."""
         torch = deps.torch()
         net, fit = self.model.net, self.opts.color_fit
         bound = float(torch.logit(torch.tensor(1 - CODE_EPS)))
+        scale = 2.0 / (3 * self.size * self.size)
         z = torch.logit(code).requires_grad_(True)
         adam = torch.optim.Adam([z], lr=self.opts.lr)
+        best = torch.full_like(err, float("inf"))
+        kept_code, kept_y = code, y
         for k in range(self.opts.steps + 1):
             last = k == self.opts.steps
             with torch.set_grad_enabled(not last):
                 c = z.sigmoid()
                 out = M.decode(net, c)
-                if fit:   # the fit once per step: its closed-form loss for the gradient, its tile for the score
-                    b, _, dy, var, cov = colour_fit(out, cells)
-                    loss = (cells.var - 2 * b * cov + b * b * var).mean(dim=(1, 2, 3))
-                else:
-                    loss = (out - cells.x).square().mean(dim=(1, 2, 3))
             with torch.no_grad():
-                e = ((cells.mean + b * dy).clamp_(0.0, 1.0).sub_(cells.x).square_().mean(dim=(1, 2, 3))
-                     if fit else loss.detach())
-                better = e < err
-                err = torch.where(better, e, err)
-                code = torch.where(better[:, None], c, code)
-                y = torch.where(better[:, None, None, None], out, y)
+                r, b = residual(out.detach(), cells, fit)
+                e = r.square().mean(dim=(1, 2, 3))
+                better = e < best
+                best = torch.where(better, e, best)
+                kept_code = torch.where(better[:, None], c.detach(), kept_code)
+                kept_y = torch.where(better[:, None, None, None], out.detach(), kept_y)
             if last:
                 break
-            # each cell's loss depends on its own code only: summing keeps gradients per cell
+            # each cell's error depends on its own code only: the gradients stay per cell
             adam.zero_grad(set_to_none=True)
-            loss.sum().backward()
+            out.backward(r.mul_(b).mul_(scale))
             adam.step()
             with torch.no_grad():
                 z.clamp_(-bound, bound)
-        return code.detach(), y.detach(), err
+        with torch.no_grad():
+            e = errors(kept_y, cells, fit)
+            better = e < err
+            return (torch.where(better[:, None], kept_code, code), torch.where(better[:, None, None, None], kept_y, y),
+                    torch.where(better, e, err))
 
 
 def decode_tiles(model: Model, codes: np.ndarray, gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
