@@ -460,6 +460,35 @@ def test_refinement_never_increases_error_on_any_cells(loaded, seed, lr, steps, 
     assert (r.errors["first"] <= r.errors["encoder"]).all() and (r.errors["final"] <= r.errors["first"]).all()
 
 
+def test_atlas_guess_is_the_exact_nearest_atlas_tile(loaded, real_cells):
+    """Where the atlas wins, its code is the atlas entry nearest to the cell at atlas_px (mean-
+    centred per channel when colour is fitted), found by brute force here in float64."""
+    opts = AutoOptions(model="x", steps=0, threads=1, atlas_px=4)
+    f = Fitter(loaded, opts)
+    r = f.fit(real_cells)
+    won = np.flatnonzero(r.first_source == 1)
+    assert len(won) > 5
+
+    def low(a):   # (n, s, s, 3) in 0-1 -> centred 4x4 box means, (n, 48)
+        n, s = a.shape[:2]
+        b = a.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4))
+        return (b - b.mean(axis=(1, 2), keepdims=True)).transpose(0, 3, 1, 2).reshape(n, -1)
+
+    with torch.no_grad():
+        atlas_px = M.decode(loaded.net, loaded.atlas).permute(0, 2, 3, 1).double().numpy()
+    cells = low(real_cells[won] / 255.0)
+    d = ((cells[:, None, :] - low(atlas_px)[None]) ** 2).sum(-1)
+    nearest = loaded.atlas.numpy()[d.argmin(1)]
+    assert np.array_equal(r.codes[won], nearest)
+
+
+@pytest.mark.parametrize("shortlist", [0, 1, 8])
+def test_atlas_shortlists_keep_the_first_guess_guarantee(loaded, real_cells, shortlist):
+    r = Fitter(loaded, AutoOptions(model="x", steps=1, shortlist=shortlist, threads=1)).fit(real_cells)
+    assert (r.errors["first"] <= r.errors["encoder"]).all() and (r.errors["final"] <= r.errors["first"]).all()
+    assert (r.first_source == 1).any() == (shortlist > 0)
+
+
 def test_refinement_and_atlas_help_on_average(loaded, real_cells):
     r = Fitter(loaded, AutoOptions(model="x", steps=8, threads=1)).fit(real_cells)
     assert r.errors["final"].mean() < 0.98 * r.errors["encoder"].mean()

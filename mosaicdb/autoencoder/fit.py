@@ -132,7 +132,7 @@ class Fitter:
             with torch.inference_mode():
                 full = torch.cat([M.decode(model.net, model.atlas[i:i + 1024]) for i in range(0, len(model.atlas), 1024)])
             self.atlas_full = full
-            flat = full.reshape(len(full), 3, -1)
+            self.atlas_flat = flat = full.reshape(len(full), 3, -1).contiguous()   # (K, 3, s^2)
             self.atlas_mean = flat.mean(2)                          # (K, 3)
             self.atlas_sq = flat.square().mean(2)                   # (K, 3) E[y^2]
             low = self._low(full)
@@ -243,7 +243,7 @@ class Fitter:
         """(n, m) full-size errors before clipping of the shortlisted atlas tiles."""
         torch = deps.torch()
         xf = cells.x.reshape(len(idx), 3, -1)
-        cand = self.atlas_full.reshape(len(self.atlas_full), 3, -1)[idx]      # (n, m, 3, P)
+        cand = self.atlas_flat[idx]                                            # (n, m, 3, P)
         exy = torch.einsum("ncp,nmcp->nmc", xf, cand) / xf.shape[2]
         ex, ex2 = xf.mean(2)[:, None], xf.square().mean(2)[:, None]          # (n, 1, 3)
         ey, ey2 = self.atlas_mean[idx], self.atlas_sq[idx]                    # (n, m, 3)
