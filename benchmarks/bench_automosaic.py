@@ -233,11 +233,14 @@ def side_by_side(target: Path, rows: dict, out_png: Path) -> None:
         label = name if color == "none" else f"{name} + {color}"
         panels.append((label, Image.fromarray(a)))
     w, h = panels[0][1].size
-    sheet = Image.new("RGB", (len(panels) * (w + 8), h + 22), "white")
+    per_row = 3
+    rows_n = -(-len(panels) // per_row)
+    sheet = Image.new("RGB", (per_row * (w + 8) - 8, rows_n * (h + 22)), "white")
     d = ImageDraw.Draw(sheet)
     for i, (label, im) in enumerate(panels):
-        sheet.paste(im, (i * (w + 8), 22))
-        d.text((i * (w + 8) + 4, 4), label, fill="black")
+        x, y = (i % per_row) * (w + 8), (i // per_row) * (h + 22)
+        sheet.paste(im, (x, y + 20))
+        d.text((x + 2, y + 5), label, fill="black")
     out_png.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_png, optimize=True)
 

@@ -630,6 +630,19 @@ def test_hybrid_takes_the_closer_tile_per_cell(glyph_db, glyph_model, target_png
     assert e_hy[:4].mean() < e_ae[:4].mean()   # the glyph rows: retrieval is exact there
 
 
+def test_decoded_tile_database_keeps_thumbnails_up_to_the_tile_size(tmp_path):
+    from mosaicdb.autoencoder import aedb
+    pool = make_db(tmp_path / "pool.db", glyphs(4), thumb_sizes=(8, 16, 32, 64))
+    with TileDB.open(pool, readonly=True) as p:
+        with aedb.open_or_create(tmp_path / "ae.db", p, 16) as ae:
+            assert ae.thumb_sizes == (8, 16) and (ae.feature_grid, ae.mean_weight) == (p.feature_grid, p.mean_weight)
+            tile = glyphs(1, seed=3)[0]
+            ae.add_images([(aedb.png_bytes(tile), "t", {})], update_index=False)
+            assert np.array_equal(ae.thumbs(16)[ae.ids()[0]], tile)   # the decoded tile itself
+        with aedb.open_or_create(tmp_path / "ae.db", p, 64) as again:   # an existing one keeps its settings
+            assert again.thumb_sizes == (8, 16) and len(again) == 1
+
+
 def test_make_option_errors(glyph_db, glyph_model, target_png, tmp_path):
     res = mosaic("make", "--db", glyph_db, target_png, "--hybrid", "--out", tmp_path / "x.png", code=None)
     assert "--hybrid and --ae-db need --autoencoder" in res.output

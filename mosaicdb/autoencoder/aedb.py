@@ -2,13 +2,13 @@
 
 A mosaic of 128 cells decodes ~10,000 new tiles. They go into the *decoded-tile database*
 (`--ae-db`, by default `MODEL-NAME.tiles.db` beside the output), created with the pool's
-settings (thumbnail sizes, features, background) so costs are comparable. The pool given with
-`--db` is only read. Every mosaic made with the same model into the same folder shares that
-database; identical tiles (same pixels, e.g. flat sky cells) are stored once, and a tile's
-provenance names the first cell that made it. With `--hybrid`, retrieved tiles that win their
-cell are copied into it with their original bytes (origin "retrieved", provenance naming the
-pool and tile id), so the saved assignment refers to one database and `render`, `print` and
-`serve` work on it unchanged.
+settings (features, background; thumbnails only up to the model's tile size) so costs are
+comparable. The pool given with `--db` is only read. Every mosaic made with the same model
+into the same folder shares that database; identical tiles (same pixels, e.g. flat sky cells)
+are stored once, and a tile's provenance names the first cell that made it. With `--hybrid`,
+retrieved tiles that win their cell are copied into it with their original bytes (origin
+"retrieved", provenance naming the pool and tile id), so the saved assignment refers to one
+database and `render`, `print` and `serve` work on it unchanged.
 """
 from __future__ import annotations
 
@@ -32,15 +32,18 @@ def default_path(out: Path, model_path: Path) -> Path:
     return folder / f"{Path(model_path).name}.tiles.db"
 
 
-def open_or_create(path: Path, pool) -> TileDB:
-    """The decoded-tile database at `path`, created like `pool` when it does not exist yet."""
+def open_or_create(path: Path, pool, tile_px: int) -> TileDB:
+    """The decoded-tile database at `path`, created like `pool` when it does not exist yet, with
+    thumbnails only up to the decoded tiles' size `tile_px`: larger ones would be upsampled
+    copies (12 KB a tile at 64 px), and a render above that size upsamples the original."""
     path = Path(path)
     if path.resolve() == Path(pool.path).resolve():
         raise UsageError(f"--ae-db {path} is the pool given with --db: decoded tiles are kept apart from your "
                          "photos; name another folder")
     if (path / "catalog.sqlite").exists():
         return TileDB.open(path)
-    return TileDB.create(path, thumb_sizes=pool.thumb_sizes, feature_grid=pool.feature_grid,
+    sizes = tuple(s for s in pool.thumb_sizes if s <= tile_px) or (min(pool.thumb_sizes),)
+    return TileDB.create(path, thumb_sizes=sizes, feature_grid=pool.feature_grid,
                          mean_weight=pool.mean_weight, background=tuple(pool.decode_options.background),
                          max_pixels=pool.decode_options.max_pixels)
 

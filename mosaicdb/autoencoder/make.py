@@ -95,7 +95,7 @@ class AutoMaker:
         check_space(out, plan_output(out, grid.cols, grid.rows, self.ropts))
         warnings = list(self.notes)
         ae_path = Path(self.auto.ae_db) if self.auto.ae_db else aedb.default_path(out, self.model.path)
-        with aedb.open_or_create(ae_path, self.pool) as ae:
+        with aedb.open_or_create(ae_path, self.pool, self.model.arch.size) as ae:
             t1 = time.perf_counter()
             cells = cell_data(target.image, grid, ae.feature_grid, ae.mean_weight)
             retrieved, match_meta = None, None
