@@ -211,9 +211,9 @@ def test_palette_distance(max_de, expect):
 
 def test_filter_options_are_validated():
     with pytest.raises(UsageError, match="--min-std"):
-        FilterOptions(min_std=50, max_std=40).validate()
+        FilterOptions(min_std=50, max_std=40)
     with pytest.raises(UsageError, match="--max-delta-e"):
-        FilterOptions(max_delta_e=-1).validate()
+        FilterOptions(max_delta_e=-1)
 
 
 # ---- seeds, model location, install hints ------------------------------------------------------
@@ -257,6 +257,6 @@ def test_missing_dependency_says_how_to_install(monkeypatch, module, call, hint)
 
 def test_importing_the_package_imports_no_heavy_module():
     import subprocess
-    code = "import sys, mosaicdb.generate, cli.generate; print([m for m in ('torch', 'diffusers', 'ray') if m in sys.modules])"
+    code = "import sys, mosaicdb.generate, mosaicdb_cli.generate; print([m for m in ('torch', 'diffusers', 'ray') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -17,10 +17,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..assignment import write_atomic
 from ..errors import MissingDependency, ModelError, UsageError
 from ..generate import deps
 from ..generate.deps import GEN_HINT
+from ..io import UnsafeFile, read_regular_file, write_atomic
 from . import model as M
 from .options import Arch
 
@@ -70,14 +70,13 @@ def model_folder(path) -> Path:
 
 # ---- safetensors, checked ------------------------------------------------------------------------
 def _read_bounded(path: Path, limit: int) -> bytes:
+    """A model file's bytes: a regular file (no FIFO, no device) of at most `limit` bytes."""
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ModelError(f"{path} is {size:,} bytes, more than the {limit:,} a file of this model can hold: "
-                             "not a model of this architecture")
-        return path.read_bytes()
+        return read_regular_file(path, limit)
+    except UnsafeFile as e:
+        raise ModelError(f"cannot read {path} as a model file: {e}") from None
     except OSError as e:
-        raise ModelError(f"cannot read {path}: {e.strerror}") from None
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _header(path: Path, data: bytes) -> dict:
@@ -102,8 +101,8 @@ def _pack_meta(meta: dict) -> dict:
     return {"mosaicdb": json.dumps(meta, sort_keys=True)}
 
 
-def _load_tensors(path: Path, limit: int, fmt: str) -> tuple[dict, dict, dict]:
-    """(header entries, our metadata, tensors) of a safetensors file of our format."""
+def _load_tensors(path: Path, limit: int, fmt: str) -> tuple[dict, dict, dict, str]:
+    """(header entries, our metadata, tensors, SHA-256 of the bytes) of a safetensors file of our format."""
     data = _read_bounded(path, limit)
     head = _header(path, data)
     raw = head.pop("__metadata__", None) or {}
@@ -121,7 +120,7 @@ def _load_tensors(path: Path, limit: int, fmt: str) -> tuple[dict, dict, dict]:
         if type(e).__name__ != "SafetensorError":
             raise
         raise ModelError(f"{path} is damaged: {e}") from None
-    return head, meta, tensors
+    return head, meta, tensors, hashlib.sha256(data).hexdigest()
 
 
 def _check_tensor(path: Path, name: str, t, shape) -> None:
@@ -172,7 +171,7 @@ def load_model(path) -> Model:
     arch = Arch.from_json(cfg["arch"])
     shapes = M.expected_shapes(arch)
     p = folder / WEIGHTS
-    head, meta, tensors = _load_tensors(p, _weights_limit(shapes), FORMAT)
+    head, meta, tensors, digest = _load_tensors(p, _weights_limit(shapes), FORMAT)
     if meta.get("arch") != arch.to_json():
         raise ModelError(f"{p} was written for architecture {meta.get('arch')}, but {folder / CONFIG} says "
                          f"{json.dumps(arch.to_json())}: the folder mixes two models")
@@ -187,7 +186,6 @@ def load_model(path) -> Model:
     net.load_state_dict({k: tensors[k] for k in shapes}, strict=True)
     net.eval()
     net.requires_grad_(False)
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
     return Model(folder, arch, net, atlas, cfg, digest)
 
 
@@ -238,7 +236,7 @@ def load_checkpoint(folder: Path, arch: Arch) -> Checkpoint | None:
         return None
     shapes = M.expected_shapes(arch)
     limit = 3 * _weights_limit(shapes) + 8 * MAX_LOSSES
-    _, meta, tensors = _load_tensors(p, limit, CHECKPOINT_FORMAT)
+    _, meta, tensors, _ = _load_tensors(p, limit, CHECKPOINT_FORMAT)
     try:
         step, identity, data = int(meta["step"]), dict(meta["identity"]), dict(meta["data"])
         seconds = float(meta.get("seconds", 0))

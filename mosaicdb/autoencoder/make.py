@@ -9,8 +9,9 @@ assignment on that database -> the same writers and metrics as `Maker`.
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -18,10 +19,15 @@ import numpy as np
 
 from .. import assignment as asg
 from ..color import transfer
-from ..make import MakeResult, metrics_for
+from ..errors import UsageError
+from ..io import AtomicFiles
+from ..make import MakeResult, refuse_overwriting_input
 from ..match.grid import cell_data, load_target, make_grid, resample_cells
-from ..options import MatchOptions, RenderOptions
+from ..match.options import DEFAULT_GRID, MatchOptions
+from ..progress import progress_bar
 from ..render.cells import CellRenderer
+from ..render.fidelity import metrics_for
+from ..render.options import RenderOptions
 from ..render.output import check_space, output_kind, plan_output, write_output
 from . import aedb
 from .files import load_model
@@ -68,32 +74,53 @@ def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class AutoMaker:
-    """Like `Maker`, with tiles decoded per cell. The pool (`db`) is only read; it serves the
-    hybrid's retrieval and the decoded-tile database's settings."""
+    """Like `make.Maker`, with tiles decoded per cell. The pool (`db`) is only read; it serves
+    the hybrid's retrieval and the decoded-tile database's settings.
 
-    def __init__(self, db, match_opts: MatchOptions, render_opts: RenderOptions, auto: AutoOptions,
+    >>> with TileDB.open("tiles.db") as db:                              # doctest: +SKIP
+    ...     maker = AutoMaker(db, MatchOptions(grid="64"), RenderOptions(), AutoOptions(model="cifar-ae"))
+    ...     result = maker.make("photo.jpg", "mosaic.jpg")
+    """
+
+    def __init__(self, db, match_opts: MatchOptions | None, render_opts: RenderOptions | None, auto: AutoOptions,
                  progress: bool = False):
-        match_opts.validate()
-        render_opts.validate()
-        auto.validate()
-        self.pool, self.mopts, self.ropts, self.auto, self.progress = db, match_opts, render_opts, auto, progress
+        for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions),
+                                 ("auto", auto, AutoOptions)):
+            if value is not None and not isinstance(value, cls):
+                raise UsageError(f"AutoMaker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
+        self.ropts = render_opts or RenderOptions()
+        mopts = match_opts or MatchOptions()
+        if mopts.grid is None:
+            mopts = replace(mopts, grid=self.ropts.grid_for_print() or DEFAULT_GRID)
+        self.pool, self.mopts, self.auto, self.progress = db, mopts, auto, progress
         self.model = load_model(auto.model)
         self.fitter = Fitter(self.model, auto)
         self.notes = []
         if auto.hybrid:
             db.ensure_index()
-        elif match_opts.min_distance or match_opts.max_uses or match_opts.usage_penalty or match_opts.unique:
+        elif mopts.min_distance or mopts.max_uses or mopts.usage_penalty or mopts.unique:
             self.notes.append("--min-distance, --max-uses, --usage-penalty and --unique apply to retrieved tiles: "
                               "without --hybrid they have no effect")
 
     def make(self, target_path, out) -> MakeResult:
+        """Fit a decoded tile to every cell of `target_path` and write the mosaic to `out`, with
+        its assignment (on the decoded-tile database) and metrics, all or nothing. The decoded
+        tiles themselves are kept in the decoded-tile database (content-addressed)."""
         t0 = time.perf_counter()
+        if not isinstance(target_path, (str, os.PathLike)):
+            raise UsageError(f"make() takes the target image's path, got {target_path!r}")
+        if out is None:
+            raise UsageError("an autoencoder mosaic needs an output file (out=...): its tiles go into a database "
+                             "beside it")
         out = Path(out)
         output_kind(out)
+        refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
+        asg.check_sidecars_free(out)
         target = load_target(target_path)
-        grid = make_grid(*target.size, self.mopts.grid)
-        check_space(out, plan_output(out, grid.cols, grid.rows, self.ropts))
-        warnings = list(self.notes)
+        grid = make_grid(*target.size, self.mopts.grid_spec)
+        ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
+        check_space(out, plan_output(out, grid.cols, grid.rows, ropts))
+        warnings += self.notes
         ae_path = Path(self.auto.ae_db) if self.auto.ae_db else aedb.default_path(out, self.model.path)
         with aedb.open_or_create(ae_path, self.pool, self.model.arch.size) as ae:
             t1 = time.perf_counter()
@@ -105,7 +132,7 @@ class AutoMaker:
             t2 = time.perf_counter()
             run = _Run(grid.cells, np.ones(grid.cells, bool), [None] * grid.cells,
                        {k: np.empty(grid.cells, np.float32) for k in ("encoder", "first", "final")})
-            items = self._decoded_items(target, grid, cells, retrieved, run, out)
+            items = self._decoded_items(target, grid, cells, retrieved, run, out, ropts)
             added = ae.add_images(items, origin=aedb.ORIGIN_DECODED, update_index=False)
             t3 = time.perf_counter()
             copy_ids = sorted({k for k, d in zip(run.key, run.decoded) if not d})
@@ -118,31 +145,33 @@ class AutoMaker:
             cost = np.sqrt(((feats - cells.features) ** 2).sum(1) / ae.dim).reshape(grid.rows, grid.cols)
             t4 = time.perf_counter()
             summary = self._summary(run, ae, added, copied, t4 - t2)
-            meta = {
-                "db": str(Path(ae.path).resolve()), "db_version": ae.version,
-                "target": {"path": target.path, "sha256": target.sha256, "size": list(target.size)},
-                "grid": {"cols": grid.cols, "rows": grid.rows, "crop": list(grid.crop), "spec": self.mopts.grid},
-                "autoencoder": {**self.model.describe(), "options": self.auto.to_json(),
-                                "pool": str(Path(self.pool.path).resolve()), **summary},
-                "match": match_meta, "render": self.ropts.to_json(), "output": str(out.resolve()),
-                "widened_cells": 0, "created": time.time(),
-            }
+            meta = asg.AssignmentMeta(
+                grid=asg.GridInfo(grid.cols, grid.rows, grid.crop, self.mopts.grid_spec),
+                db=str(Path(ae.path).resolve()), db_uuid=ae.uuid, db_version=ae.version,
+                tiles_digest=ae.tiles_digest(tile_ids),
+                target=asg.TargetInfo(target.path, target.sha256, target.size),
+                match=match_meta, render=ropts.to_json(), output=str(out.resolve()), created=time.time(),
+                extra={"autoencoder": {**self.model.describe(), "options": self.auto.to_json(),
+                                       "pool": str(Path(self.pool.path).resolve()), **summary}})
             saved = asg.SavedAssignment(meta, tile_ids, cost.astype(np.float32), cells.mean, cells.std)
-            jpath, _ = asg.save(out, saved)
-            written = write_output(ae, saved, out, self.ropts, target.image, self.progress)
-            t5 = time.perf_counter()
-            metrics = metrics_for(ae, saved, target.image, self.ropts)
-            t6 = time.perf_counter()
-        seconds = {"load_target": t1 - t0, "cell_features": t2 - t1, "fit_and_ingest": t3 - t2,
-                   "copy_and_costs": t4 - t3, "match_total": t4 - t1, "render": t5 - t4, "evaluate": t6 - t5,
-                   "total": t6 - t0}
-        metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
-        metrics["cells"] = grid.cells
-        metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
-        metrics["autoencoder"] = summary
-        mpath = asg.metrics_path(out)
-        asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
-        return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, seconds)
+            with AtomicFiles() as group:
+                jpath, _ = asg.write_into(group, out, saved)
+                written = write_output(ae, saved, out, ropts, target.image, self.progress, group=group)
+                t5 = time.perf_counter()
+                metrics = metrics_for(ae, saved, target.image, ropts)
+                t6 = time.perf_counter()
+                seconds = {"load_target": t1 - t0, "cell_features": t2 - t1, "fit_and_ingest": t3 - t2,
+                           "copy_and_costs": t4 - t3, "match_total": t4 - t1, "render": t5 - t4,
+                           "evaluate": t6 - t5, "total": t6 - t0}
+                metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
+                metrics["cells"] = grid.cells
+                metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
+                metrics["warnings"] = list(warnings)
+                metrics["autoencoder"] = summary
+                mpath = asg.metrics_path(out)
+                group.temp(mpath).write_text(json.dumps(metrics, indent=2))
+                group.commit(order=[jpath])
+        return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, metrics["seconds"], saved)
 
     def _retrieve(self, target, grid, cells, ae):
         """The pool's assignment for the grid (the usual matcher and repeat control)."""
@@ -150,23 +179,19 @@ class AutoMaker:
         same = (ae.feature_grid, ae.mean_weight) == (self.pool.feature_grid, self.pool.mean_weight)
         pcells = cells if same else cell_data(target.image, grid, self.pool.feature_grid, self.pool.mean_weight)
         res = match(self.pool, pcells, grid, self.mopts)
-        r = res.repeat
-        meta = {**self.mopts.to_json(), "resolved": {"min_distance": r.min_distance, "max_uses": r.max_uses,
-                                                     "usage_penalty": r.usage_penalty, "unique": r.unique,
-                                                     "seed": r.seed}}
-        return res.assignment.tile_ids, meta, res.warnings
+        return res.assignment.tile_ids, res.options.to_json(), res.warnings
 
-    def _decoded_items(self, target, grid, cells, retrieved, run: _Run, out: Path):
+    def _decoded_items(self, target, grid, cells, retrieved, run: _Run, out: Path, ropts: RenderOptions):
         """Fit band by band; yield (PNG, source name, provenance) of every decoded tile that
         wins its cell, for `TileDB.add_images`."""
-        from tqdm import tqdm
         px = self.model.arch.size
-        renderer = CellRenderer(self.pool, None) if retrieved is not None else None
+        # tiles() only: no assignment yet, and no colour transfer (applied below to both)
+        renderer = CellRenderer(self.pool, None, RenderOptions()) if retrieved is not None else None
         common = {"generator": GENERATOR, "kind": "decoded", "model": self.model.describe(),
                   "fit": {k: getattr(self.auto, k) for k in ("steps", "lr", "shortlist", "atlas_px", "color_fit")}}
         where = {"target": target.path, "target_sha256": target.sha256, "grid": f"{grid.cols}x{grid.rows}",
                  "output": str(out.resolve())}
-        bar = tqdm(total=grid.cells, desc="autoencoder", unit="cell", disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(self.progress, total=grid.cells, desc="autoencoder", unit="cell")
         try:
             for r0, r1, px_cells in cell_bands(target.image, grid, px):
                 fr = self.fitter.fit(px_cells)
@@ -180,7 +205,7 @@ class AutoMaker:
                 if retrieved is not None:
                     t = time.perf_counter()
                     ids = retrieved[r0:r1].ravel()
-                    run.decoded[sl] = self._decoded_wins(fr.tiles, renderer.tiles(ids, px), px_cells,
+                    run.decoded[sl] = self._decoded_wins(ropts, fr.tiles, renderer.tiles(ids, px), px_cells,
                                                          cells.mean[r0:r1].reshape(-1, 3), cells.std[r0:r1].reshape(-1, 3))
                     for j in np.flatnonzero(~run.decoded[sl]):
                         run.key[base + j] = int(ids[j])
@@ -203,10 +228,11 @@ class AutoMaker:
         finally:
             bar.close()
 
-    def _decoded_wins(self, decoded, retrieved, target_cells, mu, sd) -> np.ndarray:
+    @staticmethod
+    def _decoded_wins(ropts, decoded, retrieved, target_cells, mu, sd) -> np.ndarray:
         """Per cell: is the decoded tile at least as close to the cell as the retrieved one, both
         after the render's colour transfer?"""
-        c, s = self.ropts.color, self.ropts.color_strength
+        c, s = ropts.color, ropts.color_strength
         blend = target_cells if c == "blend" else None
         e_dec = _mse(transfer(decoded, mu, sd, c, s, blend), target_cells)
         e_ret = _mse(transfer(retrieved, mu, sd, c, s, blend), target_cells)

@@ -1,4 +1,4 @@
-"""Options of the autoencoder stages, each one frozen dataclass validated before any work:
+"""Options of the autoencoder stages, each one frozen dataclass validated when it is made:
 the network's shape (`Arch`), training (`TrainOptions`) and making a mosaic (`AutoOptions`)."""
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class Arch:
     size: int = 32
     width: int = 8
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "Arch":
+        """Raise UsageError naming the option when a value is out of range; return self."""
         for f in fields(self):
             v = getattr(self, f.name)
             if not isinstance(v, int) or isinstance(v, bool):
@@ -53,6 +57,7 @@ class Arch:
 
 @dataclass(frozen=True)
 class TrainOptions:
+    """Training a model on a database's thumbnails (`mosaic autoencoder train`)."""
     arch: Arch = field(default_factory=Arch)
     steps: int = 3000
     batch: int = 128
@@ -65,7 +70,11 @@ class TrainOptions:
     atlas_size: int = 2048           # codes decoded once per model for the first guess
     checkpoint_every: int = 100
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "TrainOptions":
+        """Raise UsageError naming the option when a value is out of range; return self."""
         self.arch.validate()
         _int_range("--steps", self.steps, 1, 10_000_000)
         _int_range("--batch", self.batch, 1, 65_536)
@@ -110,7 +119,11 @@ class AutoOptions:
     batch: int = 512                 # cells per torch batch
     threads: int = 0                 # worker threads, one batch each; 0: all CPUs
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "AutoOptions":
+        """Raise UsageError naming the option when a value is out of range; return self."""
         _int_range("--ae-steps", self.steps, 0, 10_000)
         _int_range("--ae-shortlist", self.shortlist, 0, 256)
         _int_range("--ae-batch", self.batch, 1, 65_536)

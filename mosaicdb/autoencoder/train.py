@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ModelError, UsageError
 from ..generate import deps
+from ..progress import progress_bar
 from ..render.tiles import box_reduce
 from . import files
 from . import model as M
@@ -218,13 +219,11 @@ def _restore(out: Path, net, adam, ck) -> None:
 def _loop(net, adam, pixels, opts: TrainOptions, out: Path, losses: list, spent: float, t1: float,
           data: dict, progress: bool, on_checkpoint) -> None:
     torch = deps.torch()
-    from tqdm import tqdm
     X = torch.from_numpy(pixels).permute(0, 3, 1, 2)    # uint8 view, converted per batch
     n = len(X)
     identity = opts.identity()
     net.train()
-    bar = tqdm(total=opts.steps, initial=len(losses), desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(progress, total=opts.steps, initial=len(losses), desc="train", unit="step")
     ema = None
     try:
         for step in range(len(losses), opts.steps):

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError, choice
+from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
+from ..io import AtomicFiles
 
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
 KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IndexOptions:
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF beyond), IVF lists
+    and probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
     nlist: int = 0                  # 0: ~4*sqrt(n), a power of two in [64, 16384]
@@ -34,13 +36,20 @@ class IndexOptions:
     device: str = "auto"
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         choice("index kind", self.kind, {k: k for k in KINDS})
         choice("device", self.device, {k: k for k in DEVICES})
-        if not 0 < self.target_recall <= 1:
+        if check_number("--target-recall", self.target_recall, 0, 1) == 0:
             raise UsageError("--target-recall must be in (0, 1]")
-        if self.nlist < 0 or self.nprobe < 0:
-            raise UsageError("--nlist and --nprobe must be >= 0 (0 chooses automatically)")
+        check_int("--flat-max", self.flat_max, 0)
+        check_int("--nlist", self.nlist, 0, 1 << 20)
+        check_int("--nprobe", self.nprobe, 0, 1 << 20)
+        check_int("recall_sample", self.recall_sample, 1)
+        check_int("seed", self.seed, 0)
+
+
+class IndexWriteError(MosaicError):
+    """The index file could not be written (a full disk, an I/O error)."""
 
 
 def _faiss():
@@ -51,7 +60,7 @@ def _faiss():
 def resolve_device(device: str) -> str:
     ngpu = _faiss().get_num_gpus()
     if device == "cuda" and ngpu == 0:
-        raise UsageError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
+        raise DeviceError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
                          "is visible); use --device cpu, or swap in faiss-gpu on a GPU machine (see README)")
     if device == "auto":
         return "cuda" if ngpu > 0 else "cpu"
@@ -84,6 +93,10 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
     flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
     d, i = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(vectors)))
     return d, np.where(i >= 0, ids[np.clip(i, 0, None)], -1)
+
+
+# Excluded ids from which search() tests membership in a bitmap rather than a hash set.
+BITMAP_FROM = 1024
 
 
 class VectorIndex:
@@ -125,7 +138,14 @@ class VectorIndex:
         if exclude is not None and len(exclude):
             faiss = _faiss()
             excl = np.ascontiguousarray(exclude, dtype=np.int64)
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
+            if len(excl) > BITMAP_FROM:
+                # A bit test per scanned vector instead of a hash lookup: half the time of an
+                # IVF search over all lists with 30,000 of 50,000 ids excluded (issue 19).
+                excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool),
+                                   bitorder="little")
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
+            else:
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
             if self.infos.get("kind") == "ivf":
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
@@ -141,12 +161,14 @@ class VectorIndex:
         return dist, ids
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add `vectors` under tile `ids` (in place)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
             self.ids = np.union1d(self.ids, ids)
             self._search_index = None
 
     def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors of tile `ids` (in place)."""
         if len(ids):
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
             self.ids = np.setdiff1d(self.ids, ids)
@@ -162,32 +184,44 @@ class VectorIndex:
             with open(path, "wb") as f:
                 np.save(f, self.ids)
 
-        for name, write in (("index.faiss", lambda p: faiss.write_index(self.index, p)),
-                            ("ids.npy", write_ids),
-                            ("index_infos.json", lambda p: Path(p).write_text(json.dumps(self.infos, indent=2)))):
-            tmp = str(folder / f".{name}.tmp")
-            write(tmp)
-            os.replace(tmp, folder / name)
+        with AtomicFiles() as group:  # the three files are replaced together, the infos last
+            try:
+                faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
+                raise IndexWriteError(f"cannot write the index to {folder}: {str(e).strip().splitlines()[-1]}") \
+                    from None
+            write_ids(group.temp(folder / "ids.npy"))
+            group.temp(folder / "index_infos.json").write_text(json.dumps(self.infos, indent=2))
+            group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
+        """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
         folder = Path(folder)
+        # None means "no usable index": the database rebuilds it from its features
         try:
             infos = json.loads((folder / "index_infos.json").read_text())
-            ids = np.load(folder / "ids.npy")
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+            if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
+                    and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (FileNotFoundError, json.JSONDecodeError, ValueError, RuntimeError):
+            if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
+                return None  # files from different saves (a kill between the renames): rebuild
+            if infos["kind"] == "ivf":
+                ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
+                nprobe = infos["params"].get("nprobe", ivf.nprobe)
+                if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
+                    return None
+                ivf.nprobe = nprobe
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, KeyError,
+                AttributeError):
             return None
-        if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
-            return None  # files from different saves (a kill between the renames): rebuild
-        if "nprobe" in infos.get("params", {}):
-            _faiss().extract_index_ivf(index).nprobe = infos["params"]["nprobe"]
         return cls(index, infos, ids)
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None) -> VectorIndex:
     """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,)."""
-    opts.validate()
     faiss = _faiss()
     t0 = time.perf_counter()
     n, d = vectors.shape

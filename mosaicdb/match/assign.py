@@ -4,21 +4,20 @@ Greedy mode visits the cells in a seeded random order and gives each the cheapes
 candidate, cost = distance + usage_penalty * uses. A candidate is feasible while it is under
 --max-uses and not already placed within Chebyshev distance --min-distance. Cells whose
 candidates are all infeasible are retried, in the same order, with wider candidate lists
-from a `widen` callback. Unique mode solves one global min-cost matching on the sparse
-candidate graph instead.
+from a `widen` callback. Unique mode hands over to mosaicdb.match.unique (an auction on the
+candidates and on each cell's nearest unused tiles).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numba
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from mosaicdb.errors import EmptyDatabase, MatchError, UsageError
+from ..errors import MatchError
+from .options import MatchOptions
+from .unique import solve_unique
 
 Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # widen(cells, k, exclude) -> the k nearest tiles of those cells that are not in `exclude`
@@ -28,70 +27,8 @@ Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # How many candidate entries a single widen call may return. This bounds memory when a few
 # stubborn cells need hundreds of thousands of candidates each.
 _WIDEN_BUDGET = 1 << 22
-# scipy drops explicit zeros from the biadjacency matrix, so a zero distance would be a
-# missing edge. Every cell is matched exactly once, so a constant shift leaves the optimum alone.
-_EDGE_OFFSET = 1.0
-# Past this many edges, unique matching would need gigabytes. Failing with advice is better.
-_MAX_UNIQUE_EDGES = 1 << 26
 # Cells widened per search when --max-uses is on.
 _FRESH_CHUNK = 1024
-
-
-@dataclass(frozen=True)
-class RepeatOptions:
-    min_distance: int = 0        # same tile never twice within Chebyshev distance R (0 = off)
-    max_uses: int = 0            # no tile used more than N times (0 = unlimited)
-    usage_penalty: float = 0.0   # cost = distance + usage_penalty * (times the tile is already used)
-    unique: bool = False         # each tile at most once: global min-cost matching
-    seed: int = 0
-
-    def validate(self, n_cells: int, n_tiles: int,
-                 rows: int | None = None, cols: int | None = None) -> None:
-        """Reject bad or conflicting options, and pools that cannot possibly satisfy them.
-
-        `rows`/`cols` make the --min-distance check exact. Without them, only the bound that
-        holds for every grid shape is checked (a 1 x n strip).
-        """
-        for flag, value in (("--min-distance", self.min_distance), ("--max-uses", self.max_uses)):
-            if value < 0:
-                raise UsageError(f"{flag} must be 0 or more, got {value}")
-        if not (math.isfinite(self.usage_penalty) and self.usage_penalty >= 0):
-            raise UsageError(f"--usage-penalty must be a non-negative number, got {self.usage_penalty}")
-        if n_tiles <= 0:
-            raise EmptyDatabase("the database holds no tiles: add tiles before building a mosaic")
-
-        if self.unique:
-            if self.max_uses > 1:
-                raise UsageError("--unique already uses each tile once; drop --max-uses")
-            if self.min_distance > 0:
-                raise UsageError("--unique never repeats a tile, so --min-distance has no effect; "
-                                 "drop --min-distance")
-            if self.usage_penalty > 0:
-                raise UsageError("--unique never repeats a tile, so --usage-penalty has no effect; "
-                                 "drop --usage-penalty")
-            if n_tiles < n_cells:
-                raise MatchError(f"--unique needs at least {n_cells} tiles, the database has "
-                                 f"{n_tiles}: use a coarser --grid or drop --unique")
-            return
-
-        if self.max_uses and self.max_uses * n_tiles < n_cells:
-            need = -(-n_cells // n_tiles)
-            raise MatchError(f"--max-uses {self.max_uses} with {n_tiles} tiles covers at most "
-                             f"{self.max_uses * n_tiles} of {n_cells} cells: use --max-uses {need} "
-                             f"or more, or a coarser --grid")
-        if self.min_distance:
-            # Cells pairwise within distance R form (R+1) x (R+1) blocks, and that many tiles
-            # are also enough: tile (r mod R+1, c mod R+1) never repeats closer than R+1.
-            side = self.min_distance + 1
-            if rows is None or cols is None:
-                block_r, block_c = 1, min(n_cells, side)
-            else:
-                block_r, block_c = min(rows, side), min(cols, side)
-            if block_r * block_c > n_tiles:
-                raise MatchError(f"--min-distance {self.min_distance} needs at least "
-                                 f"{block_r * block_c} different tiles (every {block_r}x{block_c} "
-                                 f"block is all different), the database has {n_tiles}: "
-                                 f"lower --min-distance")
 
 
 @dataclass
@@ -99,20 +36,23 @@ class Assignment:
     tile_ids: np.ndarray   # (rows, cols) int64, every entry a valid tile id
     cost: np.ndarray       # (rows, cols) float32 candidate distance of the chosen tile (no penalty)
     widened_cells: int     # cells whose tile came from beyond their first k candidates
+    report: dict = field(default_factory=dict)   # unique mode: total cost, lower bound, stages
 
 
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           n_tiles: int, opts: RepeatOptions, widen: Widen) -> Assignment:
+           n_tiles: int, opts: MatchOptions, widen: Widen, progress: bool = False) -> Assignment:
     """Assign a tile to every cell.
 
     `cand_ids`/`cand_dist` are (rows*cols, k), row-major cells, each row sorted by ascending
     distance (greedy mode stops scanning a row early, so unsorted rows give valid but worse
     picks), -1 ids where there is no candidate. `widen(cells, k)` returns the k nearest
-    tiles of the given flat cell indices in the same form. Raises MatchError when the
-    options cannot be met.
+    tiles of the given flat cell indices in the same form. `opts.min_distance` must be
+    resolved (`MatchOptions.resolved`). Raises MatchError when the options cannot be met.
     """
     n_cells = rows * cols
-    opts.validate(n_cells, n_tiles, rows=rows, cols=cols)
+    if opts.min_distance is None:
+        raise ValueError("assign() needs resolved options: call MatchOptions.resolved() first")
+    opts.check_pool(rows, cols, n_tiles)
     cand_ids = np.ascontiguousarray(cand_ids, dtype=np.int64)
     cand_dist = np.ascontiguousarray(cand_dist, dtype=np.float32)
     if cand_ids.ndim != 2 or cand_ids.shape[0] != n_cells or cand_dist.shape != cand_ids.shape:
@@ -121,7 +61,9 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     if n_cells == 0:
         return Assignment(np.empty((rows, cols), np.int64), np.empty((rows, cols), np.float32), 0)
     if opts.unique:
-        return _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen)
+        u = solve_unique(cand_ids, cand_dist, n_tiles, widen, seed=opts.seed, progress=progress)
+        return Assignment(u.tile.reshape(rows, cols), u.cost.reshape(rows, cols),
+                          u.report["fallback_cells"], u.report)
     return _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
 
 
@@ -220,7 +162,7 @@ def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen) -> Ass
     return Assignment(grid, cost.reshape(rows, cols), widened)
 
 
-def _stuck_message(n_stuck: int, n_tiles: int, opts: RepeatOptions) -> str:
+def _stuck_message(n_stuck: int, n_tiles: int, opts: MatchOptions) -> str:
     fixes = []
     if opts.min_distance:
         fixes.append(f"lower --min-distance (now {opts.min_distance})")
@@ -235,73 +177,6 @@ def _stuck_message(n_stuck: int, n_tiles: int, opts: RepeatOptions) -> str:
         # A solution may exist, but placement only guarantees one from this many tiles up.
         msg += f" (--min-distance {opts.min_distance} is reliable from {window} tiles up)"
     return msg
-
-
-# ---------------------------------------------------------------------------------------------
-# Unique mode
-
-
-def _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen) -> Assignment:
-    n_cells = rows * cols
-    ids, dist = cand_ids, cand_dist
-    k = cand_ids.shape[1]
-    while True:
-        match = _min_cost_matching(ids, dist)
-        if match is not None:
-            break
-        if k >= n_tiles:
-            raise MatchError(f"no one-to-one assignment exists among all {n_tiles} tiles: "
-                             f"check the tile index, use a coarser --grid or drop --unique")
-        k = min(max(k, 1) * 4, n_tiles)
-        if n_cells * k > _MAX_UNIQUE_EDGES:
-            raise MatchError(f"--unique found no one-to-one assignment among the nearest tiles "
-                             f"of each cell, and widening to {k} candidates per cell is too large: "
-                             f"use a coarser --grid, add tiles or drop --unique")
-        cells = np.arange(n_cells, dtype=np.int64)
-        parts = [_call_widen(widen, chunk, k, np.empty(0, np.int64)) for chunk in _chunks(cells, k)]
-        ids = np.concatenate([p[0] for p in parts])
-        dist = np.concatenate([p[1] for p in parts])
-
-    tile, cost = match
-    in_first_k = (cand_ids == tile[:, None]).any(axis=1)
-    return Assignment(tile.reshape(rows, cols), cost.reshape(rows, cols),
-                      int(n_cells - np.count_nonzero(in_first_k)))
-
-
-def _min_cost_matching(ids: np.ndarray, dist: np.ndarray):
-    """Min-cost matching of every row (cell) to a distinct tile; None when there is none."""
-    n, k = ids.shape
-    cell = np.repeat(np.arange(n, dtype=np.int64), k)
-    ids, dist = ids.ravel(), dist.ravel()
-    keep = (ids >= 0) & np.isfinite(dist)
-    cell, ids, dist = cell[keep], ids[keep], dist[keep]
-    tiles, col = np.unique(ids, return_inverse=True)
-    if tiles.size < n:
-        return None
-    n_cols = tiles.size
-    key = cell * n_cols + col.ravel()
-    # Duplicate edges would be summed by scipy: keep the cheapest of each (cell, tile).
-    order = np.lexsort((dist, key))
-    key, dist = key[order], dist[order]
-    first = np.ones(key.size, dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    key, dist = key[first], dist[first]
-    per_row = np.bincount(key // n_cols, minlength=n)
-    if (per_row == 0).any():
-        return None
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(per_row, out=indptr[1:])
-    weights = dist.astype(np.float64) + _EDGE_OFFSET
-    graph = csr_matrix((weights, key % n_cols, indptr), shape=(n, n_cols))
-    try:
-        row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-    except ValueError:
-        return None
-    tile = np.empty(n, dtype=np.int64)
-    tile[row_ind] = tiles[col_ind]
-    cost = np.empty(n, dtype=np.float32)
-    cost[row_ind] = dist[np.searchsorted(key, row_ind.astype(np.int64) * n_cols + col_ind)]
-    return tile, cost
 
 
 # ---------------------------------------------------------------------------------------------

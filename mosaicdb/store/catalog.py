@@ -6,12 +6,14 @@ Ids are never reused: `next_id` only grows, so a removed tile leaves a hole, not
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,7 +27,8 @@ CREATE TABLE IF NOT EXISTS tiles(
     format TEXT NOT NULL,
     origin TEXT NOT NULL,
     provenance TEXT NOT NULL DEFAULT '{}',
-    added REAL NOT NULL
+    added REAL NOT NULL,
+    link_root TEXT
 );
 CREATE INDEX IF NOT EXISTS tiles_source ON tiles(source);
 CREATE TABLE IF NOT EXISTS sources(
@@ -37,12 +40,26 @@ CREATE TABLE IF NOT EXISTS sources(
 );
 CREATE TABLE IF NOT EXISTS errors(source TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL);
 """
+# CRC-32 of each committed run of array rows (features.f32, thumbs_<s>.u8): what `db check
+# --deep`, renders and index builds verify, so a damaged array is never read as tiles.
+_CHECKSUMS = """
+CREATE TABLE IF NOT EXISTS checksums(
+    array TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    PRIMARY KEY(array, start)
+);
+"""
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        # quoted: a '?', '#' or '%' in the path would otherwise be read as URI syntax
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=30,
+        # quoted: a '?', '#' or '%' in the path would otherwise be read as URI syntax. On a
+        # read-only filesystem SQLite cannot make the WAL's shared-memory file: read the
+        # catalog as an immutable file there (nobody can be writing to it).
+        immutable = "&immutable=1" if not os.access(Path(path).parent, os.W_OK) else ""
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro{immutable}", uri=True, timeout=30,
                               check_same_thread=False)
     else:
         con = sqlite3.connect(path, timeout=30, check_same_thread=False)
@@ -52,10 +69,27 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+def upgrade(con: sqlite3.Connection) -> None:
+    """Bring a catalog made by an older mosaicdb up to this schema (writable connections):
+    the checksums table, the link_root column, the database's uuid."""
+    with con:
+        con.executescript(_CHECKSUMS)
+        cols = {r["name"] for r in con.execute("PRAGMA table_info(tiles)")}
+        if cols and "link_root" not in cols:
+            con.execute("ALTER TABLE tiles ADD COLUMN link_root TEXT")
+        if con.execute("SELECT 1 FROM meta WHERE key = 'uuid'").fetchone() is None:
+            set_meta(con, uuid=str(uuid.uuid4()))
+        set_meta(con, schema_version=SCHEMA_VERSION)
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
 def create(con: sqlite3.Connection, settings: dict) -> None:
     with con:
-        con.executescript(_SCHEMA)
-        rows = {"schema_version": SCHEMA_VERSION, "next_id": 0, "version": 0, **settings}
+        con.executescript(_SCHEMA + _CHECKSUMS)
+        rows = {"schema_version": SCHEMA_VERSION, "next_id": 0, "version": 0, "uuid": str(uuid.uuid4()), **settings}
         con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                         [(k, json.dumps(v)) for k, v in rows.items()])
 
@@ -96,5 +130,15 @@ def live_ids(con: sqlite3.Connection):
     return np.fromiter((r[0] for r in con.execute("SELECT id FROM tiles ORDER BY id")), dtype=np.int64)
 
 
+def text(s: str) -> str:
+    """`s` as text SQLite can store: bytes of a file name that are not UTF-8 (Python keeps them
+    as surrogates) become backslash escapes.
+
+    >>> text("ok.png"), text("bad\udcff.png")
+    ('ok.png', 'bad\\xff.png')
+    """
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def record_error(con: sqlite3.Connection, source: str, reason: str) -> None:
-    con.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (source, reason, time.time()))
+    con.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (text(source), text(reason), time.time()))

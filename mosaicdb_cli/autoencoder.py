@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import db_argument, echo_json, info, json_option, quiet_option
+from .common import db_argument, echo, echo_json, info, json_option, quiet_option
 
 
 @click.group("autoencoder")
@@ -13,8 +13,8 @@ def autoencoder_group():
 
     Example:
 
+    \b
         mosaic autoencoder train tiles.db --latent 32 --size 32 --steps 3000 --out cifar-ae
-
         mosaic make --db tiles.db photo.jpg --autoencoder cifar-ae --out mosaic.jpg --grid 64
     """
 
@@ -48,6 +48,7 @@ def train_cmd(db, out, latent, size, width, steps, batch, lr, noise, seed, threa
 
     Example:
 
+    \b
         mosaic autoencoder train tiles.db --latent 32 --size 32 --steps 3000 --out cifar-ae
     """
     from mosaicdb import TileDB
@@ -55,7 +56,7 @@ def train_cmd(db, out, latent, size, width, steps, batch, lr, noise, seed, threa
     from mosaicdb.autoencoder.train import train_autoencoder
     opts = TrainOptions(Arch(latent=latent, size=size, width=width), steps=steps, batch=batch, lr=lr, noise=noise,
                         seed=seed, threads=threads, max_tiles=max_tiles, atlas_size=atlas_size,
-                        checkpoint_every=checkpoint_every).validate()
+                        checkpoint_every=checkpoint_every)
     with TileDB.open(db, readonly=True) as tdb:
         rep = train_autoencoder(tdb, out, opts, progress=not quiet, restart=restart)
     if as_json:
@@ -64,7 +65,7 @@ def train_cmd(db, out, latent, size, width, steps, batch, lr, noise, seed, threa
                    "metrics": rep.metrics, "seconds": rep.seconds, "sha256": rep.sha256})
         return
     info(quiet, rep.summary())
-    click.echo(rep.out)
+    echo(rep.out)
 
 
 @autoencoder_group.command("info")
@@ -75,6 +76,7 @@ def info_cmd(model, as_json):
 
     Example:
 
+    \b
         mosaic autoencoder info cifar-ae
     """
     from mosaicdb.autoencoder.files import load_model
@@ -87,12 +89,12 @@ def info_cmd(model, as_json):
         echo_json(doc)
         return
     a, mt = m.arch, c.get("metrics") or {}
-    click.echo(f"{m.path}: latent {a.latent}, {a.size} px, width {a.width}, atlas {doc['atlas_size']} codes, "
+    echo(f"{m.path}: latent {a.latent}, {a.size} px, width {a.width}, atlas {doc['atlas_size']} codes, "
                f"{doc['steps_done']} steps on {(c.get('data') or {}).get('tiles')} tiles of {(c.get('data') or {}).get('db')}")
     if mt:
-        click.echo(f"reconstruction MSE {mt['mse_encoder']:.5f}, random codes {mt['mse_random_code']:.5f} "
+        echo(f"reconstruction MSE {mt['mse_encoder']:.5f}, random codes {mt['mse_random_code']:.5f} "
                    f"(ratio {mt['ratio']:.3f})")
-    click.echo(f"sha256 {m.sha256}")
+    echo(f"sha256 {m.sha256}")
 
 
 # ---- mosaic make --autoencoder ------------------------------------------------------------------
@@ -114,6 +116,12 @@ def autoencoder_make_options(f):
     return f
 
 
+def split_autoencoder_options(kw: dict) -> tuple[dict, dict]:
+    """(the --autoencoder options, the rest) of a command's keyword arguments."""
+    ae = {k: kw[k] for k in ("ae_model", "ae_hybrid", "ae_db", "ae_steps", "ae_color_fit")}
+    return ae, {k: v for k, v in kw.items() if k not in ae}
+
+
 def auto_options(ae_model, ae_hybrid, ae_db, ae_steps, ae_color_fit):
     """AutoOptions from the make options, or None without --autoencoder."""
     from mosaicdb.errors import UsageError
@@ -122,7 +130,7 @@ def auto_options(ae_model, ae_hybrid, ae_db, ae_steps, ae_color_fit):
             raise UsageError("--hybrid and --ae-db need --autoencoder MODEL")
         return None
     from mosaicdb.autoencoder import AutoOptions
-    return AutoOptions(model=ae_model, steps=ae_steps, hybrid=ae_hybrid, ae_db=ae_db, color_fit=ae_color_fit).validate()
+    return AutoOptions(model=ae_model, steps=ae_steps, hybrid=ae_hybrid, ae_db=ae_db, color_fit=ae_color_fit)
 
 
 def autoencoder_summary(a: dict) -> str:

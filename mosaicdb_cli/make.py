@@ -1,0 +1,216 @@
+"""`mosaic make`, `mosaic render`, `mosaic eval`: the main job and its companions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mosaicdb import TileDB
+from mosaicdb.color import COLOR_MODES
+from mosaicdb.jobs import render_file
+from mosaicdb.errors import MosaicError, UsageError
+from mosaicdb.make import Maker, expand_targets, make_batch, output_paths
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.codecs import CODECS
+from mosaicdb.render.options import RenderOptions
+from mosaicdb.units import human_bytes, parse_bytes
+
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
+from .cells import hybrid_from_cli, hybrid_options
+from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+
+
+def output_options(f):
+    """Pyramid/print options shared by make, render and plan (None: the default, or as saved)."""
+    f = click.option("--cache", default=None, help="Memory for decoded originals (tiles larger than the biggest "
+                                                   "thumbnail) [default: 512M].")(f)
+    f = click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")(f)
+    f = click.option("--print-size", default=None,
+                     help="Physical size, e.g. 120cm (long side), 48in or 120x80cm: with --dpi fixes the pixels.")(f)
+    f = click.option("--dpi", type=float, default=None, help="Print resolution [with --print-size: default 300].")(f)
+    f = click.option("--ome", is_flag=True, default=None,
+                     help="TIFF: reduced levels as SubIFDs (Bio-Formats/QuPath) instead of pages.")(f)
+    f = click.option("--codec", type=click.Choice(sorted(CODECS)), default=None,
+                     help="Tile compression of .tif/.dzi outputs [default: jpeg].")(f)
+    return f
+
+
+def render_options(f):
+    f = click.option("--quality", type=int, default=None, help="JPEG/WebP quality, 1-100 [default: 90].")(f)
+    f = click.option("--color-strength", default=None, type=float,
+                     help="How far colour transfer goes, 0 (none) to 1 (full) [make default: 0.5; "
+                          "render default: as saved].")(f)
+    f = click.option("--color", "color", type=click.Choice(COLOR_MODES), default=None,
+                     help="Per-cell colour transfer: mean shift, mean+std (AdaIN), or blend with the target "
+                          "[make default: none; render default: as saved].")(f)
+    return f
+
+
+def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache) -> dict:
+    """The RenderOptions fields given on the command line (None where not given)."""
+    return dict(tile_px=tile_px, color=color, color_strength=color_strength, quality=quality, codec=codec,
+                ome=ome or None, dpi=dpi, print_size=print_size, workers=workers,
+                cache_bytes=None if cache is None else parse_bytes(cache))
+
+
+@click.command("make")
+@db_option
+@click.argument("targets", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
+                                                                   "or a folder for several targets.")
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp", "tif", "dzi"]), default="jpg",
+              show_default=True, help="Output type when --out is a folder.")
+@click.option("--grid", default=None, help="Cells across the long side (N) or COLSxROWS [default: 64].")
+@click.option("-k", "--candidates", "k", default=32, show_default=True,
+              help="Nearest tiles considered per cell (widened when all are excluded).")
+@click.option("--min-distance", type=int, default=None,
+              help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
+@click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
+@click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
+@click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
+@click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
+@render_options
+@output_options
+@hybrid_options
+@autoencoder_make_options
+@quiet_option
+@json_option
+def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
+             **generate_kw):
+    """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
+
+    Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
+    (OUT.metrics.json). The database and index load once for all targets.
+
+    A .tif OUT is a tiled pyramidal BigTIFF (any size, memory stays flat); .dzi a DeepZoom
+    folder; .png streams; .jpg/.webp are for small outputs.
+
+    Example:
+
+    \b
+        mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
+        mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+        mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
+    """
+    ae_kw, generate_kw = split_autoencoder_options(generate_kw)
+    auto = auto_options(**ae_kw)
+    mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
+                         unique=unique, seed=seed, device=device)
+    given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
+    ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
+    paths = expand_targets(targets)
+    outs = output_paths(paths, Path(out), "." + fmt)
+    hybrid = hybrid_from_cli(generate_kw)
+    if auto is not None and hybrid is not None:
+        raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
+                         "is decoded (use --hybrid to mix in retrieved ones)")
+    results = []
+    with TileDB.open(db_path) as db:
+        if auto is not None:
+            from mosaicdb.autoencoder.make import AutoMaker
+            maker = AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        else:
+            maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
+        # only once the database and options passed: a failed run leaves no empty folder
+        if len(outs) > 1 or not Path(out).suffix:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        failed = []
+        for t, r in make_batch(maker, paths, outs):
+            if isinstance(r, MosaicError):
+                failed.append(t)
+                echo(f"error: {t}: {r}", err=True)
+                continue
+            warn_all(r.warnings)
+            m = r.metrics
+            results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
+                            "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
+            if "autoencoder" in m:
+                info(quiet or as_json, autoencoder_summary(m["autoencoder"]))
+            if "generated" in m:
+                g = m["generated"]
+                info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "
+                            f"{g['fidelity_after']['psnr64']:.2f} dB")
+            if not as_json:
+                info(quiet, _summary(t, r))
+                echo(f"{r.output}")
+    if as_json:
+        echo_json(results)
+    elif not quiet and results:
+        echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} targets failed (see above); the others were made")
+
+
+def _summary(target, r) -> str:
+    m = r.metrics
+    s = m["seconds"]
+    if m.get("psnr64") is None:
+        return f"{target} -> {r.output}  ({m['cells']} cells; match {s['match_total']:.2f} s, total {s['total']:.2f} s)"
+    rep = m["repeats"]
+    return (f"{target} -> {r.output}  ({m['cells']} cells, PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
+            f"{rep['distinct_tiles']} distinct tiles, max uses {rep['max_uses']}; match {s['match_total']:.2f} s, "
+            f"total {s['total']:.2f} s)")
+
+
+@click.command("render")
+@click.argument("assignment", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
+@saved_db_option
+@click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
+@render_options
+@output_options
+@quiet_option
+@json_option
+def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality, codec, ome, dpi, print_size,
+               workers, cache, quiet, as_json):
+    """Render a saved ASSIGNMENT again (no matching), e.g. at another tile size.
+
+    ASSIGNMENT is OUT.mosaic.json (or .npz, or the image it came with). Options not given are
+    as saved.
+
+    Example:
+
+    \b
+        mosaic render mosaic.mosaic.json --tile-px 64 --out big.png
+        mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
+    """
+    given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
+    written = render_file(assignment, out, **given_db(), progress=not quiet and not as_json, **given)
+    warn_all(written["warnings"])
+    if as_json:
+        echo_json({k: v for k, v in written.items() if k != "levels"})
+        return
+    info(quiet, f"{written['kind']}: {human_bytes(written['bytes'])} in {written['seconds']:.1f} s")
+    echo(str(written["path"]))
+
+
+@click.command("eval")
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.argument("mosaic", type=click.Path(exists=True, dir_okay=False))
+@click.option("--grid", default=None, help="COLSxROWS of the mosaic [default: from MOSAIC's saved assignment].")
+@json_option
+def eval_cmd(target, mosaic, grid, as_json):
+    """Score MOSAIC against TARGET: PSNR/SSIM at 64 px, PSNR per cell, pyramid MSE, repeats.
+
+    Example:
+
+    \b
+        mosaic eval photo.jpg mosaic.jpg --json
+    """
+    from mosaicdb.make import evaluate_files
+    m = evaluate_files(target, mosaic, grid)
+    if as_json:
+        echo_json(m)
+        return
+    echo(f"PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}" +
+               (f", PSNR per cell {m['psnr_cell']:.2f} dB" if m.get("psnr_cell") is not None else ""))
+    echo("pyramid MSE: " + ", ".join(f"L{k} {v:.5f}" for k, v in m["pyramid_mse"].items()))
+    if m.get("repeats"):
+        echo("repeats: " + json.dumps(m["repeats"]))
