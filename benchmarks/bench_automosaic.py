@@ -136,9 +136,11 @@ def run_target(pool, model: Path, target: Path, grid: int, work: Path, variants:
     from mosaicdb import assignment as asg
     from mosaicdb.autoencoder import AutoOptions
     from mosaicdb.autoencoder.make import AutoMaker
-    from mosaicdb.make import Maker, metrics_for
+    from mosaicdb.make import Maker
     from mosaicdb.match.grid import load_target
-    from mosaicdb.options import MatchOptions, RenderOptions
+    from mosaicdb.match.options import MatchOptions
+    from mosaicdb.render.fidelity import metrics_for
+    from mosaicdb.render.options import RenderOptions
     out, mopts = {}, MatchOptions(grid=str(grid))
     ropts = RenderOptions(tile_px=EVAL_TILE_PX)
     img = load_target(target).image
@@ -176,7 +178,7 @@ def speed(pool, model: Path, target: Path, grid: int, steps_list) -> dict:
     from mosaicdb.autoencoder.make import cell_bands
     from mosaicdb.match.grid import cell_data, load_target, make_grid
     from mosaicdb.match.matcher import match
-    from mosaicdb.options import MatchOptions
+    from mosaicdb.match.options import MatchOptions
     img = load_target(target).image
     g = make_grid(img.shape[1], img.shape[0], str(grid))
     m = load_model(model)
@@ -220,15 +222,16 @@ def side_by_side(target: Path, rows: dict, out_png: Path) -> None:
         if crop is None:   # the middle 12 x 8 cells
             c0, r0 = max(0, saved.cols // 2 - 6), max(0, saved.rows // 2 - 4)
             crop = (r0, min(saved.rows, r0 + 8), c0, min(saved.cols, c0 + 12))
-            g = make_grid(img.shape[1], img.shape[0], saved.meta["grid"]["spec"])
+            g = make_grid(img.shape[1], img.shape[0], saved.meta.grid.spec)
             l, t = g.crop[0], g.crop[1]
             px = g.cell_px
             box = (int(l + crop[2] * px), int(t + crop[0] * px), int(l + crop[3] * px), int(t + crop[1] * px))
             w, h = (crop[3] - crop[2]) * PICTURE_PX, (crop[1] - crop[0]) * PICTURE_PX
             panels.append(("target", Image.fromarray(img).crop(box).resize((w, h), Image.LANCZOS)))
-        with TileDB.open(saved.meta["db"], readonly=True) as db:
+        with TileDB.open(saved.meta.db, readonly=True) as db:
             from mosaicdb.render.cells import CellRenderer
-            cr = CellRenderer(db, saved, color, 1.0, img)
+            from mosaicdb.render.options import RenderOptions
+            cr = CellRenderer(db, saved, RenderOptions(color=color, color_strength=1.0), img)
             a = cr.region(crop[0], crop[1], crop[2], crop[3], PICTURE_PX)
         label = name if color == "none" else f"{name} + {color}"
         panels.append((label, Image.fromarray(a)))

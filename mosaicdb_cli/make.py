@@ -106,10 +106,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
-    hybrid = hybrid_from_cli(generate_kw)
-    if auto is not None and hybrid is not None:
+    if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
         raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
-                         "is decoded (use --hybrid to mix in retrieved ones)")
+                         "is decoded (add --hybrid to mix in retrieved ones)")
+    hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
         if auto is not None:

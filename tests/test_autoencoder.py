@@ -149,6 +149,22 @@ def test_architecture_reaches_4x4_for_every_size(size, channels):
     assert M.decode(net, torch.rand(2, 3)).shape == (2, 3, size, size)
 
 
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([8, 16, 32, 64]), st.integers(1, 8), st.integers(1, 9))
+def test_inference_decoder_is_the_transposed_convolution(seed, size, width, latent):
+    """Each stride-2 transposed convolution as a 3x3 convolution to four phases + pixel shuffle
+    gives the decoder's output (up to float summation order), for any weights and shape."""
+    torch.manual_seed(seed)
+    net = M.build(Arch(latent=latent, size=size, width=width))
+    for p in net.parameters():   # weights far from the initialisation's small values too
+        p.data.normal_(0, 0.5)
+    z = torch.rand(5, latent, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = M.decode(net, z)
+    got = M.InferenceDecoder(net)(z)
+    assert got.shape == ref.shape and float((got - ref).abs().max()) < 1e-4   # a wrong tap: ~0.1
+
+
 # ---- the network's bounds and determinism ----------------------------------------------------------
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([0.0, 1.0, 1e6, -1e6]))
@@ -470,7 +486,7 @@ def test_atlas_guess_is_the_exact_nearest_atlas_tile(loaded, real_cells):
         return (b - b.mean(axis=(1, 2), keepdims=True)).transpose(0, 3, 1, 2).reshape(n, -1)
 
     with torch.no_grad():
-        atlas_px = M.decode(loaded.net, loaded.atlas).permute(0, 2, 3, 1).double().numpy()
+        atlas_px = M.InferenceDecoder(loaded.net)(loaded.atlas).permute(0, 2, 3, 1).double().numpy()
     cells = low(real_cells[won] / 255.0)
     d = ((cells[:, None, :] - low(atlas_px)[None]) ** 2).sum(-1)
     nearest = loaded.atlas.numpy()[d.argmin(1)]
@@ -496,7 +512,7 @@ def test_colour_fit_is_the_least_squares_answer(loaded, real_cells):
     moving the offset, or the gain about the tile's mean, either way does not lower the error."""
     r = Fitter(loaded, AutoOptions(model="x", steps=0, threads=1)).fit(real_cells[:50])
     with torch.no_grad():
-        y = M.decode(loaded.net, torch.from_numpy(r.codes))
+        y = M.InferenceDecoder(loaded.net)(torch.from_numpy(r.codes))
     x = M.from_images(real_cells[:50])
     a, b, my = torch.from_numpy(r.offset), torch.from_numpy(r.gain), y.mean(dim=(2, 3))
 
@@ -566,7 +582,10 @@ def test_make_with_autoencoder_end_to_end(glyph_db, glyph_model, target_png, tmp
     with TileDB.open(glyph_db, readonly=True) as pool:
         assert (len(pool), pool.version) == before
     model = files.load_model(glyph_model)
+    assert saved.meta.extra["autoencoder"]["sha256"] == model.sha256
+    assert saved.meta.extra["autoencoder"]["cells_decoded"] == a["cells_decoded"]
     with TileDB.open(ae_path, readonly=True) as ae:
+        assert saved.meta.db_uuid == ae.uuid and saved.meta.tiles_digest == ae.tiles_digest(saved.tile_ids)
         assert len(ae) == a["tiles_added"] == len(np.unique(saved.tile_ids))
         rows = ae.tiles(saved.tile_ids.ravel())
         by_id = {r["id"]: r for r in rows}
@@ -644,6 +663,9 @@ def test_make_option_errors(glyph_db, glyph_model, target_png, tmp_path):
     res = mosaic("make", "--db", glyph_db, target_png, "--autoencoder", glyph_model, "--ae-db", glyph_db,
                  "--out", tmp_path / "x.png", code=2)
     assert "kept apart from your photos" in res.output
+    res = mosaic("make", "--db", glyph_db, target_png, "--autoencoder", glyph_model, "--generate-worst", "2",
+                 "--out", tmp_path / "x.png", code=2)
+    assert "--generate-worst/--generate-above replace retrieved tiles" in res.output
     res = mosaic("make", "--db", glyph_db, target_png, "--autoencoder", tmp_path / "none", "--out",
                  tmp_path / "x.png", code=1)
     assert "mosaic autoencoder train" in res.output

@@ -127,10 +127,11 @@ class Fitter:
         torch = deps.torch()
         self.size = model.arch.size
         self.q = min(opts.atlas_px, self.size)
+        self.decode = M.InferenceDecoder(model.net)    # every decode without gradients
         self.use_atlas = opts.shortlist > 0 and len(model.atlas) > 0
         if self.use_atlas:
             with torch.inference_mode():
-                full = torch.cat([M.decode(model.net, model.atlas[i:i + 1024]) for i in range(0, len(model.atlas), 1024)])
+                full = torch.cat([self.decode(model.atlas[i:i + 1024]) for i in range(0, len(model.atlas), 1024)])
             self.atlas_full = full
             self.atlas_flat = flat = full.reshape(len(full), 3, -1).contiguous()   # (K, 3, s^2)
             self.atlas_mean = flat.mean(2)                          # (K, 3)
@@ -190,7 +191,7 @@ class Fitter:
         t0 = time.perf_counter()
         with torch.inference_mode():
             code = M.encode(net, cells.x).clamp(CODE_EPS, 1 - CODE_EPS)
-            y = M.decode(net, code)
+            y = self.decode(code)
             err = errors(y, cells, fit)
         res.errors["encoder"][sl] = err.numpy()
         source = torch.zeros(len(px), dtype=torch.int8)
@@ -267,7 +268,10 @@ class Fitter:
         kept_code, kept_y = code, y
         for k in range(self.opts.steps + 1):
             last = k == self.opts.steps
-            with torch.set_grad_enabled(not last):
+            if last:
+                c = z.detach().sigmoid()
+                out = self.decode(c)
+            else:
                 c = z.sigmoid()
                 out = M.decode(net, c)
             with torch.no_grad():
@@ -296,6 +300,6 @@ def decode_tiles(model: Model, codes: np.ndarray, gain: np.ndarray, offset: np.n
     """Tiles from codes and colour-fit parameters (as recorded in a tile's provenance)."""
     torch = deps.torch()
     with torch.inference_mode():
-        y = M.decode(model.net, torch.from_numpy(np.asarray(codes, np.float32)))
+        y = M.InferenceDecoder(model.net)(torch.from_numpy(np.asarray(codes, np.float32)))
         return M.to_images(apply_gain_offset(y, torch.from_numpy(np.asarray(gain, np.float32)),
                                              torch.from_numpy(np.asarray(offset, np.float32))))

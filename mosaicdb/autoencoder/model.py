@@ -49,6 +49,55 @@ def decode(net, z):
     return h
 
 
+# Tap of a 4x4 stride-2 transposed convolution (padding 1) that feeds output phase a (0: even
+# rows or columns, 1: odd ones) from input offset i - 1 of a 3x3 window; None: no tap.
+_PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+
+
+def subpixel_weight(w):
+    """ConvTranspose2d(kernel 4, stride 2, padding 1) weights (C_in, C_out, 4, 4) -> Conv2d
+    (padding 1) weights (4 C_out, C_in, 3, 3) whose `pixel_shuffle(2)` is the same transposed
+    convolution: each output phase is a 2x2 window of the input, all four fit in one 3x3."""
+    cin, cout = w.shape[:2]
+    k = w.new_zeros(cout, 2, 2, cin, 3, 3)
+    for a in range(2):
+        for b in range(2):
+            for i in range(3):
+                for j in range(3):
+                    ta, tb = _PHASE_TAPS[a][i], _PHASE_TAPS[b][j]
+                    if ta is not None and tb is not None:
+                        k[:, a, b, :, i, j] = w[:, :, ta, tb].T
+    return k.reshape(cout * 4, cin, 3, 3).contiguous()
+
+
+class InferenceDecoder:
+    """`decode` without gradients, for a frozen network: each transposed convolution runs as
+    one 3x3 convolution to four output phases and a pixel shuffle. The same products summed in
+    another order (within 1e-7 of `decode`); oneDNN's forward convolution is much faster than its
+    transposed one (measured here, one thread: 17.7 against 30 ms CPU per 512 codes at the
+    default size). With gradients `decode` stays: its backward pass is the cheaper one."""
+
+    def __init__(self, net):
+        torch = deps.torch()
+        with torch.no_grad():
+            self.ops = []
+            for layer in net["decoder"]:
+                if isinstance(layer, torch.nn.ConvTranspose2d):
+                    self.ops.append(("shuffle", subpixel_weight(layer.weight.detach()),
+                                     layer.bias.detach().repeat_interleave(4)))
+                else:
+                    self.ops.append(("layer", layer, None))
+
+    def __call__(self, z):
+        torch = deps.torch()
+        F = torch.nn.functional
+        with torch.inference_mode():
+            h = self.ops[1][1](self.ops[0][1](z)).contiguous(memory_format=torch.channels_last)
+            for kind, a, b in self.ops[2:]:
+                h = F.pixel_shuffle(F.conv2d(h, a, b, padding=1), 2) if kind == "shuffle" else a(h)
+            return h
+
+
 def expected_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of a network of `arch`: what a model file must hold, exactly."""
     return {k: tuple(v.shape) for k, v in build(arch).state_dict().items()}
