@@ -27,6 +27,7 @@ ORIGIN_COPIED = "retrieved"
 
 
 def default_path(out: Path, model_path: Path) -> Path:
+    """MODEL-NAME.tiles.db in the folder of `out` (or in `out` itself when it is a folder)."""
     out = Path(out)
     folder = out if not out.suffix else out.parent
     return folder / f"{Path(model_path).name}.tiles.db"
@@ -57,6 +58,7 @@ def png_bytes(tile: np.ndarray) -> bytes:
 
 
 def digest(data: bytes) -> str:
+    """The content hash tile databases key tiles by (SHA-256, hex)."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -46,6 +46,7 @@ class Model:
     sha256: str
 
     def describe(self) -> dict:
+        """What every decoded tile records of its model: path, weights' SHA-256, architecture."""
         return {"path": str(self.path), "sha256": self.sha256, "arch": self.arch.to_json()}
 
 
@@ -147,6 +148,7 @@ def _weights_limit(shapes: dict) -> int:
 
 # ---- the model ------------------------------------------------------------------------------------
 def read_config(folder: Path) -> dict:
+    """config.json of a model folder, bounded and checked (format, version, architecture)."""
     p = folder / CONFIG
     data = _read_bounded(p, MAX_CONFIG_BYTES)
     try:
@@ -206,6 +208,7 @@ def save_model(folder: Path, arch: Arch, net, atlas, config: dict) -> str:
 # ---- training checkpoints -----------------------------------------------------------------------
 @dataclass
 class Checkpoint:
+    """A training run's state after `step` steps: enough to resume it bit for bit."""
     step: int                 # steps done
     identity: dict            # TrainOptions.identity() of the run
     data: dict                # which tiles it trains on
@@ -216,6 +219,7 @@ class Checkpoint:
 
 
 def save_checkpoint(folder: Path, ck: Checkpoint) -> None:
+    """Write checkpoint.safetensors atomically (weights, Adam moments, losses; no pickle)."""
     torch = deps.torch()
     tensors = {f"net.{k}": v.detach().contiguous() for k, v in ck.net_state.items()}
     for i, st in ck.adam_state.items():

@@ -41,6 +41,7 @@ SOURCES = ("encoder", "atlas")
 
 @dataclass
 class FitResult:
+    """Per cell, row for row with the cells given to `Fitter.fit`."""
     codes: np.ndarray                 # (n, latent) float32 final codes
     tiles: np.ndarray                 # (n, s, s, 3) uint8 final tiles
     gain: np.ndarray                  # (n, 3) b of the colour fit (ones without it)

@@ -73,9 +73,9 @@ def subpixel_weight(w):
 class InferenceDecoder:
     """`decode` without gradients, for a frozen network: each transposed convolution runs as
     one 3x3 convolution to four output phases and a pixel shuffle. The same products summed in
-    another order (within 1e-7 of `decode`); oneDNN's forward convolution is much faster than its
-    transposed one (measured here, one thread: 17.7 against 30 ms CPU per 512 codes at the
-    default size). With gradients `decode` stays: its backward pass is the cheaper one."""
+    another order (6e-8 from `decode` at the default size); oneDNN's forward convolution is
+    faster than its transposed one (measured here, one thread: 17.7 against 30 ms CPU per 512
+    codes at the default size). With gradients `decode` stays: its backward pass is cheaper."""
 
     def __init__(self, net):
         torch = deps.torch()

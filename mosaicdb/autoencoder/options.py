@@ -45,10 +45,12 @@ class Arch:
         return tuple(min(MAX_WIDTH, self.width << i) for i in range(stages))
 
     def to_json(self) -> dict:
+        """The options as a JSON object (recorded in model folders and assignments)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d) -> "Arch":
+        """An architecture from a model file's JSON, exactly these three keys, validated."""
         if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
             keys = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise UsageError(f"architecture must have exactly latent, size and width, got {keys}")
@@ -91,6 +93,7 @@ class TrainOptions:
         return self
 
     def resolved_threads(self) -> int:
+        """Threads to use: `threads`, or every CPU for 0."""
         return self.threads or os.cpu_count() or 1
 
     def identity(self) -> dict:
@@ -102,6 +105,7 @@ class TrainOptions:
         return d
 
     def to_json(self) -> dict:
+        """The options as a JSON object (recorded in model folders and assignments)."""
         return asdict(self)
 
 
@@ -135,9 +139,11 @@ class AutoOptions:
         return self
 
     def resolved_threads(self) -> int:
+        """Threads to use: `threads`, or every CPU for 0."""
         return self.threads or os.cpu_count() or 1
 
     def to_json(self) -> dict:
+        """The options as a JSON object (recorded in model folders and assignments)."""
         return asdict(self)
 
 

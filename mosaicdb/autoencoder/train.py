@@ -35,6 +35,7 @@ CURVE_POINTS = 200     # loss curve points kept in config.json (the checkpoint k
 
 @dataclass
 class TrainReport:
+    """What `train_autoencoder` did: steps, where it resumed, metrics, seconds, weights' hash."""
     out: str
     steps: int
     resumed_from: int = 0            # step the run started from (0: a new run)
@@ -46,6 +47,7 @@ class TrainReport:
     sha256: str = ""
 
     def summary(self) -> str:
+        """One line for the CLI."""
         m = self.metrics
         head = "already trained" if self.already_done else (
             f"resumed at step {self.resumed_from}" if self.resumed_from else "trained")
@@ -95,6 +97,7 @@ def step_batch(opts: TrainOptions, step: int, n: int) -> tuple[np.ndarray, np.nd
 
 
 def learning_rate(opts: TrainOptions, step: int) -> float:
+    """Adam's rate at `step`: constant, then falling linearly to 0 over the last 40 %."""
     start = DECAY_FROM * opts.steps
     if step < start:
         return opts.lr
@@ -103,6 +106,7 @@ def learning_rate(opts: TrainOptions, step: int) -> float:
 
 # ---- the run ----------------------------------------------------------------------------------
 def check_out_folder(out: Path) -> None:
+    """--out must be a folder, new or holding only a model's own files, never a file."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: give a folder for the model")
     if out.is_dir():
