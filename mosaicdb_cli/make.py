@@ -8,13 +8,14 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.errors import MosaicError
+from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
 from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
@@ -74,6 +75,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @render_options
 @output_options
 @hybrid_options
+@autoencoder_make_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
@@ -93,18 +95,28 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
     """
     from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
+    ae_kw, generate_kw = split_autoencoder_options(generate_kw)
+    auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
+        raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
+                         "is decoded (add --hybrid to mix in retrieved ones)")
     hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
+        if auto is not None:
+            from mosaicdb.autoencoder.make import AutoMaker
+            maker = AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        else:
+            maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -118,7 +130,9 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
-                            "seconds": m["seconds"]})
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
+            if "autoencoder" in m:
+                info(quiet or as_json, autoencoder_summary(m["autoencoder"]))
             if "generated" in m:
                 g = m["generated"]
                 info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "
