@@ -104,7 +104,7 @@ class Maker:
                             f"({target.size[0]}x{target.size[1]} px): the target is upsampled "
                             f"{1 / grid.cell_px:.2f}x; a coarser grid will read better")
         t1 = time.perf_counter()
-        cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
+        cells = cell_data(target.image, grid, self.db.feature_spec)
         t2 = time.perf_counter()
         res = match(self.db, cells, grid, self.mopts)
         warnings += res.warnings
@@ -130,6 +130,7 @@ class Maker:
                    "render": t4 - t3, "evaluate": t5 - t4, "total": t5 - t0}
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
+        metrics["assignment"] = res.assignment.stats  # order; refinement moves, total cost before/after
         metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
         mpath = asg.metrics_path(out)
         asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))

@@ -19,12 +19,19 @@ class MatchOptions:
     unique: bool = False
     seed: int = 0
     device: str = "auto"
+    order: str = "regret"         # greedy visiting order: regret | random
+    refine_passes: int = 4        # local-improvement sweeps after the greedy pass (0: off)
+    refine_seconds: float = 10.0  # ... and no new chunk of cells after this long
 
     def validate(self) -> None:
         parse_grid(self.grid)
         if self.k < 1 or self.k > 4096:
             raise UsageError(f"-k/--candidates must be between 1 and 4096, got {self.k}")
         choice("device", self.device, {"auto": 0, "cpu": 0, "cuda": 0})
+        from .match.assign import ORDERS
+        from .match.refine import RefineOptions
+        choice("--order", self.order, {o: o for o in ORDERS})
+        RefineOptions(self.refine_passes, self.refine_seconds).validate()
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,16 +1,17 @@
 """Give every cell of a rows x cols grid one tile, from its nearest-neighbour candidates.
 
-Greedy mode visits the cells in a seeded random order and gives each the cheapest feasible
-candidate, cost = distance + usage_penalty * uses. A candidate is feasible while it is under
---max-uses and not already placed within Chebyshev distance --min-distance. Cells whose
-candidates are all infeasible are retried, in the same order, with wider candidate lists
-from a `widen` callback. Unique mode solves one global min-cost matching on the sparse
-candidate graph instead.
+Greedy mode gives each cell the cheapest feasible candidate, cost = distance + usage_penalty
+* uses, visiting the cells in regret order (regret.py; or a seeded random order with
+order="random"). A candidate is feasible while it is under --max-uses and not already placed
+within Chebyshev distance --min-distance. Cells whose candidates are all infeasible are
+retried, in a seeded random order, with wider candidate lists from a `widen` callback. A local
+improvement pass (refine.py) then trades and swaps tiles where that lowers the total cost.
+Unique mode solves one global min-cost matching on the sparse candidate graph instead.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numba
@@ -18,7 +19,10 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from mosaicdb.errors import EmptyDatabase, MatchError, UsageError
+from mosaicdb.errors import EmptyDatabase, MatchError, UsageError, choice
+
+from .refine import RefineOptions, refine
+from .regret import regret_pass
 
 Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # widen(cells, k, exclude) -> the k nearest tiles of those cells that are not in `exclude`
@@ -99,10 +103,15 @@ class Assignment:
     tile_ids: np.ndarray   # (rows, cols) int64, every entry a valid tile id
     cost: np.ndarray       # (rows, cols) float32 candidate distance of the chosen tile (no penalty)
     widened_cells: int     # cells whose tile came from beyond their first k candidates
+    stats: dict = field(default_factory=dict)  # greedy mode: order, refinement, total cost
+
+
+ORDERS = ("regret", "random")
 
 
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           n_tiles: int, opts: RepeatOptions, widen: Widen) -> Assignment:
+           n_tiles: int, opts: RepeatOptions, widen: Widen, *, order: str = "regret",
+           refine_opts: RefineOptions = RefineOptions()) -> Assignment:
     """Assign a tile to every cell.
 
     `cand_ids`/`cand_dist` are (rows*cols, k), row-major cells, each row sorted by ascending
@@ -113,6 +122,8 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     """
     n_cells = rows * cols
     opts.validate(n_cells, n_tiles, rows=rows, cols=cols)
+    choice("--order", order, {o: o for o in ORDERS})
+    refine_opts.validate()
     cand_ids = np.ascontiguousarray(cand_ids, dtype=np.int64)
     cand_dist = np.ascontiguousarray(cand_dist, dtype=np.float32)
     if cand_ids.ndim != 2 or cand_ids.shape[0] != n_cells or cand_dist.shape != cand_ids.shape:
@@ -122,7 +133,10 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
         return Assignment(np.empty((rows, cols), np.int64), np.empty((rows, cols), np.float32), 0)
     if opts.unique:
         return _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen)
-    return _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
+    a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, order)
+    a.stats.update(order=order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts.min_distance,
+                                              opts.max_uses, opts.usage_penalty, opts.seed, refine_opts))
+    return a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,18 +199,25 @@ def _greedy_pass(cells, src, ids, dist, grid, uses, cost, radius, max_uses, pena
     return n_failed
 
 
-def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen) -> Assignment:
+def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, visit: str) -> Assignment:
     n_cells = rows * cols
     radius, max_uses, penalty = int(opts.min_distance), int(opts.max_uses), float(opts.usage_penalty)
     grid = np.full((rows, cols), -1, dtype=np.int64)
     cost = np.zeros(n_cells, dtype=np.float32)
     uses = np.zeros(_id_space(cand_ids), dtype=np.int64)
-    # Random order spreads the constraint pressure instead of starving the last rows.
+    # Random order spreads the constraint pressure instead of starving the last rows; it is
+    # also the tie-break of regret order, and the order in which failed cells are widened.
     order = np.random.default_rng(opts.seed).permutation(n_cells).astype(np.int64)
     failed = np.empty(n_cells, dtype=np.int64)
-    n_failed = _greedy_pass(order, order, cand_ids, cand_dist, grid, uses, cost,
-                            radius, max_uses, penalty, failed)
-    pending = order[failed[:n_failed]]
+    if visit == "regret" and (radius or max_uses or penalty):
+        rank = np.empty(n_cells, np.int64)
+        rank[order] = np.arange(n_cells)
+        n_failed = regret_pass(cand_ids, cand_dist, grid, uses, cost, rank, radius, max_uses, penalty, failed)
+        pending = failed[:n_failed][np.argsort(rank[failed[:n_failed]])]
+    else:  # without constraints every cell simply gets its nearest tile
+        n_failed = _greedy_pass(order, order, cand_ids, cand_dist, grid, uses, cost,
+                                radius, max_uses, penalty, failed)
+        pending = order[failed[:n_failed]]
     widened = int(pending.size)
 
     k = cand_ids.shape[1]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..options import DEFAULT_MIN_DISTANCE, MatchOptions
 from .assign import Assignment, RepeatOptions, assign
+from .refine import RefineOptions
 from .grid import CellData, Grid
 
 # Widening an IVF index: probe lists holding about this many times k vectors, and search rows
@@ -58,17 +59,18 @@ def resolve_repeat(opts: MatchOptions, grid: Grid, n_tiles: int) -> tuple[Repeat
 
 
 def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
-    """Assign a tile of `db` to every cell of `grid`. Costs are RMS Lab distances per dimension."""
+    """Assign a tile of `db` to every cell of `grid`. Costs are RMS differences in the feature's
+    colour space (see mosaicdb.feature_kinds: cost_divisor)."""
     n_tiles = len(db)
     rep, warnings = resolve_repeat(opts, grid, n_tiles)
     t0 = time.perf_counter()
     index = db.ensure_index()
     t1 = time.perf_counter()
-    dim = float(db.dim)
+    divisor = float(db.feature_spec.cost_divisor)
     k = min(opts.k, n_tiles)
 
     def to_cost(d):
-        return np.sqrt(np.maximum(d, 0.0) / dim).astype(np.float32)
+        return np.sqrt(np.maximum(d, 0.0) / divisor).astype(np.float32)
 
     d, ids = index.search(cells.features, k, device=opts.device)
     t2 = time.perf_counter()
@@ -82,7 +84,8 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
             dd, ii = _wide_ivf_search(index, q, k2, exclude)
         return ii, to_cost(dd)
 
-    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, rep, widen)
+    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, rep, widen, order=opts.order,
+               refine_opts=RefineOptions(opts.refine_passes, opts.refine_seconds))
     t3 = time.perf_counter()
     return MatchResult(a, rep, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
 

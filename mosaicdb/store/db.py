@@ -3,7 +3,8 @@
 Layout of a database folder:
     catalog.sqlite          tiles, sources seen, skipped inputs, settings (WAL mode)
     originals/ab/<sha256>.<ext>   full-resolution originals, content-addressed
-    features.f32            (next_id, dim) float32 Lab features, row = tile id
+    features.f32            (next_id, dim) float32 features, row = tile id (the catalog's
+                            `features_file` names it after a `mosaic db reindex`)
     thumbs_<s>.u8           (next_id, s, s, 3) uint8 square thumbnails, one file per size
     index/                  index.faiss, ids.npy, index_infos.json
     lock                    held (flock) by the one writer
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseError, EmptyDatabase, IndexStale, UsageError
-from ..features import feature_dim
+from .. import feature_kinds
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
 from . import catalog
@@ -62,19 +63,17 @@ class TileDB:
         self.con = catalog.connect(self.path / CATALOG, readonly=readonly)
         self.meta = catalog.get_meta(self.con)
         self.thumb_sizes = tuple(self.meta["thumb_sizes"])
-        self.feature_grid = int(self.meta["feature_grid"])
-        self.mean_weight = float(self.meta["mean_weight"])
-        self.dim = feature_dim(self.feature_grid)
+        self._open_features()
         self.decode_options = DecodeOptions(tuple(self.meta["background"]), int(self.meta["max_pixels"]))
         self.lock = WriteLock(self.path)
-        self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
         self._read_lock = threading.Lock()  # one connection, shared by render threads
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, feature_grid: int = 4, mean_weight: float = 1.0,
+    def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, features: str = feature_kinds.DEFAULT_KIND,
+               feature_grid: int | None = None, mean_weight: float | None = None,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
         path = Path(path)
         if (path / CATALOG).exists():
@@ -82,15 +81,14 @@ class TileDB:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatabaseError(f"{path} exists and is not an empty folder: choose a new path for the database")
         sizes = _validate_sizes(thumb_sizes)
-        if not 1 <= feature_grid <= 16:
-            raise UsageError(f"--feature-grid must be between 1 and 16, got {feature_grid}")
+        spec = feature_kinds.spec_for(features, feature_grid, mean_weight)
         if len(tuple(background)) != 3 or not all(0 <= int(c) <= 255 for c in background):
             raise UsageError(f"--background must be three values 0-255, got {background}")
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / (CATALOG + ".tmp")
         con = catalog.connect(tmp)
-        catalog.create(con, {"thumb_sizes": list(sizes), "feature_grid": int(feature_grid),
-                             "mean_weight": float(mean_weight), "background": [int(c) for c in background],
+        catalog.create(con, {"thumb_sizes": list(sizes), **feature_kinds.to_meta(spec),
+                             "background": [int(c) for c in background],
                              "max_pixels": int(max_pixels), "created": time.time()})
         con.execute("PRAGMA journal_mode=DELETE")  # fold the WAL into the file before the rename
         con.close()
@@ -120,6 +118,12 @@ class TileDB:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _open_features(self) -> None:
+        """The feature kind and array the catalog names (again after a reindex switched them)."""
+        self.feature_spec = feature_kinds.from_meta(self.meta)
+        self.dim = self.feature_spec.dim
+        self._features = RowArray(self.path / feature_kinds.features_file(self.meta), (self.dim,), np.float32)
 
     # ---- reading -----------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -193,8 +197,9 @@ class TileDB:
 
     # ---- writing -----------------------------------------------------------------------------
     def _worker_config(self, link: bool) -> WorkerConfig:
-        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_grid, self.mean_weight,
-                            self.decode_options)
+        self._refresh()  # under the lock: the features may have been reindexed since we opened
+        self._open_features()
+        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_spec, self.decode_options)
 
     def ingest(self, sources, *, link: bool = False, workers: int | None = None, progress: bool = False,
                chunk_size: int = 64, update_index: bool = True, index_options: IndexOptions | None = None) -> IngestReport:
@@ -354,7 +359,9 @@ class TileDB:
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
         vectors = np.asarray(self.features()[ids])
-        idx = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
+        idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
         idx.save(self.index_dir)
         self._index = idx
         return idx.infos
@@ -379,7 +386,7 @@ class TileDB:
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
         too_far = (idx.infos["kind"] == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
                   (idx.infos["kind"] == "ivf" and not 0.5 <= len(ids) / built <= 2.0)
-        if too_far or idx.infos.get("dim") != self.dim:
+        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
@@ -435,9 +442,10 @@ class TileDB:
             "path": str(self.path), "tiles": len(self), "by_origin": by_origin,
             "skipped_inputs": self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0],
             "linked": self.con.execute("SELECT COUNT(*) FROM tiles WHERE blob LIKE '/%'").fetchone()[0],
-            "thumb_sizes": list(self.thumb_sizes), "feature_grid": self.feature_grid, "feature_dim": self.dim,
+            "thumb_sizes": list(self.thumb_sizes), "features": feature_kinds.describe(self.feature_spec),
+            "feature_dim": self.dim,
             "bytes": {"catalog": du(self.path / CATALOG), "originals": du(self.path / "originals"),
-                      "features": du(self.path / "features.f32"),
+                      "features": du(self._features.path),
                       "thumbnails": sum(du(self.path / f"thumbs_{s}.u8") for s in self.thumb_sizes),
                       "index": du(self.index_dir)},
             "index": None if idx is None else {
@@ -481,7 +489,7 @@ class TileDB:
             sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
             sample = np.sort(sample)
             thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
             off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
             if off.any():
                 rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")

@@ -1,0 +1,220 @@
+"""Local improvement of a greedy assignment, under the same repeat constraints.
+
+The objective is the greedy pass's own: the sum over cells of the candidate distance plus
+usage_penalty * sum over tiles of u(u-1)/2 (what the greedy pass charges: penalty * earlier
+uses, summed). Cells are visited in a seeded order, and each takes the first of these moves
+that lowers the objective:
+
+- reassign: the cell takes a better candidate that is free (not within --min-distance of a
+  copy of it, under --max-uses);
+- swap: the better candidate is blocked by exactly one copy within --min-distance, or by
+  --max-uses, and trading tiles with a cell that holds it lowers the sum of the two costs
+  (that cell must have our tile among its candidates, and may not get it within
+  --min-distance of another copy).
+
+Every move is checked against the constraints before it is made and only ever lowers the
+objective, so neither can get worse. Passes repeat until one changes nothing, or the pass or
+time budget runs out (checked between chunks of cells; a time-limited result can depend on
+the machine's speed, a pass-limited one never does).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from ..errors import UsageError
+
+_EPS = 1e-6          # a move must gain more than this (float noise must not cycle)
+_CHUNK = 8192        # cells per numba call between clock checks
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    passes: int = 4          # at most this many sweeps over all cells (0: no refinement)
+    seconds: float = 10.0    # and stop starting new chunks of cells after this long
+
+    def validate(self) -> None:
+        if self.passes < 0:
+            raise UsageError(f"--refine-passes must be 0 or more, got {self.passes}")
+        if not (np.isfinite(self.seconds) and self.seconds >= 0):
+            raise UsageError(f"--refine-seconds must be a non-negative number, got {self.seconds}")
+
+
+def total_cost(tile_ids: np.ndarray, cost: np.ndarray, penalty: float) -> float:
+    """The objective: distances plus penalty * sum over tiles of u(u-1)/2."""
+    total = float(np.sum(cost, dtype=np.float64))
+    if penalty:
+        u = np.unique(tile_ids, return_counts=True)[1].astype(np.float64)
+        total += penalty * float(np.sum(u * (u - 1) / 2))
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(ids, dist, row, t):
+    for j in range(ids.shape[1]):
+        if ids[row, j] == t:
+            return dist[row, j]
+    return np.float32(-1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _copies(grid, r, c, radius, t):
+    """(how many cells within `radius` of (r, c) hold t, capped at 2; the last one found)."""
+    rows, cols = grid.shape
+    n, at = 0, -1
+    for rr in range(max(r - radius, 0), min(r + radius + 1, rows)):
+        for cc in range(max(c - radius, 0), min(c + radius + 1, cols)):
+            if grid[rr, cc] == t:
+                n += 1
+                at = rr * cols + cc
+                if n >= 2:
+                    return n, at
+    return n, at
+
+
+@numba.njit(cache=True, nogil=True)
+def _unlink(head, nxt, prv, t, x):
+    if prv[x] >= 0:
+        nxt[prv[x]] = nxt[x]
+    else:
+        head[t] = nxt[x]
+    if nxt[x] >= 0:
+        prv[nxt[x]] = prv[x]
+    nxt[x] = prv[x] = -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _link(head, nxt, prv, t, x):
+    nxt[x] = head[t]
+    prv[x] = -1
+    if head[t] >= 0:
+        prv[head[t]] = x
+    head[t] = x
+
+
+@numba.njit(cache=True, nogil=True)
+def holders(flat):
+    """Per-tile linked lists of the cells holding it: (head[tile], next[cell], prev[cell])."""
+    head = np.full(flat.max() + 1, -1, np.int64)
+    nxt = np.full(flat.size, -1, np.int64)
+    prv = np.full(flat.size, -1, np.int64)
+    for x in range(flat.size - 1, -1, -1):
+        _link(head, nxt, prv, flat[x], x)
+    return head, nxt, prv
+
+
+@numba.njit(cache=True, nogil=True)
+def _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
+    """Make the first improving move for cell x; returns whether one was made."""
+    cols = grid.shape[1]
+    r = x // cols
+    c = x - r * cols
+    a = flat[x]
+    cx = np.float64(cost[x])
+    for j in range(ids.shape[1]):
+        t = ids[x, j]
+        if t < 0 or t == a:
+            continue
+        d = np.float64(dist[x, j])
+        if penalty == 0.0 and d >= cx:
+            break  # sorted: no better candidate; a swap that helps is found from the other side
+        nb, y = 0, -1
+        if radius > 0:
+            nb, y = _copies(grid, r, c, radius, t)
+            if nb >= 2:
+                continue
+        capped = max_uses > 0 and uses[t] >= max_uses
+        if nb == 0 and not capped:
+            delta = d - cx + penalty * (uses[t] - (uses[a] - 1))
+            if delta < -_EPS:
+                _unlink(head, nxt, prv, a, x)
+                _link(head, nxt, prv, t, x)
+                flat[x] = t
+                uses[a] -= 1
+                uses[t] += 1
+                cost[x] = dist[x, j]
+                moves[0] += 1
+                return True
+            continue
+        # swap with the one copy in the window, or (capped) with any cell holding t
+        y = y if nb == 1 else head[t]
+        while y >= 0:
+            dya = _lookup(ids, dist, y, a)
+            if dya >= 0 and d + dya - cx - cost[y] < -_EPS:
+                ry = y // cols
+                cy = y - ry * cols
+                ok = True
+                if radius > 0:  # a at y: no other copy of a near y (x, which holds it, becomes t)
+                    na, at = _copies(grid, ry, cy, radius, a)
+                    ok = na == 0 or (na == 1 and at == x)
+                if ok:
+                    _unlink(head, nxt, prv, a, x)
+                    _unlink(head, nxt, prv, t, y)
+                    _link(head, nxt, prv, t, x)
+                    _link(head, nxt, prv, a, y)
+                    flat[x], flat[y] = t, a
+                    cost[y] = dya
+                    cost[x] = dist[x, j]
+                    moves[1] += 1
+                    return True
+            y = -1 if nb == 1 else nxt[y]
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep(order, start, stop, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
+    changed = 0
+    for i in range(start, stop):
+        if _improve(order[i], flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
+            changed += 1
+    return changed
+
+
+def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_dist: np.ndarray,
+           radius: int, max_uses: int, penalty: float, seed: int, opts: RefineOptions) -> dict:
+    """Improve `tile_ids`/`cost` ((rows, cols), changed in place) with moves among each cell's
+    candidates (`cand_ids`/`cand_dist` rows = cells, sorted). Returns what it did."""
+    t0 = time.perf_counter()
+    rows, cols = tile_ids.shape
+    before = total_cost(tile_ids, cost, penalty)
+    stats = {"passes": 0, "cells_visited": 0, "reassigned": 0, "swapped": 0, "stopped": "off",
+             "total_cost_before": before, "total_cost_after": before}
+    if opts.passes == 0 or tile_ids.size == 0:
+        stats["seconds"] = 0.0
+        return stats
+    grid = tile_ids  # flat and grid views of the same memory: moves write both
+    flat = grid.reshape(-1)
+    c = cost.reshape(-1)
+    n_ids = max(int(flat.max()), int(cand_ids.max())) + 1
+    uses = np.bincount(flat, minlength=n_ids).astype(np.int64)
+    head, nxt, prv = holders(flat)
+    if head.size < n_ids:
+        head = np.concatenate([head, np.full(n_ids - head.size, -1, np.int64)])
+    order = np.random.default_rng(seed).permutation(flat.size).astype(np.int64)
+    moves = np.zeros(2, np.int64)
+    stats["stopped"] = "passes"
+    visited = 0
+    for _ in range(opts.passes):
+        changed = 0
+        for start in range(0, flat.size, _CHUNK):
+            if time.perf_counter() - t0 > opts.seconds:
+                stats["stopped"] = "seconds"
+                break
+            stop = min(start + _CHUNK, flat.size)
+            changed += _sweep(order, start, stop, flat, grid, c, uses, head, nxt, prv,
+                              cand_ids, cand_dist, int(radius), int(max_uses), float(penalty), moves)
+            visited += stop - start
+        if stats["stopped"] == "seconds":
+            break
+        stats["passes"] += 1
+        if changed == 0:
+            stats["stopped"] = "converged"
+            break
+    stats["cells_visited"] = visited
+    stats["reassigned"], stats["swapped"] = int(moves[0]), int(moves[1])
+    stats["total_cost_after"] = total_cost(tile_ids, cost, penalty)
+    stats["seconds"] = round(time.perf_counter() - t0, 4)
+    return stats
