@@ -214,3 +214,32 @@ def test_rgb_pyramid_cost_of_two_flat_blocks_is_their_rms_difference(r, g, b):
     d2 = float(np.sum((spec(a).astype(np.float64) - spec(c)) ** 2))
     rms = np.sqrt(((r - (255 - r)) ** 2 + b ** 2) / 3)
     np.testing.assert_allclose(np.sqrt(d2 / spec.cost_divisor), rms, rtol=1e-5, atol=1e-4)
+
+
+def test_pca_is_fitted_once_the_pool_is_large_and_refitted_as_it_moves(cifar_folder, tmp_path):
+    """Below PCA_MIN_TILES the index searches the full vectors; past it a PCA fitted on the pool
+    joins (a rebuild); growing within 2x updates in place (same basis); shrinking below half,
+    or below the threshold, rebuilds again."""
+    files = sorted(cifar_folder.iterdir())
+    parts = [tmp_path / n for n in ("a", "b", "c")]
+    for part, chunk in zip(parts, (files[:700], files[700:1300], files[1300:2000])):
+        part.mkdir()
+        for f in chunk:
+            (part / f.name).symlink_to(f)
+    with TileDB.create(tmp_path / "db") as db:
+        db.ingest([parts[0]], workers=2)
+        infos = db.load_index().infos
+        assert infos["pca_dims"] == 0 and infos["ntotal_at_build"] == 700
+        db.ingest([parts[1]], workers=2)  # 1,300 >= PCA_MIN_TILES: rebuilt with a PCA
+        infos = db.load_index().infos
+        assert infos["pca_dims"] == fk.PCA_DIMS and infos["ntotal_at_build"] == 1300
+        built_at = infos["built_at"]
+        db.ingest([parts[2]], workers=2)  # 2,000 <= 2 x 1,300: in place, same basis
+        infos = db.load_index().infos
+        assert infos["built_at"] == built_at and infos["ntotal"] == 2000 and infos["pca_dims"] == fk.PCA_DIMS
+        db.remove(db.ids()[:1400])  # 600 < 1,300 / 2 and below the threshold
+        infos = db.load_index().infos
+        assert infos["pca_dims"] == 0 and infos["ntotal_at_build"] == 600
+        ids = db.ids()
+        d, got = db.search(np.asarray(db.features()[ids]), 1)
+        np.testing.assert_array_equal(got[:, 0], ids)
