@@ -103,7 +103,7 @@ class Clock:
 def run_ours(db, image, grid, min_distance: int, max_uses: int, k: int) -> dict:
     from mosaicdb.match.grid import cell_data
     from mosaicdb.match.matcher import match
-    from mosaicdb.options import MatchOptions
+    from mosaicdb.match.options import MatchOptions
     opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", k=k, min_distance=min_distance, max_uses=max_uses)
     with Clock() as c:
         t0 = time.perf_counter()
@@ -219,12 +219,13 @@ def best_of(n: int, fn) -> dict:
 def score(db, tile_ids: np.ndarray, target_crop: np.ndarray, grid) -> dict:
     from mosaicdb import assignment as asg
     from mosaicdb.evaluate import evaluate
+    from mosaicdb.render.options import RenderOptions
     from mosaicdb.render.rows import render_array
     rows, cols = tile_ids.shape
     z = np.zeros((rows, cols, 3), np.float32)
     saved = asg.SavedAssignment({"grid": {"cols": cols, "rows": rows, "crop": list(grid.crop)}},
                                 np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z)
-    mosaic = render_array(db, saved, RENDER_PX)
+    mosaic = render_array(db, saved, RenderOptions(tile_px=RENDER_PX))
     m = evaluate(target_crop, mosaic, rows, cols, saved.tile_ids)
     return {"psnr64": m["psnr64"], "ssim64": m["ssim64"], "psnr_cell": m["psnr_cell"],
             "pyramid_mse": m["pyramid_mse"], "repeats": m["repeats"]}

@@ -51,10 +51,13 @@ def print_one(db_path: str, assignment: str, out: str, opts: dict) -> dict:
     from mosaicdb import TileDB
     from mosaicdb import assignment as asg
     from mosaicdb.printing import PrintOptions, write_print
+    from mosaicdb.render.options import RenderOptions
     saved = asg.load(assignment)
+    opts = dict(opts)
+    render = RenderOptions(workers=opts.pop("workers", 0))
     t0 = time.perf_counter()
     with TileDB.open(db_path, readonly=True) as db:
-        m = write_print(db, saved, PrintOptions(**opts), out, "bench")
+        m = write_print(db, saved, PrintOptions(**opts, render=render), out, "bench")
     wall = time.perf_counter() - t0
     return {"wall_seconds": round(wall, 2), "bytes": m["bytes"], "size_px": m["size_px"], "cell_px": m["cell_px"],
             "dpi": m["dpi"], "files": [(p["name"], p["size_px"], p["bytes"], p["bigtiff"]) for p in m["panels"]],

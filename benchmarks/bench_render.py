@@ -64,7 +64,7 @@ def build_assignments(db_path: Path, target: Path, work: Path, grids: list[int])
     from mosaicdb import assignment as asg
     from mosaicdb.match.grid import cell_data, load_target, make_grid
     from mosaicdb.match.matcher import match
-    from mosaicdb.options import MatchOptions
+    from mosaicdb.match.options import MatchOptions
     out = {}
     with TileDB.open(db_path) as db:
         t = load_target(target)
@@ -86,7 +86,7 @@ def render_one(db_path: str, assignment: str, out: str, tile_px: int, quality: i
     from mosaicdb import TileDB
     from mosaicdb import assignment as asg
     from mosaicdb.make import render_saved
-    from mosaicdb.options import RenderOptions
+    from mosaicdb.render.options import RenderOptions
     saved = asg.load(assignment)
     t0 = time.perf_counter()
     with TileDB.open(db_path, readonly=True) as db:

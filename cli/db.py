@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from mosaicdb import TileDB
-from mosaicdb.errors import UsageError
+from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.feature_kinds import DEFAULT_KIND, KINDS
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
@@ -18,6 +18,7 @@ def db_group():
 
     Example:
 
+    \b
         mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
     """
 
@@ -47,6 +48,7 @@ def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, m
 
     Example:
 
+    \b
         mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
     """
     d = TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), features=features,
@@ -71,6 +73,7 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet):
 
     Example:
 
+    \b
         mosaic db ingest tiles.db ~/Pictures/holiday photos.zip
     """
     with TileDB.open(db) as d:
@@ -93,12 +96,12 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
 
     Example:
 
+    \b
         mosaic db index tiles.db --target-recall 0.995
     """
     opts = IndexOptions(kind=kind, flat_max=flat_max, nlist=nlist, nprobe=nprobe, target_recall=target_recall)
-    opts.validate()
     with TileDB.open(db) as d:
-        infos = d.build_index(opts) if rebuild or kind != "auto" or nlist or nprobe else d.update_index(opts)
+        infos = d.index(opts, rebuild=rebuild)
     if as_json:
         echo_json(infos)
     else:
@@ -122,6 +125,7 @@ def reindex_cmd(db, features, feature_grid, mean_weight, quiet):
 
     Example:
 
+    \b
         mosaic db reindex tiles.db --features rgb-pyramid
     """
     from mosaicdb.store.reindex import reindex
@@ -138,6 +142,7 @@ def stats_cmd(db, as_json):
 
     Example:
 
+    \b
         mosaic db stats tiles.db --json
     """
     with TileDB.open(db, readonly=True) as d:
@@ -166,6 +171,7 @@ def check_cmd(db, deep):
 
     Example:
 
+    \b
         mosaic db check tiles.db --deep
     """
     with TileDB.open(db, readonly=True) as d:
@@ -179,6 +185,38 @@ def check_cmd(db, deep):
     click.echo(f"{db}: OK ({rep.tiles} tiles)")
 
 
+@db_group.command("repair")
+@db_argument
+@click.option("--remove-unrecoverable", is_flag=True,
+              help="Remove the tiles whose originals are missing or changed (they cannot be rebuilt).")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
+@quiet_option
+@json_option
+def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
+    """Rebuild what a damaged DB lost: array rows from the originals, checksums, the index.
+
+    Reports the tiles that cannot be rebuilt (original missing or changed) and exits 1 while
+    any remain (--remove-unrecoverable removes them).
+
+    Example:
+
+    \b
+        mosaic db repair tiles.db
+    """
+    with TileDB.open(db) as d:
+        rep = d.repair(remove_unrecoverable=remove_unrecoverable, workers=workers or 1,
+                       progress=not quiet and not as_json)
+    if as_json:
+        echo_json(rep.to_json())
+    else:
+        click.echo(f"{db}: {rep.summary()}")
+        for tid, why in rep.unrecoverable[:20]:
+            click.echo(f"  tile {tid}: {why}", err=True)
+    if not rep.ok:
+        raise DatabaseError(f"{db}: {len(rep.unrecoverable)} tile(s) cannot be rebuilt; they are never drawn: "
+                            "restore their originals and repair again, or rerun with --remove-unrecoverable")
+
+
 @db_group.command("errors")
 @db_argument
 @json_option
@@ -187,6 +225,7 @@ def errors_cmd(db, as_json):
 
     Example:
 
+    \b
         mosaic db errors tiles.db
     """
     with TileDB.open(db, readonly=True) as d:
@@ -208,19 +247,11 @@ def remove_cmd(db, tiles, source_prefix):
 
     Example:
 
+    \b
         mosaic db remove tiles.db 12 40 3fa9c2d1 --source ~/Pictures/blurry
     """
     if not tiles and not source_prefix:
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
-    ids, hashes = [], []
-    for t in tiles:
-        if t.isdigit():
-            ids.append(int(t))
-        elif len(t) >= 8 and all(c in "0123456789abcdefABCDEF" for c in t):
-            hashes.append(t)
-        else:
-            raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits")
     with TileDB.open(db) as d:
-        found = set(ids) | set(d.find(hashes=hashes, source_prefix=source_prefix).tolist())
-        n = d.remove(sorted(found))
+        n = d.remove(d.resolve_refs(tiles, source_prefix))
     click.echo(f"Removed {n} tile(s) from {db}.")

@@ -1,16 +1,11 @@
 """`mosaic demo`: the whole pipeline, offline, on photographs that scikit-image ships."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from mosaicdb import TileDB
-from mosaicdb.demo import write_target, write_tile_sources
-from mosaicdb.make import Maker
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.demo import run_demo
 
-from .common import info, quiet_option
+from .common import info, quiet_option, warn_all
 
 
 @click.command("demo")
@@ -28,27 +23,17 @@ def demo_cmd(out_dir, n_tiles, grid, tile_px, quiet):
 
     Example:
 
+    \b
         mosaic demo --out demo-out
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     info(quiet, f"Cutting {n_tiles} tiles from scikit-image's sample photographs...")
-    src = out / "tile-sources"
-    write_tile_sources(src, n_tiles)
-    target = write_target(out / "target-astronaut.png")
-    dbp = out / "tiles.db"
-    db = TileDB.open(dbp) if (dbp / "catalog.sqlite").exists() else TileDB.create(dbp)
-    with db:
-        report = db.ingest([src], progress=not quiet)
-        info(quiet, f"Ingest: {report.summary()}")
-        maker = Maker(db, MatchOptions(grid=grid, min_distance=3, usage_penalty=0.5),
-                      RenderOptions(tile_px=tile_px, color="mean", color_strength=0.4), progress=not quiet)
-        r = maker.make(target, out / "mosaic.jpg")
-    m = r.metrics
-    for w in r.warnings:
-        click.echo(f"warning: {w}", err=True)
+    d = run_demo(out_dir, n_tiles, grid, tile_px, progress=not quiet)
+    r, m = d.result, d.result.metrics
+    info(quiet, f"Ingest: {d.ingest_summary}")
+    warn_all(r.warnings)
     click.echo(f"Mosaic:     {r.output} ({m['cells']} cells, {tile_px} px tiles)")
     click.echo(f"Metrics:    {r.metrics_path} (PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
-               f"{m['repeats']['distinct_tiles']} distinct tiles, nearest repeat {m['repeats']['min_repeat_distance']} cells apart)")
+               f"{m['repeats']['distinct_tiles']} distinct tiles, nearest repeat "
+               f"{m['repeats']['min_repeat_distance']} cells apart)")
     click.echo(f"Assignment: {r.assignment} (re-render: mosaic render {r.assignment} --tile-px 64 --out big.png)")
-    click.echo(f"Database:   {dbp} (mosaic db stats {dbp})")
+    click.echo(f"Database:   {d.db_path} (mosaic db stats {d.db_path})")

@@ -14,6 +14,7 @@ def generate_group():
 
     Example:
 
+    \b
         mosaic generate tiles tiles.db --style flowers --model ./sdxl-turbo --device cuda
     """
 
@@ -91,6 +92,7 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
 
     Example:
 
+    \b
         mosaic generate tiles tiles.db --style flowers --model ./sdxl-turbo --palette-from photo.jpg
     """
     from mosaicdb.generate import FilterOptions, TileRunOptions, generate_tiles
@@ -101,7 +103,6 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
                            filters=FilterOptions(min_std=min_std, max_std=max_std, max_detail=max_detail,
                                                  max_delta_e=max_delta_e),
                            executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, workers=workers)
-    ropts.validate()
     existed = Path(db).exists()
     rep = generate_tiles(db, popts, ropts, progress=not quiet, create=True, on_note=_note(quiet))
     if not existed:
@@ -127,6 +128,7 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, **pipe_kw):
 
     Example:
 
+    \b
         mosaic generate scene "a lighthouse on a cliff at sunset" --model ./sdxl-turbo --out scene.png
     """
     from mosaicdb.generate import SceneOptions, generate_scene
@@ -148,6 +150,7 @@ def tiny_model_cmd(folder, seed, force):
 
     Example:
 
+    \b
         mosaic generate tiny-model tiny-sdxl
     """
     from mosaicdb.generate import save_tiny_pipeline
@@ -170,25 +173,11 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check):
 
     Example:
 
+    \b
         mosaic generate reproduce tiles.db 42 --out tile42.png --check
     """
-    import numpy as np
-
-    from mosaicdb import TileDB
-    from mosaicdb.generate import provenance_of, regenerate
-    from mosaicdb.generate.scene import write_image
-    rgb = regenerate(provenance_of(db, tile_id), model=model, device=device, dtype=dtype, exact_batch=not alone)
-    write_image(rgb, out)
-    click.echo(f"Wrote {out} ({rgb.shape[1]}x{rgb.shape[0]}).")
+    from mosaicdb.generate.scene import reproduce_tile
+    w, h = reproduce_tile(db, tile_id, out, model=model, device=device, dtype=dtype, alone=alone, check=check)
+    click.echo(f"Wrote {out} ({w}x{h}).")
     if check:
-        with TileDB.open(db, readonly=True) as d:
-            orig = np.asarray(d.load_original(tile_id))
-        if orig.shape != rgb.shape:
-            raise click.ClickException(f"tile {tile_id} is {orig.shape[1]}x{orig.shape[0]}, the regenerated one "
-                                       f"{rgb.shape[1]}x{rgb.shape[0]}")
-        diff = np.abs(orig.astype(np.int16) - rgb.astype(np.int16))
-        if diff.max():
-            raise click.ClickException(f"not identical: {int((diff.max(axis=2) > 0).sum())} pixels differ, by up to "
-                                       f"{int(diff.max())} levels")
         click.echo(f"Identical to tile {tile_id} of {db}.")
-

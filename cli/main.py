@@ -5,7 +5,7 @@ import click
 
 from mosaicdb import __version__
 
-from .common import MosaicGroup, setup_logging
+from .common import MosaicGroup, install_signal_handlers, setup_logging
 from .db import db_group
 from .demo import demo_cmd
 from .generate import generate_group
@@ -17,13 +17,14 @@ from .serve import serve_cmd
 
 @click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mosaic")
-@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback of system errors (disk, permissions) too.")
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
 def cli(debug, verbose):
     """mosaicdb: photomosaics from a reusable tile database, up to gigapixel prints.
 
     Example:
 
+    \b
         mosaic db init tiles.db && mosaic db ingest tiles.db ~/Pictures
     """
     setup_logging(verbose)
@@ -41,4 +42,5 @@ cli.add_command(serve_cmd)
 
 
 def main() -> None:
+    install_signal_handlers()
     cli(prog_name="mosaic")

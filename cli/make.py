@@ -7,32 +7,34 @@ from pathlib import Path
 import click
 
 from mosaicdb import TileDB
-from mosaicdb import assignment as asg
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.errors import UsageError
-from mosaicdb.make import Maker, expand_targets, output_paths, render_saved
-from mosaicdb.options import MatchOptions, RenderOptions, print_for_grid, resolve_print_size
+from mosaicdb.jobs import render_file
+from mosaicdb.make import Maker, expand_targets, output_paths
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.codecs import CODECS
+from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, info, json_option, quiet_option
+from .common import echo_json, info, json_option, quiet_option, warn_all
 
 
 def output_options(f):
-    """Pyramid/print options shared by make, render and plan."""
-    f = click.option("--cache", default="512M", show_default=True,
-                     help="Memory for decoded originals (tiles larger than the biggest thumbnail).")(f)
-    f = click.option("--workers", default=0, help="Render/encode threads [default: CPU count].")(f)
+    """Pyramid/print options shared by make, render and plan (None: the default, or as saved)."""
+    f = click.option("--cache", default=None, help="Memory for decoded originals (tiles larger than the biggest "
+                                                   "thumbnail) [default: 512M].")(f)
+    f = click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")(f)
     f = click.option("--print-size", default=None,
                      help="Physical size, e.g. 120cm (long side), 48in or 120x80cm: with --dpi fixes the pixels.")(f)
     f = click.option("--dpi", type=float, default=None, help="Print resolution [with --print-size: default 300].")(f)
-    f = click.option("--ome", is_flag=True, help="TIFF: reduced levels as SubIFDs (Bio-Formats/QuPath) instead of pages.")(f)
-    f = click.option("--codec", type=click.Choice(["jpeg", "deflate", "zstd", "none"]), default="jpeg",
-                     show_default=True, help="Tile compression of .tif/.dzi outputs.")(f)
+    f = click.option("--ome", is_flag=True, default=None,
+                     help="TIFF: reduced levels as SubIFDs (Bio-Formats/QuPath) instead of pages.")(f)
+    f = click.option("--codec", type=click.Choice(sorted(CODECS)), default=None,
+                     help="Tile compression of .tif/.dzi outputs [default: jpeg].")(f)
     return f
 
 
 def render_options(f):
-    f = click.option("--quality", default=90, show_default=True, help="JPEG/WebP quality (1-100).")(f)
+    f = click.option("--quality", type=int, default=None, help="JPEG/WebP quality, 1-100 [default: 90].")(f)
     f = click.option("--color-strength", default=None, type=float,
                      help="How far colour transfer goes, 0 (none) to 1 (full) [make default: 0.5; "
                           "render default: as saved].")(f)
@@ -42,23 +44,25 @@ def render_options(f):
     return f
 
 
-def print_geometry(grid, tile_px, dpi, print_size):
-    """Grid, tile px and dpi from --print-size/--dpi, or the plain defaults."""
-    if print_size:
-        spec = resolve_print_size(print_size, dpi, grid, tile_px)
-        return spec.grid, spec.tile_px, spec.dpi
-    return (grid if grid is not None else "64"), (tile_px if tile_px is not None else 32), dpi
+def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache) -> dict:
+    """The RenderOptions fields given on the command line (None where not given)."""
+    return dict(tile_px=tile_px, color=color, color_strength=color_strength, quality=quality, codec=codec,
+                ome=ome or None, dpi=dpi, print_size=print_size, workers=workers,
+                cache_bytes=None if cache is None else parse_bytes(cache))
 
 
 @click.command("make")
 @click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Tile database folder.")
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp), or a folder for several targets.")
-@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp", "tif", "dzi"]), default="jpg", show_default=True,
-              help="Output type when --out is a folder.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
+                                                                   "or a folder for several targets.")
+@click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp", "tif", "dzi"]), default="jpg",
+              show_default=True, help="Output type when --out is a folder.")
 @click.option("--grid", default=None, help="Cells across the long side (N) or COLSxROWS [default: 64].")
-@click.option("-k", "--candidates", "k", default=32, show_default=True, help="Nearest tiles considered per cell (widened when all are excluded).")
-@click.option("--min-distance", type=int, default=None, help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
+@click.option("-k", "--candidates", "k", default=32, show_default=True,
+              help="Nearest tiles considered per cell (widened when all are excluded).")
+@click.option("--min-distance", type=int, default=None,
+              help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
 @click.option("--usage-penalty", type=float, default=0.0,
               help="Cost added per earlier use of a tile (in the units of the database's feature cost: sRGB "
@@ -90,18 +94,15 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
 
     Example:
 
+    \b
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
-
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
     """
-    grid, tile_px, dpi = print_geometry(grid, tile_px, dpi, print_size)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device, order=order, refine_passes=refine_passes,
                          refine_seconds=refine_seconds)
-    ropts = RenderOptions(tile_px=tile_px, color=color or "none",
-                          color_strength=0.5 if color_strength is None else color_strength, quality=quality,
-                          codec=codec, ome=ome, dpi=dpi, workers=workers, cache_bytes=parse_bytes(cache))
-    ropts.validate()
+    given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
+    ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
     results = []
@@ -112,18 +113,13 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             Path(out).mkdir(parents=True, exist_ok=True)
         for t, o in zip(paths, outs):
             r = maker.make(t, o)
-            for w in r.warnings:
-                click.echo(f"warning: {w}", err=True)
+            warn_all(r.warnings)
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
                             "seconds": m["seconds"]})
             if not as_json:
-                rep = m["repeats"]
-                info(quiet, f"{t} -> {r.output}  ({m['cells']} cells, PSNR@64 {m['psnr64']:.2f} dB, "
-                            f"SSIM@64 {m['ssim64']:.3f}, {rep['distinct_tiles']} distinct tiles, max uses "
-                            f"{rep['max_uses']}; match {m['seconds']['match_total']:.2f} s, "
-                            f"total {m['seconds']['total']:.2f} s)")
+                info(quiet, _summary(t, r))
                 click.echo(f"{r.output}")
     if as_json:
         echo_json(results)
@@ -131,36 +127,46 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         click.echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
 
 
+def _summary(target, r) -> str:
+    m = r.metrics
+    s = m["seconds"]
+    if m.get("psnr64") is None:
+        return f"{target} -> {r.output}  ({m['cells']} cells; match {s['match_total']:.2f} s, total {s['total']:.2f} s)"
+    rep = m["repeats"]
+    return (f"{target} -> {r.output}  ({m['cells']} cells, PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
+            f"{rep['distinct_tiles']} distinct tiles, max uses {rep['max_uses']}; match {s['match_total']:.2f} s, "
+            f"total {s['total']:.2f} s)")
+
+
 @click.command("render")
 @click.argument("assignment", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp).")
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None, help="Tile database [default: the one saved in the assignment].")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
+@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
+              help="Tile database [default: the one saved in the assignment].")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
 @render_options
 @output_options
 @quiet_option
+@json_option
 def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality, codec, ome, dpi, print_size,
-               workers, cache, quiet):
+               workers, cache, quiet, as_json):
     """Render a saved ASSIGNMENT again (no matching), e.g. at another tile size.
 
-    ASSIGNMENT is OUT.mosaic.json (or .npz, or the image it came with).
+    ASSIGNMENT is OUT.mosaic.json (or .npz, or the image it came with). Options not given are
+    as saved.
 
     Example:
 
+    \b
         mosaic render mosaic.mosaic.json --tile-px 64 --out big.png
-
         mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
     """
-    saved = asg.load(assignment)
-    r0 = saved.meta.get("render", {})
-    if print_size:
-        tile_px, dpi = print_for_grid(print_size, dpi, saved.cols, saved.rows)
-    ropts = RenderOptions(tile_px=tile_px if tile_px is not None else r0.get("tile_px", 32), color=color or r0.get("color", "none"),
-                          color_strength=r0.get("color_strength", 0.5) if color_strength is None else color_strength,
-                          quality=quality, codec=codec, ome=ome, dpi=dpi, workers=workers,
-                          cache_bytes=parse_bytes(cache))
-    with TileDB.open(db_path or saved.meta["db"], readonly=True) as db:
-        written = render_saved(db, saved, out, ropts, progress=not quiet)
+    given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
+    written = render_file(assignment, out, db=db_path, progress=not quiet and not as_json, **given)
+    warn_all(written["warnings"])
+    if as_json:
+        echo_json({k: v for k, v in written.items() if k != "levels"})
+        return
     info(quiet, f"{written['kind']}: {human_bytes(written['bytes'])} in {written['seconds']:.1f} s")
     click.echo(str(written["path"]))
 
@@ -175,6 +181,7 @@ def eval_cmd(target, mosaic, grid, as_json):
 
     Example:
 
+    \b
         mosaic eval photo.jpg mosaic.jpg --json
     """
     from mosaicdb.make import evaluate_files

@@ -1,26 +1,13 @@
 """`mosaic print`: print-ready flat TIFF(s) of a saved assignment."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from mosaicdb import TileDB
-from mosaicdb import assignment as asg
-from mosaicdb.printing import PrintOptions, plan_print, write_print
+from mosaicdb.jobs import PrintJob
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, info, json_option, quiet_option
+from .common import echo_json, info, json_option, quiet_option, warn_all
 from .make import render_options
-
-
-def assignment_name(path: str) -> str:
-    """'out/mosaic.mosaic.json' -> 'mosaic' (the name outputs in a folder are given)."""
-    name = Path(path).name
-    for end in (".mosaic.json", ".mosaic.npz"):
-        if name.endswith(end):
-            return name[: -len(end)]
-    return Path(name).stem
 
 
 def print_options(f):
@@ -41,14 +28,10 @@ def print_options(f):
     return f
 
 
-def build_options(saved, size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof, quality,
-                  color, color_strength, workers, cache, buffer) -> PrintOptions:
-    r0 = saved.meta.get("render", {})
-    return PrintOptions(size=size, dpi=dpi, compression=compression, icc=icc, bleed=bleed, panel_width=panel_width,
-                        panels=panel_grid, overlap=overlap, proof=proof, quality=quality,
-                        color=color or r0.get("color", "none"),
-                        color_strength=r0.get("color_strength", 0.5) if color_strength is None else color_strength,
-                        workers=workers, cache_bytes=parse_bytes(cache), buffer_bytes=parse_bytes(buffer, "--buffer"))
+def print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof, buffer) -> dict:
+    """The PrintOptions fields given on the command line."""
+    return dict(size=size, dpi=dpi, compression=compression, icc=icc, bleed=bleed, panel_width=panel_width,
+                panels=panel_grid, overlap=overlap, proof=proof, buffer_bytes=parse_bytes(buffer, "--buffer"))
 
 
 @click.command("print")
@@ -59,8 +42,8 @@ def build_options(saved, size, dpi, compression, icc, bleed, panel_width, panel_
 @click.option("--db", "db_path", type=click.Path(file_okay=False), default=None, help="Tile database [default: the one saved in the assignment].")
 @print_options
 @render_options
-@click.option("--workers", default=0, help="Render/encode threads [default: CPU count].")
-@click.option("--cache", default="512M", show_default=True, help="Memory for decoded originals (cells larger than the biggest thumbnail).")
+@click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")
+@click.option("--cache", default=None, help="Memory for decoded originals (cells larger than the biggest thumbnail) [default: 512M].")
 @quiet_option
 @json_option
 def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, panel_width, panel_grid, overlap, proof,
@@ -76,33 +59,29 @@ def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, pane
 
     Example:
 
+    \b
         mosaic print mosaic.mosaic.json --size 120x80cm --dpi 150 --bleed 10mm --out print.tif
-
         mosaic print mosaic.mosaic.json --size 5.5m --dpi 300 --panel-width 1.2m --overlap 2cm --proof --out panels/
     """
-    saved = asg.load(assignment)
-    opts = build_options(saved, size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof, quality,
-                         color, color_strength, workers, cache, buffer)
-    opts.parsed()  # option errors before the database is opened
-    with TileDB.open(db_path or saved.meta["db"], readonly=True) as db:
-        plan = plan_print(db, saved, opts, out, assignment_name(assignment))
-        for w in plan.warnings:
-            click.echo(f"warning: {w}", err=True)
-        m = write_print(db, saved, opts, out, assignment_name(assignment), progress=not quiet and not as_json,
-                        plan=plan, assignment_path=str(assignment))
-    for w in m["warnings"][len(plan.warnings):]:
-        click.echo(f"warning: {w}", err=True)
+    render = dict(color=color, color_strength=color_strength, quality=quality, workers=workers,
+                  cache_bytes=None if cache is None else parse_bytes(cache))
+    with PrintJob.open(assignment, out, db=db_path, render=render,
+                       **print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof,
+                                      buffer)) as job:
+        warn_all(job.plan.warnings)
+        m = job.write(progress=not quiet and not as_json)
+    warn_all(m["warnings"][len(job.plan.warnings):])
     if as_json:
         echo_json(m)
         return
-    g = plan.geometry
+    g = job.plan.geometry
     info(quiet, f"{m['size_mm'][0] / 10:.1f} x {m['size_mm'][1] / 10:.1f} cm ({g.width:,} x {g.height:,} px, "
                 f"{g.cell_px} px per cell, {g.dpi:.2f} dpi) in {len(m['panels'])} file(s), "
                 f"{human_bytes(m['bytes'])}, {m['seconds']:.1f} s")
-    folder = plan.outputs.folder
+    folder = job.plan.outputs.folder
     for p in m["panels"]:
         click.echo(str(folder / p["name"]))
     for k in ("proof", "layout"):
         if k in m:
             click.echo(str(folder / m[k]["name"]))
-    click.echo(str(plan.outputs.manifest))
+    click.echo(str(job.plan.outputs.manifest))

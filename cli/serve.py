@@ -12,14 +12,17 @@ from mosaicdb.serve import Viewer, host_warning, make_server
 @click.argument("mosaic", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback exposes the mosaic and its tiles' originals.")
-@click.option("--port", default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--allow-host", "allow_hosts", multiple=True,
+              help="Another Host name to answer to (e.g. the name a proxy or other machines use); repeatable.")
 @click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
               help="Tile database [default: the one saved in the mosaic's assignment].")
 @click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
 @click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
               help="OpenSeadragon's build folder [default: node_modules/ of the mosaicdb checkout; "
                    "env MOSAICDB_OPENSEADRAGON].")
-def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir):
+def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir):
     """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
@@ -27,8 +30,8 @@ def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir):
 
     Example:
 
+    \b
         mosaic serve print.tif
-
         mosaic serve mosaic.jpg --port 0 --no-open
     """
     warning = host_warning(host)
@@ -36,7 +39,7 @@ def serve_cmd(mosaic, host, port, db_path, no_open, osd_dir):
         click.echo(f"warning: {warning}", err=True)
     viewer = Viewer(mosaic, db=db_path, osd_dir=osd_dir)
     try:
-        httpd = make_server(viewer, host, port)
+        httpd = make_server(viewer, host, port, allow_hosts=allow_hosts)
         click.echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
                    f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")
         if not no_open:

@@ -1,28 +1,112 @@
-"""An assignment saved beside its output: OUT.mosaic.json (grid, target, resolved options,
-database) and OUT.mosaic.npz (tile ids, distances, target cell colour statistics), so any
-output can be explained and re-rendered without matching."""
+"""An assignment saved beside its output: OUT.mosaic.json (grid, target, options, database)
+and OUT.mosaic.npz (tile ids, distances, target cell colour statistics), so any output can be
+explained and re-rendered without matching."""
 from __future__ import annotations
 
 import json
-import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UsageError
+from .io import AtomicFiles, UnsafeFile, read_regular_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)
+MAX_CELLS = 1 << 22          # as match.grid allows: bounds what a saved assignment may make us read
+MAX_JSON_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """The target image a mosaic was matched to: where it was, its bytes' hash, its size."""
+    path: str
+    sha256: str
+    size: tuple[int, int]       # (width, height) after EXIF rotation
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    """The grid of cells: cols x rows square cells over `crop` (left, top, right, bottom) of the
+    target; `spec` is the --grid that made it."""
+    cols: int
+    rows: int
+    crop: tuple[int, int, int, int]
+    spec: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssignmentMeta:
+    """Everything about an assignment except its arrays: what `mosaic render`, `print`, `plan`
+    and `serve` need to redo or explain the output.
+
+    db / db_uuid / db_version: the tile database (path, identity, catalog version when matched).
+    match: the matching options as applied (`MatchOptions.to_json()`), None when the tiles were
+        not matched (e.g. generated per cell).
+    render: the render options the output was written with (`RenderOptions.to_json()`).
+    extra: mode-specific records (e.g. which cells were generated), kept as given.
+    """
+    grid: GridInfo
+    db: str = ""
+    db_uuid: str | None = None
+    db_version: int = 0
+    target: TargetInfo | None = None
+    match: dict | None = None
+    render: dict = field(default_factory=dict)
+    output: str = ""
+    widened_cells: int = 0
+    created: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["grid"]["crop"] = list(self.grid.crop)
+        if self.target is not None:
+            d["target"]["size"] = list(self.target.size)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "assignment") -> "AssignmentMeta":
+        """Read (and check the shape of) the JSON of a saved assignment, format 1 or 2."""
+        try:
+            g = d["grid"]
+            grid = GridInfo(int(g["cols"]), int(g["rows"]), tuple(int(v) for v in g["crop"]), str(g.get("spec", "")))
+            if len(grid.crop) != 4 or grid.cols < 1 or grid.rows < 1:
+                raise ValueError("bad grid")
+            t = d.get("target")
+            target = None if t is None else TargetInfo(str(t["path"]), str(t["sha256"]),
+                                                       tuple(int(v) for v in t["size"]))
+            match = d.get("match")
+            if isinstance(match, dict) and "resolved" in match:   # format 1: requested + resolved
+                match = {**{k: v for k, v in match.items() if k != "resolved"}, **match["resolved"]}
+            db, uid = d.get("db"), d.get("db_uuid")
+            if grid.cols * grid.rows > MAX_CELLS:
+                raise ValueError(f"{grid.cols}x{grid.rows} cells is over the {MAX_CELLS:,} limit")
+            return cls(grid=grid, db="" if db is None else str(db), db_uuid=None if uid is None else str(uid),
+                       db_version=int(d.get("db_version", 0)),
+                       target=target, match=match, render=dict(d.get("render") or {}),
+                       output=str(d.get("output", "")), widened_cells=int(d.get("widened_cells", 0)),
+                       created=float(d.get("created", 0.0)), extra=dict(d.get("extra") or {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{source} is not a mosaic assignment ({type(e).__name__}: {e}); "
+                             "run `mosaic make` again") from None
 
 
 @dataclass
 class SavedAssignment:
-    meta: dict
+    """A tile per cell, and what is needed to draw it: `meta`, tile ids and the matched
+    distance per cell, and the target cells' RGB mean and std (for colour transfer)."""
+    meta: AssignmentMeta
     tile_ids: np.ndarray     # (rows, cols) int64
     cost: np.ndarray         # (rows, cols) float32
     target_mean: np.ndarray  # (rows, cols, 3) float32
     target_std: np.ndarray   # (rows, cols, 3) float32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.meta, dict):   # the JSON form, as saved
+            self.meta = AssignmentMeta.from_json(self.meta)
 
     @property
     def rows(self) -> int:
@@ -34,6 +118,7 @@ class SavedAssignment:
 
 
 def sidecar_paths(out) -> tuple[Path, Path]:
+    """OUT.mosaic.json and OUT.mosaic.npz for an output OUT."""
     out = Path(out)
     base = out.with_suffix("") if out.suffix else out
     return base.with_name(base.name + ".mosaic.json"), base.with_name(base.name + ".mosaic.npz")
@@ -45,30 +130,24 @@ def metrics_path(out) -> Path:
     return base.with_name(base.name + ".metrics.json")
 
 
-def write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path), then rename into place; the temporary is removed on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def write_into(group: AtomicFiles, out, a: SavedAssignment) -> tuple[Path, Path]:
+    """Write the assignment of output `out` under temporary names of `group` (renamed into place
+    when the group commits, together with the output itself)."""
+    jpath, npath = sidecar_paths(out)
+    meta = {"format_version": FORMAT_VERSION, **a.meta.to_json()}
+    with open(group.temp(npath), "wb") as f:
+        np.savez_compressed(f, tile_ids=a.tile_ids, cost=a.cost, target_mean=a.target_mean,
+                            target_std=a.target_std)
+    group.temp(jpath).write_text(json.dumps(meta, indent=2))
+    return jpath, npath
 
 
 def save(out, a: SavedAssignment) -> tuple[Path, Path]:
-    jpath, npath = sidecar_paths(out)
-    meta = {"format_version": FORMAT_VERSION, **a.meta}
-
-    def write_npz(p):
-        with open(p, "wb") as f:
-            np.savez_compressed(f, tile_ids=a.tile_ids, cost=a.cost, target_mean=a.target_mean,
-                                target_std=a.target_std)
-
-    write_atomic(npath, write_npz)
-    write_atomic(jpath, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-    return jpath, npath
+    """Write OUT.mosaic.json and OUT.mosaic.npz (both, or neither)."""
+    with AtomicFiles() as group:
+        paths = write_into(group, out, a)
+        group.commit()
+    return paths
 
 
 def load(path) -> SavedAssignment:
@@ -84,11 +163,52 @@ def load(path) -> SavedAssignment:
         raise UsageError(f"no saved assignment for {path}: expected {jpath} and {npath} "
                          "(written by `mosaic make`)")
     try:
-        meta = json.loads(jpath.read_text())
-        with np.load(npath) as z:
-            arrays = {k: z[k] for k in ("tile_ids", "cost", "target_mean", "target_std")}
+        meta = json.loads(read_regular_file(jpath, MAX_JSON_BYTES))
+    except (ValueError, OSError, UnsafeFile) as e:
+        raise UsageError(f"assignment {jpath} is damaged or not an assignment ({e}); run `mosaic make` again") from None
+    if not isinstance(meta, dict) or meta.get("format_version") not in READS:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise UsageError(f"{jpath} has format version {version}, this mosaicdb reads {', '.join(map(str, READS))}")
+    m = AssignmentMeta.from_json(meta, str(jpath))
+    arrays = _load_arrays(npath, m.grid.rows, m.grid.cols)
+    return SavedAssignment(m, **arrays)
+
+
+# the arrays of a rows x cols assignment: (dtype kinds allowed, trailing shape, itemsize at most)
+_ARRAYS = {"tile_ids": ("iu", (), 8), "cost": ("f", (), 8), "target_mean": ("f", (3,), 8), "target_std": ("f", (3,), 8)}
+
+
+def _load_arrays(npath: Path, rows: int, cols: int) -> dict:
+    """The .npz arrays, checked against the grid before and after reading: sizes bounded by
+    the grid (a crafted file cannot make us allocate more), dtypes, shapes, finite values."""
+    bad = f"assignment {npath} is damaged"
+    try:
+        with zipfile.ZipFile(npath) as z:
+            for info in z.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in _ARRAYS:
+                    _, tail, item = _ARRAYS[name]
+                    limit = rows * cols * int(np.prod(tail or (1,))) * item + 4096
+                    if info.file_size > limit:
+                        raise UsageError(f"{bad}: {name} is {info.file_size:,} bytes, more than a {cols}x{rows} "
+                                         f"grid needs; run `mosaic make` again")
+        with np.load(npath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in _ARRAYS}
+    except UsageError:
+        raise
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UsageError(f"assignment {jpath} / {npath} is damaged ({e}); run `mosaic make` again") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UsageError(f"{jpath} has format version {meta.get('format_version')}, this mosaicdb reads {FORMAT_VERSION}")
-    return SavedAssignment(meta, **arrays)
+        raise UsageError(f"{bad} ({e}); run `mosaic make` again") from None
+    for name, (kinds, tail, _) in _ARRAYS.items():
+        a = arrays[name]
+        if a.dtype.kind not in kinds or a.shape != (rows, cols, *tail):
+            raise UsageError(f"{bad}: {name} is {a.dtype} {a.shape}, expected {(rows, cols, *tail)} for its grid; "
+                             "run `mosaic make` again")
+        if kinds == "f" and not np.isfinite(a).all():
+            raise UsageError(f"{bad}: {name} holds non-finite values; run `mosaic make` again")
+    if (arrays["tile_ids"] < 0).any() or arrays["tile_ids"].max(initial=0) > 2 ** 62:
+        raise UsageError(f"{bad}: negative tile ids; run `mosaic make` again")
+    arrays["tile_ids"] = arrays["tile_ids"].astype(np.int64)
+    arrays["cost"] = arrays["cost"].astype(np.float32)
+    for k in ("target_mean", "target_std"):
+        arrays[k] = np.clip(arrays[k], 0, 255).astype(np.float32)
+    return arrays

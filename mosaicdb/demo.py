@@ -3,12 +3,13 @@ copied into this repository). Tiles are random square crops of eleven of them; t
 a twelfth (the astronaut portrait), which the pool never sees."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .errors import MissingDependency
+from .errors import MissingDependency, check_int
 
 TILE_PHOTOS = ("chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry",
                "stereo_motorcycle", "camera", "moon", "coins", "brick", "grass", "gravel", "clock")
@@ -58,3 +59,34 @@ def write_target(path) -> Path:
     if not path.exists():
         Image.fromarray(_photo(TARGET_PHOTO)).save(path)
     return path
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` made: the database, the ingest summary and the mosaic."""
+    db_path: Path
+    ingest_summary: str
+    result: object   # make.MakeResult
+
+
+def run_demo(out_dir, n_tiles: int = 3000, grid: str = "96", tile_px: int = 32,
+             progress: bool = False) -> DemoResult:
+    """The whole pipeline offline: cut `n_tiles` tiles from scikit-image's photographs into a
+    tile database under `out_dir` (reused when it exists), then make a mosaic of the astronaut."""
+    from .make import Maker
+    from .match.options import MatchOptions
+    from .render.options import RenderOptions
+    from .store import TileDB
+    mopts = MatchOptions(grid=grid, min_distance=3, usage_penalty=0.5)
+    ropts = RenderOptions(tile_px=tile_px, color="mean", color_strength=0.4)
+    check_int("--tiles", n_tiles, 1, 1_000_000)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "tile-sources"
+    write_tile_sources(src, n_tiles)
+    target = write_target(out / "target-astronaut.png")
+    dbp = out / "tiles.db"
+    with TileDB.open_or_create(dbp) as db:
+        report = db.ingest([src], progress=progress)
+        result = Maker(db, mopts, ropts, progress=progress).make(target, out / "mosaic.jpg")
+    return DemoResult(dbp, report.summary(), result)

@@ -1,4 +1,11 @@
-"""The exception hierarchy. The CLI turns every `MosaicError` into a one-line message."""
+"""The exception hierarchy, and the checks that raise it for option values.
+
+The CLI turns every `MosaicError` into a one-line message: `UsageError` exits 2 (the request
+is wrong), every other `MosaicError` exits 1 (the request could not be carried out). Any
+other exception is a bug.
+"""
+import math
+import numbers
 
 
 class MosaicError(Exception):
@@ -37,6 +44,10 @@ class RenderError(MosaicError):
     """An output cannot be written as requested."""
 
 
+class DeviceError(MosaicError):
+    """A device the request names (a CUDA GPU) is not available on this machine."""
+
+
 class MissingDependency(MosaicError):
     """An optional package is needed; the message holds the install hint."""
 
@@ -48,3 +59,46 @@ def choice(name: str, value, table: dict):
     except (KeyError, TypeError):
         allowed = ", ".join(sorted(map(str, table)))
         raise UsageError(f"unknown {name} {value!r}: choose one of {allowed}") from None
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """`value` as an int in [lo, hi]; bools, floats, strings and values out of range raise a
+    UsageError naming the option.
+
+    >>> check_int("--k", 3, 1, 10)
+    3
+    >>> check_int("--k", 0, 1)
+    Traceback (most recent call last):
+    ...
+    mosaicdb.errors.UsageError: --k must be 1 or more, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        where = f"between {lo} and {hi}" if hi is not None else f"{lo} or more"
+        raise UsageError(f"{name} must be {where}, got {value}")
+    return value
+
+
+def check_number(name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    """`value` as a finite float in [lo, hi]; NaN, infinities, strings and values out of range
+    raise a UsageError naming the option.
+
+    >>> check_number("--color-strength", 0.5, 0, 1)
+    0.5
+    >>> check_number("--dpi", float("nan"), 1)
+    Traceback (most recent call last):
+    ...
+    mosaicdb.errors.UsageError: --dpi must be a finite number, got nan
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        where = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                 else f"{lo:g} or more" if lo is not None else f"{hi:g} or less")
+        raise UsageError(f"{name} must be {where}, got {value:g}")
+    return value

@@ -1,37 +1,49 @@
 """The main job: targets -> cells -> matches -> rendered mosaic + assignment + metrics.
 
-`Maker` opens the database and its index once and then makes any number of mosaics.
+`Maker` opens the database's index once and then makes any number of mosaics; `render_saved`
+redraws a saved assignment; `evaluate_files` scores an image file against its target.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import assignment as asg
-from .errors import UsageError
+from .errors import MosaicError, UsageError
 from .evaluate import evaluate
-from .match.grid import cell_data, load_target, make_grid
+from .io import AtomicFiles
+from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
-from .options import MatchOptions, RenderOptions
+from .match.options import DEFAULT_GRID, MatchOptions
+from .render.options import RenderOptions
 from .render.output import check_space, output_kind, plan_output, write_output
+from .render.raster import IN_MEMORY_MAX_PIXELS
 from .render.rows import render_array
 
+log = logging.getLogger(__name__)
+
 EVAL_MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 @dataclass
 class MakeResult:
+    """What one `Maker.make` wrote, with its metrics, warnings and per-stage seconds.
+    `image` holds the mosaic's pixels when `make` was asked for no output file."""
     target: str
-    output: Path
-    assignment: Path
-    metrics_path: Path
+    output: Path | None
+    assignment: Path | None
+    metrics_path: Path | None
     metrics: dict
     warnings: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    saved: asg.SavedAssignment | None = None
+    image: np.ndarray | None = None
 
 
 def eval_px(cells: int, tile_px: int) -> int:
@@ -41,23 +53,30 @@ def eval_px(cells: int, tile_px: int) -> int:
 
 def metrics_for(db, saved: asg.SavedAssignment, target_img: np.ndarray, render: RenderOptions) -> dict:
     """Fidelity and repeat metrics of an assignment as rendered with `render`'s colour settings."""
-    px = eval_px(saved.rows * saved.cols, render.tile_px)
-    mosaic = render_array(db, saved, px, render.color, render.color_strength, target_img)
-    l, t, r, b = saved.meta["grid"]["crop"]
+    px = eval_px(saved.rows * saved.cols, render.px)
+    mosaic = render_array(db, saved, replace(render, tile_px=px), target_img)
+    l, t, r, b = saved.meta.grid.crop
     m = evaluate(target_img[t:b, l:r], mosaic, saved.rows, saved.cols, saved.tile_ids)
     m["eval_px_per_cell"] = px
     m["mean_cell_distance"] = float(saved.cost.mean())
     return m
 
 
+def refuse_overwriting_input(outputs, inputs) -> None:
+    """No file written (`outputs`) may replace an input."""
+    for i in inputs:
+        ip = Path(i)
+        for f in map(Path, outputs):
+            if ip.exists() and f.exists() and f.resolve() == ip.resolve():
+                raise UsageError(f"--out {outputs[0]} would overwrite the input {ip}: choose another output name")
+
+
 def expand_targets(paths) -> list[Path]:
     """Files as given; folders contribute their image files (sorted, not recursive)."""
-    from .render.raster import FORMATS
-    exts = set(FORMATS) | {".tif", ".tiff", ".bmp", ".gif"}
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts))
+            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
         elif p.exists():
             out.append(p)
         else:
@@ -85,20 +104,46 @@ def output_paths(targets: list[Path], out: Path, fmt_suffix: str) -> list[Path]:
 
 
 class Maker:
-    def __init__(self, db, match_opts: MatchOptions, render_opts: RenderOptions, progress: bool = False):
-        match_opts.validate()
-        render_opts.validate()
-        self.db, self.mopts, self.ropts, self.progress = db, match_opts, render_opts, progress
+    """Makes mosaics from one tile database: the index is loaded once for every target.
+
+    >>> from mosaicdb import TileDB                                      # doctest: +SKIP
+    >>> with TileDB.open("tiles.db") as db:                              # doctest: +SKIP
+    ...     maker = Maker(db, MatchOptions(grid="128", min_distance=3), RenderOptions(color="mean"))
+    ...     result = maker.make("photo.jpg", "mosaic.jpg")
+    ...     pixels = maker.make("photo.jpg").image                       # no file: the pixels
+
+    Options are validated when they are made (before any target is decoded); with a print size
+    in `render` and no grid in `match`, the grid follows from the size.
+    """
+
+    def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
+                 progress: bool = False):
+        self.db = db
+        self.ropts = render_opts or RenderOptions()
+        mopts = match_opts or MatchOptions()
+        if mopts.grid is None:
+            mopts = replace(mopts, grid=self.ropts.grid_for_print() or DEFAULT_GRID)
+        self.mopts = mopts
+        self.progress = progress
         db.ensure_index()
 
-    def make(self, target_path, out) -> MakeResult:
+    def make(self, target_path, out=None) -> MakeResult:
+        """Match `target_path` and write the mosaic to `out` (its suffix picks the format), with
+        its assignment (OUT.mosaic.json/.npz) and metrics (OUT.metrics.json), all or nothing.
+        Without `out`, nothing is written and the result holds the image (small mosaics only)."""
         t0 = time.perf_counter()
-        out = Path(out)
-        output_kind(out)
+        out = Path(out) if out is not None else None
+        if out is not None:
+            output_kind(out)
+            refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
         target = load_target(target_path)
-        grid = make_grid(*target.size, self.mopts.grid)
-        check_space(out, plan_output(out, grid.cols, grid.rows, self.ropts))
-        warnings = []
+        grid = make_grid(*target.size, self.mopts.grid_spec)
+        ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
+        if out is not None:
+            check_space(out, plan_output(out, grid.cols, grid.rows, ropts))
+        elif grid.cells * ropts.px ** 2 > IN_MEMORY_MAX_PIXELS:
+            raise UsageError(f"a {grid.cols}x{grid.rows} mosaic at {ropts.px} px per cell is too large to return "
+                             "in memory: give an output file (out=...) or a smaller tile_px")
         if grid.cell_px < 1:
             warnings.append(f"--grid {self.mopts.grid} is finer than {Path(target_path).name} "
                             f"({target.size[0]}x{target.size[1]} px): the target is upsampled "
@@ -109,38 +154,63 @@ class Maker:
         res = match(self.db, cells, grid, self.mopts)
         warnings += res.warnings
         t3 = time.perf_counter()
-        meta = {
-            "db": str(Path(self.db.path).resolve()), "db_version": self.db.version,
-            "target": {"path": target.path, "sha256": target.sha256, "size": list(target.size)},
-            "grid": {"cols": grid.cols, "rows": grid.rows, "crop": list(grid.crop), "spec": self.mopts.grid},
-            "match": {**self.mopts.to_json(), "resolved": {
-                "min_distance": res.repeat.min_distance, "max_uses": res.repeat.max_uses,
-                "usage_penalty": res.repeat.usage_penalty, "unique": res.repeat.unique, "seed": res.repeat.seed}},
-            "render": self.ropts.to_json(), "output": str(out.resolve()),
-            "widened_cells": res.assignment.widened_cells, "created": time.time(),
-        }
-        saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost,
-                                    cells.mean, cells.std)
-        jpath, _ = asg.save(out, saved)
-        written = write_output(self.db, saved, out, self.ropts, target.image, self.progress)
-        t4 = time.perf_counter()
-        metrics = metrics_for(self.db, saved, target.image, self.ropts)
-        t5 = time.perf_counter()
-        seconds = {"load_target": t1 - t0, "cell_features": t2 - t1, **res.seconds, "match_total": t3 - t2,
-                   "render": t4 - t3, "evaluate": t5 - t4, "total": t5 - t0}
+        meta = asg.AssignmentMeta(
+            grid=asg.GridInfo(grid.cols, grid.rows, grid.crop, self.mopts.grid_spec),
+            db=str(Path(self.db.path).resolve()), db_uuid=self.db.uuid, db_version=self.db.version,
+            target=asg.TargetInfo(target.path, target.sha256, target.size),
+            match=res.options.to_json(), render=ropts.to_json(),
+            output=str(out.resolve()) if out is not None else "",
+            widened_cells=res.assignment.widened_cells, created=time.time())
+        saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std)
+        if out is None:
+            image = render_array(self.db, saved, ropts, target.image)
+            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics["assignment"] = res.assignment.stats  # order, refinement, total cost before/after
+            return MakeResult(str(target_path), None, None, None, metrics, warnings,
+                              self._seconds(metrics, grid, res, t0, t1, t2, t3), saved, image)
+        with AtomicFiles() as group:
+            jpath, _ = asg.write_into(group, out, saved)
+            written = write_output(self.db, saved, out, ropts, target.image, self.progress, group=group)
+            t4 = time.perf_counter()
+            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics["assignment"] = res.assignment.stats  # order, refinement, total cost before/after
+            metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
+            metrics["warnings"] = list(warnings)
+            self._seconds(metrics, grid, res, t0, t1, t2, t3, t4)
+            mpath = asg.metrics_path(out)
+            group.temp(mpath).write_text(json.dumps(metrics, indent=2))
+            group.commit(order=[jpath])
+        return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, metrics["seconds"], saved)
+
+    def _metrics(self, saved, image, ropts, warnings) -> dict:
+        """Metrics, or a record of why they could not be computed: the mosaic itself is fine."""
+        try:
+            return metrics_for(self.db, saved, image, ropts)
+        except MosaicError as e:
+            warnings.append(f"evaluation skipped: {e}")
+            return {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
+
+    @staticmethod
+    def _seconds(metrics, grid: Grid, res, t0, t1, t2, t3, t4=None) -> dict:
+        now = time.perf_counter()
+        seconds = {"load_target": t1 - t0, "cell_features": t2 - t1, **res.seconds, "match_total": t3 - t2}
+        if t4 is not None:
+            seconds.update(render=t4 - t3, evaluate=now - t4)
+        else:
+            seconds["render_and_evaluate"] = now - t3
+        seconds["total"] = now - t0
         metrics["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
         metrics["cells"] = grid.cells
-        metrics["assignment"] = res.assignment.stats  # order; refinement moves, total cost before/after
-        metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
-        mpath = asg.metrics_path(out)
-        asg.write_atomic(mpath, lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
-        return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, seconds)
+        return metrics["seconds"]
 
 
 def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> dict:
-    """Re-render a saved assignment (no matching) to `out`."""
-    ropts.validate()
-    return write_output(db, saved, Path(out), ropts, None, progress)
+    """Re-render a saved assignment (no matching) to `out`; returns what was written. A print
+    size in `ropts` is fitted to the assignment's grid."""
+    ropts, warnings = ropts.for_grid(saved.cols, saved.rows)
+    written = write_output(db, saved, Path(out), ropts, None, progress)
+    written["warnings"] = warnings
+    return written
 
 
 def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
@@ -176,8 +246,8 @@ def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
     except UsageError:
         pass
     if saved is not None and grid is None:
-        l, t, r, b = saved.meta["grid"]["crop"]
-        if tuple(saved.meta["target"]["size"]) == (target.shape[1], target.shape[0]):
+        l, t, r, b = saved.meta.grid.crop
+        if saved.meta.target is not None and tuple(saved.meta.target.size) == (target.shape[1], target.shape[0]):
             target = target[t:b, l:r]
         return evaluate(target, mosaic, saved.rows, saved.cols, saved.tile_ids)
     if grid is not None:

@@ -29,6 +29,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.shared)
 
 
+@pytest.fixture
+def run_cli():
+    """`run_cli(*args, code=None)`: run `mosaic ARGS`; fails the test on an internal error."""
+    from clirun import invoke_cli
+    return invoke_cli
+
+
 # ---- real data ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -8,8 +8,13 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from mosaicdb.errors import MatchError, MosaicError, UsageError
-from mosaicdb.match.assign import Assignment, RepeatOptions, assign
-from mosaicdb.match.refine import RefineOptions
+from mosaicdb.match.assign import Assignment, assign
+from mosaicdb.match.options import MatchOptions
+
+
+def Repeat(**kw) -> MatchOptions:
+    """Match options as `assign` takes them: min_distance resolved (0 unless given)."""
+    return MatchOptions(**{"min_distance": 0, **kw})
 
 
 class Pool:
@@ -59,15 +64,15 @@ class Pool:
         return self.dist[np.arange(col.size), col]
 
 
-def run(rows, cols, pool: Pool, k: int, opts: RepeatOptions, **kw) -> Assignment:
+def run(rows, cols, pool: Pool, k: int, opts: MatchOptions) -> Assignment:
     ids, dist = pool.candidates(k)
-    return assign(rows, cols, ids, dist, pool.n_tiles, opts, pool.widen, **kw)
+    return assign(rows, cols, ids, dist, pool.n_tiles, opts, pool.widen)
 
 
-RANDOM_ORDER = {"order": "random", "refine_opts": RefineOptions(passes=0)}  # the reference's rule
+RANDOM_ORDER = {"order": "random", "refine_passes": 0}  # the reference's rule
 
 
-def check_valid(a: Assignment, rows, cols, pool: Pool, opts: RepeatOptions) -> None:
+def check_valid(a: Assignment, rows, cols, pool: Pool, opts: MatchOptions) -> None:
     t = a.tile_ids
     assert t.shape == (rows, cols) and t.dtype == np.int64
     assert a.cost.shape == (rows, cols) and a.cost.dtype == np.float32
@@ -92,7 +97,7 @@ def min_repeat_distance(t: np.ndarray) -> float:
     return cheb[same].min()
 
 
-def reference_greedy(rows, cols, pool: Pool, k: int, opts: RepeatOptions):
+def reference_greedy(rows, cols, pool: Pool, k: int, opts: MatchOptions):
     """Plain-Python statement of the greedy rule, for small grids; None when it gets stuck."""
     n = rows * cols
     grid = -np.ones((rows, cols), dtype=np.int64)
@@ -128,7 +133,7 @@ def reference_greedy(rows, cols, pool: Pool, k: int, opts: RepeatOptions):
         pending = stuck
 
 
-def greedy_guaranteed(rows, cols, n_tiles, opts: RepeatOptions) -> bool:
+def greedy_guaranteed(rows, cols, n_tiles, opts: MatchOptions) -> bool:
     """True when no placement order can get stuck: fewer tiles are ever blocked than exist."""
     side = 2 * opts.min_distance + 1
     neighbours = min(rows, side) * min(cols, side) - 1
@@ -136,9 +141,9 @@ def greedy_guaranteed(rows, cols, n_tiles, opts: RepeatOptions) -> bool:
     return n_tiles > neighbours + exhausted
 
 
-def options_rejected(rows, cols, n_tiles, opts: RepeatOptions) -> bool:
+def options_rejected(rows, cols, n_tiles, opts: MatchOptions) -> bool:
     try:
-        opts.validate(rows * cols, n_tiles, rows=rows, cols=cols)
+        opts.check_pool(rows, cols, n_tiles)
     except MosaicError:
         return True
     return False
@@ -163,18 +168,18 @@ greedy_case = st.fixed_dictionaries({
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(greedy_case)
 def test_random_order_greedy_properties(case):
-    """The random-order greedy pass (order="random", no refinement) is exactly the reference."""
+    """The random-order greedy pass without refinement is exactly the reference rule."""
     rows, cols = case["rows"], case["cols"]
     pool = Pool(rows * cols, case["n_tiles"], case["seed"], spread=case["spread"])
-    opts = RepeatOptions(min_distance=case["min_distance"], max_uses=case["max_uses"],
-                         usage_penalty=case["usage_penalty"], seed=case["seed"] % 1000)
+    opts = Repeat(min_distance=case["min_distance"], max_uses=case["max_uses"],
+                  usage_penalty=case["usage_penalty"], seed=case["seed"] % 1000, **RANDOM_ORDER)
     if options_rejected(rows, cols, pool.n_tiles, opts):
         event("rejected by validate")
         with pytest.raises(MatchError):
-            run(rows, cols, pool, case["k"], opts, **RANDOM_ORDER)
+            run(rows, cols, pool, case["k"], opts)
         return
     try:
-        a = run(rows, cols, pool, case["k"], opts, **RANDOM_ORDER)
+        a = run(rows, cols, pool, case["k"], opts)
     except MatchError as e:
         # Greedy placement may get stuck on tight pools, but never when it provably can't.
         event("greedy stuck")
@@ -190,7 +195,7 @@ def test_random_order_greedy_properties(case):
     assert a.widened_cells == outside.sum()  # a retried cell's first k stay infeasible
     assert (a.widened_cells > 0) == bool(pool.widen_calls)
 
-    again = run(rows, cols, pool, case["k"], opts, **RANDOM_ORDER)
+    again = run(rows, cols, pool, case["k"], opts)
     np.testing.assert_array_equal(again.tile_ids, a.tile_ids)
     np.testing.assert_array_equal(again.cost, a.cost)
     assert again.widened_cells == a.widened_cells
@@ -202,7 +207,7 @@ def test_random_order_greedy_properties(case):
 def test_unique_is_optimal(rows, cols, extra, seed):
     n = rows * cols
     pool = Pool(n, n + extra, seed)
-    opts = RepeatOptions(unique=True, max_uses=1)
+    opts = Repeat(unique=True, max_uses=1)
     a = run(rows, cols, pool, pool.n_tiles, opts)
     check_valid(a, rows, cols, pool, opts)
     r, c = linear_sum_assignment(pool.dist.astype(np.float64))
@@ -217,7 +222,7 @@ def test_unique_is_optimal(rows, cols, extra, seed):
 def test_unique_widens_until_matchable(rows, cols, extra, k, spread, seed):
     n = rows * cols
     pool = Pool(n, n + extra, seed, spread=spread)
-    opts = RepeatOptions(unique=True)
+    opts = Repeat(unique=True)
     a = run(rows, cols, pool, k, opts)
     check_valid(a, rows, cols, pool, opts)
     first_k = pool.candidates(k)[0]
@@ -236,7 +241,7 @@ def test_unique_counts_zero_distances_and_ignores_duplicate_candidates():
     # make swapping the two cells look cheaper than the true optimum 0 + 0.2.
     ids = np.array([[4, 4, 9], [4, 9, -1]], dtype=np.int64)
     dist = np.array([[0.0, 0.0, 0.5], [0.1, 0.2, np.inf]], dtype=np.float32)
-    a = assign(1, 2, ids, dist, 2, RepeatOptions(unique=True), lambda c, k: None)
+    a = assign(1, 2, ids, dist, 2, Repeat(unique=True), lambda c, k: None)
     assert a.tile_ids.tolist() == [[4, 9]]
     assert a.cost.ravel().tolist() == pytest.approx([0.0, 0.2])
 
@@ -244,7 +249,7 @@ def test_unique_counts_zero_distances_and_ignores_duplicate_candidates():
 def test_no_constraints_takes_nearest_tile():
     pool = Pool(100, 40, seed=3)
     ids, dist = pool.candidates(5)
-    a = assign(10, 10, ids, dist, pool.n_tiles, RepeatOptions(), pool.widen)
+    a = assign(10, 10, ids, dist, pool.n_tiles, Repeat(), pool.widen)
     np.testing.assert_array_equal(a.tile_ids.ravel(), ids[:, 0])
     np.testing.assert_array_equal(a.cost.ravel(), dist[:, 0])
     assert a.widened_cells == 0 and not pool.widen_calls
@@ -252,7 +257,7 @@ def test_no_constraints_takes_nearest_tile():
 
 def test_identical_cells_force_widening():
     pool = Pool(36, 30, seed=4, spread=0.0)  # every cell has the same nearest tile
-    opts = RepeatOptions(min_distance=1)
+    opts = Repeat(min_distance=1)
     a = run(6, 6, pool, 1, opts)
     check_valid(a, 6, 6, pool, opts)
     assert a.widened_cells > 0
@@ -264,7 +269,7 @@ def test_widening_handles_padded_candidates_and_gapped_ids():
     ids, dist = pool.candidates(3)
     ids[::2] = -1  # half the cells arrive with no candidate at all
     dist[::2] = np.inf
-    opts = RepeatOptions(max_uses=1)
+    opts = Repeat(max_uses=1)
     a = assign(4, 4, ids, dist, pool.n_tiles, opts, pool.widen)
     check_valid(a, 4, 4, pool, opts)
     assert a.widened_cells >= 8
@@ -274,67 +279,79 @@ def test_widening_handles_padded_candidates_and_gapped_ids():
 def test_ties_go_to_lower_id():
     ids = np.array([[7, 3, 5]] * 4, dtype=np.int64)
     dist = np.zeros((4, 3), dtype=np.float32)
-    a = assign(2, 2, ids, dist, 8, RepeatOptions(), lambda c, k: None)
+    a = assign(2, 2, ids, dist, 8, Repeat(), lambda c, k: None)
     assert (a.tile_ids == 3).all()
 
 
 def test_usage_penalty_spreads_tiles():
     pool = Pool(400, 60, seed=6, spread=0.1)  # crowded cells all prefer a handful of tiles
-    plain = run(20, 20, pool, 16, RepeatOptions())
-    spread = run(20, 20, pool, 16, RepeatOptions(usage_penalty=0.05))
-    check_valid(spread, 20, 20, pool, RepeatOptions())
+    plain = run(20, 20, pool, 16, Repeat())
+    spread = run(20, 20, pool, 16, Repeat(usage_penalty=0.05))
+    check_valid(spread, 20, 20, pool, Repeat())
     assert np.bincount(spread.tile_ids.ravel()).max() < np.bincount(plain.tile_ids.ravel()).max()
     assert np.unique(spread.tile_ids).size > np.unique(plain.tile_ids).size
 
 
 def test_seed_changes_visit_order():
     pool = Pool(144, 40, seed=7, spread=0.1)
-    a = run(12, 12, pool, 8, RepeatOptions(min_distance=2, seed=1))
-    b = run(12, 12, pool, 8, RepeatOptions(min_distance=2, seed=2))
+    a = run(12, 12, pool, 8, Repeat(min_distance=2, seed=1))
+    b = run(12, 12, pool, 8, Repeat(min_distance=2, seed=2))
     assert not np.array_equal(a.tile_ids, b.tile_ids)
 
 
 def test_minimum_pool_for_min_distance_is_enough_in_principle():
     # (R+1)^2 tiles tile the plane periodically, so validation must not reject them.
-    RepeatOptions(min_distance=3).validate(256 * 256, 16, rows=256, cols=256)
-    RepeatOptions(min_distance=2).validate(4, 3, rows=1, cols=4)
+    Repeat(min_distance=3).check_pool(256, 256, 16)
+    Repeat(min_distance=2).check_pool(1, 4, 3)
 
 
-@pytest.mark.parametrize("opts, n_cells, n_tiles, shape, error, words", [
-    (RepeatOptions(min_distance=-1), 4, 10, None, UsageError, "--min-distance"),
-    (RepeatOptions(max_uses=-2), 4, 10, None, UsageError, "--max-uses"),
-    (RepeatOptions(usage_penalty=-0.5), 4, 10, None, UsageError, "--usage-penalty"),
-    (RepeatOptions(usage_penalty=float("nan")), 4, 10, None, UsageError, "--usage-penalty"),
-    (RepeatOptions(unique=True, max_uses=2), 4, 10, None, UsageError, "drop --max-uses"),
-    (RepeatOptions(unique=True, min_distance=1), 4, 10, None, UsageError, "drop --min-distance"),
-    (RepeatOptions(unique=True, usage_penalty=1.0), 4, 10, None, UsageError, "drop --usage-penalty"),
-    (RepeatOptions(unique=True), 12, 10, None, MatchError, "--unique needs at least 12 tiles, the database has 10"),
-    (RepeatOptions(max_uses=2), 10, 3, None, MatchError, "--max-uses 4"),
-    (RepeatOptions(min_distance=1), 9, 3, (3, 3), MatchError, "--min-distance"),
-    (RepeatOptions(min_distance=3), 64, 15, (8, 8), MatchError, "at least 16"),
-    (RepeatOptions(min_distance=3), 64, 3, None, MatchError, "at least 4"),
+@pytest.mark.parametrize("kw, words", [
+    (dict(min_distance=-1), "--min-distance"),
+    (dict(max_uses=-2), "--max-uses"),
+    (dict(usage_penalty=-0.5), "--usage-penalty"),
+    (dict(usage_penalty=float("nan")), "--usage-penalty"),
+    (dict(usage_penalty=float("inf")), "--usage-penalty"),
+    (dict(unique=True, max_uses=2), "drop --max-uses"),
+    (dict(unique=True, min_distance=1), "drop --min-distance"),
+    (dict(unique=True, usage_penalty=1.0), "drop --usage-penalty"),
+    (dict(k=0), "--candidates"),
+    (dict(seed=-1), "--seed"),
+    (dict(grid="12y"), "--grid"),
+    (dict(device="tpu"), "--device"),
 ])
-def test_validate_rejects(opts, n_cells, n_tiles, shape, error, words):
-    rows, cols = shape or (None, None)
-    with pytest.raises(error, match=words.replace("-", r"\-")):
-        opts.validate(n_cells, n_tiles, rows=rows, cols=cols)
+def test_bad_options_are_refused_when_made(kw, words):
+    with pytest.raises(UsageError, match=words.replace("-", r"\-")):
+        MatchOptions(**kw)
+
+
+@pytest.mark.parametrize("opts, n_cells, n_tiles, shape, words", [
+    (Repeat(unique=True), 12, 10, None, "--unique needs at least 12 tiles, the database has 10"),
+    (Repeat(max_uses=2), 10, 3, None, "--max-uses 4"),
+    (Repeat(min_distance=1), 9, 3, (3, 3), "--min-distance"),
+    (Repeat(min_distance=3), 64, 15, (8, 8), "at least 16"),
+    (Repeat(min_distance=3), 64, 3, None, "at least 4"),
+])
+def test_pool_check_rejects(opts, n_cells, n_tiles, shape, words):
+    rows, cols = shape or (1, n_cells)
+    with pytest.raises(MatchError, match=words.replace("-", r"\-")):
+        opts.check_pool(rows, cols, n_tiles)
 
 
 def test_assign_validates_first():
     pool = Pool(9, 8, seed=8)
     with pytest.raises(MatchError, match="--min-distance"):
-        run(3, 3, pool, 4, RepeatOptions(min_distance=2))
+        run(3, 3, pool, 4, Repeat(min_distance=2))
     assert not pool.widen_calls
     with pytest.raises(UsageError, match="--max-uses"):
-        run(3, 3, pool, 4, RepeatOptions(unique=True, max_uses=3))
+        run(3, 3, pool, 4, Repeat(unique=True, max_uses=3))
 
 
 def test_stuck_greedy_names_option_to_relax():
     # Passes validation (9 tiles fill a 3x3 block, 18 uses cover 16 cells) yet has no
     # solution, found by exhaustive search: a 4x4 grid with R=2 needs some tile 3 times.
     pool = Pool(16, 9, seed=9)
-    opts = RepeatOptions(min_distance=2, max_uses=2)
-    opts.validate(16, 9, rows=4, cols=4)
+    opts = Repeat(min_distance=2, max_uses=2)
+    opts.check_pool(4, 4, 9)
     with pytest.raises(MatchError, match="lower --min-distance .* or raise --max-uses"):
         run(4, 4, pool, 2, opts)
     assert pool.widen_calls[-1][1] == 9  # gave up only after considering every tile
@@ -355,7 +372,7 @@ def test_large_grid_runs():
         return (np.tile(np.arange(kk, dtype=np.int64), (cells.size, 1)),
                 np.tile(np.sort(tiles)[:kk], (cells.size, 1)))
 
-    opts = RepeatOptions(min_distance=3, max_uses=20, usage_penalty=0.01, seed=5)
+    opts = Repeat(min_distance=3, max_uses=20, usage_penalty=0.01, seed=5)
     a = assign(rows, cols, ids, dist, n_tiles, opts, widen)
     assert (a.tile_ids >= 0).all()
     assert np.bincount(a.tile_ids.ravel()).max() <= 20

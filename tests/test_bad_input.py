@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import invoke_cli
 from PIL import Image
 
-from cli.main import cli
 from conftest import encode, synthetic_image
 from mosaicdb import TileDB
 from mosaicdb.errors import DatabaseLocked, ImageError, UsageError
@@ -28,10 +27,8 @@ from mosaicdb.store.decode import DecodeOptions, open_image
 from mosaicdb.store.lock import WriteLock
 
 
-def run(*args):
-    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert "Traceback" not in res.output, res.output
-    return res
+def run(*args, code: int | None = None):
+    return invoke_cli(*args, code=code)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -271,7 +268,7 @@ def test_missing_database(tmp_path, command):
 def test_not_a_database(tmp_path):
     (tmp_path / "folder").mkdir()
     res = run("db", "stats", tmp_path / "folder")
-    assert res.exit_code != 0 and "is not a tile database" in res.output
+    assert res.exit_code == 1 and "is not a tile database" in res.output
     (tmp_path / "bad.db").mkdir()
     (tmp_path / "bad.db" / "catalog.sqlite").write_bytes(b"this is not sqlite" * 100)
     res = run("db", "stats", tmp_path / "bad.db")
@@ -283,15 +280,15 @@ def test_bad_options_are_one_line_errors(tmp_path):
                  ["db", "init", tmp_path / "b", "--thumb-sizes", "8,24"],
                  ["db", "init", tmp_path / "c", "--background", "1,2"]):
         res = run(*args)
-        assert res.exit_code != 0 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
+        assert res.exit_code == 2 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
     assert not any((tmp_path / n).exists() for n in "abc")
     TileDB.create(tmp_path / "db").close()
     res = run("db", "remove", tmp_path / "db", "not-a-hash")
-    assert res.exit_code != 0 and "neither a tile id nor a hash prefix" in res.output
+    assert res.exit_code == 2 and "neither a tile id nor a hash prefix" in res.output
     res = run("db", "remove", tmp_path / "db")
-    assert res.exit_code != 0 and "--source" in res.output
+    assert res.exit_code == 2 and "--source" in res.output
     res = run("db", "index", tmp_path / "db")
-    assert res.exit_code != 0 and "has no tiles" in res.output
+    assert res.exit_code == 1 and "has no tiles" in res.output
 
 
 # ---- the write lock ------------------------------------------------------------------------------

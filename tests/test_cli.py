@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import mosaicdb
+from clirun import invoke_cli
 from cli.main import cli
 from mosaicdb import TileDB
 
@@ -25,11 +25,7 @@ ALL = dict(commands(cli))
 
 
 def run(*args, ok: bool = True):
-    res = CliRunner().invoke(cli, [str(a) for a in args], prog_name="mosaic", catch_exceptions=False)
-    assert "Traceback" not in res.output, res.output
-    if ok:
-        assert res.exit_code == 0, res.output
-    return res
+    return invoke_cli(*args, code=0 if ok else None)
 
 
 def test_the_tree_is_walked():
@@ -43,9 +39,14 @@ def test_every_command_has_an_example(name):
     assert cmd.help and cmd.help.strip(), f"`{name}` has no help text"
     assert "Example:" in cmd.help, f"`{name}` help has no 'Example:' section"
     example = cmd.help.split("Example:", 1)[1].strip()
-    assert example.startswith("mosaic"), f"`{name}`: the example should be a command line, got {example[:40]!r}"
-    res = run(*name.split()[1:], "--help")
+    assert example.startswith("\b"), f"`{name}`: mark the example block with \\b so click keeps its lines"
+    lines = [ln.strip() for ln in example[1:].strip().splitlines()]
+    assert lines and all(ln.startswith("mosaic ") for ln in lines), f"`{name}`: examples are command lines: {lines}"
+    res = invoke_cli(*name.split()[1:], "--help", code=0, terminal_width=80)
     assert "Example:" in res.output and "Usage: mosaic" in res.output
+    shown = [ln.strip() for ln in res.output.splitlines()]
+    for ln in lines:  # each example whole on one line at 80 columns: copy-paste works
+        assert ln in shown, f"`{name}`: example {ln!r} was re-wrapped in --help"
     for p in cmd.params:
         if isinstance(p, click.Option) and not p.hidden and p.name not in ("help", "version"):
             assert p.help, f"`{name}` option {p.opts[0]} has no help"

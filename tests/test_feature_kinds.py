@@ -19,7 +19,8 @@ from mosaicdb.feature_kinds import KINDS, LabGrid, Pyramid
 from mosaicdb.features import cell_blocks, rgb_to_lab
 from mosaicdb.make import Maker
 from mosaicdb.match.grid import cell_data, make_grid
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
 
 PYRAMIDS = ["rgb-pyramid", "lab-pyramid"]
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import invoke_cli
 from PIL import Image
 
 pytest.importorskip("torch", reason="generation tests need torch: pip install torch==2.13.0 then 'mosaicdb[gen]'")
 pytest.importorskip("diffusers", reason="generation tests need diffusers: pip install 'mosaicdb[gen]'")
 pytest.importorskip("transformers", reason="generation tests need transformers: pip install 'mosaicdb[gen]'")
 
-from cli.main import cli  # noqa: E402
 from mosaicdb import TileDB  # noqa: E402
-from mosaicdb.errors import UsageError  # noqa: E402
+from mosaicdb.errors import DeviceError, UsageError  # noqa: E402
 from mosaicdb.generate import (FilterOptions, Palette, PipelineOptions, SceneOptions, TileRunOptions,  # noqa: E402
                                generate_scene, generate_tiles, regenerate, save_tiny_pipeline)
 from mosaicdb.generate.filters import tile_stats  # noqa: E402
@@ -191,7 +190,7 @@ def test_pipeline_options_fail_in_one_line(tiny, kw, match):
     import torch
     if torch.cuda.is_available() and kw.get("device") == "cuda":
         pytest.skip("a GPU is visible here")
-    with pytest.raises(UsageError, match=match) as e:
+    with pytest.raises(DeviceError if kw.get("device") == "cuda" else UsageError, match=match) as e:
         resolve_pipeline(PipelineOptions(str(tiny), **kw))
     assert "\n" not in str(e.value)
 
@@ -209,10 +208,7 @@ def test_size_and_colour_init_are_checked(tiny, tmp_path):
 
 # ---- the command line --------------------------------------------------------------------------
 def run(*args, code: int = 0):
-    res = CliRunner().invoke(cli, [str(a) for a in args], prog_name="mosaic", catch_exceptions=False)
-    assert "Traceback" not in res.output, res.output
-    assert res.exit_code == code, res.output
-    return res
+    return invoke_cli(*args, code=code)
 
 
 def test_cli_tiles_reproduce_scene(tiny, tmp_path):
@@ -236,12 +232,12 @@ def test_cli_tiles_reproduce_scene(tiny, tmp_path):
 
 
 def test_cli_missing_model_and_no_gpu_are_one_line_errors(tiny, tmp_path):
-    res = run("generate", "tiles", tmp_path / "x.db", "--style", "fish", "--model", tmp_path / "no-such-model", code=1)
+    res = run("generate", "tiles", tmp_path / "x.db", "--style", "fish", "--model", tmp_path / "no-such-model", code=2)
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0] and "--model" in lines[0] and "tiny-model" in lines[0]
     assert not (tmp_path / "x.db").exists()       # nothing is created for a run that cannot start
     res = run("generate", "scene", "a cat", "--model", "someone/not-a-real-model", "--offline",
-              "--out", tmp_path / "s.png", code=1)
+              "--out", tmp_path / "s.png", code=2)
     assert len(res.output.strip().splitlines()) == 1 and "not a local folder" in res.output
     import torch
     if not torch.cuda.is_available():
@@ -252,7 +248,7 @@ def test_cli_missing_model_and_no_gpu_are_one_line_errors(tiny, tmp_path):
 def test_cli_tiny_model(tmp_path):
     res = run("generate", "tiny-model", tmp_path / "m")
     assert (tmp_path / "m" / "model_index.json").is_file() and "--model" in res.stdout
-    res = run("generate", "tiny-model", tmp_path / "m", code=1)
+    res = run("generate", "tiny-model", tmp_path / "m", code=2)
     assert "not empty" in res.output
     run("generate", "tiny-model", tmp_path / "m", "--force")
 

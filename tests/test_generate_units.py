@@ -211,9 +211,9 @@ def test_palette_distance(max_de, expect):
 
 def test_filter_options_are_validated():
     with pytest.raises(UsageError, match="--min-std"):
-        FilterOptions(min_std=50, max_std=40).validate()
+        FilterOptions(min_std=50, max_std=40)
     with pytest.raises(UsageError, match="--max-delta-e"):
-        FilterOptions(max_delta_e=-1).validate()
+        FilterOptions(max_delta_e=-1)
 
 
 # ---- seeds, model location, install hints ------------------------------------------------------

@@ -13,7 +13,8 @@ from mosaicdb.feature_kinds import LabGrid
 from mosaicdb.features import cell_blocks, lab_features, samples_per_side
 from mosaicdb.make import Maker
 from mosaicdb.match.grid import MAX_CELLS, cell_data, load_target, make_grid, parse_grid
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
 
 S = samples_per_side(4)  # 16: samples per cell side for the default feature grid
 

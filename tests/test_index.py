@@ -10,7 +10,7 @@ import pytest
 
 from conftest import write_synthetic
 from mosaicdb import TileDB
-from mosaicdb.errors import EmptyDatabase, IndexStale, UsageError
+from mosaicdb.errors import DeviceError, EmptyDatabase, IndexStale, UsageError
 from mosaicdb.features import lab_features
 from mosaicdb.index import IndexOptions, VectorIndex, build_index
 from mosaicdb.index.faiss_index import default_nlist, resolve_device
@@ -275,23 +275,23 @@ def test_devices(synthetic_db):
     q = np.asarray(synthetic_db.features()[:3])
     _, got = synthetic_db.search(q, 1, device="auto")
     np.testing.assert_array_equal(got[:, 0], synthetic_db.ids()[:3])
-    with pytest.raises(UsageError, match="no GPU"):
+    with pytest.raises(DeviceError, match="no GPU"):
         synthetic_db.search(q, 1, device="cuda")
-    with pytest.raises(UsageError, match="no GPU"):
+    with pytest.raises(DeviceError, match="no GPU"):
         resolve_device("cuda")
 
 
-@pytest.mark.parametrize("opts, message", [
-    (IndexOptions(kind="hnsw"), "unknown index kind"),
-    (IndexOptions(device="tpu"), "unknown device"),
-    (IndexOptions(target_recall=0), "target-recall"),
-    (IndexOptions(nlist=-1), "nlist"),
+@pytest.mark.parametrize("kw, message", [
+    (dict(kind="hnsw"), "unknown index kind"),
+    (dict(device="tpu"), "unknown device"),
+    (dict(target_recall=0), "target-recall"),
+    (dict(target_recall=float("nan")), "target-recall"),
+    (dict(nlist=-1), "nlist"),
+    (dict(nprobe=1.5), "nprobe"),
 ])
-def test_index_options_validation(opts, message):
+def test_index_options_validation(kw, message):
     with pytest.raises(UsageError, match=message):
-        opts.validate()
-    with pytest.raises(UsageError, match=message):
-        build_index(np.zeros((10, 3), np.float32), np.arange(10), opts)
+        IndexOptions(**kw)
 
 
 def test_forced_kinds(tmp_path, synthetic_tiles, new_db):

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import check_process, invoke_cli
 
-from cli.main import cli
 from mosaicdb import TileDB
 from mosaicdb.store.lock import WriteLock
 
@@ -29,15 +28,13 @@ MOSAIC = [sys.executable, "-c", "from cli.main import main; main()"]
 def mosaic(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real console script in a process of its own."""
     res = subprocess.run(MOSAIC + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
-    assert "Traceback" not in res.stdout + res.stderr, res.stderr
+    check_process(res, args)
     return res
 
 
 def mosaic_here(*args):
     """The same CLI in this process (no interpreter start-up): for the read-only commands."""
-    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert "Traceback" not in res.output, res.output
-    return res
+    return invoke_cli(*args)
 
 
 def orphan_warnings_only(stderr: str) -> list[str]:

@@ -11,10 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from clirun import invoke_cli
 from PIL import Image
 
-from cli.main import cli
 from conftest import synthetic_image
 from mosaicdb import TileDB
 from mosaicdb import assignment as asg
@@ -22,7 +21,8 @@ from mosaicdb.evaluate import evaluate, repeat_stats
 from mosaicdb.index.faiss_index import VectorIndex
 from mosaicdb.make import Maker
 from mosaicdb.match.grid import load_target
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
 from mosaicdb.render.rows import render_array
 
 TILE_PX = 8
@@ -31,7 +31,7 @@ COLS, ROWS = 16, 12
 
 
 def mosaic(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return invoke_cli(*args)
 
 
 def ok(res):
@@ -117,8 +117,9 @@ def test_saved_assignment_holds_the_resolved_options(made):
     assert meta["format_version"] == asg.FORMAT_VERSION
     assert meta["grid"] == {"cols": COLS, "rows": ROWS, "crop": [0, 0, 120, 90], "spec": GRID}
     m = meta["match"]
-    assert (m["grid"], m["k"], m["seed"], m["min_distance"], m["unique"]) == (GRID, 32, 3, None, False)
-    assert m["resolved"] == {"min_distance": 2, "max_uses": 0, "usage_penalty": 0.0, "unique": False, "seed": 3}
+    assert m == {"grid": GRID, "k": 32, "seed": 3, "min_distance": 2, "max_uses": 0, "usage_penalty": 0.0,
+                 "order": "regret", "refine_passes": 4, "refine_seconds": 10.0,
+                 "unique": False, "device": "auto"}  # as applied: the default distance made concrete
     assert meta["render"]["tile_px"] == TILE_PX and meta["render"]["color"] == "none"
     assert meta["db"] == str(Path(db.path).resolve()) and meta["db_version"] == db.version
     t = meta["target"]
@@ -151,13 +152,14 @@ def test_tiny_pool_lowers_the_default_min_distance_and_says_so(new_db, synthetic
                         "--tile-px", 2, "--seed", seed, "-q"))
         assert "warning: the database has only 9 tiles: --min-distance lowered from 2 to 1" in res.stderr
         saved = asg.load(tmp_path / f"m{seed}.png")
-        assert saved.meta["match"]["min_distance"] is None
-        assert saved.meta["match"]["resolved"]["min_distance"] == 1
+        assert saved.meta.match["min_distance"] == 1
+        assert any("lowered from 2 to 1" in w for w in json.loads(asg.metrics_path(tmp_path / f"m{seed}.png")
+                                                                   .read_text())["warnings"])
         assert repeat_stats(saved.tile_ids)["min_repeat_distance"] >= 2
     # an explicit distance is kept as asked (and holds here)
     ok(mosaic("make", "--db", db.path, target, "--out", tmp_path / "e.png", "--grid", "12", "--tile-px", 2,
               "--min-distance", 0, "-q"))
-    assert asg.load(tmp_path / "e.png").meta["match"]["resolved"]["min_distance"] == 0
+    assert asg.load(tmp_path / "e.png").meta.match["min_distance"] == 0
 
 
 # ---- re-rendering ------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def test_render_reproduces_colour_transfer(made, tmp_path, color):
     ok(mosaic("make", "--db", made["db"].path, made["target"], "--out", out, "--grid", GRID,
               "--tile-px", TILE_PX, "--seed", 3, "--color", color, "--color-strength", 0.7, "-q"))
     saved = asg.load(out)
-    assert (saved.meta["render"]["color"], saved.meta["render"]["color_strength"]) == (color, 0.7)
+    assert (saved.meta.render["color"], saved.meta.render["color_strength"]) == (color, 0.7)
     ok(mosaic("render", tmp_path / "m.mosaic.json", "--out", tmp_path / "again.png", "-q"))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(out)))
     # --color none on re-render gives back the plain tiles: the make output without transfer
@@ -248,7 +250,7 @@ def repeat_target(tmp_path_factory):
 def make_ids(db, target, out, *opts) -> tuple[np.ndarray, dict]:
     ok(mosaic("make", "--db", db.path, target, "--out", out, "--grid", "20", "--tile-px", 2, "-q", *opts))
     saved = asg.load(out)
-    return saved.tile_ids, saved.meta["match"]["resolved"]
+    return saved.tile_ids, saved.meta.match
 
 
 def test_unconstrained_matching_repeats_a_lot(synthetic_db, repeat_target, tmp_path):
@@ -327,7 +329,7 @@ def test_widening_through_an_ivf_index(new_db, synthetic_tiles, repeat_target, t
     saved = asg.load(r.output)
     s = repeat_stats(saved.tile_ids)
     assert s["max_uses"] <= 2 and (s["min_repeat_distance"] or 9) > 1
-    assert saved.meta["widened_cells"] > 30
+    assert saved.meta.widened_cells > 30
     flat = Maker(with_flat_index(db), MatchOptions(grid="20", min_distance=1, max_uses=2),
                  RenderOptions(tile_px=2)).make(repeat_target, tmp_path / "flat.png")
     assert saved.cost.mean() <= 1.1 * asg.load(flat.output).cost.mean()
@@ -382,7 +384,7 @@ def test_several_targets_and_folders_load_the_database_once(synthetic_db, tmp_pa
                                 for ext in (".png", ".mosaic.json", ".mosaic.npz", ".metrics.json"))
     for stem, src, size in [("t1", a / "t1.png", (32, 24)), ("t3", a / "t3.jpg", (32, 24)),
                             ("t1-2", b / "t1.png", (24, 32))]:
-        assert asg.load(out / f"{stem}.png").meta["target"]["path"] == str(src.resolve())
+        assert asg.load(out / f"{stem}.png").meta.target.path == str(src.resolve())
         assert Image.open(out / f"{stem}.png").size == size
 
 
@@ -518,14 +520,14 @@ def test_kodak_against_cifar_beats_random_tiles(cifar_folder, shared_data, tmp_p
     assert m["repeats"]["min_repeat_distance"] > 2
 
     img = load_target(target).image
-    left, top, right, bottom = saved.meta["grid"]["crop"]
+    left, top, right, bottom = saved.meta.grid.crop
     with TileDB.open(dbp, readonly=True) as db:
         assert len(db) == 2000
         rng = np.random.default_rng(0)
         random_ids = rng.choice(db.ids(), size=saved.tile_ids.shape)
         rand = asg.SavedAssignment(saved.meta, random_ids, saved.cost, saved.target_mean, saved.target_std)
-        ours = evaluate(img[top:bottom, left:right], render_array(db, saved, 16), saved.rows, saved.cols)
-        base = evaluate(img[top:bottom, left:right], render_array(db, rand, 16), rand.rows, rand.cols)
+        ours = evaluate(img[top:bottom, left:right], render_array(db, saved, RenderOptions(tile_px=16)), saved.rows, saved.cols)
+        base = evaluate(img[top:bottom, left:right], render_array(db, rand, RenderOptions(tile_px=16)), rand.rows, rand.cols)
     assert ours["psnr64"] == pytest.approx(m["psnr64"], abs=1e-9)
     assert ours["psnr64"] > base["psnr64"] + 5.0, (ours["psnr64"], base["psnr64"])
     assert ours["psnr_cell"] > base["psnr_cell"] + 5.0

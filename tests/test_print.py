@@ -15,18 +15,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clirun import invoke_cli
 from PIL import Image, ImageCms
 
-from cli.main import cli
 from mosaicdb import assignment as asg
 from mosaicdb.errors import RenderError, UsageError
 from mosaicdb.printing import PrintOptions, plan_print, write_print
 from mosaicdb.printing import tiffstrips
 from mosaicdb.printing.geometry import PANEL_MAX_BYTES, PANEL_MAX_SIDE, Geometry, cuts, make_geometry, plan_panels
 from mosaicdb.printing.icc import srgb_bytes
+from mosaicdb.render.options import RenderOptions
 from mosaicdb.render.rows import render_array
 from test_pyramid import random_assignment
+
+RENDER_FIELDS = ("color", "color_strength", "quality", "workers", "cache_bytes")
+
+
+def P(**kw) -> PrintOptions:
+    """PrintOptions with the render fields (colour, threads, cache) given alongside."""
+    render = {k: kw.pop(k) for k in RENDER_FIELDS if k in kw}
+    return PrintOptions(**kw, render=RenderOptions(**render))
 
 COMPRESSION_CODE = {"none": 1, "lzw": 5, "deflate": 8}
 
@@ -35,7 +43,7 @@ def reference_canvas(db, saved, g: Geometry, color: str = "none", strength: floa
     """The whole print in memory: the mosaic rendered at the print's cell size, its cells
     reflected across each edge for the bleed, cropped to the bleed box."""
     t = g.cell_px
-    full = render_array(db, saved, t, color, strength)
+    full = render_array(db, saved, RenderOptions(tile_px=t, color=color, color_strength=strength))
     cells = full.reshape(g.rows, t, g.cols, t, 3).swapaxes(1, 2)
     ext = cells[g.row_map()][:, g.col_map()]
     img = ext.swapaxes(1, 2).reshape(ext.shape[0] * t, ext.shape[1] * t, 3)
@@ -77,7 +85,7 @@ def saved12(synthetic_db):
 @pytest.mark.parametrize("compression,color,size", [("lzw", "none", "20cm"), ("deflate", "meanstd", "20cm"),
                                                     ("none", "mean", "9cm")])
 def test_flat_tiff_reads_back_exactly(synthetic_db, saved12, tmp_path, compression, color, size):
-    opts = PrintOptions(size=size, dpi=120, compression=compression, color=color, workers=2, buffer_bytes=1 << 20)
+    opts = P(size=size, dpi=120, compression=compression, color=color, workers=2, buffer_bytes=1 << 20)
     m = write_print(synthetic_db, saved12, opts, tmp_path / "p.tif")
     g, _ = make_geometry(14, 10, (float(size[:-2]) / 2.54, None), 120, 0)
     assert (m["cell_px"], m["size_px"]) == (g.cell_px, [g.width, g.height])
@@ -96,7 +104,7 @@ def test_flat_tiff_reads_back_exactly(synthetic_db, saved12, tmp_path, compressi
 
 def test_bleed_is_reflected_mosaic_content(synthetic_db, saved12, tmp_path):
     # 20 cm over 14 cells at 100 dpi: 56 px cells (99.6 dpi); 2 cm bleed = 78 px: more than a cell
-    opts = PrintOptions(size="20cm", dpi=100, bleed="2cm", color="mean", workers=2)
+    opts = P(size="20cm", dpi=100, bleed="2cm", color="mean", workers=2)
     m = write_print(synthetic_db, saved12, opts, tmp_path / "b.tif")
     g, _ = make_geometry(14, 10, (20 / 2.54, None), 100, 2 / 2.54)
     t, b = g.cell_px, g.bleed_px
@@ -105,7 +113,7 @@ def test_bleed_is_reflected_mosaic_content(synthetic_db, saved12, tmp_path):
     assert got.shape == (10 * t + 2 * b, 14 * t + 2 * b, 3)
     assert m["trim_box_px"] == [b, b, b + 14 * t, b + 10 * t] and m["bleed_box_px"] == [0, 0, got.shape[1], got.shape[0]]
     assert m["bleed"]["px"] == b and abs(m["bleed"]["mm"] - 20) < 0.2
-    full = render_array(synthetic_db, saved12, t, "mean", 0.5)
+    full = render_array(synthetic_db, saved12, RenderOptions(tile_px=t, color="mean"))
     np.testing.assert_array_equal(got[b:-b, b:-b], full)  # the trim box is the mosaic itself
     # explicit reflection, independent of the implementation's index maps: the cell left of
     # column 0 is column 1, the one before it column 2 (drawn upright, full size, same colour)
@@ -124,10 +132,10 @@ def test_bleed_is_reflected_mosaic_content(synthetic_db, saved12, tmp_path):
 def test_panels_tile_the_print_exactly(synthetic_db, saved12, tmp_path, how):
     base = dict(size="24cm", dpi=80, bleed="5mm", workers=2)
     (tmp_path / "whole").mkdir()
-    whole = write_print(synthetic_db, saved12, PrintOptions(**base), tmp_path / "whole" / "w.tif")
+    whole = write_print(synthetic_db, saved12, P(**base), tmp_path / "whole" / "w.tif")
     W, H = whole["size_px"]
     ref = tifffile.imread(tmp_path / "whole" / "w.tif")
-    m = write_print(synthetic_db, saved12, PrintOptions(**base, **how, proof=True), tmp_path / "out", "mos")
+    m = write_print(synthetic_db, saved12, P(**base, **how, proof=True), tmp_path / "out", "mos")
     folder = tmp_path / "out"
     names = [p["name"] for p in m["panels"]]
     assert sorted(names) == sorted(p.name for p in folder.glob("mos_r*_c*.tif"))
@@ -194,7 +202,7 @@ def test_panel_geometry_at_full_scale():
 
 def test_bigtiff_beyond_the_classic_limit(synthetic_db, saved12, tmp_path, monkeypatch):
     monkeypatch.setattr(tiffstrips, "CLASSIC_MAX", 50_000)
-    m = write_print(synthetic_db, saved12, PrintOptions(size="12cm", dpi=100, workers=1), tmp_path / "big.tif")
+    m = write_print(synthetic_db, saved12, P(size="12cm", dpi=100, workers=1), tmp_path / "big.tif")
     arr, page, big, n = read_tiff(tmp_path / "big.tif")
     assert big and n == 1 and not page.is_tiled and m["panels"][0]["bigtiff"]
     assert any("BigTIFF" in w and "print shop" in w for w in m["warnings"])
@@ -204,12 +212,12 @@ def test_bigtiff_beyond_the_classic_limit(synthetic_db, saved12, tmp_path, monke
 
 def test_upsampling_is_reported(synthetic_db, saved12, tmp_path):
     # synthetic originals are 8-160 px: 14 cells over 1 m at 100 dpi need 281 px each
-    big = plan_print(synthetic_db, saved12, PrintOptions(size="1m", dpi=100), tmp_path / "x.tif", sample=False)
+    big = plan_print(synthetic_db, saved12, P(size="1m", dpi=100), tmp_path / "x.tif", sample=False)
     t = big.tiles
     assert t["cell_px"] == 281 and t["upsampled_tiles"] == t["distinct_tiles"] and t["max_upsampling"] > 10
     w = [w for w in big.warnings if "upsampled" in w]
     assert w and "281 px" in w[0] and "x" in w[0]
-    small = plan_print(synthetic_db, saved12, PrintOptions(size="3cm", dpi=100), tmp_path / "x.tif", sample=False)
+    small = plan_print(synthetic_db, saved12, P(size="3cm", dpi=100), tmp_path / "x.tif", sample=False)
     assert small.tiles["cell_px"] == 8 and small.tiles["upsampled_tiles"] == 0
     assert not any("upsampled" in w for w in small.warnings)
     assert list(tmp_path.iterdir()) == []
@@ -247,7 +255,7 @@ def test_icc_profile_is_embedded_and_pixels_converted(synthetic_db, saved12, tmp
     lin.write_bytes(rgb_profile(1.0, "linear test RGB"))
     out = tmp_path / "o"
     out.mkdir()
-    m = write_print(synthetic_db, saved12, PrintOptions(size="10cm", dpi=100, icc=str(lin), workers=2), out / "l.tif")
+    m = write_print(synthetic_db, saved12, P(size="10cm", dpi=100, icc=str(lin), workers=2), out / "l.tif")
     g, _ = make_geometry(14, 10, (10 / 2.54, None), 100, 0)
     got = check_print_file(out / "l.tif", g, "lzw", icc=lin.read_bytes())
     assert m["profile"]["name"] == "linear test RGB" and m["profile"]["source"] == str(lin)
@@ -259,7 +267,7 @@ def test_icc_profile_is_embedded_and_pixels_converted(synthetic_db, saved12, tmp
     assert got.mean() < ref.mean() - 20  # linear values of sRGB midtones are darker
     same = tmp_path / "srgb.icc"
     same.write_bytes(srgb_bytes())
-    write_print(synthetic_db, saved12, PrintOptions(size="10cm", dpi=100, icc=str(same)), out / "s.tif")
+    write_print(synthetic_db, saved12, P(size="10cm", dpi=100, icc=str(same)), out / "s.tif")
     np.testing.assert_array_equal(check_print_file(out / "s.tif", g, "lzw"), ref)
 
 
@@ -293,15 +301,15 @@ def test_bad_input_is_one_line_before_any_work(saved_file, tmp_path):
         (["--size", "20cm", "--compression", "jpeg"], "jpeg"),
     ]
     for args, msg in cases:
-        r = CliRunner().invoke(cli, ["print", saved_file, "--out", str(out), "-q", *args])
+        r = invoke_cli(*["print", saved_file, "--out", str(out), "-q", *args])
         assert r.exit_code != 0, (args, r.output)
         assert msg in r.output, (args, r.output)
         lines = r.output.strip().splitlines()
         assert "Traceback" not in r.output and sum(ln.startswith("Error:") for ln in lines) == 1, r.output
         assert lines[-1].startswith("Error:"), r.output  # click's usage errors add a Usage line above
-    r = CliRunner().invoke(cli, ["print", saved_file, "--size", "10cm", "--out", str(tmp_path / "x.jpg")])
+    r = invoke_cli(*["print", saved_file, "--size", "10cm", "--out", str(tmp_path / "x.jpg")])
     assert r.exit_code != 0 and ".tif/.tiff file or a folder" in r.output
-    r = CliRunner().invoke(cli, ["print", saved_file, "--size", "10cm", "--out", str(tmp_path / "no" / "x.tif")])
+    r = invoke_cli(*["print", saved_file, "--size", "10cm", "--out", str(tmp_path / "no" / "x.tif")])
     assert r.exit_code != 0 and "does not exist" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -313,13 +321,13 @@ def test_geometry_beyond_tiff_limits():
 
 def test_not_enough_disk_and_failures_leave_nothing(synthetic_db, saved12, tmp_path, monkeypatch):
     import shutil as sh
-    from mosaicdb.printing import plan as plan_mod
+    from mosaicdb import io
     from mosaicdb.printing.canvas import PrintCanvas
     real = sh.disk_usage
-    monkeypatch.setattr(plan_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(RenderError, match="free"):
-        write_print(synthetic_db, saved12, PrintOptions(size="10cm", dpi=100), tmp_path / "d")
-    monkeypatch.setattr(plan_mod.shutil, "disk_usage", real)
+        write_print(synthetic_db, saved12, P(size="10cm", dpi=100), tmp_path / "d")
+    monkeypatch.setattr(io.shutil, "disk_usage", real)
     calls = []
     orig = PrintCanvas.band
 
@@ -330,7 +338,7 @@ def test_not_enough_disk_and_failures_leave_nothing(synthetic_db, saved12, tmp_p
         return orig(self, *a)
 
     monkeypatch.setattr(PrintCanvas, "band", failing)
-    opts = PrintOptions(size="20cm", dpi=100, panels="2x1", overlap="1cm", buffer_bytes=200_000, workers=1)
+    opts = P(size="20cm", dpi=100, panels="2x1", overlap="1cm", buffer_bytes=200_000, workers=1)
     with pytest.raises(KeyboardInterrupt):
         write_print(synthetic_db, saved12, opts, tmp_path / "k")
     assert len(calls) > 3 and list(tmp_path.iterdir()) == []
@@ -339,11 +347,11 @@ def test_not_enough_disk_and_failures_leave_nothing(synthetic_db, saved12, tmp_p
 # ---- CLI and plan ------------------------------------------------------------------------------
 def test_cli_print_and_plan_agree(saved_file, tmp_path):
     args = ["--size", "30x20cm", "--dpi", "90", "--panel-width", "12cm", "--overlap", "1cm", "--bleed", "3mm"]
-    r = CliRunner().invoke(cli, ["plan", saved_file, "--print", *args, "--out", str(tmp_path / "pp"), "--json"])
+    r = invoke_cli(*["plan", saved_file, "--print", *args, "--out", str(tmp_path / "pp"), "--json"])
     assert r.exit_code == 0, r.output
     plan = json.loads(r.output)
     assert not (tmp_path / "pp").exists()
-    r = CliRunner().invoke(cli, ["print", saved_file, *args, "--out", str(tmp_path / "pp"), "-q"])
+    r = invoke_cli(*["print", saved_file, *args, "--out", str(tmp_path / "pp"), "-q"])
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "pp" / "m.panels.json").read_text())
     assert [f["name"] for f in plan["files"]] == [p["name"] for p in man["panels"]]
@@ -352,7 +360,7 @@ def test_cli_print_and_plan_agree(saved_file, tmp_path):
     assert 0.5 < plan["est_total_bytes"] / man["bytes"] < 2.0
     assert plan["tiles"]["median_ppi"] > 0 and plan["geometry"]["dpi"] == pytest.approx(man["dpi"])
     assert r.output.strip().splitlines()[-1].endswith("m.panels.json")
-    r = CliRunner().invoke(cli, ["plan", saved_file, *args, "--out", str(tmp_path / "pp")])
+    r = invoke_cli(*["plan", saved_file, *args, "--out", str(tmp_path / "pp")])
     assert r.exit_code == 0 and "m_r01_c01.tif" in r.output and "ppi" in r.output
 
 
@@ -363,6 +371,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from mosaicdb import TileDB
     from mosaicdb.assignment import SavedAssignment
     from mosaicdb.printing import PrintOptions, write_print
+    from mosaicdb.render.options import RenderOptions
     n, out = int(sys.argv[1]), sys.argv[2]
     with TileDB.open({db!r}, readonly=True) as db:
         rng = np.random.default_rng(1)
@@ -370,8 +379,8 @@ MEMORY_SCRIPT = textwrap.dedent("""
         meta = {{"db": str(db.path), "grid": {{"cols": n, "rows": n, "crop": [0, 0, n, n]}}, "render": {{}}}}
         saved = SavedAssignment(meta, ids, np.zeros((n, n), np.float32), np.zeros((n, n, 3), np.float32),
                                 np.zeros((n, n, 3), np.float32))
-        opts = PrintOptions(size=f"{{n * 48 / 100}}in", dpi=100, compression="none", workers=2,
-                            buffer_bytes=8 << 20, cache_bytes=16 << 20)
+        opts = PrintOptions(size=f"{{n * 48 / 100}}in", dpi=100, compression="none", buffer_bytes=8 << 20,
+                            render=RenderOptions(workers=2, cache_bytes=16 << 20))
         m = write_print(db, saved, opts, out)
     try:  # VmHWM: Linux carries ru_maxrss over from the (large) parent across fork+exec
         peak = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM"))

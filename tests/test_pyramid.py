@@ -2,26 +2,24 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from clirun import invoke_cli
 
-from cli.main import cli
 from mosaicdb import assignment as asg
 from mosaicdb.errors import RenderError, UsageError
 from mosaicdb.make import render_saved
-from mosaicdb.options import RenderOptions, resolve_print_size
-from mosaicdb.render.pyramid import TILE, PyramidRenderer, plan_levels
+from mosaicdb.render.layout import TILE
+from mosaicdb.render.options import RenderOptions
+from mosaicdb.render.pyramid import plan_levels
 from mosaicdb.render.rows import render_array
 
 
@@ -42,8 +40,8 @@ def reference_level(db, saved, levels, small_px, lv, color="none"):
     """An independent whole-level render in memory: direct levels at their cell size, small
     levels area-resampled from a render at small_px per cell."""
     if lv.cell_px is not None:
-        return render_array(db, saved, lv.cell_px, color, 0.5)
-    small = render_array(db, saved, small_px, color, 0.5)
+        return render_array(db, saved, RenderOptions(tile_px=lv.cell_px, color=color))
+    small = render_array(db, saved, RenderOptions(tile_px=small_px, color=color))
     if small.shape[:2] == (lv.height, lv.width):
         return small
     return cv2.resize(small, (lv.width, lv.height), interpolation=cv2.INTER_AREA)
@@ -68,8 +66,10 @@ def psnr(a, b) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
-@pytest.mark.parametrize("size,codec,color", [(4096, "deflate", "none"), (4096, "jpeg", "mean"),
-                                               (8192, "zstd", "meanstd"), (8192, "jpeg", "none")])
+@pytest.mark.parametrize("size,codec,color", [
+    (4096, "deflate", "none"), (4096, "jpeg", "mean"),
+    pytest.param(8192, "zstd", "meanstd", marks=pytest.mark.slow),
+    pytest.param(8192, "jpeg", "none", marks=pytest.mark.slow)])
 def test_every_level_equals_in_memory_render(synthetic_db, tmp_path, size, codec, color):
     cols = rows = size // TILE
     saved = random_assignment(synthetic_db, cols, rows, seed=size)
@@ -107,7 +107,7 @@ def test_openslide_reads_all_levels(synthetic_db, tmp_path):
         assert s.level_count == len(levels)
         assert list(s.level_dimensions) == [(lv.width, lv.height) for lv in levels]
         region = np.asarray(s.read_region((0, 0), 0, (512, 512)).convert("RGB"))
-        ref = render_array(synthetic_db, saved, TILE)[:512, :512]
+        ref = render_array(synthetic_db, saved, RenderOptions(tile_px=TILE))[:512, :512]
         assert psnr(region, ref) > 30
     finally:
         s.close()
@@ -124,7 +124,7 @@ def test_ome_writes_subifds(synthetic_db, tmp_path):
         series = tf.series[0]
         assert len(series.levels) == len(levels)
         assert [lvl.shape[:2] for lvl in series.levels] == [(lv.height, lv.width) for lv in levels]
-        np.testing.assert_array_equal(series.levels[1].asarray(), render_array(synthetic_db, saved, TILE // 2))
+        np.testing.assert_array_equal(series.levels[1].asarray(), render_array(synthetic_db, saved, RenderOptions(tile_px=TILE // 2)))
 
 
 def test_tile_decoded_once_and_bytes_reused(synthetic_db, tmp_path):
@@ -179,7 +179,10 @@ def test_dzi_is_valid_and_complete(synthetic_db, tmp_path):
         x, y = (int(v) for v in p.stem.split("_"))
         a = np.asarray(Image.open(p).convert("RGB"))
         full[y * 256:y * 256 + a.shape[0], x * 256:x * 256 + a.shape[1]] = a
-    np.testing.assert_array_equal(full, render_array(synthetic_db, saved, 64))
+    np.testing.assert_array_equal(full, render_array(synthetic_db, saved, RenderOptions(tile_px=64)))
+
+
+RENDER_RSS_BUDGET_MB = 600
 
 
 def _peak_rss_of_render(db_path, assignment, out) -> float:
@@ -187,7 +190,7 @@ def _peak_rss_of_render(db_path, assignment, out) -> float:
         "import sys\n"
         "from mosaicdb import TileDB, assignment as asg\n"
         "from mosaicdb.make import render_saved\n"
-        "from mosaicdb.options import RenderOptions\n"
+        "from mosaicdb.render.options import RenderOptions\n"
         "saved = asg.load(sys.argv[2])\n"
         "with TileDB.open(sys.argv[1], readonly=True) as db:\n"
         "    render_saved(db, saved, sys.argv[3], RenderOptions(tile_px=256, color='mean', workers=2))\n"
@@ -210,9 +213,10 @@ def test_peak_memory_flat_from_8192_to_16384(synthetic_db, tmp_path):
         rss[size] = _peak_rss_of_render(synthetic_db.path, asg.sidecar_paths(p)[0], p)
         assert p.stat().st_size > 0
         p.unlink()
-    assert rss[16384] < 1000
-    # 4x the pixels; memory may not grow by more than noise
-    assert rss[16384] <= rss[8192] * 1.15 + 25, rss
+    # an absolute budget (ratios of two noisy peaks flake): 4x the pixels of 8192^2 and 64^2 cells
+    # render in well under the memory of one uncompressed 16384^2 level (805 MB)
+    print(f"peak RSS: {rss}")
+    assert max(rss.values()) < RENDER_RSS_BUDGET_MB, rss
 
 
 @pytest.mark.slow
@@ -242,30 +246,32 @@ def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, s
 
 
 def test_print_size_and_dpi_tags(synthetic_db, tmp_path):
-    spec = resolve_print_size("20x10cm", 300, None, 128)
-    cols, rows = (int(v) for v in spec.grid.split("x"))
+    ropts = RenderOptions(print_size="20x10cm", tile_px=128)
+    cols, rows = (int(v) for v in ropts.grid_for_print().split("x"))
     assert (cols, rows) == (18, 9)  # 20 cm at 300 dpi = 2362 px = 18.45 cells of 128 px
     saved = random_assignment(synthetic_db, cols, rows)
     out = tmp_path / "print.tif"
-    render_saved(synthetic_db, saved, out, RenderOptions(tile_px=spec.tile_px, dpi=spec.dpi))
+    w = render_saved(synthetic_db, saved, out, ropts)
     with tifffile.TiffFile(out) as tf:
         p = tf.pages[0]
+        assert (p.imagewidth, p.imagelength) == (cols * 128, rows * 128)
         x = p.tags["XResolution"].value
-        assert abs(x[0] / x[1] - spec.dpi) < 0.01
+        dpi = x[0] / x[1]
         assert p.tags["ResolutionUnit"].value == 2  # inch
-        assert abs(cols * 128 / spec.dpi * 2.54 - 20) < 0.01  # the physical width is what was asked
+        assert abs(cols * 128 / dpi * 2.54 - 20) < 0.01  # the physical width is what was asked
         assert "{" not in (p.description or "")  # no JSON in ImageDescription
-    with pytest.raises(UsageError):
-        resolve_print_size("20cm", 300, "64", 128)
+    assert w["warnings"] == []
+    with pytest.raises(UsageError, match="two of them"):
+        RenderOptions(print_size="20cm", tile_px=128, dpi=300)
     with pytest.raises(UsageError, match="unit"):
-        resolve_print_size("20 parsecs", 300, None, None)
+        RenderOptions(print_size="20 parsecs")
 
 
 def test_not_enough_disk_fails_before_work(synthetic_db, tmp_path, monkeypatch):
     import shutil as sh
-    from mosaicdb.render import output
+    from mosaicdb import io
     real = sh.disk_usage
-    monkeypatch.setattr(output.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     saved = random_assignment(synthetic_db, 16, 16)
     with pytest.raises(RenderError, match="free"):
         render_saved(synthetic_db, saved, tmp_path / "full.tif", RenderOptions(tile_px=256))
@@ -277,19 +283,19 @@ def test_cli_plan_and_bad_outputs(synthetic_db, tmp_path):
     out = tmp_path / "m.tif"
     asg.save(out, saved)
     j = str(asg.sidecar_paths(out)[0])
-    r = CliRunner().invoke(cli, ["plan", j, "--out", str(tmp_path / "x.tif"), "--tile-px", "256", "--json"])
+    r = invoke_cli(*["plan", j, "--out", str(tmp_path / "x.tif"), "--tile-px", "256", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert (d["width"], d["height"], d["kind"]) == (16 * 256, 12 * 256, "tiff")
     assert d["tiles"] == sum(-(-w // 256) * -(-h // 256) for w, h, _ in d["levels"]) and d["est_bytes"] > 0
     assert not (tmp_path / "x.tif").exists()
-    r = CliRunner().invoke(cli, ["plan", "--grid", "256x256", "--tile-px", "256", "--out", str(tmp_path / "y.tif")])
+    r = invoke_cli(*["plan", "--grid", "256x256", "--tile-px", "256", "--out", str(tmp_path / "y.tif")])
     assert r.exit_code == 0 and "65,536 x 65,536" in r.output
     for args, msg in [(["--out", str(tmp_path / "nofolder" / "a.tif")], "does not exist"),
                       (["--out", str(tmp_path / "a.bmp")], "unknown output type"),
                       (["--out", str(tmp_path / "a.jpg"), "--tile-px", "4096"], "limit"),
                       (["--out", str(tmp_path / "a.tif"), "--codec", "gif"], "gif")]:
-        r = CliRunner().invoke(cli, ["render", j, *args])
+        r = invoke_cli(*["render", j, *args])
         assert r.exit_code != 0, args
         assert msg in r.output, (args, r.output)
         assert "Traceback" not in r.output
@@ -300,7 +306,7 @@ def test_cli_render_tif_with_print_size(synthetic_db, tmp_path):
     saved = random_assignment(synthetic_db, 20, 10)
     out = tmp_path / "m.tif"
     asg.save(out, saved)
-    r = CliRunner().invoke(cli, ["render", str(asg.sidecar_paths(out)[0]), "--out", str(out),
+    r = invoke_cli(*["render", str(asg.sidecar_paths(out)[0]), "--out", str(out),
                                  "--print-size", "40cm", "--dpi", "150", "-q"])
     assert r.exit_code == 0, r.output
     with tifffile.TiffFile(out) as tf:

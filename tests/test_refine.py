@@ -8,11 +8,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mosaicdb.errors import MatchError, UsageError
-from mosaicdb.match.assign import RepeatOptions, assign
-from mosaicdb.match.refine import RefineOptions, refine, total_cost
-from test_assign import Pool, check_valid, greedy_case, greedy_guaranteed, options_rejected, run
-
-NO_REFINE = RefineOptions(passes=0)
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.match.refine import refine, total_cost
+from test_assign import Pool, Repeat, check_valid, greedy_case, greedy_guaranteed, options_rejected, run
 
 
 def objective(pool: Pool, tile_ids: np.ndarray, penalty: float) -> float:
@@ -20,7 +18,7 @@ def objective(pool: Pool, tile_ids: np.ndarray, penalty: float) -> float:
     return total_cost(tile_ids, pool.true_cost(tile_ids), penalty)
 
 
-def improving_reassignments(a, pool: Pool, k: int, opts: RepeatOptions) -> list:
+def improving_reassignments(a, pool: Pool, k: int, opts: MatchOptions) -> list:
     """Single-cell moves to a free candidate that would lower the objective (plain Python)."""
     ids, dist = pool.candidates(k)
     t = a.tile_ids
@@ -54,13 +52,12 @@ def test_regret_and_refinement_keep_every_constraint(case):
     objective, and when it converged no single reassignment would lower it."""
     rows, cols, k = case["rows"], case["cols"], case["k"]
     pool = Pool(rows * cols, case["n_tiles"], case["seed"], spread=case["spread"])
-    opts = RepeatOptions(min_distance=case["min_distance"], max_uses=case["max_uses"],
-                         usage_penalty=case["usage_penalty"], seed=case["seed"] % 1000)
+    opts = Repeat(min_distance=case["min_distance"], max_uses=case["max_uses"],
+                  usage_penalty=case["usage_penalty"], seed=case["seed"] % 1000, refine_passes=50, refine_seconds=60)
     if options_rejected(rows, cols, pool.n_tiles, opts):
         return
-    refine_opts = RefineOptions(passes=50, seconds=60)
     try:
-        a = run(rows, cols, pool, k, opts, refine_opts=refine_opts)
+        a = run(rows, cols, pool, k, opts)
     except MatchError:
         event("stuck")
         assert not greedy_guaranteed(rows, cols, pool.n_tiles, opts)
@@ -73,7 +70,7 @@ def test_regret_and_refinement_keep_every_constraint(case):
     event(f"moves: {'yes' if st_['reassigned'] + st_['swapped'] else 'no'}")
     if st_["stopped"] == "converged":
         assert improving_reassignments(a, pool, k, opts) == []
-    again = run(rows, cols, pool, k, opts, refine_opts=refine_opts)
+    again = run(rows, cols, pool, k, opts)
     np.testing.assert_array_equal(again.tile_ids, a.tile_ids)
     np.testing.assert_array_equal(again.cost, a.cost)
 
@@ -86,13 +83,15 @@ def test_refine_from_any_valid_start_never_raises_cost_or_breaks_a_constraint(ro
     """Refinement alone, from a random-order greedy start: constraints hold after it, the
     objective does not rise, and every cell's cost is the true distance of its tile."""
     pool = Pool(rows * cols, n_tiles, seed, spread=0.3)
-    opts = RepeatOptions(min_distance=radius, max_uses=cap, usage_penalty=penalty, seed=seed)
+    opts = Repeat(min_distance=radius, max_uses=cap, usage_penalty=penalty, seed=seed, order="random",
+                  refine_passes=0)
     if options_rejected(rows, cols, pool.n_tiles, opts) or not greedy_guaranteed(rows, cols, n_tiles, opts):
         return
-    a = run(rows, cols, pool, 8, opts, order="random", refine_opts=NO_REFINE)
+    a = run(rows, cols, pool, 8, opts)
     before = objective(pool, a.tile_ids, penalty)
     ids, dist = pool.candidates(8)
-    stats = refine(a.tile_ids, a.cost, ids, dist, radius, cap, penalty, seed, RefineOptions(passes=20))
+    stats = refine(a.tile_ids, a.cost, ids, dist, Repeat(min_distance=radius, max_uses=cap, usage_penalty=penalty,
+                                                           seed=seed, refine_passes=20))
     check_valid(a, rows, cols, pool, opts)
     after = objective(pool, a.tile_ids, penalty)
     assert after <= before + 1e-6
@@ -107,7 +106,7 @@ def test_refinement_finds_a_swap_the_greedy_missed():
     dist = np.array([[0.0, 0.1], [0.1, 1.0]], np.float32)
     tile = np.array([[5, 7]], np.int64)
     cost = np.array([[0.0, 1.0]], np.float32)
-    stats = refine(tile, cost, ids, dist, 1, 0, 0.0, 0, RefineOptions())
+    stats = refine(tile, cost, ids, dist, Repeat(min_distance=1))
     np.testing.assert_array_equal(tile, [[7, 5]])
     np.testing.assert_allclose(cost, [[0.1, 0.1]])
     assert stats["swapped"] == 1 and stats["reassigned"] == 0
@@ -121,27 +120,26 @@ def test_refinement_swaps_past_a_max_uses_cap():
     dist = np.array([[0.0, 5.0], [0.4, 0.5]], np.float32)
     tile = np.array([[2, 1]], np.int64)  # cell 0 has the bad one
     cost = np.array([[5.0, 0.4]], np.float32)
-    stats = refine(tile, cost, ids, dist, 0, 1, 0.0, 0, RefineOptions())
+    stats = refine(tile, cost, ids, dist, Repeat(max_uses=1))
     np.testing.assert_array_equal(tile, [[1, 2]])
     assert stats["swapped"] == 1
 
 
 def test_refinement_budget():
     pool = Pool(40 * 40, 300, 3)
-    opts = RepeatOptions(min_distance=3, seed=1)
-    a = run(40, 40, pool, 16, opts, order="random", refine_opts=RefineOptions(passes=0, seconds=5))
+    opts = dict(min_distance=3, seed=1, order="random")
+    a = run(40, 40, pool, 16, Repeat(**opts, refine_passes=0))
     assert a.stats["refine"]["stopped"] == "off" and a.stats["refine"]["passes"] == 0
-    b = run(40, 40, pool, 16, opts, order="random", refine_opts=RefineOptions(passes=3, seconds=0))
+    b = run(40, 40, pool, 16, Repeat(**opts, refine_passes=3, refine_seconds=0))
     assert b.stats["refine"]["stopped"] == "seconds" and b.stats["refine"]["cells_visited"] == 0
     np.testing.assert_array_equal(a.tile_ids, b.tile_ids)
-    c = run(40, 40, pool, 16, opts, order="random", refine_opts=RefineOptions(passes=1, seconds=60))
+    c = run(40, 40, pool, 16, Repeat(**opts, refine_passes=1, refine_seconds=60))
     assert c.stats["refine"]["passes"] == 1 and c.stats["refine"]["cells_visited"] == 1600
     assert c.stats["refine"]["total_cost_after"] < a.stats["refine"]["total_cost_after"]
-    for bad in (RefineOptions(passes=-1), RefineOptions(seconds=float("nan"))):
-        with pytest.raises(UsageError, match="--refine"):
-            run(4, 4, Pool(16, 50, 0), 4, opts, refine_opts=bad)
-    with pytest.raises(UsageError, match="unknown --order 'best'.*random, regret"):
-        run(4, 4, Pool(16, 50, 0), 4, opts, order="best")
+    for bad, words in (({"refine_passes": -1}, "--refine-passes"), ({"refine_seconds": float("nan")}, "--refine-seconds"),
+                       ({"order": "best"}, "unknown --order 'best'.*random, regret")):
+        with pytest.raises(UsageError, match=words):
+            MatchOptions(**bad)
 
 
 @pytest.mark.parametrize("radius, cap, penalty", [(1, 0, 0.0), (2, 0, 0.0), (3, 0, 0.0), (0, 2, 0.0), (2, 3, 0.0)])
@@ -151,10 +149,11 @@ def test_regret_order_costs_less_than_random_order(radius, cap, penalty):
     gains = []
     for seed in range(12):
         pool = Pool(24 * 24, 400, seed, spread=0.15)
-        opts = RepeatOptions(min_distance=radius, max_uses=cap, usage_penalty=penalty, seed=seed)
         costs = {}
         for order in ("random", "regret"):
-            a = run(24, 24, pool, 16, opts, order=order, refine_opts=NO_REFINE)
+            opts = Repeat(min_distance=radius, max_uses=cap, usage_penalty=penalty, seed=seed, order=order,
+                          refine_passes=0)
+            a = run(24, 24, pool, 16, opts)
             check_valid(a, 24, 24, pool, opts)
             costs[order] = objective(pool, a.tile_ids, penalty)
         gains.append(costs["random"] - costs["regret"])
@@ -164,6 +163,6 @@ def test_regret_order_costs_less_than_random_order(radius, cap, penalty):
 def test_free_repeats_are_the_nearest_tiles():
     """Without constraints every cell gets its first candidate, whatever the order."""
     pool = Pool(30 * 20, 100, 4)
-    a = run(20, 30, pool, 8, RepeatOptions(seed=2))
+    a = run(20, 30, pool, 8, Repeat(seed=2))
     np.testing.assert_array_equal(a.tile_ids.ravel(), pool.candidates(1)[0][:, 0])
     assert a.stats["refine"]["reassigned"] == a.stats["refine"]["swapped"] == 0

@@ -21,7 +21,8 @@ from conftest import synthetic_image
 from mosaicdb import TileDB
 from mosaicdb import feature_kinds as fk
 from mosaicdb.make import Maker
-from mosaicdb.options import MatchOptions, RenderOptions
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
 from mosaicdb.store.reindex import reindex
 
 
@@ -33,6 +34,11 @@ def run(*args):
 
 def feature_files(db: Path) -> list[str]:
     return sorted(f.name for f in db.glob("features*.f32"))
+
+
+def temporaries(db: Path) -> list[str]:
+    """Feature files being written (hidden, tagged with the writer's pid: mosaicdb.io.temp_path)."""
+    return sorted(f.name for f in db.glob(".features*.tmp*"))
 
 
 @pytest.fixture
@@ -118,7 +124,7 @@ def test_reindex_cli(lab_db):
 # and the index build slowed down (so a kill lands after the catalog switch, before the index).
 CHILD = """
 import sys, time
-import mosaicdb.store.reindex as r, mosaicdb.store.db as d
+import mosaicdb.store.reindex as r, mosaicdb.store.indexing as d
 tf, bi = r.tile_features, d.build_index
 r.CHUNK_ROWS = 32
 r.tile_features = lambda *a: (time.sleep(0.25), tf(*a))[1]
@@ -171,14 +177,14 @@ def test_reindex_killed_at_any_moment_then_rerun(lab_db, synthetic_tiles, tmp_pa
     started = {}
 
     def mid_way():
-        if not any(f.startswith("features.rgb") for f in feature_files(lab_db)):
+        if not temporaries(lab_db):
             return False
         started.setdefault("t", time.monotonic())
         return time.monotonic() - started["t"] > 0.8  # ~3 of 10 chunks written
 
     kill_reindex(lab_db, mid_way, tmp_path / "log1.txt")
     assert meta_kind(lab_db) == "lab-grid"
-    assert len(feature_files(lab_db)) == 2  # the partial new file is an orphan
+    assert feature_files(lab_db) == ["features.f32"] and len(temporaries(lab_db)) == 1  # a dead writer's
     check_ok(lab_db)
     with TileDB.open(lab_db, readonly=True) as ro:
         assert ro.feature_spec == fk.LabGrid(4, 1.0) and not ro.index_stale()
@@ -199,6 +205,7 @@ def test_reindex_killed_at_any_moment_then_rerun(lab_db, synthetic_tiles, tmp_pa
     assert check_ok(lab_db).strip() == ""
     files = feature_files(lab_db)
     assert len(files) == 1 and files[0].startswith("features.rgb-pyramid.")  # orphans are gone
+    assert temporaries(lab_db) == []
     with TileDB.open(lab_db, readonly=True) as ro:
         assert not ro.index_stale() and ro.load_index().infos["features"] == fk.signature(ro.feature_spec)
 

@@ -10,7 +10,15 @@ from PIL import Image
 
 from mosaicdb.errors import RenderError, UsageError
 from mosaicdb.render import raster
-from mosaicdb.render.raster import MAX_SIDE, check_raster, write_png_stream, write_raster
+from mosaicdb.io import write_atomic
+from mosaicdb.render.raster import MAX_SIDE, check_raster, write_png_stream
+from mosaicdb.render.raster import write_raster as write_raster_to
+
+
+def write_raster(out, bands, width, height, **kw):
+    """The raster writer as outputs use it: through a temporary name and a rename."""
+    check_raster(out, width, height)  # before any temporary exists
+    write_atomic(out, lambda tmp: write_raster_to(tmp, bands, width, height, **kw))
 
 
 def random_bands(rng, width: int, heights: list[int], smooth: bool = False):

@@ -27,7 +27,7 @@ class FilterOptions:
     max_detail: float = 18.0    # above: "chaotic"
     max_delta_e: float = 30.0   # above: "off-colour"
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("min_std", "max_std", "max_detail", "max_delta_e"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

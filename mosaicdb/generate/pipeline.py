@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependency, UsageError, choice
+from ..errors import DeviceError, MissingDependency, UsageError, choice
 from . import deps
 
 DTYPES = {"auto": "auto", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -199,13 +199,13 @@ def _resolve_device(opts: PipelineOptions, gpus: int | None, notes: list) -> tup
             raise UsageError(f"unknown --device {opts.device!r}: choose auto, cpu, cuda, cuda:N or mps")
         if not gpus:
             build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
-            raise UsageError(f"--device {dev}: no CUDA GPU is visible ({build}); use --device cpu (slow) "
-                             "or install a CUDA build of torch on a GPU machine")
+            raise DeviceError(f"--device {dev}: no CUDA GPU is visible ({build}); use --device cpu (slow) "
+                              "or install a CUDA build of torch on a GPU machine")
         if m.group(1) and int(m.group(1)) >= gpus:
-            raise UsageError(f"--device {dev}: only {gpus} GPU(s) are visible (cuda:0..cuda:{gpus - 1})")
+            raise DeviceError(f"--device {dev}: only {gpus} GPU(s) are visible (cuda:0..cuda:{gpus - 1})")
     elif dev == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError("--device mps: Apple's Metal backend is not available here; use --device cpu")
+            raise DeviceError("--device mps: Apple's Metal backend is not available here; use --device cpu")
     elif dev != "cpu":
         raise UsageError(f"unknown --device {opts.device!r}: choose auto, cpu, cuda, cuda:N or mps")
     dtype = opts.dtype

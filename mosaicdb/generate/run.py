@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..io import write_atomic
 from .executors import make_executor
 from .filters import FilterOptions
 from .palette import Palette, palette_from_targets, spread_palette
@@ -46,9 +46,8 @@ class TileRunOptions:
     ray_cpus: int | None = None
     workers: int | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         template(self.style)
-        self.filters.validate()
         if not 1 <= self.per_colour <= 100_000:
             raise UsageError(f"--per-colour must be between 1 and 100000, got {self.per_colour}")
         if not 1 <= self.batch <= 1024:
@@ -135,9 +134,7 @@ def _state_path(db, recipe: str) -> Path:
 
 def _write_json(path: Path, doc: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n"))
 
 
 def make_palette(ropts: TileRunOptions) -> Palette:
@@ -154,7 +151,6 @@ def generate_tiles(db_path, popts: PipelineOptions, ropts: TileRunOptions, *, pa
     part starts (e.g. that a CPU is slow)."""
     from ..store import TileDB
     t_start = time.perf_counter()
-    ropts.validate()
     tmpl = template(ropts.style)
     negative = DEFAULT_NEGATIVE if ropts.negative is None else ropts.negative
     if not create or Path(db_path).exists():

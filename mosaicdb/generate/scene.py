@@ -3,13 +3,13 @@ tile or scene from its provenance."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatabaseError, UsageError
+from ..io import write_atomic
 from .colours import nearest_name
 from .pipeline import (Generator, PipelineOptions, ResolvedPipeline, _resolve_device, locate_model,
                        resolve_pipeline)
@@ -27,7 +27,7 @@ class SceneOptions:
     height: int | None = None
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise UsageError("the scene needs a prompt, e.g. \"a lighthouse on a cliff at sunset\"")
         if self.seed < 0:
@@ -47,16 +47,13 @@ def write_image(rgb: np.ndarray, out) -> Path:
     out = Path(out)
     fmt = image_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    Image.fromarray(rgb).save(tmp, format=fmt, **({"quality": 95} if fmt != "PNG" else {}))
-    os.replace(tmp, out)
-    return out
+    kw = {"quality": 95} if fmt != "PNG" else {}
+    return write_atomic(out, lambda tmp: Image.fromarray(rgb).save(tmp, format=fmt, **kw))
 
 
 def generate_scene(popts: PipelineOptions, sopts: SceneOptions, out, *, on_note=None) -> dict:
     """Generate one scene image to `out`, with its provenance as JSON beside it (<out>.json).
     Returns the provenance."""
-    sopts.validate()
     image_format(out)
     rp = resolve_pipeline(popts)
     for note in rp.notes:
@@ -129,4 +126,27 @@ def provenance_of(db_path, tile_id: int) -> dict:
         return rows[0]["provenance"]
 
 
-__all__ = ["SceneOptions", "generate_scene", "regenerate", "provenance_of", "write_image", "asdict"]
+def reproduce_tile(db_path, tile_id: int, out, *, model: str | None = None, device: str | None = None,
+                   dtype: str | None = None, alone: bool = False, check: bool = False) -> tuple[int, int]:
+    """Regenerate generated tile `tile_id` of a database into `out` (written atomically); returns
+    its (width, height). With `check`, raise DatabaseError unless it equals the stored original
+    pixel for pixel."""
+    rgb = regenerate(provenance_of(db_path, tile_id), model=model, device=device, dtype=dtype,
+                     exact_batch=not alone)
+    write_image(rgb, out)
+    if check:
+        from ..store import TileDB
+        with TileDB.open(db_path, readonly=True) as db:
+            orig = np.asarray(db.load_original(tile_id))
+        if orig.shape != rgb.shape:
+            raise DatabaseError(f"tile {tile_id} is {orig.shape[1]}x{orig.shape[0]}, the regenerated one "
+                                f"{rgb.shape[1]}x{rgb.shape[0]}")
+        diff = np.abs(orig.astype(np.int16) - rgb.astype(np.int16))
+        if diff.max():
+            raise DatabaseError(f"not identical: {int((diff.max(axis=2) > 0).sum())} pixels differ, by up to "
+                                f"{int(diff.max())} levels")
+    return rgb.shape[1], rgb.shape[0]
+
+
+__all__ = ["SceneOptions", "generate_scene", "regenerate", "reproduce_tile", "provenance_of", "write_image",
+           "asdict"]

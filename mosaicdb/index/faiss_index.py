@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError, choice
+from ..errors import DeviceError, UsageError, check_int, check_number, choice
+from ..io import AtomicFiles
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
@@ -25,8 +25,10 @@ KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class IndexOptions:
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF beyond), IVF lists
+    and probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
     nlist: int = 0                  # 0: ~4*sqrt(n), a power of two in [64, 16384]
@@ -36,13 +38,16 @@ class IndexOptions:
     device: str = "auto"
     seed: int = 0
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         choice("index kind", self.kind, {k: k for k in KINDS})
         choice("device", self.device, {k: k for k in DEVICES})
-        if not 0 < self.target_recall <= 1:
+        if check_number("--target-recall", self.target_recall, 0, 1) == 0:
             raise UsageError("--target-recall must be in (0, 1]")
-        if self.nlist < 0 or self.nprobe < 0:
-            raise UsageError("--nlist and --nprobe must be >= 0 (0 chooses automatically)")
+        check_int("--flat-max", self.flat_max, 0)
+        check_int("--nlist", self.nlist, 0, 1 << 20)
+        check_int("--nprobe", self.nprobe, 0, 1 << 20)
+        check_int("recall_sample", self.recall_sample, 1)
+        check_int("seed", self.seed, 0)
 
 
 def _faiss():
@@ -53,7 +58,7 @@ def _faiss():
 def resolve_device(device: str) -> str:
     ngpu = _faiss().get_num_gpus()
     if device == "cuda" and ngpu == 0:
-        raise UsageError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
+        raise DeviceError("--device cuda: faiss reports no GPU (faiss-cpu is installed, or no CUDA device "
                          "is visible); use --device cpu, or swap in faiss-gpu on a GPU machine (see README)")
     if device == "auto":
         return "cuda" if ngpu > 0 else "cpu"
@@ -164,21 +169,24 @@ class VectorIndex:
             with open(path, "wb") as f:
                 np.save(f, self.ids)
 
-        for name, write in (("index.faiss", lambda p: faiss.write_index(self.index, p)),
-                            ("ids.npy", write_ids),
-                            ("index_infos.json", lambda p: Path(p).write_text(json.dumps(self.infos, indent=2)))):
-            tmp = str(folder / f".{name}.tmp")
-            write(tmp)
-            os.replace(tmp, folder / name)
+        with AtomicFiles() as group:  # the three files are replaced together, the infos last
+            faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            write_ids(group.temp(folder / "ids.npy"))
+            group.temp(folder / "index_infos.json").write_text(json.dumps(self.infos, indent=2))
+            group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
         folder = Path(folder)
+        # None means "no usable index": the database rebuilds it from its features
         try:
             infos = json.loads((folder / "index_infos.json").read_text())
-            ids = np.load(folder / "ids.npy")
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+            if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
+                    and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (FileNotFoundError, json.JSONDecodeError, ValueError, RuntimeError):
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError):
             return None
         if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
             return None  # files from different saves (a kill between the renames): rebuild
@@ -194,7 +202,6 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
     `pca_dims` > 0: a PCA to that many dims, fitted here on the pool, is part of the index
     (FAISS IndexPreTransform): vectors and queries stay full-size, the index projects them.
     """
-    opts.validate()
     faiss = _faiss()
     t0 = time.perf_counter()
     n, d = vectors.shape

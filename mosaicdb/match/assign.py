@@ -2,15 +2,14 @@
 
 Greedy mode gives each cell the cheapest feasible candidate, cost = distance + usage_penalty
 * uses, visiting the cells in regret order (regret.py; or a seeded random order with
-order="random"). A candidate is feasible while it is under --max-uses and not already placed
+--order random). A candidate is feasible while it is under --max-uses and not already placed
 within Chebyshev distance --min-distance. Cells whose candidates are all infeasible are
 retried, in a seeded random order, with wider candidate lists from a `widen` callback. A local
-improvement pass (refine.py) then trades and swaps tiles where that lowers the total cost.
+improvement pass (refine.py) then reassigns and swaps tiles where that lowers the total cost.
 Unique mode solves one global min-cost matching on the sparse candidate graph instead.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,9 +18,9 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from mosaicdb.errors import EmptyDatabase, MatchError, UsageError, choice
-
-from .refine import RefineOptions, refine
+from ..errors import MatchError
+from .options import MatchOptions
+from .refine import refine
 from .regret import regret_pass
 
 Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -41,63 +40,6 @@ _MAX_UNIQUE_EDGES = 1 << 26
 _FRESH_CHUNK = 1024
 
 
-@dataclass(frozen=True)
-class RepeatOptions:
-    min_distance: int = 0        # same tile never twice within Chebyshev distance R (0 = off)
-    max_uses: int = 0            # no tile used more than N times (0 = unlimited)
-    usage_penalty: float = 0.0   # cost = distance + usage_penalty * (times the tile is already used)
-    unique: bool = False         # each tile at most once: global min-cost matching
-    seed: int = 0
-
-    def validate(self, n_cells: int, n_tiles: int,
-                 rows: int | None = None, cols: int | None = None) -> None:
-        """Reject bad or conflicting options, and pools that cannot possibly satisfy them.
-
-        `rows`/`cols` make the --min-distance check exact. Without them, only the bound that
-        holds for every grid shape is checked (a 1 x n strip).
-        """
-        for flag, value in (("--min-distance", self.min_distance), ("--max-uses", self.max_uses)):
-            if value < 0:
-                raise UsageError(f"{flag} must be 0 or more, got {value}")
-        if not (math.isfinite(self.usage_penalty) and self.usage_penalty >= 0):
-            raise UsageError(f"--usage-penalty must be a non-negative number, got {self.usage_penalty}")
-        if n_tiles <= 0:
-            raise EmptyDatabase("the database holds no tiles: add tiles before building a mosaic")
-
-        if self.unique:
-            if self.max_uses > 1:
-                raise UsageError("--unique already uses each tile once; drop --max-uses")
-            if self.min_distance > 0:
-                raise UsageError("--unique never repeats a tile, so --min-distance has no effect; "
-                                 "drop --min-distance")
-            if self.usage_penalty > 0:
-                raise UsageError("--unique never repeats a tile, so --usage-penalty has no effect; "
-                                 "drop --usage-penalty")
-            if n_tiles < n_cells:
-                raise MatchError(f"--unique needs at least {n_cells} tiles, the database has "
-                                 f"{n_tiles}: use a coarser --grid or drop --unique")
-            return
-
-        if self.max_uses and self.max_uses * n_tiles < n_cells:
-            need = -(-n_cells // n_tiles)
-            raise MatchError(f"--max-uses {self.max_uses} with {n_tiles} tiles covers at most "
-                             f"{self.max_uses * n_tiles} of {n_cells} cells: use --max-uses {need} "
-                             f"or more, or a coarser --grid")
-        if self.min_distance:
-            # Cells pairwise within distance R form (R+1) x (R+1) blocks, and that many tiles
-            # are also enough: tile (r mod R+1, c mod R+1) never repeats closer than R+1.
-            side = self.min_distance + 1
-            if rows is None or cols is None:
-                block_r, block_c = 1, min(n_cells, side)
-            else:
-                block_r, block_c = min(rows, side), min(cols, side)
-            if block_r * block_c > n_tiles:
-                raise MatchError(f"--min-distance {self.min_distance} needs at least "
-                                 f"{block_r * block_c} different tiles (every {block_r}x{block_c} "
-                                 f"block is all different), the database has {n_tiles}: "
-                                 f"lower --min-distance")
-
-
 @dataclass
 class Assignment:
     tile_ids: np.ndarray   # (rows, cols) int64, every entry a valid tile id
@@ -106,24 +48,20 @@ class Assignment:
     stats: dict = field(default_factory=dict)  # greedy mode: order, refinement, total cost
 
 
-ORDERS = ("regret", "random")
-
-
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           n_tiles: int, opts: RepeatOptions, widen: Widen, *, order: str = "regret",
-           refine_opts: RefineOptions = RefineOptions()) -> Assignment:
+           n_tiles: int, opts: MatchOptions, widen: Widen) -> Assignment:
     """Assign a tile to every cell.
 
     `cand_ids`/`cand_dist` are (rows*cols, k), row-major cells, each row sorted by ascending
     distance (greedy mode stops scanning a row early, so unsorted rows give valid but worse
     picks), -1 ids where there is no candidate. `widen(cells, k)` returns the k nearest
-    tiles of the given flat cell indices in the same form. Raises MatchError when the
-    options cannot be met.
+    tiles of the given flat cell indices in the same form. `opts.min_distance` must be
+    resolved (`MatchOptions.resolved`). Raises MatchError when the options cannot be met.
     """
     n_cells = rows * cols
-    opts.validate(n_cells, n_tiles, rows=rows, cols=cols)
-    choice("--order", order, {o: o for o in ORDERS})
-    refine_opts.validate()
+    if opts.min_distance is None:
+        raise ValueError("assign() needs resolved options: call MatchOptions.resolved() first")
+    opts.check_pool(rows, cols, n_tiles)
     cand_ids = np.ascontiguousarray(cand_ids, dtype=np.int64)
     cand_dist = np.ascontiguousarray(cand_dist, dtype=np.float32)
     if cand_ids.ndim != 2 or cand_ids.shape[0] != n_cells or cand_dist.shape != cand_ids.shape:
@@ -133,9 +71,8 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
         return Assignment(np.empty((rows, cols), np.int64), np.empty((rows, cols), np.float32), 0)
     if opts.unique:
         return _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen)
-    a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, order)
-    a.stats.update(order=order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts.min_distance,
-                                              opts.max_uses, opts.usage_penalty, opts.seed, refine_opts))
+    a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
+    a.stats.update(order=opts.order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts))
     return a
 
 
@@ -199,7 +136,7 @@ def _greedy_pass(cells, src, ids, dist, grid, uses, cost, radius, max_uses, pena
     return n_failed
 
 
-def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, visit: str) -> Assignment:
+def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen) -> Assignment:
     n_cells = rows * cols
     radius, max_uses, penalty = int(opts.min_distance), int(opts.max_uses), float(opts.usage_penalty)
     grid = np.full((rows, cols), -1, dtype=np.int64)
@@ -209,12 +146,12 @@ def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, visit:
     # also the tie-break of regret order, and the order in which failed cells are widened.
     order = np.random.default_rng(opts.seed).permutation(n_cells).astype(np.int64)
     failed = np.empty(n_cells, dtype=np.int64)
-    if visit == "regret" and (radius or max_uses or penalty):
+    if opts.order == "regret" and (radius or max_uses or penalty):
         rank = np.empty(n_cells, np.int64)
         rank[order] = np.arange(n_cells)
         n_failed = regret_pass(cand_ids, cand_dist, grid, uses, cost, rank, radius, max_uses, penalty, failed)
         pending = failed[:n_failed][np.argsort(rank[failed[:n_failed]])]
-    else:  # without constraints every cell simply gets its nearest tile
+    else:  # without constraints every cell simply gets its nearest tile, in any order
         n_failed = _greedy_pass(order, order, cand_ids, cand_dist, grid, uses, cost,
                                 radius, max_uses, penalty, failed)
         pending = order[failed[:n_failed]]
@@ -241,7 +178,7 @@ def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen, visit:
     return Assignment(grid, cost.reshape(rows, cols), widened)
 
 
-def _stuck_message(n_stuck: int, n_tiles: int, opts: RepeatOptions) -> str:
+def _stuck_message(n_stuck: int, n_tiles: int, opts: MatchOptions) -> str:
     fixes = []
     if opts.min_distance:
         fixes.append(f"lower --min-distance (now {opts.min_distance})")

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..options import DEFAULT_MIN_DISTANCE, MatchOptions
-from .assign import Assignment, RepeatOptions, assign
-from .refine import RefineOptions
+from .assign import Assignment, assign
 from .grid import CellData, Grid
+from .options import MatchOptions
 
 # Widening an IVF index: probe lists holding about this many times k vectors, and search rows
 # that still come back short (their nearest lists used up by --max-uses) again with this many
@@ -24,45 +23,16 @@ _NPROBE_STEP = 4
 @dataclass
 class MatchResult:
     assignment: Assignment
-    repeat: RepeatOptions
+    options: MatchOptions      # as applied: min_distance resolved for this grid and pool
     warnings: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
 
-def _max_safe_radius(rows: int, cols: int, n_tiles: int, max_uses: int = 0) -> int:
-    """Largest R at which greedy placement can never get stuck: a cell's (2R+1)^2 window blocks
-    at most window-1 tiles and --max-uses exhausts at most (cells-1)//N, and one tile must be left."""
-    exhausted = (rows * cols - 1) // max_uses if max_uses else 0
-
-    def safe(r):
-        return min(rows, 2 * r + 1) * min(cols, 2 * r + 1) - 1 + exhausted < n_tiles
-
-    r = 0
-    while r < max(rows, cols) and safe(r + 1):
-        r += 1
-    return r
-
-
-def resolve_repeat(opts: MatchOptions, grid: Grid, n_tiles: int) -> tuple[RepeatOptions, list]:
-    warnings = []
-    r = opts.min_distance
-    if r is None:
-        r = 0 if opts.unique else DEFAULT_MIN_DISTANCE
-        cap = _max_safe_radius(grid.rows, grid.cols, n_tiles, opts.max_uses)
-        if r > cap:
-            warnings.append(f"the database has only {n_tiles} tiles: --min-distance lowered from {r} to {cap}")
-            r = cap
-    rep = RepeatOptions(min_distance=r, max_uses=opts.max_uses, usage_penalty=opts.usage_penalty,
-                        unique=opts.unique, seed=opts.seed)
-    rep.validate(grid.cells, n_tiles, rows=grid.rows, cols=grid.cols)
-    return rep, warnings
-
-
 def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
     """Assign a tile of `db` to every cell of `grid`. Costs are RMS differences in the feature's
-    colour space (see mosaicdb.feature_kinds: cost_divisor)."""
+    colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted)."""
     n_tiles = len(db)
-    rep, warnings = resolve_repeat(opts, grid, n_tiles)
+    opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     t0 = time.perf_counter()
     index = db.ensure_index()
     t1 = time.perf_counter()
@@ -84,10 +54,9 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
             dd, ii = _wide_ivf_search(index, q, k2, exclude)
         return ii, to_cost(dd)
 
-    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, rep, widen, order=opts.order,
-               refine_opts=RefineOptions(opts.refine_passes, opts.refine_seconds))
+    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen)
     t3 = time.perf_counter()
-    return MatchResult(a, rep, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
+    return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
 
 
 @contextmanager

@@ -20,27 +20,14 @@ the machine's speed, a pass-limited one never does).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from ..errors import UsageError
+from .options import MatchOptions
 
 _EPS = 1e-6          # a move must gain more than this (float noise must not cycle)
 _CHUNK = 8192        # cells per numba call between clock checks
-
-
-@dataclass(frozen=True)
-class RefineOptions:
-    passes: int = 4          # at most this many sweeps over all cells (0: no refinement)
-    seconds: float = 10.0    # and stop starting new chunks of cells after this long
-
-    def validate(self) -> None:
-        if self.passes < 0:
-            raise UsageError(f"--refine-passes must be 0 or more, got {self.passes}")
-        if not (np.isfinite(self.seconds) and self.seconds >= 0):
-            raise UsageError(f"--refine-seconds must be a non-negative number, got {self.seconds}")
 
 
 def total_cost(tile_ids: np.ndarray, cost: np.ndarray, penalty: float) -> float:
@@ -174,15 +161,18 @@ def _sweep(order, start, stop, flat, grid, cost, uses, head, nxt, prv, ids, dist
 
 
 def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           radius: int, max_uses: int, penalty: float, seed: int, opts: RefineOptions) -> dict:
+           opts: MatchOptions) -> dict:
     """Improve `tile_ids`/`cost` ((rows, cols), changed in place) with moves among each cell's
-    candidates (`cand_ids`/`cand_dist` rows = cells, sorted). Returns what it did."""
+    candidates (`cand_ids`/`cand_dist` rows = cells, sorted), under `opts`' repeat constraints
+    (min_distance resolved), for at most `opts.refine_passes` / `opts.refine_seconds`.
+    Returns what it did."""
     t0 = time.perf_counter()
+    radius, max_uses, penalty = int(opts.min_distance), int(opts.max_uses), float(opts.usage_penalty)
     rows, cols = tile_ids.shape
     before = total_cost(tile_ids, cost, penalty)
     stats = {"passes": 0, "cells_visited": 0, "reassigned": 0, "swapped": 0, "stopped": "off",
              "total_cost_before": before, "total_cost_after": before}
-    if opts.passes == 0 or tile_ids.size == 0:
+    if opts.refine_passes == 0 or tile_ids.size == 0:
         stats["seconds"] = 0.0
         return stats
     grid = tile_ids  # flat and grid views of the same memory: moves write both
@@ -193,19 +183,19 @@ def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     head, nxt, prv = holders(flat)
     if head.size < n_ids:
         head = np.concatenate([head, np.full(n_ids - head.size, -1, np.int64)])
-    order = np.random.default_rng(seed).permutation(flat.size).astype(np.int64)
+    order = np.random.default_rng(opts.seed).permutation(flat.size).astype(np.int64)
     moves = np.zeros(2, np.int64)
     stats["stopped"] = "passes"
     visited = 0
-    for _ in range(opts.passes):
+    for _ in range(opts.refine_passes):
         changed = 0
         for start in range(0, flat.size, _CHUNK):
-            if time.perf_counter() - t0 > opts.seconds:
+            if time.perf_counter() - t0 > opts.refine_seconds:
                 stats["stopped"] = "seconds"
                 break
             stop = min(start + _CHUNK, flat.size)
             changed += _sweep(order, start, stop, flat, grid, c, uses, head, nxt, prv,
-                              cand_ids, cand_dist, int(radius), int(max_uses), float(penalty), moves)
+                              cand_ids, cand_dist, radius, max_uses, penalty, moves)
             visited += stop - start
         if stats["stopped"] == "seconds":
             break

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..render.cells import CellRenderer, PixelCache
+from ..render.options import RenderOptions
 from .geometry import Geometry
 
 CHUNK_BYTES = 8 << 20   # cells drawn per step inside a band
@@ -53,11 +54,10 @@ def redraws(g: Geometry, band_bytes: int, width: int | None = None) -> int:
 
 
 class PrintCanvas:
-    def __init__(self, db, saved, g: Geometry, color: str = "none", strength: float = 0.5, *,
-                 cache_bytes: int = 512 << 20, target=None, convert=None):
+    def __init__(self, db, saved, g: Geometry, opts: RenderOptions, *, target=None, convert=None):
         self.g = g
         big = (g.cell_px,) if g.cell_px > max(db.thumb_sizes) else ()
-        self.cells = CellRenderer(db, saved, color, strength, target, PixelCache(db, big, cache_bytes))
+        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes))
         self.rmap, self.cmap = g.row_map(), g.col_map()
         self.convert = convert
 

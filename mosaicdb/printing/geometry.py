@@ -1,11 +1,9 @@
 """Where every pixel of a print goes: cell size and effective dpi from --size/--dpi, the bleed
 (extra cells reflected across each edge), and the panel boxes with their overlaps.
 
-Cell size: the request gives `size x dpi` pixels for `cells` cells, rarely a whole number per
-cell. Cells are drawn at the nearest whole number of pixels and the dpi written into the file
-is adjusted so the mosaic lands exactly on the requested physical size (e.g. 120 cm at 150 dpi
-over 64 cells: 11.07 px -> 11 px per cell, written at 149.0 dpi). Tiles are never resampled
-twice and seams stay on whole pixels.
+Cell size: `render.printsize.fit_cells`, the rule every size request uses (whole pixels per
+cell, the dpi written to the file adjusted so the print lands exactly on the size). Tiles are
+never resampled twice and seams stay on whole pixels.
 
 Bleed: the grid is extended by k cells on every side whose tiles are the assignment's own,
 reflected across the edge (cell -1 is cell 1, cell n is cell n-2), each drawn upright and at
@@ -20,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..render.printsize import MM_PER_IN, fit_cells
 from .tiffstrips import MAX_SIDE
 
-MAX_CELL_PX = 4096            # the largest tile the renderer draws
 PANEL_MAX_SIDE = 65_500       # JPEG-era and many RIPs' limit, for every panel
 PANEL_MAX_BYTES = 4 * 10 ** 9  # raw bytes of a panel, so it stays a classic (< 4 GiB) TIFF
-MM_PER_IN = 25.4
 
 
 def reflect_index(n: int, k: int) -> np.ndarray:
@@ -92,37 +89,6 @@ class Geometry:
                 "trim_px": [self.trim_w, self.trim_h], "trim_mm": [self.mm(self.trim_w), self.mm(self.trim_h)],
                 "trim_box": list(self.trim_box), "bleed_box": [0, 0, self.width, self.height],
                 "bleed_px": self.bleed_px, "bleed_mm": self.mm(self.bleed_px), "bleed_cells": self.bleed_cells}
-
-
-def fit_cells(cols: int, rows: int, size_in: tuple, dpi: float) -> tuple[int, float, list[str]]:
-    """(cell px, effective dpi, warnings) putting a cols x rows grid at the requested size: one
-    side = the long side; two sides = the largest print of the mosaic's aspect inside them."""
-    a, b = size_in
-    if b is None:
-        n, side_in = max(cols, rows), a
-    else:
-        n, side_in = (cols, a) if a / cols <= b / rows else (rows, b)
-    exact = side_in * dpi / n
-    if exact < 1:
-        raise UsageError(f"at {dpi:g} dpi, {side_in * MM_PER_IN / 10:.1f} cm is {side_in * dpi:.0f} px for {n} cells: "
-                         "less than a pixel per cell; raise --dpi or --size")
-    t = max(1, round(exact))
-    eff = n * t / side_in
-    warnings = []
-    if abs(eff - dpi) / dpi > 0.02:
-        warnings.append(f"cells are {t} px ({exact:.2f} at {dpi:g} dpi), so the file is written at {eff:.1f} dpi "
-                        "to keep the requested size")
-    if b is not None:
-        w_in, h_in = cols * t / eff, rows * t / eff
-        if abs(w_in - a) > 0.01 * a or abs(h_in - b) > 0.01 * b:
-            warnings.append(f"the mosaic is {cols}x{rows} cells ({cols / rows:.2f}:1), so it prints at "
-                            f"{w_in * 2.54:.1f} x {h_in * 2.54:.1f} cm inside the requested "
-                            f"{a * 2.54:.1f} x {b * 2.54:.1f} cm; give one side (e.g. --size {a * 2.54:.0f}cm) "
-                            "to size by the long side")
-    if t > MAX_CELL_PX:
-        raise UsageError(f"each cell would be {t} px at {dpi:g} dpi: more than the {MAX_CELL_PX} px a tile is drawn at; "
-                         "lower --dpi or make the mosaic with more cells")
-    return t, eff, warnings
 
 
 def make_geometry(cols: int, rows: int, size_in: tuple, dpi: float, bleed_in: float) -> tuple[Geometry, list[str]]:

@@ -1,59 +1,73 @@
-"""`mosaic print` options: one frozen dataclass, parsed and validated once, before any work."""
+"""`mosaic print` options: one frozen dataclass, validated when it is made, before any work."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from ..color import COLOR_MODES
-from ..errors import UsageError, choice
+from ..errors import UsageError, check_int, check_number, choice
+from ..render.options import RenderOptions
 from ..units import parse_length, parse_print_size
 from .geometry import parse_panel_grid
 from .tiffstrips import COMPRESSIONS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrintOptions:
-    size: str                        # "120x80cm" (width x height) or "120cm" (the long side)
+    """What a print looks like on paper and on disk.
+
+    size: "120x80cm" (width x height) or "120cm" (the long side); dpi: the print resolution.
+    compression: strip compression (none | lzw | deflate; never JPEG); icc: an RGB output
+        profile to convert into and embed (None: sRGB).
+    bleed: mosaic beyond the trim on every side; panel_width / panels: split into panels
+        (widest panel, or exactly COLSxROWS) sharing `overlap`; proof: a JPEG proof too.
+    buffer_bytes: rendered rows in flight.
+    render: colour transfer, the proof's JPEG quality, render threads and original cache
+        (`RenderOptions.from_saved` starts from what `make` used); its tile_px is not used:
+        the print's geometry sets the pixels per cell.
+    """
+    size: str
     dpi: float = 300.0
-    compression: str = "lzw"         # none | lzw | deflate (never JPEG)
-    icc: str | None = None           # an RGB output profile; None: sRGB
-    bleed: str = "0"                 # mosaic content beyond the trim on every side
-    panel_width: str | None = None   # widest panel, overlap included
-    panels: str | None = None        # exactly COLSxROWS panels
-    overlap: str = "0"               # shared between neighbouring panels
-    proof: bool = False              # JPEG proof, <= 8,000 px, seams drawn
-    quality: int = 90                # of the proof
-    color: str = "none"
-    color_strength: float = 0.5
-    workers: int = 0                 # render/encode threads; 0: CPU count
-    cache_bytes: int = 512 << 20     # decoded originals (cells larger than the biggest thumbnail)
-    buffer_bytes: int = 256 << 20    # rendered rows in flight
+    compression: str = "lzw"
+    icc: str | None = None
+    bleed: str = "0"
+    panel_width: str | None = None
+    panels: str | None = None
+    overlap: str = "0"
+    proof: bool = False
+    buffer_bytes: int = 256 << 20
+    render: RenderOptions = field(default_factory=RenderOptions)
 
-    def resolved_workers(self) -> int:
-        import os
-        return self.workers or os.cpu_count() or 1
-
-    def parsed(self) -> dict:
-        """Validate everything that needs no database; return the lengths in inches."""
+    def __post_init__(self) -> None:
         choice("--compression", self.compression, COMPRESSIONS)
-        choice("--color mode", self.color, {m: m for m in COLOR_MODES})
-        if not (1 <= float(self.dpi) <= 10_000):
-            raise UsageError(f"--dpi must be between 1 and 10000, got {self.dpi:g}")
-        if not 1 <= self.quality <= 100:
-            raise UsageError(f"--quality must be between 1 and 100, got {self.quality}")
-        if not 0.0 <= self.color_strength <= 1.0:
-            raise UsageError(f"--color-strength must be between 0 and 1, got {self.color_strength}")
-        if self.workers < 0 or self.cache_bytes < 0 or self.buffer_bytes <= 0:
-            raise UsageError("--workers and --cache must not be negative, --buffer must be positive")
+        check_number("--dpi", self.dpi, 1, 10_000)
+        check_int("--buffer", self.buffer_bytes, 1)
         if self.panel_width and self.panels:
             raise UsageError("give --panel-width or --panels, not both")
-        size = parse_print_size(self.size, "--size")
-        bleed = parse_length(self.bleed, "--bleed", allow_zero=True)
-        overlap = parse_length(self.overlap, "--overlap", allow_zero=True)
-        if overlap and not (self.panel_width or self.panels):
+        if self.overlap_in and not (self.panel_width or self.panels):
             raise UsageError("--overlap is for panels: add --panel-width or --panels")
-        return {"size_in": size, "bleed_in": bleed, "overlap_in": overlap,
-                "panel_width_in": parse_length(self.panel_width, "--panel-width") if self.panel_width else None,
-                "panel_grid": parse_panel_grid(self.panels) if self.panels else None}
+        self.size_in, self.bleed_in, self.panel_width_in, self.panel_grid  # noqa: B018 - parse them all now
+
+    @property
+    def size_in(self) -> tuple[float, float | None]:
+        return parse_print_size(self.size, "--size")
+
+    @property
+    def bleed_in(self) -> float:
+        return parse_length(self.bleed, "--bleed", allow_zero=True)
+
+    @property
+    def overlap_in(self) -> float:
+        return parse_length(self.overlap, "--overlap", allow_zero=True)
+
+    @property
+    def panel_width_in(self) -> float | None:
+        return parse_length(self.panel_width, "--panel-width") if self.panel_width else None
+
+    @property
+    def panel_grid(self) -> tuple[int, int] | None:
+        return parse_panel_grid(self.panels) if self.panels else None
+
+    def resolved_workers(self) -> int:
+        return self.render.resolved_workers()
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -4,7 +4,6 @@ print size, estimated bytes (from a small rendered and encoded sample), warnings
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..io import free_bytes
 from ..render.cells import check_tiles_present
 from ..units import human_bytes
 from .canvas import PrintCanvas, redraws, stripes
@@ -154,10 +154,9 @@ def sample_encoding(canvas: PrintCanvas, compression: str, blocks: int = 6, cell
 def plan_print(db, saved, opts: PrintOptions, out, name: str = "print", *, sample: bool = True,
                target=None) -> PrintPlan:
     """Validate `opts` against this assignment and database and work out the whole print."""
-    p = opts.parsed()
     profile = load_profile(opts.icc)
-    g, warnings = make_geometry(saved.cols, saved.rows, p["size_in"], float(opts.dpi), p["bleed_in"])
-    layout = plan_panels(g, panel_width_in=p["panel_width_in"], grid=p["panel_grid"], overlap_in=p["overlap_in"])
+    g, warnings = make_geometry(saved.cols, saved.rows, opts.size_in, float(opts.dpi), opts.bleed_in)
+    layout = plan_panels(g, panel_width_in=opts.panel_width_in, grid=opts.panel_grid, overlap_in=opts.overlap_in)
     if layout.note:
         warnings.append(layout.note)
     outputs = resolve_outputs(out, name, layout, opts.proof)
@@ -166,8 +165,7 @@ def plan_print(db, saved, opts: PrintOptions, out, name: str = "print", *, sampl
     warnings += tw
     workers = opts.resolved_workers()
     band_bytes = band_budget(opts)
-    canvas = PrintCanvas(db, saved, g, opts.color, opts.color_strength, cache_bytes=opts.cache_bytes,
-                         target=target, convert=converter(profile))
+    canvas = PrintCanvas(db, saved, g, opts.render, target=target, convert=converter(profile))
     ratio, sec_per_byte = (sample_encoding(canvas, opts.compression) if sample else (1.0, 0.0))
     if opts.compression == "none":
         ratio = 1.0
@@ -177,8 +175,7 @@ def plan_print(db, saved, opts: PrintOptions, out, name: str = "print", *, sampl
                      g.width * g.height * 3 * sec_per_byte / workers,
                      redraws=max(redraws(g, band_bytes, x1 - x0) for x0, x1, _ in stripes(g, layout, band_bytes)),
                      warnings=warnings, canvas=canvas)
-    probe = outputs.folder if outputs.folder.is_dir() else outputs.folder.parent
-    plan.free_bytes = shutil.disk_usage(probe if str(probe) else ".").free
+    plan.free_bytes = free_bytes(outputs.folder)
     if layout.single:
         if est[0] > CLASSIC_MAX:
             warnings.append(f"{outputs.files[0].name} will be about {human_bytes(est[0])}: over 4 GB, so it is written "

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from .canvas import PrintCanvas
+from ..render.options import RenderOptions
 from .geometry import Geometry
 
 PROOF_MAX = 8000
@@ -19,16 +20,15 @@ OVERLAP_TINT = (255, 0, 64)
 TRIM = (0, 200, 255)
 
 
-def render_small(db, saved, g: Geometry, longest: int, color: str = "none", strength: float = 0.5, *,
-                 convert=None, target=None, cache_bytes: int = 256 << 20) -> tuple[np.ndarray, float]:
+def render_small(db, saved, g: Geometry, longest: int, opts: RenderOptions, *,
+                 convert=None, target=None) -> tuple[np.ndarray, float]:
     """(image, scale): the whole canvas at <= `longest` px on its long side, drawn straight from
     the tiles at a smaller whole number of px per cell (the same cells, bleed and colour as the
     print; only the tile resampling differs), and its px per canvas px."""
     q = min(g.cell_px, max(1, math.floor(g.cell_px * longest / max(g.width, g.height))))
     s = q / g.cell_px
     gs = Geometry(g.cols, g.rows, q, g.dpi * s, g.requested_dpi, round(g.bleed_px * s), g.requested_size_in)
-    img = PrintCanvas(db, saved, gs, color, strength, cache_bytes=cache_bytes, target=target,
-                      convert=convert).band(0, gs.height)
+    img = PrintCanvas(db, saved, gs, opts, target=target, convert=convert).band(0, gs.height)
     if max(img.shape[:2]) > longest:  # more cells than `longest` px: one px per cell, then shrink
         k = longest / max(img.shape[:2])
         img = cv2.resize(img, (max(1, round(img.shape[1] * k)), max(1, round(img.shape[0] * k))),

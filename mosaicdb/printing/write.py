@@ -6,14 +6,12 @@ renamed into place only when all have been written, and removed on any failure o
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from .. import __version__
-from ..errors import RenderError
+from .._version import __version__
+from ..io import AtomicFiles, check_free_space
 from ..units import human_bytes
 from .canvas import band_edges, stripes
 from .plan import PrintPlan, band_budget, plan_print
@@ -21,17 +19,6 @@ from .proof import LAYOUT_MAX, PROOF_MAX, draw_layout, draw_proof, render_small
 from .tiffstrips import CLASSIC_MAX, StripTiffWriter
 
 MANIFEST_VERSION = 1
-
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-
-
-def check_space(plan: PrintPlan) -> None:
-    need = int(plan.est_total * 1.1)
-    if need > plan.free_bytes:
-        raise RenderError(f"the print needs about {human_bytes(need)}, only {human_bytes(plan.free_bytes)} free on "
-                          f"{plan.outputs.folder}; free space or write elsewhere")
 
 
 def _ordered_bands(canvas, edges, x0, x1, pool, inflight: int):
@@ -55,14 +42,14 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
     """Render `saved` as print file(s) under `out`; returns the manifest (also written)."""
     from tqdm import tqdm
     plan = plan or plan_print(db, saved, opts, out, name, target=target)
-    check_space(plan)
+    check_free_space(plan.outputs.folder, plan.est_total, "the print", free=plan.free_bytes)
     g, lay, outs = plan.geometry, plan.layout, plan.outputs
     workers = opts.resolved_workers()
     band_bytes = band_budget(opts)
     if outs.make_folder:
         outs.folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    temps: dict[Path, Path] = {}
+    group = AtomicFiles()
     writers: dict[int, StripTiffWriter] = {}
     written: dict[int, dict] = {}
     icc = plan.profile.data
@@ -82,8 +69,7 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
                         continue
                     w = writers.get(i)
                     if w is None:
-                        tmp = temps.setdefault(outs.files[i], tmp_name(outs.files[i]))
-                        w = writers[i] = StripTiffWriter(tmp, p.width, p.height, dpi=g.dpi, icc=icc,
+                        w = writers[i] = StripTiffWriter(group.temp(outs.files[i]), p.width, p.height, dpi=g.dpi, icc=icc,
                                                          compression=opts.compression, software=software, pool=pool,
                                                          max_pending=2 * workers + 2)
                     a, b = max(p.y0, y0), min(p.y1, y1)
@@ -98,13 +84,13 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
         for key, path, longest in (("proof", outs.proof, PROOF_MAX), ("layout", outs.layout, LAYOUT_MAX)):
             if path is None:
                 continue
-            img, scale = small.get("img") or render_small(db, saved, g, longest, opts.color, opts.color_strength,
+            img, scale = small.get("img") or render_small(db, saved, g, longest, opts.render,
                                                            convert=plan.canvas.convert, target=target)
             small["img"] = (img, scale)
-            tmp = temps.setdefault(path, tmp_name(path))
+            tmp = group.temp(path)
             if key == "proof":
                 im = draw_proof(img, scale, g.trim_box, lay.panels, lay.overlap_px)
-                im.save(tmp, "JPEG", quality=opts.quality, icc_profile=icc, dpi=(g.dpi * scale,) * 2)
+                im.save(tmp, "JPEG", quality=opts.render.quality, icc_profile=icc, dpi=(g.dpi * scale,) * 2)
             else:
                 im = draw_layout(img, g.trim_box, lay.panels, lay.overlap_px, [f.name for f in outs.files])
                 im.save(tmp, "PNG", icc_profile=icc)
@@ -116,19 +102,15 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
                                 "many RIPs do not read; ask your print shop, or split it with --panel-width")
         warnings += _stale_panels(outs)
         manifest = _manifest(plan, written, extras, warnings, time.perf_counter() - t0, assignment_path, saved)
-        tmp = temps.setdefault(outs.manifest, tmp_name(outs.manifest))
-        tmp.write_text(json.dumps(manifest, indent=2))
-        for final in [*outs.files, outs.proof, outs.layout, outs.manifest]:  # the manifest last
-            if final is not None:
-                os.replace(temps.pop(final), final)
+        group.temp(outs.manifest).write_text(json.dumps(manifest, indent=2))
+        group.commit(order=[outs.manifest])
         ok = True
     finally:
         bar.close()
         for w in writers.values():
             w.abort()
         pool.shutdown(wait=True, cancel_futures=True)
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        group.discard()
         if not ok and outs.make_folder:
             try:
                 outs.folder.rmdir()  # only if this run made it and left it empty
@@ -165,7 +147,7 @@ def _manifest(plan: PrintPlan, written: dict, extras: dict, warnings: list, seco
             "trim_box_px": trim, **written[i]})
     return {
         "format": "mosaicdb print manifest", "version": MANIFEST_VERSION, "software": f"mosaicdb {__version__}",
-        "assignment": assignment_path, "db": saved.meta.get("db"), "options": plan.options.to_json(),
+        "assignment": assignment_path, "db": saved.meta.db, "options": plan.options.to_json(),
         "dpi": g.dpi, "requested_dpi": g.requested_dpi, "resolution_unit": "inch",
         "cell_px": g.cell_px, "grid": [g.cols, g.rows],
         "size_px": [g.width, g.height], "size_mm": [g.mm(g.width), g.mm(g.height)],

@@ -15,6 +15,7 @@ from ..color import transfer
 from ..errors import RenderError
 from ..match.grid import Grid, load_target, resample_cells
 from ..store.decode import square_resize
+from .options import RenderOptions
 from .tiles import box_reduce
 
 BLEND_MAX_BYTES = 64 << 20  # the target resampled for blending stays below this
@@ -28,11 +29,14 @@ def check_tiles_present(db, tile_ids: np.ndarray) -> None:
 
 
 def load_blend_target(saved) -> np.ndarray:
-    t = saved.meta["target"]
-    p = Path(t["path"])
+    t = saved.meta.target
+    if t is None:
+        raise RenderError("--color blend needs the target image, and this assignment records none: "
+                          "use another --color")
+    p = Path(t.path)
     if not p.is_file():
         raise RenderError(f"--color blend needs the target {p}, which is missing: restore it or use another --color")
-    if hashlib.sha256(p.read_bytes()).hexdigest() != t["sha256"]:
+    if hashlib.sha256(p.read_bytes()).hexdigest() != t.sha256:
         raise RenderError(f"target {p} changed since matching: --color blend would tint with the wrong picture")
     return load_target(p).image
 
@@ -103,18 +107,20 @@ class PixelCache:
 
 
 class CellRenderer:
-    def __init__(self, db, saved, color: str = "none", strength: float = 0.5, target=None,
-                 cache: PixelCache | None = None):
-        self.db, self.saved = db, saved
-        self.color, self.strength = color, strength
+    """Draws any rectangle of an assignment's cells at any cell size, with the colour transfer
+    of `opts` (`RenderOptions.color`, `.color_strength`). `target`: the target image, needed by
+    --color blend (else read from the path the assignment records)."""
+
+    def __init__(self, db, saved, opts: RenderOptions, target=None, cache: PixelCache | None = None):
+        self.db, self.saved, self.opts = db, saved, opts
         self.max_thumb = max(db.thumb_sizes)
         self.cache = cache or PixelCache(db, ())
         self._thumbs = {}
         self._blend_src = None
-        if color == "blend":
+        if opts.color == "blend":
             img = target if target is not None else load_blend_target(saved)
-            g = saved.meta["grid"]
-            grid = Grid(g["cols"], g["rows"], tuple(g["crop"]))
+            g = saved.meta.grid
+            grid = Grid(g.cols, g.rows, tuple(g.crop))
             q = int(max(1, min(64, (BLEND_MAX_BYTES / (3 * grid.cells)) ** 0.5)))
             self._blend_q = q
             self._blend_src = resample_cells(img, grid, q).reshape(grid.rows, q, grid.cols, q, 3).swapaxes(1, 2)
@@ -130,6 +136,7 @@ class CellRenderer:
         if t <= self.max_thumb:
             s = min(s for s in self.db.thumb_sizes if s >= t)
             uniq, inv = np.unique(ids, return_inverse=True)
+            self.db.check_rows(f"thumbs_{s}", uniq)  # never draw a damaged row (black) as a tile
             return box_reduce(np.asarray(self._thumb(s)[uniq]), t)[inv]
         out = np.empty((len(ids), t, t, 3), np.uint8)
         for j, i in enumerate(ids.tolist()):
@@ -147,11 +154,11 @@ class CellRenderer:
         """Cells [r0, r1) x [c0, c1) at t px each: (r1-r0, c1-c0, t, t, 3) uint8, colour applied."""
         ids = self.saved.tile_ids[r0:r1, c0:c1]
         tiles = self.tiles(ids, t)
-        if self.color != "none":
+        if self.opts.color != "none":
             mu = self.saved.target_mean[r0:r1, c0:c1].reshape(-1, 3)
             sd = self.saved.target_std[r0:r1, c0:c1].reshape(-1, 3)
-            blend = self._blend_cells(r0, r1, c0, c1, t) if self.color == "blend" else None
-            tiles = transfer(tiles, mu, sd, self.color, self.strength, blend)
+            blend = self._blend_cells(r0, r1, c0, c1, t) if self.opts.color == "blend" else None
+            tiles = transfer(tiles, mu, sd, self.opts.color, self.opts.color_strength, blend)
         return tiles.reshape(r1 - r0, c1 - c0, t, t, 3)
 
     def region(self, r0: int, r1: int, c0: int, c1: int, t: int) -> np.ndarray:

@@ -20,10 +20,15 @@ class Codec:
     dzi_ext: str
 
 
+def jpeg_encode(a: np.ndarray, quality: int) -> bytes:
+    """Baseline JPEG of uint8 RGB pixels, YCbCr 4:2:0 (libjpeg-turbo): what pyramid tiles, DZI
+    tiles and the viewer send."""
+    return imagecodecs.jpeg8_encode(np.ascontiguousarray(a), level=quality, colorspace="RGB",
+                                    outcolorspace="YCBCR", subsampling=(2, 2))
+
+
 def _jpeg(quality: int) -> Codec:
-    def enc(a):
-        return imagecodecs.jpeg8_encode(a, level=quality, colorspace="RGB", outcolorspace="YCBCR", subsampling=(2, 2))
-    return Codec("jpeg", enc, {"compression": "jpeg", "photometric": "ycbcr", "subsampling": (2, 2)},
+    return Codec("jpeg", lambda a: jpeg_encode(a, quality), {"compression": "jpeg", "photometric": "ycbcr", "subsampling": (2, 2)},
                  0.25 + 0.004 * max(0, quality - 75), False, "jpeg")
 
 

@@ -3,18 +3,18 @@ before any work; everything is written under a temporary name and renamed at the
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..assignment import write_atomic
+from ..io import AtomicFiles, check_free_space, free_bytes
 from ..errors import RenderError, UsageError
-from ..units import human_bytes
 from .codecs import get_codec
-from .pyramid import TILE, PyramidRenderer, plan_levels
+from .layout import TILE, dzi_files_dir
+from .options import RenderOptions
+from .pyramid import PyramidRenderer, plan_levels
 from .raster import FORMATS as RASTER, check_raster, suffix_choice, write_raster
 
 KINDS = {**{s: "raster" for s in RASTER}, ".tif": "tiff", ".tiff": "tiff", ".dzi": "dzi"}
@@ -59,18 +59,18 @@ def _encode_rate(codec, workers: int) -> float:
     return n * TILE * TILE / (time.perf_counter() - t0) * max(1, workers)
 
 
-def plan_output(path, cols: int, rows: int, ropts) -> Plan:
-    """What writing `path` at ropts.tile_px would produce; raises before any work if impossible."""
+def plan_output(path, cols: int, rows: int, ropts: RenderOptions) -> Plan:
+    """What writing `path` at ropts.px per cell would produce; raises before any work if impossible."""
     path = Path(path)
     kind = output_kind(path)
-    T = ropts.tile_px
+    T = ropts.px
     W, H = cols * T, rows * T
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"--out {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"--out {path}: folder {parent} is not writable")
-    plan = Plan(kind, W, H, cols, rows, T, free_bytes=shutil.disk_usage(parent).free)
+    plan = Plan(kind, W, H, cols, rows, T, free_bytes=free_bytes(parent))
     workers = ropts.resolved_workers()
     if kind == "raster":
         check_raster(path, W, H)
@@ -93,15 +93,21 @@ def plan_output(path, cols: int, rows: int, ropts) -> Plan:
 
 
 def check_space(path, plan: Plan) -> None:
-    need = int(plan.est_bytes * 1.2)
-    if need > plan.free_bytes:
-        raise RenderError(f"--out {path}: needs about {human_bytes(need)}, only {human_bytes(plan.free_bytes)} "
-                          f"free on {Path(path).parent or '.'}; free space or write elsewhere")
+    check_free_space(path, plan.est_bytes, f"--out {path}", free=plan.free_bytes)
 
 
-def write_output(db, saved, path, ropts, target=None, progress: bool = False) -> dict:
-    """Render `saved` to `path` (type from the suffix). Returns what was written."""
+def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: bool = False,
+                 group: AtomicFiles | None = None) -> dict:
+    """Render `saved` to `path` (type from the suffix) at `ropts.px` per cell. Returns what was
+    written. Everything goes under temporary names: renamed into place here, or, with `group`,
+    when the caller commits the group (so an output and its sidecar files appear together)."""
+    if group is None:
+        with AtomicFiles() as own:
+            written = write_output(db, saved, path, ropts, target, progress, own)
+            own.commit(order=[Path(path)])
+        return written
     from tqdm import tqdm
+
     from .cells import check_tiles_present
     path = Path(path)
     plan = plan_output(path, saved.cols, saved.rows, ropts)
@@ -112,26 +118,24 @@ def write_output(db, saved, path, ropts, target=None, progress: bool = False) ->
         from .rows import iter_rows
         bar = tqdm(total=plan.height, desc=f"render {path.name}", unit="px rows", disable=not progress, leave=False)
         with bar:
-            write_raster(path, iter_rows(db, saved, ropts.tile_px, ropts.color, ropts.color_strength, target),
-                         plan.width, plan.height, ropts.quality, on_band=bar.update)
-        return {"kind": "raster", "path": str(path), "bytes": path.stat().st_size, "seconds": time.perf_counter() - t0}
+            write_raster(group.temp(path), iter_rows(db, saved, ropts, target), plan.width, plan.height,
+                         ropts.quality, on_band=bar.update)
+        return {"kind": "raster", "path": str(path), "bytes": group.temp(path).stat().st_size,
+                "seconds": time.perf_counter() - t0}
     codec = get_codec(ropts.codec, ropts.quality)
-    pyr = PyramidRenderer(db, saved, ropts.tile_px, ropts.color, ropts.color_strength,
-                          stop=TILE if plan.kind == "tiff" else 1, workers=ropts.resolved_workers(),
-                          cache_bytes=ropts.cache_bytes, target=target)
+    pyr = PyramidRenderer(db, saved, ropts, stop=TILE if plan.kind == "tiff" else 1, target=target)
     bar = tqdm(total=pyr.total_tiles, desc=f"render {path.name}", unit="tile", disable=not progress,
                smoothing=0.05, dynamic_ncols=True)
     with bar:
         if plan.kind == "tiff":
             from .tiff import write_pyramid_tiff
-            write_atomic(path, lambda tmp: write_pyramid_tiff(pyr, tmp, codec, ome=ropts.ome, dpi=ropts.dpi,
-                                                              on_tile=bar.update))
+            write_pyramid_tiff(pyr, group.temp(path), codec, ome=ropts.ome, dpi=ropts.dpi, on_tile=bar.update)
+            size = group.temp(path).stat().st_size
         else:
-            from .dzi import dzi_files_dir, write_dzi
-            write_dzi(pyr, path, codec, ropts.quality, on_tile=bar.update)
-    size = path.stat().st_size
-    if plan.kind == "dzi":
-        size += sum(f.stat().st_size for f in dzi_files_dir(path).rglob("*") if f.is_file())
+            from .dzi import write_dzi
+            write_dzi(pyr, path, codec, group, on_tile=bar.update)
+            files = group.temp(dzi_files_dir(path))
+            size = group.temp(path).stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
     return {"kind": plan.kind, "path": str(path), "bytes": size, "seconds": time.perf_counter() - t0,
             "levels": plan.levels, "tiles": plan.tiles, "original_decodes": pyr.cells.cache.decodes,
             "reused_tile_bytes": pyr.bytes_cache.hits}

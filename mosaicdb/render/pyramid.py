@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import RenderError
 from .cells import CellRenderer, OnceLRU, PixelCache
+from .layout import TILE
+from .options import RenderOptions
 
-TILE = 256
 BLOCK_W = 16 * TILE     # pixels per render task: memory per task is fixed, whatever the width
 DIRECT_MIN_PX = 4
 SMALL_MAX_PIXELS = 64_000_000
@@ -71,15 +72,14 @@ def plan_levels(cols: int, rows: int, tile_px: int, stop: int = TILE) -> tuple[l
 class PyramidRenderer:
     """Yields every level's tiles in row-major order, as pixels or encoded bytes."""
 
-    def __init__(self, db, saved, tile_px: int, color: str, strength: float, *, stop: int = TILE,
-                 workers: int = 2, cache_bytes: int = 512 << 20, target=None):
-        self.saved, self.T = saved, tile_px
-        self.levels, self.small_px = plan_levels(saved.cols, saved.rows, tile_px, stop)
+    def __init__(self, db, saved, opts: RenderOptions, *, stop: int = TILE, target=None):
+        self.saved, self.T = saved, opts.px
+        self.levels, self.small_px = plan_levels(saved.cols, saved.rows, self.T, stop)
         big = tuple(lv.cell_px for lv in self.levels if lv.cell_px and lv.cell_px > max(db.thumb_sizes))
-        self.cells = CellRenderer(db, saved, color, strength, target, PixelCache(db, big, cache_bytes))
-        self.reuse = color == "none"
+        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes))
+        self.reuse = opts.color == "none"
         self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by tile id
-        self.workers = max(1, workers)
+        self.workers = opts.resolved_workers()
         self._small = None
 
     @property

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..assignment import write_atomic
 from ..errors import RenderError, UsageError
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -74,24 +73,20 @@ def write_png_stream(f, bands, width: int, height: int, level: int = 6, on_band=
 
 
 def write_raster(path, bands, width: int, height: int, quality: int = 90, on_band=None) -> None:
-    """Write bands to `path` (format from the suffix) via a temporary file and a rename."""
+    """Write bands to `path` (format from the suffix; the caller makes it atomic)."""
     fmt = check_raster(path, width, height)
-
-    def write(tmp):
-        if fmt == "PNG":
-            with open(tmp, "wb") as f:
-                write_png_stream(f, bands, width, height, on_band=on_band)
-            return
-        canvas = np.empty((height, width, 3), np.uint8)
-        y = 0
-        for band in bands:
-            canvas[y:y + band.shape[0]] = band
-            y += band.shape[0]
-            if on_band:
-                on_band(band.shape[0])
-        kw = {"quality": quality}
-        if fmt == "JPEG":
-            kw.update(subsampling=0 if quality >= 90 else 2, optimize=False)
-        Image.fromarray(canvas).save(tmp, format=fmt, **kw)
-
-    write_atomic(Path(path), write)
+    if fmt == "PNG":
+        with open(path, "wb") as f:
+            write_png_stream(f, bands, width, height, on_band=on_band)
+        return
+    canvas = np.empty((height, width, 3), np.uint8)
+    y = 0
+    for band in bands:
+        canvas[y:y + band.shape[0]] = band
+        y += band.shape[0]
+        if on_band:
+            on_band(band.shape[0])
+    kw = {"quality": quality}
+    if fmt == "JPEG":
+        kw.update(subsampling=0 if quality >= 90 else 2, optimize=False)
+    Image.fromarray(canvas).save(path, format=fmt, **kw)

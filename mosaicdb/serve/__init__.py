@@ -4,7 +4,8 @@ server.py (HTTP, routes) -> tilesource.py / tiff_source.py (DeepZoom tiles) and 
 originals); assets.py holds the page (static/) and OpenSeadragon from npm.
 """
 from .server import Viewer, host_warning, make_server, serve_in_thread
-from .tilesource import BadRequest, NotFound, RequestError, open_source
+from .sources import open_source
+from .tilesource import BadRequest, NotFound, RequestError
 
 __all__ = ["Viewer", "make_server", "serve_in_thread", "host_warning", "open_source", "RequestError",
            "BadRequest", "NotFound"]

@@ -3,7 +3,6 @@ its distance to the target cell and where it came from; originals of the assignm
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 
@@ -11,9 +10,6 @@ from ..assignment import SavedAssignment
 from ..errors import DatabaseError
 from .tilesource import NotFound, BadRequest
 
-# PIL format name -> content type, for originals a browser shows as stored
-BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
-                   "WEBP": "image/webp"}
 GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style")
 JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
 
@@ -27,10 +23,10 @@ class MosaicAPI:
         self.allowed = set(np.unique(saved.tile_ids).tolist())
 
     def info(self) -> dict:
-        m = self.saved.meta
+        target = self.saved.meta.target
         return {"width": self.width, "height": self.height, "cols": self.saved.cols, "rows": self.saved.rows,
                 "distinct_tiles": len(self.allowed), "db": str(self.db.path),
-                "target": (m.get("target") or {}).get("path"),
+                "target": target.path if target is not None else None,
                 "mean_distance": float(self.saved.cost.mean())}
 
     def cell(self, row: int, col: int) -> dict:
@@ -53,20 +49,10 @@ class MosaicAPI:
         return out
 
     def original(self, tile_id: int) -> tuple[bytes, str]:
-        """The original of a tile of this mosaic: stored bytes when a browser shows them,
-        else converted (PNG, or JPEG when large)."""
+        """The original of a tile of this mosaic, decoded and encoded again (PNG, or JPEG when
+        large): never a file's bytes as stored, so nothing but an image can come out."""
         if tile_id not in self.allowed:
             raise NotFound(f"tile {tile_id} is not in this mosaic")
-        rows = self.db.tiles([tile_id])
-        if not rows:
-            raise NotFound(f"tile {tile_id} is no longer in the database")
-        t = rows[0]
-        ctype = BROWSER_FORMATS.get(t["format"])
-        if ctype:
-            try:
-                return Path(self.db.blob_path(t)).read_bytes(), ctype
-            except OSError:
-                raise NotFound(f"the original of tile {tile_id} is missing; run `mosaic db check`") from None
         try:
             img = self.db.load_original(tile_id)
         except DatabaseError as e:

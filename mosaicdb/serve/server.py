@@ -6,25 +6,32 @@
     /tile/ID/original                         a tile's original, for tiles of this mosaic only
 
 Nothing in a URL becomes a filesystem path. Paths with '..', '%', '\\' or '//' are 404 before
-routing; unknown routes 404; malformed or out-of-range numbers 400.
+routing; unknown routes 404; malformed or out-of-range numbers 400. Every request must be
+addressed (Host header) to a name this server answers to: loopback names, and beyond
+loopback the bound address, this machine's names and `--allow-host` ones (no DNS
+rebinding from a browser page). Beyond loopback every request also needs the secret token of
+the printed URL (`?token=`, then a cookie).
 """
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
 import re
+import secrets
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .. import assignment as asg
-from ..errors import DatabaseError, MosaicError, UsageError
+from ..errors import MosaicError, UsageError
 from .api import MosaicAPI
 from .assets import load_assets
-from .tilesource import BadRequest, NotFound, RequestError, open_source, parse_int
+from .sources import open_source
+from .tilesource import BadRequest, NotFound, RequestError, parse_int
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ TILE_NAME = re.compile(r"([^_]*)_([^.]*)\.([a-z]{3,4})")
 CELL_ROUTE = re.compile(r"/api/cell/([^/]*)/([^/]*)")
 ORIGINAL_ROUTE = re.compile(r"/tile/([^/]*)/original")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+TOKEN_COOKIE = "mosaic_token"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -50,25 +58,20 @@ def is_loopback(host: str) -> bool:
 def host_warning(host: str) -> str | None:
     if is_loopback(host):
         return None
-    return (f"serving on {host}: anyone who can reach this address sees the mosaic and the originals of "
-            "its tiles (the default, 127.0.0.1, is this machine only)")
+    return (f"serving on {host}: anyone who can reach this address and has the URL's token sees the mosaic and "
+            "its tiles' originals (the default, 127.0.0.1, is this machine only)")
 
 
 class Viewer:
     """Everything one served mosaic needs: its tile source, assignment, database and assets."""
 
     def __init__(self, mosaic, *, db=None, osd_dir=None):
-        from ..store.db import TileDB
+        from ..store.db import open_for_assignment
         self.assets = load_assets(osd_dir)          # first: the cheapest failure to report
         self.source = open_source(mosaic)
         try:
             saved = asg.load(mosaic)
-            db_path = Path(db or saved.meta.get("db", ""))
-            try:
-                self.db = TileDB.open(db_path, readonly=True)
-            except DatabaseError as e:
-                hint = "" if db else " (moved? pass its new place with --db)"
-                raise DatabaseError(f"{e}{hint}") from None
+            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db)
             cols, rows = saved.cols, saved.rows
             w, h = self.source.width, self.source.height
             if w % cols or h % rows or w // cols != h // rows:
@@ -135,9 +138,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         viewer: Viewer = self.server.viewer
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        path, _, query = self.path.split("#", 1)[0].partition("?")
+        set_cookie = False
         try:
             self._check_host()
+            set_cookie = self._check_token(query)
             body, ctype, cache = viewer.route(path)
             status = 200
         except RequestError as e:
@@ -156,6 +161,8 @@ class Handler(BaseHTTPRequestHandler):
         if ctype.startswith("text/html"):
             self.send_header("Content-Security-Policy", CSP)
             self.send_header("X-Frame-Options", "DENY")
+        if set_cookie:
+            self.send_header("Set-Cookie", f"{TOKEN_COOKIE}={self.server.token}; Path=/; HttpOnly; SameSite=Strict")
         self.end_headers()
         if not head:
             try:
@@ -164,16 +171,29 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def _check_host(self) -> None:
-        """On loopback, answer only requests addressed to a loopback name (no DNS rebinding)."""
-        if not self.server.loopback:
-            return
+        """Answer only requests addressed to a name this server answers to (no DNS rebinding)."""
         host = (self.headers.get("Host") or "").strip()
         try:
-            name = urlsplit("//" + host).hostname or ""
+            name = (urlsplit("//" + host).hostname or "").lower()
         except ValueError:
             name = ""
-        if not is_loopback(name.lower()):
-            raise _Forbidden(f"Host {host[:60]!r} is not this machine's loopback address")
+        if not (is_loopback(name) or name in self.server.allowed_hosts):
+            raise _Forbidden(f"Host {host[:60]!r} is not a name this server answers to (add it with --allow-host)")
+
+    def _check_token(self, query: str) -> bool:
+        """Beyond loopback: the secret token, from the URL (then set as a cookie) or the cookie.
+        Returns whether to set the cookie."""
+        token = self.server.token
+        if token is None:
+            return False
+        given = parse_qs(query).get("token", [""])[0]
+        if given and hmac.compare_digest(given, token):
+            return True
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == TOKEN_COOKIE and hmac.compare_digest(v, token):
+                return False
+        raise _Forbidden("this server needs the token of the URL it printed (?token=...)")
 
     def log_message(self, fmt, *args):
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -188,8 +208,23 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = 8000) -> _Server:
-    """A bound (not yet serving) server for `viewer`; `server.url` is its address."""
+def machine_names() -> set[str]:
+    """This machine's host names and addresses, as a browser on the network would address it."""
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            names.add(info[4][0].lower())
+    except OSError:
+        pass
+    return {n for n in names if n}
+
+
+def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = 8000, *,
+                allow_hosts=(), token: str | None = None) -> _Server:
+    """A bound (not yet serving) server for `viewer`; `server.url` is its address (with the
+    token beyond loopback). `allow_hosts`: more Host names to answer to."""
+    if not 0 <= int(port) <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     cls = type("ViewerHTTPServer", (_Server,), {"address_family": family})
     try:
@@ -200,8 +235,17 @@ def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = 8000) -> _S
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     httpd.viewer = viewer
     httpd.loopback = is_loopback(host)
+    allowed = {h.strip().lower().strip("[]") for h in allow_hosts if h.strip()}
+    if not httpd.loopback:
+        allowed |= machine_names()
+        if host not in ("0.0.0.0", "::", ""):
+            allowed.add(host.lower())
+    httpd.allowed_hosts = allowed
+    httpd.token = None if httpd.loopback else (token or secrets.token_urlsafe(18))
     shown = f"[{host}]" if ":" in host else host
-    httpd.url = f"http://{shown}:{httpd.server_address[1]}/"
+    if host in ("0.0.0.0", "::"):
+        shown = socket.gethostname()
+    httpd.url = f"http://{shown}:{httpd.server_address[1]}/" + (f"?token={httpd.token}" if httpd.token else "")
     return httpd
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import tifffile
 
 from ..errors import UsageError
-from .tilesource import TILE, NotFound, TileSource, encode_jpeg
+from ..render.layout import TILE
+from .tilesource import NotFound, TileSource, encode_jpeg
 
 JPEG = 7
 YCBCR = 6

@@ -2,29 +2,25 @@
 
 DZI levels: 0 is 1 x 1 px, the top level (`max_level`) is full size, level L is the full image
 divided by 2^(max_level - L), rounded up; tiles are 256 px with no overlap, edge tiles cropped.
-`open_source` picks the source from the file: a pyramidal TIFF (tiff_source.py), a DZI folder
+`sources.open_source` picks the source from the file: a pyramidal TIFF (tiff_source.py), a DZI folder
 written by `mosaic make`, or a PNG/JPEG/WebP held in memory (small outputs).
 """
 from __future__ import annotations
 
-import math
 import re
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import cv2
-import imagecodecs
 import numpy as np
 
 from ..errors import MosaicError, UsageError
+from ..render.codecs import jpeg_encode
+from ..render.layout import DZI_NAMESPACE, TILE, dzi_files_dir, dzi_level_size, dzi_levels, dzi_xml, tiles_across
 
-TILE = 256
 JPEG_QUALITY = 90
 IMAGE_MAX_PIXELS = 100_000_000   # a PNG/JPEG mosaic is decoded whole; beyond this, render a .tif
-DZI_XML = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-           '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" TileSize="{tile}" Overlap="0" Format="{fmt}">\n'
-           '  <Size Width="{w}" Height="{h}"/>\n</Image>\n')
 CONTENT_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -42,8 +38,7 @@ class NotFound(RequestError):
 
 
 def encode_jpeg(a: np.ndarray) -> bytes:
-    return imagecodecs.jpeg8_encode(np.ascontiguousarray(a), level=JPEG_QUALITY, colorspace="RGB",
-                                    outcolorspace="YCBCR", subsampling=(2, 2))
+    return jpeg_encode(a, JPEG_QUALITY)
 
 
 def parse_int(text: str, what: str) -> int:
@@ -60,18 +55,17 @@ class TileSource(ABC):
 
     def __init__(self, path: Path, width: int, height: int):
         self.path, self.width, self.height = Path(path), int(width), int(height)
-        self.max_level = math.ceil(math.log2(max(self.width, self.height, 1)))
+        self.max_level = dzi_levels(self.width, self.height)
 
     @property
     def content_type(self) -> str:
         return CONTENT_TYPES[self.format]
 
     def level_size(self, level: int) -> tuple[int, int]:
-        s = 2 ** (self.max_level - level)
-        return max(1, -(-self.width // s)), max(1, -(-self.height // s))
+        return dzi_level_size(self.width, self.height, self.max_level, level)
 
     def dzi_xml(self) -> str:
-        return DZI_XML.format(tile=TILE, fmt=self.format, w=self.width, h=self.height)
+        return dzi_xml(self.width, self.height, self.format)
 
     def check(self, level: int, col: int, row: int, ext: str) -> None:
         if ext != self.format and not (ext == "jpg" and self.format == "jpeg"):
@@ -79,8 +73,8 @@ class TileSource(ABC):
         if not 0 <= level <= self.max_level:
             raise BadRequest(f"level {level} is out of range 0..{self.max_level}")
         w, h = self.level_size(level)
-        if not (0 <= col < -(-w // TILE) and 0 <= row < -(-h // TILE)):
-            raise BadRequest(f"tile {col}_{row} is outside level {level} ({-(-w // TILE)} x {-(-h // TILE)} tiles)")
+        if not (0 <= col < tiles_across(w) and 0 <= row < tiles_across(h)):
+            raise BadRequest(f"tile {col}_{row} is outside level {level} ({tiles_across(w)} x {tiles_across(h)} tiles)")
 
     def tile(self, level: int, col: int, row: int, ext: str = "jpeg") -> bytes:
         """Encoded bytes of one DZI tile; BadRequest for coordinates outside the pyramid."""
@@ -146,7 +140,7 @@ class DziFolderSource(TileSource):
         import xml.etree.ElementTree as ET
         try:
             root = ET.fromstring(Path(path).read_text())
-            ns = {"d": "http://schemas.microsoft.com/deepzoom/2008"}
+            ns = {"d": DZI_NAMESPACE}
             size = root.find("d:Size", ns)
             w, h = int(size.get("Width")), int(size.get("Height"))
             tile, overlap, fmt = int(root.get("TileSize")), int(root.get("Overlap")), root.get("Format")
@@ -154,7 +148,7 @@ class DziFolderSource(TileSource):
             raise UsageError(f"{path} is not a DZI description ({e})") from None
         if tile != TILE or overlap != 0 or fmt not in ("jpeg", "png"):
             raise UsageError(f"{path}: only DZIs written by mosaic (TileSize {TILE}, Overlap 0, jpeg/png) are served")
-        self.files = Path(path).with_name(Path(path).stem + "_files")
+        self.files = dzi_files_dir(path)
         if not self.files.is_dir():
             raise UsageError(f"{path}: its tile folder {self.files} is missing")
         super().__init__(path, w, h)
@@ -166,20 +160,3 @@ class DziFolderSource(TileSource):
             return p.read_bytes()
         except OSError:
             raise NotFound(f"tile {level}/{col}_{row} is missing from {self.files.name}") from None
-
-
-def open_source(path) -> TileSource:
-    """The tile source for a mosaic output, chosen by its suffix."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist (expected a mosaic: .tif, .dzi, .png, .jpg or .webp)")
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        from .tiff_source import TiffSource
-        return TiffSource(path)
-    if suffix == ".dzi":
-        return DziFolderSource(path)
-    if suffix in (".png", ".jpg", ".jpeg", ".webp"):
-        return ImageSource(path)
-    raise UsageError(f"{path}: cannot serve {suffix or 'a file without suffix'}; use a mosaic written as "
-                     ".tif, .dzi, .png, .jpg or .webp")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatabaseError
+
 
 class RowArray:
     def __init__(self, path: Path, row_shape: tuple[int, ...], dtype):
@@ -44,4 +46,7 @@ class RowArray:
         """A memory map of the first `rows` rows (an empty array when rows == 0)."""
         if rows == 0:
             return np.zeros((0,) + self.row_shape, self.dtype)
+        if self.capacity() < rows:
+            raise DatabaseError(f"{self.path} holds {self.capacity()} rows, the catalog needs {rows}: the database "
+                                f"is damaged; run `mosaic db repair {self.path.parent}`")
         return np.memmap(self.path, dtype=self.dtype, mode=mode, shape=(rows,) + self.row_shape)

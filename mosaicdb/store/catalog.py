@@ -9,9 +9,10 @@ import json
 import sqlite3
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS tiles(
     format TEXT NOT NULL,
     origin TEXT NOT NULL,
     provenance TEXT NOT NULL DEFAULT '{}',
-    added REAL NOT NULL
+    added REAL NOT NULL,
+    link_root TEXT
 );
 CREATE INDEX IF NOT EXISTS tiles_source ON tiles(source);
 CREATE TABLE IF NOT EXISTS sources(
@@ -36,6 +38,17 @@ CREATE TABLE IF NOT EXISTS sources(
     hash TEXT
 );
 CREATE TABLE IF NOT EXISTS errors(source TEXT PRIMARY KEY, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+# CRC-32 of each committed run of array rows (features.f32, thumbs_<s>.u8): what `db check
+# --deep`, renders and index builds verify, so a damaged array is never read as tiles.
+_CHECKSUMS = """
+CREATE TABLE IF NOT EXISTS checksums(
+    array TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    PRIMARY KEY(array, start)
+);
 """
 
 
@@ -52,10 +65,27 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+def upgrade(con: sqlite3.Connection) -> None:
+    """Bring a catalog made by an older mosaicdb up to this schema (writable connections):
+    the checksums table, the link_root column, the database's uuid."""
+    with con:
+        con.executescript(_CHECKSUMS)
+        cols = {r["name"] for r in con.execute("PRAGMA table_info(tiles)")}
+        if cols and "link_root" not in cols:
+            con.execute("ALTER TABLE tiles ADD COLUMN link_root TEXT")
+        if con.execute("SELECT 1 FROM meta WHERE key = 'uuid'").fetchone() is None:
+            set_meta(con, uuid=str(uuid.uuid4()))
+        set_meta(con, schema_version=SCHEMA_VERSION)
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
 def create(con: sqlite3.Connection, settings: dict) -> None:
     with con:
-        con.executescript(_SCHEMA)
-        rows = {"schema_version": SCHEMA_VERSION, "next_id": 0, "version": 0, **settings}
+        con.executescript(_SCHEMA + _CHECKSUMS)
+        rows = {"schema_version": SCHEMA_VERSION, "next_id": 0, "version": 0, "uuid": str(uuid.uuid4()), **settings}
         con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                         [(k, json.dumps(v)) for k, v in rows.items()])
 

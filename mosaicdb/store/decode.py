@@ -26,6 +26,7 @@ _SRGB = ImageCms.createProfile("sRGB")
 class DecodeOptions:
     background: tuple[int, int, int] = (255, 255, 255)
     max_pixels: int = 256_000_000  # larger images are refused as decompression bombs
+    max_bytes: int = 1 << 30       # larger files (and archive members) are not read at all
 
 
 def _to_rgb(img: Image.Image, background) -> Image.Image:
@@ -74,24 +75,38 @@ def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int = 0) -> tuple[Image.Image, tuple[int, int], str]:
+def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int = 0,
+               square: bool = False) -> tuple[Image.Image, tuple[int, int], str]:
     """Decode `data` -> (normalised RGB image, original (width, height), format).
 
     `min_side` > 0 lets JPEG decode at a reduced scale while keeping the short side >= min_side.
-    Raises ImageError with a short reason for anything that is not a readable, sane image.
+    `square` (ingest): only the centre square is kept, cut and box-reduced (to >= 2 x min_side)
+    right after decoding, before any conversion, so a large image costs about one decoded copy
+    of memory rather than several. Raises ImageError with a short reason for anything that is
+    not a readable, sane image, including one whose decoded pixels would pass opts.max_bytes.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    w = h = 0
     try:
         img = _open_with_limit(data, opts.max_pixels)
         w, h = img.size
         if w * h > opts.max_pixels:
             raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
         fmt = img.format or "unknown"
+        need = decoded_bytes(img)
+        if need > opts.max_bytes:
+            raise ImageError(f"{w}x{h} {img.mode} needs {need / 2**30:.1f} GB to decode, over the "
+                             f"{opts.max_bytes / 2**30:.1f} GB limit")
         if min_side and fmt == "JPEG":
             s = min_side / min(w, h)
             img.draft("RGB", (max(1, int(w * s + 1)), max(1, int(h * s + 1))))
         img.load()
+        if square:
+            img = center_square(img)  # the same region in every EXIF orientation
+            k = min(img.size) // (2 * max(min_side, 1))
+            if k >= 2 and img.mode not in ("P", "PA", "1"):  # box-reduce before the conversions
+                img = img.reduce(k)
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img, opts.background)
     except ImageError:
@@ -100,11 +115,42 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
         raise ImageError(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as e:
+    except MemoryError:
+        raise ImageError(f"too large to decode in the memory available ({w}x{h} px)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError) as e:
         raise ImageError(f"corrupt or truncated image: {e}") from None
     if min(img.size) < 1:
         raise ImageError("image has no pixels")
     return img, (w, h), fmt
+
+
+_BYTES_PER_BAND = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Bytes the decoded pixels of an opened (not yet loaded) image take, from its header."""
+    w, h = img.size
+    return w * h * len(img.getbands()) * _BYTES_PER_BAND.get(img.mode, 1)
+
+
+# EXIF orientations 5-8 turn the picture a quarter turn: width and height swap
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image file as it will be decoded (EXIF rotation applied), from its
+    header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: decompression bomb") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot read {path}: {e}") from None
+    return (h, w) if orientation in _QUARTER_TURNS else (w, h)
 
 
 def center_square(img: Image.Image) -> Image.Image:

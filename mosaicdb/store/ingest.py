@@ -3,24 +3,33 @@
 Workers are picklable functions `chunk -> ChunkResult` run in a process pool; the parent is
 the only writer. Per chunk it writes the array rows first and commits the catalog after, so a
 kill at any moment leaves a consistent database and a rerun picks up where it stopped.
+
+Untrusted input: only regular files are read (FIFOs, devices and sockets are skipped; symlinks
+are resolved, and for --link must stay inside the folder given), every file and archive member
+is bounded in size before and while it is read, decoding is bounded in memory, and a worker
+that dies on a file (out of memory, a crashing decoder) costs that file, not the run.
 """
 from __future__ import annotations
 
 import collections
 import hashlib
+import multiprocessing as mp
 import os
+import stat
 import tarfile
 import time
 import zipfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-import multiprocessing as mp
 
 import numpy as np
 
 from ..errors import ImageError, UsageError
+from ..io import UnsafeFile, read_regular_file, write_atomic
+from ..units import human_bytes
 from .decode import DecodeOptions, make_thumbnails, open_image, tile_features
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -35,6 +44,7 @@ class Source:
     member: str = ""
     size: int = 0
     mtime_ns: int = 0
+    root: str = ""    # the folder given on the command line (--link: files must stay inside it)
 
 
 @dataclass(frozen=True)
@@ -75,38 +85,43 @@ def enumerate_sources(paths, exclude: Path | None = None):
                     continue
                 for name in sorted(files):
                     if not name.startswith("."):
-                        yield from _file_sources(os.path.join(root, name))
+                        yield from _file_sources(os.path.join(root, name), p)
         else:
-            yield from _file_sources(p)
+            yield from _file_sources(p, os.path.dirname(p))
 
 
-def _file_sources(path: str):
+def _file_sources(path: str, root: str):
     try:
-        st = os.stat(path)
+        st = os.stat(path)  # follows symlinks: what would be read
     except OSError as e:
-        yield Source(path, "file", path, "", -1, -1), f"unreadable: {e.strerror}"
+        yield Source(path, "file", path, "", -1, -1, root), f"unreadable: {e.strerror}"
+        return
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+        yield Source(path, "file", path, "", -1, -1, root), f"skipped: {what}, not a regular file"
         return
     if is_archive(path):
-        yield from _archive_sources(path, st)
+        yield from _archive_sources(path, st, root)
     else:
-        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns), None
+        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns, root), None
 
 
-def _archive_sources(path: str, st):
+def _archive_sources(path: str, st, root: str):
     try:
         if path.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as z:
                 for info in sorted(z.infolist(), key=lambda i: i.filename):
                     if not info.is_dir() and not os.path.basename(info.filename).startswith("."):
                         yield Source(f"{path}!{info.filename}", "zip", path, info.filename,
-                                     info.file_size, st.st_mtime_ns), None
+                                     info.file_size, st.st_mtime_ns, root), None
         else:
             with tarfile.open(path, "r:*") as t:
                 for m in t:
                     if m.isfile() and not os.path.basename(m.name).startswith("."):
-                        yield Source(f"{path}!{m.name}", "tar", path, m.name, m.size, st.st_mtime_ns), None
+                        yield Source(f"{path}!{m.name}", "tar", path, m.name, m.size, st.st_mtime_ns, root), None
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns), f"unreadable archive: {e}"
+        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns, root), f"unreadable archive: {e}"
 
 
 def blob_relpath(digest: str, fmt: str) -> str:
@@ -118,29 +133,39 @@ def _write_blob(db_path: str, rel: str, data: bytes) -> None:
     if os.path.exists(dest):
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    write_atomic(dest, lambda tmp: tmp.write_bytes(data))
 
 
 _zip_cache: dict[str, tuple[int, zipfile.ZipFile]] = {}  # path -> (mtime_ns it was opened at, zip)
 
 
-def _read(src: Source, payload: bytes | Exception | None) -> bytes:
+def read_capped(f, max_bytes: int, what: str) -> bytes:
+    """Read a stream to its end, refusing more than max_bytes (a zip member's declared size
+    may lie)."""
+    data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnsafeFile(f"{what} is over the {human_bytes(max_bytes)} limit")
+    return data
+
+
+def _read(src: Source, payload: bytes | Exception | None, cfg: "WorkerConfig") -> bytes:
     if isinstance(payload, Exception):  # with_payloads could not read the member
         raise payload
     if payload is not None:
         return payload
+    limit = cfg.decode.max_bytes
     if src.kind == "zip":
         cached = _zip_cache.get(src.path)
         if cached is None or cached[0] != src.mtime_ns:  # a rewritten archive must be reopened
             if cached is not None:
                 cached[1].close()
             cached = _zip_cache[src.path] = (src.mtime_ns, zipfile.ZipFile(src.path))
-        return cached[1].read(src.member)
-    with open(src.path, "rb") as f:
-        return f.read()
+        if cached[1].getinfo(src.member).file_size > limit:
+            raise UnsafeFile(f"archive member of {human_bytes(src.size)} is over the {human_bytes(limit)} limit")
+        with cached[1].open(src.member) as f:
+            return read_capped(f, limit, "archive member")
+    # --link keeps a path to the file: it (symlinks resolved) must stay inside the folder given
+    return read_regular_file(src.path, limit, root=src.root if cfg.link and src.root else None)
 
 
 def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
@@ -150,10 +175,12 @@ def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
     for src, payload, prov in chunk:
         try:
             try:
-                data = _read(src, payload)
+                data = _read(src, payload, cfg)
+            except UnsafeFile as e:
+                raise ImageError(f"skipped: {e}") from None
             except (OSError, KeyError, zipfile.BadZipFile, RuntimeError, EOFError, zlib.error) as e:
                 raise ImageError(f"unreadable: {getattr(e, 'strerror', None) or e}") from None
-            img, (w, h), fmt = open_image(data, cfg.decode, min_side=cfg.thumb_sizes[-1])
+            img, (w, h), fmt = open_image(data, cfg.decode, min_side=cfg.thumb_sizes[-1], square=True)
             ts = make_thumbnails(img, cfg.thumb_sizes)
             digest = hashlib.sha256(data).hexdigest()
             if cfg.link and src.kind == "file":
@@ -209,21 +236,62 @@ def _pool(workers: int):
 
 
 def run_chunks(chunks, cfg: WorkerConfig, workers: int):
-    """Yield (chunk, ChunkResult) in order, with a bounded number of chunks in flight."""
+    """Yield (chunk, ChunkResult) in order, with a bounded number of chunks in flight. A worker
+    that dies (killed, out of memory) breaks the pool: the chunks in flight are then redone a
+    file at a time in a fresh pool, the file that kills a worker again is recorded as skipped,
+    and the run goes on."""
     if workers <= 1:
         for chunk in chunks:
             yield chunk, process_chunk(chunk, cfg)
         return
-    with _pool(workers) as ex:
-        pending = collections.deque()
+    pool = _pool(workers)
+    pending = collections.deque()
+    try:
         for chunk in chunks:
-            pending.append((chunk, ex.submit(process_chunk, chunk, cfg)))
-            if len(pending) >= 3 * workers:
-                c, f = pending.popleft()
-                yield c, f.result()
+            pending.append((chunk, pool.submit(process_chunk, chunk, cfg)))
+            while len(pending) >= 3 * workers:
+                pool = yield from _next_result(pending, pool, cfg, workers)
         while pending:
-            c, f = pending.popleft()
-            yield c, f.result()
+            pool = yield from _next_result(pending, pool, cfg, workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _next_result(pending, pool, cfg: WorkerConfig, workers: int):
+    chunk, fut = pending.popleft()
+    try:
+        yield chunk, fut.result()
+        return pool
+    except BrokenProcessPool:
+        suspects = [chunk] + [c for c, _ in pending]
+        pending.clear()
+    pool.shutdown(wait=False, cancel_futures=True)
+    pool = _pool(workers)
+    for c in suspects:
+        results = []
+        for item in c:  # one file at a time: a death now names its file
+            try:
+                results.append(pool.submit(process_chunk, [item], cfg).result())
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _pool(workers)
+                results.append(ChunkResult(errors=[(item[0], "skipped: the decoding process died on this file "
+                                                             "(out of memory, or a crashing decoder)")]))
+        yield c, merge_results(results)
+    return pool
+
+
+def merge_results(results: list[ChunkResult]) -> ChunkResult:
+    """One ChunkResult of several, in order."""
+    out = ChunkResult()
+    for r in results:
+        out.ok += r.ok
+        out.errors += r.errors
+    parts = [r for r in results if r.ok]
+    if parts:
+        out.thumbs = [np.concatenate([r.thumbs[i] for r in parts]) for i in range(len(parts[0].thumbs))]
+        out.features = np.concatenate([r.features for r in parts])
+    return out
 
 
 def chunked(items, size: int):
@@ -237,8 +305,9 @@ def chunked(items, size: int):
         yield buf
 
 
-def with_payloads(sources):
-    """Attach bytes to tar members (read here, in order, so a compressed tar is read once)."""
+def with_payloads(sources, max_bytes: int = 1 << 30):
+    """Attach bytes to tar members (read here, in order, so a compressed tar is read once);
+    members over `max_bytes` are not read."""
     open_tars: dict[str, tarfile.TarFile] = {}
     members: dict[str, dict] = {}
     try:
@@ -255,8 +324,15 @@ def with_payloads(sources):
                 except (tarfile.TarError, OSError, EOFError, zlib.error):
                     pass  # listing it recorded the damage as an error of the archive
             try:
-                f = open_tars[src.path].extractfile(members[src.path][src.member])
-                yield src, f.read() if f else b""
+                m = members[src.path][src.member]
+                if m.size > max_bytes:
+                    yield src, UnsafeFile(f"archive member of {human_bytes(m.size)} is over the "
+                                          f"{human_bytes(max_bytes)} limit")
+                    continue
+                f = open_tars[src.path].extractfile(m)
+                yield src, read_capped(f, max_bytes, "archive member") if f else b""
+            except UnsafeFile as e:
+                yield src, e
             except (tarfile.TarError, OSError, EOFError, KeyError, zlib.error) as e:
                 yield src, OSError(f"damaged archive member ({type(e).__name__}: {e})")
     finally:

@@ -1,13 +1,14 @@
 """`mosaic db reindex`: recompute every tile's features as another kind, without re-ingesting.
 
 Features come from the stored thumbnails (the kind's sample size, or the largest thumbnail
-resampled to it), in chunks of rows. Kill-safe by construction: the new vectors go to a new
-file (`features.<kind>.<n>.f32`) that the catalog does not name yet; once it is complete and
-synced, one catalog commit switches `feature_kind`, `feature_params` and `features_file` to
-it and bumps the version. A kill before that commit leaves the database as it was (the
-partial file is an orphan, removed by the next reindex); a kill after it leaves the new
-features in place. The index is rebuilt afterwards (an index of the old kind is never
-updated in place: see feature_kinds.index_outdated).
+resampled to it, checked against their checksums first), in chunks of rows. Kill-safe by
+construction: the new vectors go to a temporary file, which is synced and renamed to a name
+the catalog does not use yet (`features.<kind>.<n>.f32`); then one catalog transaction
+switches `feature_kind`, `feature_params` and `features_file` to it, replaces the features'
+checksums and bumps the version. A kill before that commit leaves the database as it was
+(the temporary is swept by the next writer, an unnamed file by the next reindex); a kill
+after it leaves the new features in place. The index is rebuilt afterwards (an index of the
+old kind is never updated in place: see feature_kinds.index_outdated).
 """
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import feature_kinds
+from ..io import temp_path
 from . import catalog
 from .arrays import RowArray
 from .decode import tile_features
+from .integrity import crc_of
 
 CHUNK_ROWS = 4096
+CHECKSUM_RUN = 1024  # rows per recorded checksum of the new array
 
 
 @dataclass
@@ -64,38 +68,62 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _source_size(db, spec) -> int:
+    """The thumbnail size tile_features reads for this spec."""
+    return spec.samples if spec.samples in db.thumb_sizes else db.thumb_sizes[-1]
+
+
+def _compute(db, spec, path: Path, progress: bool) -> list[tuple]:
+    """Write the features of rows [0, next_id) to `path` (holes included: ids stay rows) and
+    return the checksum runs of what was written."""
+    from .writer import _bar  # the store's one tqdm factory
+    rows = db.next_id
+    out = RowArray(path, (spec.dim,), np.float32)
+    out.ensure(max(rows, 1))
+    thumbs = {s: db.thumbs(s) for s in db.thumb_sizes}
+    runs = []
+    bar = _bar(progress, rows, "reindex")
+    try:
+        for start in range(0, rows, CHUNK_ROWS):
+            stop = min(rows, start + CHUNK_ROWS)
+            feats = tile_features([np.asarray(thumbs[s][start:stop]) for s in db.thumb_sizes], db.thumb_sizes, spec)
+            out.write(start, feats)
+            runs += [("features", start + a, len(feats[a:a + CHECKSUM_RUN]), crc_of(feats[a:a + CHECKSUM_RUN]))
+                     for a in range(0, len(feats), CHECKSUM_RUN)]
+            bar.update(stop - start)
+    finally:
+        bar.close()
+    _fsync(path)
+    return runs
+
+
 def reindex(db, kind: str, *, grid: int | None = None, mean_weight: float | None = None,
             progress: bool = False, update_index: bool = True) -> ReindexReport:
     """Recompute the features of every tile of `db` (a writable TileDB) as `kind`."""
-    from .db import _bar  # the one tqdm factory of the store
     spec = feature_kinds.spec_for(kind, grid, mean_weight)
     db._writable()
     t0 = time.perf_counter()
-    with db.lock:
-        db._refresh()
+    with db.lock:  # (taking it re-reads the catalog's features)
+        db.require_intact()
+        db.sweep_temporaries()
+        db.check_rows(f"thumbs_{_source_size(db, spec)}", db.ids())  # damaged thumbnails: repair first
         previous = db.feature_spec.kind
-        old_name = feature_kinds.features_file(db.meta)
-        _remove_orphans(db.path, keep=old_name)
+        _remove_orphans(db.path, keep=feature_kinds.features_file(db.meta))
         name = _new_name(db.path, spec.kind)
-        rows = db.next_id  # every row, holes included: ids stay rows
-        out = RowArray(db.path / name, (spec.dim,), np.float32)
-        thumbs = {s: db.thumbs(s) for s in db.thumb_sizes}
-        bar = _bar(progress, rows, "reindex")
+        tmp = temp_path(db.path / name)
         try:
-            for start in range(0, rows, CHUNK_ROWS):
-                stop = min(rows, start + CHUNK_ROWS)
-                part = [np.asarray(thumbs[s][start:stop]) for s in db.thumb_sizes]
-                out.write(start, tile_features(part, db.thumb_sizes, spec))
-                bar.update(stop - start)
+            runs = _compute(db, spec, tmp, progress)
+            os.replace(tmp, db.path / name)
         finally:
-            bar.close()
-        out.ensure(max(rows, 1))
-        _fsync(out.path)
+            tmp.unlink(missing_ok=True)
         with db.con:
+            db.con.execute("DELETE FROM checksums WHERE array = 'features'")
+            db.con.executemany("INSERT INTO checksums VALUES (?, ?, ?, ?)", runs)
             catalog.set_meta(db.con, **feature_kinds.to_meta(spec), features_file=name)
             catalog.bump_version(db.con)
         db._refresh()
         db._open_features()
+        db._ranges_cache = None
         _remove_orphans(db.path, keep=name)
         infos = db._update_index_locked(None) if update_index and len(db) else {}
     return ReindexReport(spec.kind, previous, len(db), spec.dim, time.perf_counter() - t0, infos)

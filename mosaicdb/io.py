@@ -1,0 +1,186 @@
+"""Writing files so that nothing is ever half-written under its final name.
+
+Every output goes to a temporary name beside its final one (`.NAME.PID.tmp` plus the final
+suffix, so writers that look at the suffix still work), and is renamed into place only when
+complete; on any failure the temporary is removed. `AtomicFiles` does the same for a group of
+files (and folders) that must appear together: all renamed at the end, or none.
+
+The free-space check lives here too, so every writer asks the same question the same way.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Callable
+
+from .errors import MosaicError, RenderError
+from .units import human_bytes
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(?:\.[^.]*)?$")
+
+
+def temp_path(path, pid: int | None = None) -> Path:
+    """The temporary name `path` is written under: hidden, beside it, tagged with our pid."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp{path.suffix}")
+
+
+def temp_owner(path) -> tuple[str, int] | None:
+    """(final name, pid) of a temporary made by `temp_path`, or None for any other name."""
+    m = _TEMP.match(Path(path).name)
+    return (m.group("name"), int(m.group("pid"))) if m else None
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def write_atomic(path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)`, then rename `tmp` to `path`; the temporary is removed on failure."""
+    with AtomicFiles() as group:
+        write(group.temp(path))
+        group.commit()
+    return Path(path)
+
+
+class AtomicFiles:
+    """A group of outputs written under temporary names and renamed into place together.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> with AtomicFiles() as g:
+    ...     _ = g.temp(d / "a.txt").write_text("a")
+    ...     _ = g.temp(d / "b.txt").write_text("b")
+    ...     g.commit()
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.txt', 'b.txt']
+    >>> with AtomicFiles() as g:
+    ...     _ = g.temp(d / "c.txt").write_text("c")   # no commit: nothing appears
+    >>> sorted(p.name for p in d.iterdir())
+    ['a.txt', 'b.txt']
+    """
+
+    def __init__(self):
+        self._temps: dict[Path, Path] = {}   # final -> temporary, in the order they were asked for
+        self.committed = False
+
+    def temp(self, final) -> Path:
+        """The temporary path to write `final` under (the same one each time it is asked).
+        Temporaries of the same name left by killed runs are removed first."""
+        final = Path(final)
+        if final not in self._temps:
+            sweep_stale(final.parent if str(final.parent) else ".", final.name)
+        return self._temps.setdefault(final, temp_path(final))
+
+    def commit(self, order=None) -> None:
+        """Rename every temporary into place (`order`: finals to rename last, e.g. a manifest).
+        A folder replaces an existing folder of the same name."""
+        last = [Path(p) for p in (order or ())]
+        finals = [f for f in self._temps if f not in last] + [f for f in last if f in self._temps]
+        for final in finals:
+            tmp = self._temps[final]
+            if tmp.is_dir() and final.exists():
+                old = temp_path(final.with_name(final.name + ".old"))
+                final.rename(old)
+                tmp.rename(final)
+                _remove(old)
+            else:
+                os.replace(tmp, final)
+            del self._temps[final]
+        self.committed = True
+
+    def discard(self) -> None:
+        for tmp in self._temps.values():
+            _remove(tmp)
+        self._temps.clear()
+
+    def __enter__(self) -> "AtomicFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after a commit there is nothing left to discard
+
+
+def free_bytes(path) -> int:
+    """Free space on the filesystem that `path` (a file to write, or a folder) would go to."""
+    p = Path(path)
+    probe = p if p.is_dir() else p.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe if str(probe) else ".").free
+
+
+def check_free_space(path, need: int, what: str, free: int | None = None) -> None:
+    """Raise RenderError when `need` bytes (with 10% to spare) don't fit beside `path`."""
+    free = free_bytes(path) if free is None else free
+    need = int(need * 1.1)
+    if need > free:
+        where = Path(path) if Path(path).is_dir() else Path(path).parent
+        raise RenderError(f"{what} needs about {human_bytes(need)}, only {human_bytes(free)} free on "
+                          f"{where or '.'}; free space or write elsewhere")
+
+
+class UnsafeFile(MosaicError):
+    """A file that must not be read: not a regular file, too large, or outside its root."""
+
+
+def inside(path, root) -> bool:
+    """Whether `path`, with every symlink resolved, lies inside `root` (also resolved)."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def read_regular_file(path, max_bytes: int, root=None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, read without blocking on FIFOs or
+    devices; with `root`, the file (symlinks resolved) must lie inside it. Raises UnsafeFile
+    for anything else (OSError for files that cannot be opened at all)."""
+    if root is not None and not inside(path, root):
+        raise UnsafeFile(f"{path} leads outside {root}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise UnsafeFile(f"{path} is {human_bytes(st.st_size)}, over the {human_bytes(max_bytes)} limit")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grew while we read it
+            raise UnsafeFile(f"{path} is over the {human_bytes(max_bytes)} limit")
+        return data
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder, name: str | None = None) -> list[Path]:
+    """Remove temporaries (`temp_path` names) in `folder` whose writing process is gone; only
+    those of final name `name` when given. Returns what was removed. A live pid keeps its
+    files (it may be another run writing right now)."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        owner = temp_owner(p)
+        if owner is None or (name is not None and owner[0] != name) or pid_alive(owner[1]):
+            continue
+        _remove(p)
+        removed.append(p)
+    return removed

@@ -1,0 +1,122 @@
+"""A tile database's vector index: when it is built, updated in place or rebuilt, and
+searching it. A mixin of `TileDB`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import feature_kinds
+from ..errors import EmptyDatabase, IndexStale, UsageError
+from ..index import IndexOptions, VectorIndex, build_index
+from ..index.faiss_index import exact_search
+
+
+class IndexLifecycle:
+    @property
+    def index_dir(self) -> Path:
+        return self.path / "index"
+
+    def index(self, options: IndexOptions | None = None, *, rebuild: bool = False) -> dict:
+        """Bring the index up to date and return its infos: built from scratch when `rebuild`
+        or when `options` fix its kind or parameters, updated in place otherwise."""
+        opts = options or IndexOptions()
+        if rebuild or opts.kind != "auto" or opts.nlist or opts.nprobe:
+            return self.build_index(opts)
+        return self.update_index(opts)
+
+    def load_index(self) -> VectorIndex | None:
+        if self._index is None:
+            self._index = VectorIndex.load(self.index_dir)
+        return self._index
+
+    def index_stale(self) -> bool:
+        idx = self.load_index()
+        return idx is None or idx.infos.get("catalog_version") != self.version
+
+    def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
+        self._writable()
+        with self.lock:
+            return self._build_index_locked(options or IndexOptions())
+
+    def _build_index_locked(self, options: IndexOptions) -> dict:
+        ids = self.ids()
+        if len(ids) == 0:
+            raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
+        self.check_rows("features", ids)
+        vectors = np.asarray(self.features()[ids])
+        idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
+        idx.save(self.index_dir)
+        self._index = idx
+        return idx.infos
+
+    def update_index(self, options: IndexOptions | None = None) -> dict:
+        self._writable()
+        with self.lock:
+            if len(self) == 0:  # (the locked helper returns {} here, which callers can't print)
+                raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
+            return self._update_index_locked(options)
+
+    def _update_index_locked(self, options: IndexOptions | None) -> dict:
+        """Bring the index up to date: add/remove ids in place, or rebuild when the pool size
+        moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
+        idx = self.load_index()
+        if idx is not None and options is None:
+            try:
+                options = IndexOptions(**idx.infos.get("options", {}))
+            except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
+                idx = None
+        options = options or IndexOptions()
+        ids = self.ids()
+        if idx is None or len(ids) == 0:
+            return self._build_index_locked(options) if len(ids) else {}
+        built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
+        too_far = (idx.infos["kind"] == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
+                  (idx.infos["kind"] == "ivf" and not 0.5 <= len(ids) / built <= 2.0)
+        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
+            return self._build_index_locked(options)
+        missing = np.setdiff1d(ids, idx.ids)
+        extra = np.setdiff1d(idx.ids, ids)
+        self.check_rows("features", missing)
+        idx.remove(extra)
+        idx.add(np.asarray(self.features()[missing]), missing)
+        idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
+        idx.save(self.index_dir)
+        return idx.infos
+
+    def ensure_index(self) -> VectorIndex:
+        """The index, brought up to date first if the catalog changed since it was built."""
+        if len(self) == 0:
+            raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
+        if self.index_stale():
+            if self.readonly:
+                raise IndexStale(f"the index of {self.path} is out of date: run `mosaic db index {self.path}`")
+            self.update_index()
+        return self.load_index()
+
+    def search(self, vectors: np.ndarray, k: int, *, exact: bool = False, device: str = "auto",
+               exclude: np.ndarray | None = None):
+        """k nearest tiles of each query: (squared L2 distances (n, k), tile ids (n, k), -1 padded).
+        `exclude`: tile ids never to return."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise UsageError(f"queries must be (n, {self.dim}) feature vectors, got {vectors.shape}")
+        if exact:
+            ids = self.ids()
+            if len(ids) == 0:
+                raise EmptyDatabase(f"{self.path} has no tiles")
+            if exclude is not None and len(exclude):
+                ids = np.setdiff1d(ids, exclude)
+                if len(ids) == 0:
+                    return (np.full((len(vectors), k), np.inf, np.float32), np.full((len(vectors), k), -1, np.int64))
+            d, i = exact_search(np.asarray(self.features()[ids]), ids, vectors, k)
+            if d.shape[1] < k:
+                pad = k - d.shape[1]
+                d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.inf)
+                i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+            return d, i
+        return self.ensure_index().search(vectors, k, device=device, exclude=exclude)
+

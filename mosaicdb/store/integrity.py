@@ -1,0 +1,150 @@
+"""Trusting the arrays: every committed run of rows of features.f32 and thumbs_<s>.u8 has its
+CRC-32 in the catalog (`checksums`), written in the same transaction as the tiles.
+
+- The quick check (array sizes against the catalog's next_id) runs before every write, so a
+  truncated or deleted array is never "repaired" by growing it with zeros.
+- Rows are verified before they are used: thumbnails before a render draws them, features
+  before an index is built from them (each run once per open database).
+- `db check --deep` verifies every run; `db repair` rebuilds what fails from the originals.
+
+A mixin of `TileDB`.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+
+import numpy as np
+
+from ..errors import DatabaseError
+from . import catalog
+
+
+def crc_of(rows: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(rows).data) & 0xFFFFFFFF
+
+
+class Integrity:
+    # ---- the arrays ----------------------------------------------------------------------------
+    def arrays(self) -> dict:
+        """name -> RowArray for every array file of the database."""
+        return {"features": self._features, **{f"thumbs_{s}": a for s, a in self._thumbs.items()}}
+
+    def size_problems(self) -> list[str]:
+        """Arrays too short for the catalog (truncated or deleted files)."""
+        out = []
+        for name, arr in self.arrays().items():
+            cap = arr.capacity()
+            if cap < self.next_id:
+                what = "is missing" if not arr.path.exists() else f"holds {cap} rows"
+                out.append(f"{arr.path.name} {what}, the catalog needs {self.next_id}")
+        return out
+
+    def require_intact(self) -> None:
+        """Refuse to write to (or read rows from) a database whose arrays are too short."""
+        problems = self.size_problems()
+        if problems:
+            raise DatabaseError(f"{self.path} is damaged ({problems[0]}): run `mosaic db repair {self.path}`")
+
+    # ---- checksums -----------------------------------------------------------------------------
+    def record_checksums(self, start: int, rows: dict) -> None:
+        """Record the CRC of rows written at `start` (name -> array of rows); call inside the
+        transaction that commits them."""
+        self.con.executemany("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?, ?)",
+                             [(name, int(start), len(a), crc_of(a)) for name, a in rows.items() if len(a)])
+        self._ranges_cache = None
+
+    def rewrite_checksums(self, name: str, start: int, stop: int, step: int = 1024, poisoned=()) -> None:
+        """Replace the checksums of rows [start, stop) of array `name` (widened to whole
+        recorded runs) by ones of the current contents, in runs of at most `step` rows, after a
+        reindex or a repair rewrote them. Rows in `poisoned` (tiles that could not be repaired)
+        get a checksum that never matches, so they are never drawn or searched."""
+        starts, counts, _ = self._ranges(name)
+        over = (starts < stop) & (starts + counts > start)
+        if over.any():
+            start, stop = min(start, int(starts[over].min())), max(stop, int((starts + counts)[over].max()))
+        stop = min(stop, self.next_id)
+        arr = self.arrays()[name].read(self.next_id)
+        poison = {int(i) for i in poisoned if start <= int(i) < stop}
+        runs, s0 = [], start
+        for r in range(start, stop + 1):
+            if r == stop or r in poison or r - s0 >= step:
+                if r > s0:
+                    runs.append((name, s0, r - s0, crc_of(arr[s0:r])))
+                if r in poison:
+                    runs.append((name, r, 1, -1))
+                s0 = r + 1 if r in poison else r
+        with self.con:
+            self.con.execute("DELETE FROM checksums WHERE array = ? AND start < ? AND start + count > ?",
+                             (name, stop, start))
+            self.con.executemany("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?, ?)", runs)
+        self._ranges_cache = None
+        with self._verify_lock:
+            for cache in (self._verified_runs, self._bad_runs):
+                for key in [k for k in cache if k[0] == name]:
+                    del cache[key]
+
+    def _ranges(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, counts, crcs) of an array's recorded runs, sorted by start."""
+        cache = getattr(self, "_ranges_cache", None)
+        if cache is None or cache[0] != self.version:
+            cache = self._ranges_cache = (self.version, {})
+        if name not in cache[1]:
+            rows = [] if not catalog.has_table(self.con, "checksums") else self.con.execute(
+                "SELECT start, count, crc FROM checksums WHERE array = ? ORDER BY start", (name,)).fetchall()
+            a = np.array(rows, dtype=np.int64).reshape(-1, 3)
+            cache[1][name] = (a[:, 0], a[:, 1], a[:, 2])
+        return cache[1][name]
+
+    def unrecorded(self, name: str) -> int:
+        """How many live tiles' rows of `name` no checksum covers (databases made before them)."""
+        ids = self.ids()
+        starts, counts, _ = self._ranges(name)
+        j = np.searchsorted(starts, ids, side="right") - 1
+        covered = (j >= 0) & (ids < starts[np.maximum(j, 0)] + counts[np.maximum(j, 0)]) if len(starts) else \
+            np.zeros(len(ids), bool)
+        return int((~covered).sum())
+
+    def bad_rows(self, name: str, ids=None) -> np.ndarray:
+        """Live tile ids (of `ids`, default all) whose rows of array `name` fail their checksum.
+        Each run is read and verified once per open database."""
+        ids = self.ids() if ids is None else np.unique(np.asarray(ids, dtype=np.int64))
+        if not len(ids):
+            return ids
+        self.require_intact()
+        starts, counts, crcs = self._ranges(name)
+        if not len(starts):
+            return ids[:0]
+        j = np.searchsorted(starts, ids, side="right") - 1
+        inside = (j >= 0) & (ids < starts[np.maximum(j, 0)] + counts[np.maximum(j, 0)])
+        runs = np.unique(j[inside])
+        with self._verify_lock:
+            done = self._verified_runs.setdefault((name, self.version), set())
+            todo = [r for r in runs.tolist() if r not in done]
+            if todo:
+                arr = self.arrays()[name].read(self.next_id)
+                bad_runs = set()
+                for r in todo:
+                    s, c = int(starts[r]), int(counts[r])
+                    if crc_of(arr[s:s + c]) != int(crcs[r]):
+                        bad_runs.add(r)
+                    else:
+                        done.add(r)
+                self._bad_runs.setdefault((name, self.version), set()).update(bad_runs)
+            bad = self._bad_runs.get((name, self.version), set())
+        if not bad:
+            return ids[:0]
+        return ids[inside & np.isin(j, list(bad))]
+
+    def check_rows(self, name: str, ids) -> None:
+        """Raise DatabaseError when any of these tiles' rows of `name` are damaged."""
+        bad = self.bad_rows(name, ids)
+        if len(bad):
+            raise DatabaseError(f"{self.path}: {name} rows of {len(bad)} tile(s) are damaged (e.g. tile {bad[0]}), "
+                                f"so they cannot be drawn or searched: run `mosaic db repair {self.path}`")
+
+    def _init_integrity(self) -> None:
+        self._verify_lock = threading.Lock()
+        self._verified_runs: dict = {}
+        self._bad_runs: dict = {}
+        self._ranges_cache = None

@@ -1,0 +1,154 @@
+"""Looking after a tile database: what it holds (`stats`) and whether its parts agree
+(`check`). A mixin of `TileDB`."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import feature_kinds
+from ..io import inside
+from .decode import tile_features
+
+CATALOG = "catalog.sqlite"
+
+
+@dataclass
+class CheckReport:
+    """What `TileDB.check` found: problems (the database is damaged) and warnings."""
+    problems: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    tiles: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Maintenance:
+    def stats(self) -> dict:
+        def du(p: Path) -> int:
+            if p.is_file():
+                return p.stat().st_size
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
+
+        idx = self.load_index()
+        by_origin = dict(self.con.execute("SELECT origin, COUNT(*) FROM tiles GROUP BY origin").fetchall())
+        return {
+            "path": str(self.path), "tiles": len(self), "by_origin": by_origin,
+            "skipped_inputs": self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0],
+            "linked": self.con.execute("SELECT COUNT(*) FROM tiles WHERE blob LIKE '/%'").fetchone()[0],
+            "thumb_sizes": list(self.thumb_sizes), "features": feature_kinds.describe(self.feature_spec),
+            "feature_dim": self.dim,
+            "bytes": {"catalog": du(self.path / CATALOG), "originals": du(self.path / "originals"),
+                      "features": du(self._features.path),
+                      "thumbnails": sum(du(self.path / f"thumbs_{s}.u8") for s in self.thumb_sizes),
+                      "index": du(self.index_dir)},
+            "index": None if idx is None else {
+                "kind": idx.infos["kind"], "params": idx.infos["params"], "ntotal": idx.ntotal,
+                "recall_at_1": idx.infos["recall_at_1"], "stale": self.index_stale()},
+        }
+
+    def check(self, deep: bool = False) -> CheckReport:
+        """Catalog vs originals vs features/thumbnails vs index. Array sizes, paths and the
+        index's coverage always; `deep` also re-hashes the originals, verifies every array row
+        against its checksum and the index against the features."""
+        rep = CheckReport()
+        qc = self.con.execute("PRAGMA quick_check").fetchone()[0]
+        if qc != "ok":
+            rep.problems.append(f"catalog: sqlite quick_check says {qc}")
+        ids = self.ids()
+        rep.tiles = len(ids)
+        if len(ids) and ids[-1] >= self.next_id:
+            rep.problems.append(f"catalog: tile id {ids[-1]} is beyond next_id {self.next_id}")
+        rep.problems += [f"arrays: {p} (run `mosaic db repair {self.path}`)" for p in self.size_problems()]
+        if rep.problems:
+            return rep
+        feats = self.features()
+        bad = ids[~np.isfinite(np.asarray(feats[ids])).all(axis=1)] if len(ids) else ids
+        if len(bad):
+            rep.problems.append(f"features: {len(bad)} tiles have non-finite features (first id {bad[0]})")
+        self._check_originals(rep, deep)
+        if deep:
+            self._check_rows(rep, ids, feats)
+        self._check_index(rep, ids, feats, deep)
+        return rep
+
+    def _check_originals(self, rep: CheckReport, deep: bool) -> None:
+        referenced, missing, outside = set(), [], []
+        for r in self.con.execute("SELECT * FROM tiles"):
+            r = dict(r)
+            p = Path(r["blob"])
+            full = p if p.is_absolute() else self.path / p
+            if not p.is_absolute():
+                referenced.add(str(p))
+            if not inside(full, self.blob_root(r)):
+                outside.append(f"{r['id']} ({r['blob']})")
+            elif not full.is_file():
+                missing.append(f"{r['id']} ({full})")
+            elif deep and _sha256(full) != r["hash"]:
+                rep.problems.append(f"original of tile {r['id']} ({full}) changed since ingest (hash differs)")
+        if outside:
+            rep.problems.append(f"catalog: {len(outside)} tiles' originals lead outside their folder (tampered "
+                                f"with?), e.g. tile {outside[0]}; `mosaic db remove` them")
+        if missing:
+            rep.problems.append(f"originals: {len(missing)} missing, e.g. tile {missing[0]}")
+        orig = self.path / "originals"
+        if orig.exists():
+            files = [str(f.relative_to(self.path)) for f in orig.rglob("*") if f.is_file()]
+            orphans = [f for f in files if f not in referenced]
+            if orphans:
+                rep.warnings.append(f"originals: {len(orphans)} files no tile references (left by an interrupted "
+                                    "ingest or a duplicate; harmless, reused when that file is ingested again)")
+
+    def _check_rows(self, rep: CheckReport, ids, feats) -> None:
+        for name in self.arrays():
+            bad = self.bad_rows(name, ids)
+            if len(bad):
+                rep.problems.append(f"{name}: rows of {len(bad)} tiles fail their checksum (e.g. tile {bad[0]}): "
+                                    f"run `mosaic db repair {self.path}`")
+            n = self.unrecorded(name)
+            if n:
+                rep.warnings.append(f"{name}: {n} tiles' rows have no checksum (made by an older mosaicdb); "
+                                    f"`mosaic db repair {self.path}` records them")
+        if len(ids):
+            sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
+            sample = np.sort(sample)
+            thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
+            off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
+            if off.any():
+                rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")
+
+    def _check_index(self, rep: CheckReport, ids, feats, deep: bool) -> None:
+        idx = self.load_index()
+        if idx is None:
+            if len(ids):
+                rep.warnings.append(f"index: none yet; build it with `mosaic db index {self.path}`")
+            return
+        if self.index_stale():
+            rep.warnings.append(f"index: out of date ({idx.ntotal} of {len(ids)} tiles); "
+                                f"`mosaic db index {self.path}` updates it (make does so automatically)")
+            return
+        if idx.ntotal != len(idx.ids) or not np.array_equal(idx.ids, ids):
+            rep.problems.append(f"index: holds {idx.ntotal} vectors for {len(ids)} tiles although it is "
+                                f"marked current; rebuild it with `mosaic db index --rebuild {self.path}`")
+            return
+        if deep and len(ids):
+            # each tile's own feature must find a vector at distance ~0 (itself, or an identical one)
+            sample = ids if len(ids) <= 2000 else np.sort(np.random.default_rng(1).choice(ids, 2000, replace=False))
+            d, _ = idx.search(np.asarray(feats[sample], np.float32), 1, device="cpu")
+            off = int((d[:, 0] > 1e-3 * max(1.0, float(np.abs(feats[sample]).max()))).sum())
+            if off:
+                rep.problems.append(f"index: {off} of {len(sample)} sampled tiles are not found at their own "
+                                    f"features; rebuild it with `mosaic db index --rebuild {self.path}`")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
