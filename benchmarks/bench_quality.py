@@ -149,15 +149,22 @@ def timed(fn, *args) -> dict:
     return {"tile_ids": ids, "match_seconds": time.perf_counter() - t0}
 
 
-def score(db, tile_ids: np.ndarray, crop: np.ndarray, grid) -> dict:
+def draw(db, tile_ids: np.ndarray, grid, px: int) -> np.ndarray:
+    """The mosaic of `tile_ids` from the database's thumbnails, colour transfer off."""
     from mosaicdb import assignment as asg
-    from mosaicdb.evaluate import evaluate
+    from mosaicdb.render.options import RenderOptions
     from mosaicdb.render.rows import render_array
     rows, cols = tile_ids.shape
     z = np.zeros((rows, cols, 3), np.float32)
     saved = asg.SavedAssignment({"grid": {"cols": cols, "rows": rows, "crop": list(grid.crop)}},
                                 np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z)
-    m = evaluate(crop, render_array(db, saved, RENDER_PX), rows, cols, saved.tile_ids)
+    return render_array(db, saved, RenderOptions(tile_px=px))
+
+
+def score(db, tile_ids: np.ndarray, crop: np.ndarray, grid) -> dict:
+    from mosaicdb import assignment as asg
+    from mosaicdb.evaluate import evaluate
+    m = evaluate(crop, draw(db, tile_ids, grid, RENDER_PX), *tile_ids.shape, tile_ids)
     rep = m["repeats"]
     return {"psnr64": m["psnr64"], "ssim64": m["ssim64"], "psnr_cell": m["psnr_cell"],
             "pyramid_mse_e3": [1e3 * m["pyramid_mse"][k] for k in "1234"],
@@ -266,30 +273,36 @@ def table(means_by_grid: dict, pool: str) -> str:
 
 
 # ---- pictures ---------------------------------------------------------------------------------------
+def _busiest_window(crop: np.ndarray, grid, h: int, w: int) -> tuple[int, int]:
+    """Top-left cell of the h x w cells where the target has the most detail (gradient energy)."""
+    import cv2
+    small = cv2.resize(crop, (grid.cols * 4, grid.rows * 4), interpolation=cv2.INTER_AREA).astype(np.float32)
+    g = np.abs(np.diff(small, axis=0))[:, :-1].sum(-1) + np.abs(np.diff(small, axis=1))[:-1].sum(-1)
+    per_cell = cv2.resize(g, (grid.cols, grid.rows), interpolation=cv2.INTER_AREA)
+    box = cv2.boxFilter(per_cell, -1, (w, h), normalize=False, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    box = box[:max(1, grid.rows - h + 1), :max(1, grid.cols - w + 1)]
+    r, c = np.unravel_index(int(np.argmax(box)), box.shape)
+    return int(r), int(c)
+
+
 def save_crops(db, image, grid, ids_by_method: dict, work_out: Path, name: str) -> None:
     """Side by side: the target and each mosaic, whole at 8 px per cell and a 12x8-cell detail
     at 32 px per cell (the thumbnails' own size)."""
-    from PIL import Image, ImageDraw
-    from mosaicdb import assignment as asg
-    from mosaicdb.render.rows import render_array
     import cv2
+    from PIL import Image, ImageDraw
     show = [m for m in ("5x5 rgb (free)", "today md2 (default)", "ours md2 (default)", "today md3", "ours md3")
             if m in ids_by_method]
     l, t, r, b = grid.crop
     crop = image[t:b, l:r]
     panels_small, panels_big = [], []
-    cr, cc = max(0, grid.rows // 2 - 4), max(0, grid.cols // 2 - 6)
+    cr, cc = _busiest_window(crop, grid, 8, 12)
     for label in ["target"] + show:
         if label == "target":
             small = cv2.resize(crop, (grid.cols * 8, grid.rows * 8), interpolation=cv2.INTER_AREA)
             big = cv2.resize(crop, (grid.cols * 32, grid.rows * 32), interpolation=cv2.INTER_CUBIC)
         else:
-            ids = ids_by_method[label]
-            z = np.zeros(ids.shape + (3,), np.float32)
-            saved = asg.SavedAssignment({"grid": {"cols": grid.cols, "rows": grid.rows, "crop": list(grid.crop)}},
-                                        np.ascontiguousarray(ids, np.int64), z[..., 0], z, z)
-            small = render_array(db, saved, 8)
-            big = render_array(db, saved, 32)
+            small = draw(db, ids_by_method[label], grid, 8)
+            big = draw(db, ids_by_method[label], grid, 32)
         big = big[cr * 32:(cr + 8) * 32, cc * 32:(cc + 12) * 32]
         panels_small.append((label, small))
         panels_big.append((label, big))

@@ -166,3 +166,59 @@ def test_free_repeats_are_the_nearest_tiles():
     a = run(20, 30, pool, 8, Repeat(seed=2))
     np.testing.assert_array_equal(a.tile_ids.ravel(), pool.candidates(1)[0][:, 0])
     assert a.stats["refine"]["reassigned"] == a.stats["refine"]["swapped"] == 0
+
+
+def test_make_reports_total_cost_before_and_after_refinement(synthetic_db, tmp_path):
+    """The metrics JSON of `mosaic make` says which order ran and what refinement did."""
+    import json
+
+    from PIL import Image
+
+    from conftest import synthetic_image
+    from mosaicdb.make import Maker
+    from mosaicdb.render.options import RenderOptions
+    target = tmp_path / "t.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(3), 160, 120, "blocks")).save(target)
+    runs = {}
+    for name, kw in (("default", {}), ("plain", {"order": "random", "refine_passes": 0})):
+        r = Maker(synthetic_db, MatchOptions(grid="20", min_distance=3, **kw), RenderOptions(tile_px=4)).make(
+            target, tmp_path / f"{name}.png")
+        runs[name] = json.loads(r.metrics_path.read_text())["assignment"]
+    d, p = runs["default"], runs["plain"]
+    assert d["order"] == "regret" and p["order"] == "random"
+    assert d["refine"]["stopped"] in ("converged", "passes") and p["refine"]["stopped"] == "off"
+    assert d["refine"]["total_cost_after"] <= d["refine"]["total_cost_before"]
+    assert p["refine"]["total_cost_after"] == p["refine"]["total_cost_before"]
+    saved = json.loads((tmp_path / "default.mosaic.json").read_text())["match"]
+    assert (saved["order"], saved["refine_passes"]) == ("regret", 4)
+    tiles = np.load(tmp_path / "default.mosaic.npz")["cost"]
+    np.testing.assert_allclose(float(tiles.sum()), d["refine"]["total_cost_after"], rtol=1e-4)
+
+
+def test_make_cli_order_and_refinement_flags(synthetic_db, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli.main import cli
+    from conftest import synthetic_image
+    target = tmp_path / "t.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 90, 60, "gradient")).save(target)
+
+    def run_cli(*args):
+        res = CliRunner().invoke(cli, ["make", "--db", str(synthetic_db.path), str(target), "-q", *map(str, args)],
+                                 catch_exceptions=False)
+        assert "Traceback" not in res.output
+        return res
+
+    res = run_cli("--out", tmp_path / "a.png", "--grid", "12", "--order", "random", "--refine-passes", "0")
+    assert res.exit_code == 0, res.output
+    import json
+    m = json.loads((tmp_path / "a.mosaic.json").read_text())["match"]
+    assert m["order"] == "random" and m["refine_passes"] == 0
+    res = run_cli("--out", tmp_path / "b.png", "--refine-passes", "-1")
+    assert res.exit_code == 2 and "--refine-passes" in res.output
+    res = run_cli("--out", tmp_path / "b.png", "--order", "best")
+    assert res.exit_code == 2 and "regret" in res.output
+    res = run_cli("--out", tmp_path / "b.png", "--refine-seconds", "nan")
+    assert res.exit_code == 2 and "--refine-seconds" in res.output
+    assert not (tmp_path / "b.png").exists()
