@@ -20,8 +20,10 @@ PSNR per cell, repeat statistics):
   ours <mode>         rgb-pyramid database, the defaults: regret order + refinement
 
 Modes: --min-distance 0 (free), 2 (the default), 3, --max-uses 40 (--min-distance 0), --unique
-(only where the pool has at least as many tiles as cells). Match time = cell features + search
-+ assignment, wall seconds on a shared machine (the load average is recorded).
+(only where the pool has at least as many tiles as cells). Pixel L2 and --unique take seconds
+to minutes per target, so they run on grids up to --slow-max-cells (3,000: the 32 and 64 cell
+grids). Match time = cell features + search + assignment, wall seconds on a shared machine
+(the load average is recorded).
 
 `--sweep` instead measures the feature choices (free repeats, exact nearest neighbour on the
 full vectors, in memory): colour space (sRGB vs CIE Lab), pyramid levels and weights, the old
@@ -193,12 +195,12 @@ def run_pool(args, data, work, pool: str, targets: list[Path]) -> dict:
             l, t, r, b = grid.crop
             crop = target.image[t:b, l:r]
             runs = {"5x5 rgb (free)": timed(five, target.image, grid)}
-            if brute is not None:
+            if brute is not None and grid.cells <= args.slow_max_cells:
                 runs["pixel L2 (free)"] = timed(lambda im, g: brute.nearest(brute.cell_pixels(im, g)).reshape(g.rows, g.cols),
                                                 target.image, grid)
             for mode, fields in MODES.items():
-                if fields.get("unique") and n_tiles < grid.cells:
-                    continue  # --unique needs at least as many tiles as cells
+                if fields.get("unique") and (n_tiles < grid.cells or grid.cells > args.slow_max_cells):
+                    continue  # --unique needs at least as many tiles as cells (and minutes per target)
                 runs[f"today {mode}"] = run_ours(old, target.image, grid, fields, "random", 0)
                 if mode != "unique" and mode != "md0":  # order and refinement act on constraints only
                     runs[f"features {mode}"] = run_ours(new, target.image, grid, fields, "random", 0)
@@ -415,6 +417,8 @@ def main() -> None:
     ap.add_argument("--grids", default="32,64,128")
     ap.add_argument("--quick", action="store_true", help=f"targets {', '.join(QUICK_TARGETS)} at 64 cells, no pixel L2")
     ap.add_argument("--no-pixel-l2", dest="pixel_l2", action="store_false", help="skip the (slow) full-pixel brute force")
+    ap.add_argument("--slow-max-cells", type=int, default=3000,
+                    help="run pixel L2 and --unique only on grids of at most this many cells [default: %(default)s]")
     ap.add_argument("--sweep", action="store_true", help="measure the feature choices instead")
     ap.add_argument("--no-crops", dest="crops", action="store_false")
     ap.add_argument("--crop-grid", type=int, default=64)
