@@ -13,9 +13,12 @@ that lowers the objective:
   --min-distance of another copy).
 
 Every move is checked against the constraints before it is made and only ever lowers the
-objective, so neither can get worse. Passes repeat until one changes nothing, or the pass or
-time budget runs out (checked between chunks of cells; a time-limited result can depend on
-the machine's speed, a pass-limited one never does).
+objective, so neither can get worse. A cell tries its _TRIES nearest better candidates. After
+the first pass only cells near a change are looked at again ("don't look" flags: a cell that
+found no move is skipped until a move changes its window, or frees a tile it has among its
+candidates). Passes repeat until one changes nothing, or the pass or time budget runs out
+(checked between chunks of cells; a time-limited result can depend on the machine's speed, a
+pass-limited one never does).
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ from .options import MatchOptions
 
 _EPS = 1e-6          # a move must gain more than this (float noise must not cycle)
 _CHUNK = 8192        # cells per numba call between clock checks
+# Better candidates a cell tries per visit. A swap search under --max-uses looks at every cell
+# holding the candidate; cells that were widened past their k candidates would otherwise try
+# all k on every visit, and the nearest few are where the gains are.
+_TRIES = 8
 
 
 def total_cost(tile_ids: np.ndarray, cost: np.ndarray, penalty: float) -> float:
@@ -95,12 +102,14 @@ def holders(flat):
 
 @numba.njit(cache=True, nogil=True)
 def _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
-    """Make the first improving move for cell x; returns whether one was made."""
+    """Make the first improving move for cell x. Returns the other cell of a swap, x for a
+    reassignment, -1 when no move was found."""
     cols = grid.shape[1]
     r = x // cols
     c = x - r * cols
     a = flat[x]
     cx = np.float64(cost[x])
+    tries = 0
     for j in range(ids.shape[1]):
         t = ids[x, j]
         if t < 0 or t == a:
@@ -108,6 +117,9 @@ def _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_u
         d = np.float64(dist[x, j])
         if penalty == 0.0 and d >= cx:
             break  # sorted: no better candidate; a swap that helps is found from the other side
+        tries += 1
+        if tries > _TRIES:
+            break
         nb, y = 0, -1
         if radius > 0:
             nb, y = _copies(grid, r, c, radius, t)
@@ -124,7 +136,7 @@ def _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_u
                 uses[t] += 1
                 cost[x] = dist[x, j]
                 moves[0] += 1
-                return True
+                return x
             continue
         # swap with the one copy in the window, or (capped) with any cell holding t
         y = y if nb == 1 else head[t]
@@ -146,17 +158,73 @@ def _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_u
                     cost[y] = dya
                     cost[x] = dist[x, j]
                     moves[1] += 1
-                    return True
+                    return y
             y = -1 if nb == 1 else nxt[y]
-    return False
+    return -1
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep(order, start, stop, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
+def _wake_window(active, cols, x, radius):
+    rows = active.shape[0] // cols
+    r = x // cols
+    c = x - r * cols
+    for rr in range(max(r - radius, 0), min(r + radius + 1, rows)):
+        for cc in range(max(c - radius, 0), min(c + radius + 1, cols)):
+            active[rr * cols + cc] = 1
+
+
+@numba.njit(cache=True, nogil=True)
+def candidate_cells(ids, n_ids):
+    """Per tile, the cells that have it among their candidates (CSR: starts[t]:starts[t + 1])."""
+    starts = np.zeros(n_ids + 1, np.int64)
+    for x in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            if ids[x, j] >= 0:
+                starts[ids[x, j] + 1] += 1
+    for t in range(n_ids):
+        starts[t + 1] += starts[t]
+    fill = starts[:-1].copy()
+    cells = np.empty(starts[n_ids], np.int64)
+    for x in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            t = ids[x, j]
+            if t >= 0:
+                cells[fill[t]] = x
+                fill[t] += 1
+    return starts, cells
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep(order, start, stop, active, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses,
+           penalty, moves, starts, users):
+    """Visit the active cells of order[start:stop]; returns how many moved."""
+    cols = grid.shape[1]
     changed = 0
     for i in range(start, stop):
-        if _improve(order[i], flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves):
-            changed += 1
+        x = order[i]
+        if not active[x]:
+            continue
+        moves[2] += 1
+        a = flat[x]
+        y = _improve(x, flat, grid, cost, uses, head, nxt, prv, ids, dist, radius, max_uses, penalty, moves)
+        if y < 0:
+            active[x] = 0
+            continue
+        changed += 1
+        _wake_window(active, cols, x, radius)
+        if y != x:
+            _wake_window(active, cols, y, radius)
+        elif starts.size > 1:  # a reassignment changed the uses of a and of its new tile
+            t = flat[x]
+            for z in range(starts[a], starts[a + 1]):  # a is freer: cells that could take it
+                active[users[z]] = 1
+            for z in range(starts[t], starts[t + 1]):  # t may be capped now: swaps instead
+                active[users[z]] = 1
+            if penalty > 0.0:  # t is dearer: its holders may gain by leaving it
+                z = head[t]
+                while z >= 0:
+                    active[z] = 1
+                    z = nxt[z]
     return changed
 
 
@@ -184,9 +252,13 @@ def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     if head.size < n_ids:
         head = np.concatenate([head, np.full(n_ids - head.size, -1, np.int64)])
     order = np.random.default_rng(opts.seed).permutation(flat.size).astype(np.int64)
-    moves = np.zeros(2, np.int64)
+    moves = np.zeros(3, np.int64)  # reassignments, swaps, cells examined
+    active = np.ones(flat.size, np.uint8)
+    if max_uses or penalty:
+        starts, users = candidate_cells(cand_ids, n_ids)
+    else:
+        starts, users = np.zeros(1, np.int64), np.zeros(0, np.int64)
     stats["stopped"] = "passes"
-    visited = 0
     for _ in range(opts.refine_passes):
         changed = 0
         for start in range(0, flat.size, _CHUNK):
@@ -194,16 +266,15 @@ def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
                 stats["stopped"] = "seconds"
                 break
             stop = min(start + _CHUNK, flat.size)
-            changed += _sweep(order, start, stop, flat, grid, c, uses, head, nxt, prv,
-                              cand_ids, cand_dist, radius, max_uses, penalty, moves)
-            visited += stop - start
+            changed += _sweep(order, start, stop, active, flat, grid, c, uses, head, nxt, prv,
+                              cand_ids, cand_dist, radius, max_uses, penalty, moves, starts, users)
         if stats["stopped"] == "seconds":
             break
         stats["passes"] += 1
         if changed == 0:
             stats["stopped"] = "converged"
             break
-    stats["cells_visited"] = visited
+    stats["cells_visited"] = int(moves[2])
     stats["reassigned"], stats["swapped"] = int(moves[0]), int(moves[1])
     stats["total_cost_after"] = total_cost(tile_ids, cost, penalty)
     stats["seconds"] = round(time.perf_counter() - t0, 4)
