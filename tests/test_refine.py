@@ -222,3 +222,20 @@ def test_make_cli_order_and_refinement_flags(synthetic_db, tmp_path):
     res = run_cli("--out", tmp_path / "b.png", "--refine-seconds", "nan")
     assert res.exit_code == 2 and "--refine-seconds" in res.output
     assert not (tmp_path / "b.png").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))  # both visiting orders of the two cells occur
+@pytest.mark.parametrize("constraint", ["radius", "cap"])
+def test_a_cell_that_found_no_move_wakes_when_its_tile_is_freed(seed, constraint):
+    """Cell 1 wants tile 5, held by cell 0 (within --min-distance 1, or at --max-uses 1), and
+    cannot swap for it; once cell 0 moves on to tile 6, cell 1 must get tile 5 whatever the
+    order in which they were visited."""
+    ids = np.array([[6, 5], [5, 7]], np.int64)
+    dist = np.array([[0.1, 0.2], [0.1, 0.5]], np.float32)
+    tile = np.array([[5, 7]], np.int64)
+    cost = np.array([[0.2, 0.5]], np.float32)
+    opts = Repeat(min_distance=1, seed=seed) if constraint == "radius" else Repeat(max_uses=1, seed=seed)
+    stats = refine(tile, cost, ids, dist, opts)
+    np.testing.assert_array_equal(tile, [[6, 5]])
+    np.testing.assert_allclose(cost, [[0.1, 0.1]])
+    assert stats["stopped"] == "converged" and stats["reassigned"] == 2
