@@ -36,9 +36,9 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
               help="Square thumbnail sizes kept per tile (consecutive powers of two). Each costs 3*s*s bytes "
                    "per tile: add 128 for pools up to ~100k tiles that render at >= 128 px.")
 @click.option("--features", "features", default=DEFAULT_KIND, show_default=True, type=click.Choice(list(KINDS)),
-              help="What matching compares: rgb-pyramid = sRGB block means at 1, 2, 4, 8 px per cell (the cost "
-                   "the fidelity metrics measure); lab-pyramid = the same in CIE Lab; lab-grid = the original "
-                   "Lab mean + g x g grid (51-d).")
+              help="What matching compares: rgb-pyramid = each cell's sRGB block means at 1x1, 2x2, 4x4 and "
+                   "8x8 (the cost the fidelity metrics measure); lab-pyramid = the same in CIE Lab; lab-grid = "
+                   "the original Lab mean + g x g grid (51-d).")
 @click.option("--feature-grid", type=int, default=None, help="lab-grid only: g [default: 4].")
 @click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour against the grid [default: 1].")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
@@ -157,7 +157,8 @@ def stats_cmd(db, as_json):
     click.echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
     ix = s["index"]
     click.echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
-               f"  index: {ix['kind']} {ix['params']}, {ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
+               f"  index: {ix['kind']} {ix['params']}{', PCA to ' + str(ix['pca_dims']) + ' dims' if ix['pca_dims'] else ''}, "
+               f"{ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
                f"{', OUT OF DATE' if ix['stale'] else ''}")
 
 

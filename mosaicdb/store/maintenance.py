@@ -48,6 +48,7 @@ class Maintenance:
                       "index": du(self.index_dir)},
             "index": None if idx is None else {
                 "kind": idx.infos["kind"], "params": idx.infos["params"], "ntotal": idx.ntotal,
+                "pca_dims": int(idx.infos.get("pca_dims", 0)),
                 "recall_at_1": idx.infos["recall_at_1"], "stale": self.index_stale()},
         }
 
