@@ -14,9 +14,9 @@ GEN_STAMP := $(VENV)/.installed-gen
 NPM ?= npm
 NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test install node-deps gen-deps clean bench
+.PHONY: demo test install node-deps gen-deps clean bench bench-quick
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -47,12 +47,10 @@ gen-deps:
 	$(MAKE) $(GEN_STAMP)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_ingest.py
-	$(BIN)/python benchmarks/bench_index.py
-	$(BIN)/python benchmarks/bench_match.py
-	$(BIN)/python benchmarks/bench_render.py
-	$(BIN)/python benchmarks/bench_print.py
-	$(BIN)/python benchmarks/bench_generate.py
+	PYTHON=$(BIN)/python scripts/run_benchmarks.sh
+
+bench-quick: $(STAMP)
+	PYTHON=$(BIN)/python scripts/run_benchmarks.sh --quick
 
 clean:
-	rm -rf demo-out benchmarks/results .pytest_cache
+	rm -rf demo-out benchmarks/results .pytest_cache build dist *.egg-info

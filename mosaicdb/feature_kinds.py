@@ -17,11 +17,12 @@ same pixels always give the same vector. A database records its kind in the cata
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import UsageError, choice
+from .errors import UsageError, check_int, check_number, choice
 from .features import feature_dim, lab_features, rgb_to_lab, samples_per_side
 
 # PCA output dims for the pyramid kinds, and the smallest pool it is fitted on (below it the
@@ -114,6 +115,8 @@ KINDS = {
     "lab-grid": LabGrid(),
 }
 DEFAULT_KIND = "rgb-pyramid"
+# the names reindex gives (a catalog is untrusted input: its file names stay in the folder)
+_FEATURES_FILE = re.compile(r"features(\.[a-z]+-[a-z]+\.[0-9]{1,9})?\.f32")
 
 
 def _check_blocks(blocks, s: int) -> np.ndarray:
@@ -127,12 +130,9 @@ def spec_for(kind: str, grid: int | None = None, mean_weight: float | None = Non
     """The spec of a kind named on the command line (grid/mean weight apply to lab-grid only)."""
     spec = choice("feature kind", kind, KINDS)
     if isinstance(spec, LabGrid):
-        spec = LabGrid(spec.grid if grid is None else int(grid),
-                       spec.mean_weight if mean_weight is None else float(mean_weight))
-        if not 1 <= spec.grid <= 16:
-            raise UsageError(f"--feature-grid must be between 1 and 16, got {spec.grid}")
-        if not (np.isfinite(spec.mean_weight) and spec.mean_weight >= 0):
-            raise UsageError(f"--mean-weight must be a non-negative number, got {spec.mean_weight}")
+        spec = LabGrid(spec.grid if grid is None else check_int("--feature-grid", grid, 1, 16),
+                       spec.mean_weight if mean_weight is None else
+                       check_number("--mean-weight", mean_weight, 0.0, 1000.0))
     elif grid is not None or mean_weight is not None:
         raise UsageError(f"--feature-grid and --mean-weight apply to --features lab-grid, not {kind}")
     return spec
@@ -147,18 +147,24 @@ def to_meta(spec: FeatureSpec) -> dict:
 
 
 def from_meta(meta: dict) -> FeatureSpec:
-    """The spec a database was built with; no `feature_kind` means a database from before kinds."""
+    """The spec a database was built with; no `feature_kind` means a database from before kinds.
+    A catalog is untrusted: anything out of range is a ValueError (the caller names the file)."""
     kind = meta.get("feature_kind", "lab-grid")
     if kind == "lab-grid":
-        return LabGrid(int(meta["feature_grid"]), float(meta["mean_weight"]))
+        grid, weight = check_int("feature_grid", meta["feature_grid"], 1, 16), meta["mean_weight"]
+        return LabGrid(grid, check_number("mean_weight", weight, 0.0, 1000.0))
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r} (made by a newer mosaicdb?)")
     p = meta["feature_params"]
     levels = tuple((int(a), float(b)) for a, b in p["levels"])
     s = int(p["samples"])
-    if not levels or any(a < 1 or s % a or not b >= 0 for a, b in levels) or not 1 <= s <= 256:
+    if not levels or len(levels) > 8 or not 1 <= s <= 64 or p["space"] not in ("rgb", "lab") \
+            or any(a < 1 or s % a or not 0 <= b <= 1000 for a, b in levels):
         raise ValueError(f"bad feature_params {p}")
-    return Pyramid(str(p["space"]), levels, s, int(p["pca_dims"]))
+    spec = Pyramid(str(p["space"]), levels, s, check_int("pca_dims", p["pca_dims"], 0, 4096))
+    if f"{spec.kind}" != kind:
+        raise ValueError(f"feature_kind {kind!r} does not match its params")
+    return spec
 
 
 def signature(spec: FeatureSpec) -> str:
@@ -173,7 +179,10 @@ def describe(spec: FeatureSpec) -> dict:
 def features_file(meta: dict) -> str:
     """The feature array's file name in the database folder (`mosaic db reindex` writes a new
     one and switches the catalog to it in one commit)."""
-    return str(meta.get("features_file", "features.f32"))
+    name = meta.get("features_file", "features.f32")
+    if not isinstance(name, str) or not _FEATURES_FILE.fullmatch(name):
+        raise ValueError(f"features_file {name!r} is not a features file name")
+    return name
 
 
 def index_pca_dims(spec: FeatureSpec, n_tiles: int) -> int:

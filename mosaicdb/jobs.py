@@ -21,16 +21,19 @@ ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
 
 
 def is_assignment(path) -> bool:
+    """Whether `path` names a saved assignment (OUT.mosaic.json or .npz)."""
     return str(path).endswith(ASSIGNMENT_SUFFIXES)
 
 
-def open_db(saved: asg.SavedAssignment, db=None) -> TileDB:
-    """The tile database of an assignment (read-only): `db` if given, else the one it names;
-    a different database than the one it was made from is refused (see open_for_assignment)."""
-    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db)
+def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:
+    """The tile database of an assignment (read-only): `db` if given, else the one it names, else
+    `fallback` if that one is gone; a different database than the one it was made from is
+    refused (see open_for_assignment)."""
+    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, fallback,
+                               digest=saved.meta.tiles_digest)
 
 
-def render_file(assignment, out, *, db=None, progress: bool = False, **render) -> dict:
+def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = False, **render) -> dict:
     """Render a saved ASSIGNMENT to `out`; `render` holds RenderOptions fields (None: as saved).
     Returns what was written, with the warnings."""
     from .make import render_saved
@@ -39,7 +42,7 @@ def render_file(assignment, out, *, db=None, progress: bool = False, **render) -
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
     refuse_overwriting_input([Path(out)], [assignment, *asg.sidecar_paths(assignment),
                                            *([saved.meta.target.path] if saved.meta.target else [])])
-    with open_db(saved, db) as d:
+    with open_db(saved, db, db_fallback) as d:
         return render_saved(d, saved, out, ropts, progress)
 
 
@@ -99,8 +102,11 @@ class PrintJob:
     plan: object             # printing.PrintPlan
 
     @classmethod
-    def open(cls, assignment, out, *, db=None, render: dict | None = None, **print_options) -> "PrintJob":
-        """`print_options`: PrintOptions fields; `render`: RenderOptions fields (None: as saved)."""
+    def open(cls, assignment, out, *, db=None, db_fallback=None, render: dict | None = None,
+             **print_options) -> "PrintJob":
+        """Plan printing a saved `assignment` to `out` (nothing written yet: see `write`), with its
+        database open. `print_options`: PrintOptions fields; `render`: RenderOptions fields (None:
+        as saved); `db`/`db_fallback` as in `open_db`. Use it as a context manager."""
         from .printing import PrintOptions, plan_print
         if assignment is None or (not is_assignment(assignment) and not asg.sidecar_paths(assignment)[0].exists()):
             raise UsageError(f"{assignment or 'no source'}: a print needs a saved assignment (OUT.mosaic.json)")
@@ -110,9 +116,13 @@ class PrintJob:
         ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **(render or {}))
         opts = PrintOptions(**{k: v for k, v in print_options.items() if v is not None},
                             render=replace(ropts, tile_px=None, print_size=None))
-        d = open_db(saved, db)
+        d = open_db(saved, db, db_fallback)
         try:
             plan = plan_print(d, saved, opts, out, assignment_name(assignment))
+            from .make import refuse_overwriting_input
+            inputs = [assignment, *asg.sidecar_paths(assignment), *([saved.meta.output] if saved.meta.output else []),
+                      *([saved.meta.target.path] if saved.meta.target else [])]
+            refuse_overwriting_input(plan.outputs.all(), inputs)
         except BaseException:
             d.close()
             raise
@@ -125,6 +135,7 @@ class PrintJob:
                            progress=progress, plan=self.plan, assignment_path=self.assignment)
 
     def close(self) -> None:
+        """Close the tile database."""
         self.db.close()
 
     def __enter__(self) -> "PrintJob":

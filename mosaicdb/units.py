@@ -23,6 +23,7 @@ from .errors import UsageError
 
 _PER_INCH = {"mm": 25.4, "cm": 2.54, "m": 0.0254, "in": 1.0, "inch": 1.0, "inches": 1.0, '"': 1.0}
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+MAX_LENGTH_IN = 1000 / 0.0254   # 1 km: no print (or bleed, or panel) is larger
 
 
 def parse_length(text: str, option: str = "--size", allow_zero: bool = False) -> float:
@@ -35,6 +36,8 @@ def parse_length(text: str, option: str = "--size", allow_zero: bool = False) ->
     value = float(m.group(1)) / _PER_INCH[m.group(2)]
     if value <= 0:
         raise UsageError(f"{option}: {text!r} must be greater than zero")
+    if value > MAX_LENGTH_IN:
+        raise UsageError(f"{option}: {text!r} is more than 1 km")
     return value
 
 
@@ -49,6 +52,8 @@ def parse_print_size(text: str, option: str = "--print-size") -> tuple[float, fl
 
 
 def parse_bytes(text: str, option: str = "--cache") -> int:
+    """Bytes from a size such as 512M, 2G or 1.5GiB (powers of 1024); a bad one is a UsageError
+    naming `option`."""
     m = re.fullmatch(rf"\s*{_NUM}\s*([kmgt]?)i?b?\s*", str(text).lower())
     if not m:
         raise UsageError(f"{option}: {text!r} is not a size; use e.g. 512M or 2G")
@@ -56,6 +61,7 @@ def parse_bytes(text: str, option: str = "--cache") -> int:
 
 
 def human_bytes(n: float) -> str:
+    """A byte count for people: 512 B, 3.4 KB, 1.2 GB (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

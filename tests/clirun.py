@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.common import EXIT_BUG
-from cli.main import cli
+from mosaicdb_cli.common import EXIT_BUG
+from mosaicdb_cli.main import cli
 
 
 def invoke_cli(*args, code: int | None = None, **kw) -> Result:

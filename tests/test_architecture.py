@@ -14,7 +14,7 @@ PKG = ROOT / "mosaicdb"
 # A stage may import its own rank and below; ARCHITECTURE.md shows the same table.
 RANK = {
     "_version": 0, "errors": 0,
-    "units": 1, "features": 1, "feature_kinds": 1, "color": 1, "evaluate": 1,
+    "units": 1, "features": 1, "feature_kinds": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
     "io": 2,
     "assignment": 3, "index": 3,
     "store": 4,
@@ -29,6 +29,8 @@ RANK = {
 def modules() -> dict[str, Path]:
     out = {}
     for p in PKG.rglob("*.py"):
+        if p.name == "__main__.py":
+            continue  # `python -m mosaicdb`: the program's entry point (it runs the CLI), not a stage
         name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
         out[name.removesuffix(".__init__")] = p
     return out
@@ -118,11 +120,37 @@ def test_library_does_not_talk_to_the_terminal(pattern, why):
     assert not hits, f"{why}: {hits}"
 
 
+def test_only_the_entry_point_reaches_the_cli():
+    hits = [str(p.relative_to(ROOT)) for p in PKG.rglob("*.py")
+            if p.name != "__main__.py" and re.search(r"^\s*(import|from)\s+mosaicdb_cli", p.read_text(), re.M)]
+    assert not hits, f"the library imports the CLI: {hits}"
+    assert "from mosaicdb_cli.main import main" in (PKG / "__main__.py").read_text()
+
+
+def test_importing_the_library_loads_no_click():
+    """Every library module imported together (not only the lines the regex above sees)."""
+    import subprocess
+    import sys
+    names = sorted(m for m in modules() if m != "mosaicdb")
+    code = ("import importlib, sys\n"
+            f"for m in {names!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in ('click', 'mosaicdb_cli') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_one_progress_bar_factory():
+    """Every bar goes through mosaicdb/progress.py, where the TTY and TQDM_DISABLE rule lives."""
+    hits = [str(p.relative_to(ROOT)) for p in [*PKG.rglob("*.py"), *(ROOT / "mosaicdb_cli").glob("*.py")]
+            if p.name != "progress.py" and re.search(r"^\s*(import tqdm|from tqdm)", p.read_text(), re.M)]
+    assert not hits, f"make bars with mosaicdb.progress.progress_bar: {hits}"
+
+
 def test_cli_holds_no_logic():
     """Commands parse, call the library, print: no arrays, images, SQL or files of their own."""
     banned = {"numpy", "PIL", "cv2", "sqlite3", "faiss", "tifffile", "shutil", "os"}
     hits = []
-    for p in (ROOT / "cli").glob("*.py"):
+    for p in (ROOT / "mosaicdb_cli").glob("*.py"):
         for node in ast.walk(ast.parse(p.read_text())):
             names = []
             if isinstance(node, ast.Import):

@@ -212,7 +212,9 @@ def test_unique_is_optimal(rows, cols, extra, seed):
     check_valid(a, rows, cols, pool, opts)
     r, c = linear_sum_assignment(pool.dist.astype(np.float64))
     best = pool.dist[r, c].astype(np.float64).sum()
-    assert a.cost.astype(np.float64).sum() == pytest.approx(best, rel=1e-5, abs=1e-5)
+    # The auction is eps-optimal: within 2 eps per cell of the optimum (tests/test_unique.py).
+    slack = 2 * n * a.report["eps_final"]
+    assert best - 1e-6 <= a.cost.astype(np.float64).sum() <= best + slack + 1e-6
     assert a.widened_cells == 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import mosaicdb
 from clirun import invoke_cli
-from cli.main import cli
+from mosaicdb_cli.main import cli
 from mosaicdb import TileDB
 
 

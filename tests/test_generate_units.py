@@ -257,6 +257,6 @@ def test_missing_dependency_says_how_to_install(monkeypatch, module, call, hint)
 
 def test_importing_the_package_imports_no_heavy_module():
     import subprocess
-    code = "import sys, mosaicdb.generate, cli.generate; print([m for m in ('torch', 'diffusers', 'ray') if m in sys.modules])"
+    code = "import sys, mosaicdb.generate, mosaicdb_cli.generate; print([m for m in ('torch', 'diffusers', 'ray') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

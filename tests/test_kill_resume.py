@@ -22,7 +22,7 @@ from mosaicdb.store.lock import WriteLock
 pytestmark = pytest.mark.slow
 
 N_FILES = 3000
-MOSAIC = [sys.executable, "-c", "from cli.main import main; main()"]
+MOSAIC = [sys.executable, "-m", "mosaicdb"]
 
 
 def mosaic(*args, timeout: float = 300) -> subprocess.CompletedProcess:

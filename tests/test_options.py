@@ -137,7 +137,7 @@ def test_exit_codes(synthetic_db, target, tmp_path, monkeypatch):
         invoke_cli("make", "--db", synthetic_db.path, target, "--out", tmp_path / "b.png", "-q")
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from mosaicdb_cli.main import cli
     res = CliRunner().invoke(cli, ["make", "--db", str(synthetic_db.path), str(target), "--out",
                                    str(tmp_path / "c.png"), "-q"])
     assert res.exit_code == 70 and "ZeroDivisionError" in res.output and "please report" in res.output

@@ -226,7 +226,7 @@ def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, s
     saved = random_assignment(synthetic_db, n, n, seed=5)
     out = tmp_path / "killed.tif"
     asg.save(out, saved)
-    proc = subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", "render",
+    proc = subprocess.Popen([sys.executable, "-m", "mosaicdb", "render",
                              str(asg.sidecar_paths(out)[0]), "--out", str(out), "--color", "mean", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell's background job (as CI may run us) inherits SIGINT ignored

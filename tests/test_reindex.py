@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
+from clirun import invoke_cli
 from conftest import synthetic_image
 from mosaicdb import TileDB
 from mosaicdb import feature_kinds as fk
@@ -27,9 +26,7 @@ from mosaicdb.store.reindex import reindex
 
 
 def run(*args):
-    res = CliRunner().invoke(cli, [str(a) for a in args], prog_name="mosaic", catch_exceptions=False)
-    assert "Traceback" not in res.output, res.output
-    return res
+    return invoke_cli(*args)
 
 
 def feature_files(db: Path) -> list[str]:
@@ -129,7 +126,7 @@ tf, bi = r.tile_features, d.build_index
 r.CHUNK_ROWS = 32
 r.tile_features = lambda *a: (time.sleep(0.25), tf(*a))[1]
 d.build_index = lambda *a, **k: (time.sleep(60), bi(*a, **k))[1]
-from cli.main import main
+from mosaicdb_cli.main import main
 sys.argv = ["mosaic", "db", "reindex", sys.argv[1], "--features", "rgb-pyramid", "-q"]
 main()
 """
@@ -199,7 +196,7 @@ def test_reindex_killed_at_any_moment_then_rerun(lab_db, synthetic_tiles, tmp_pa
         np.testing.assert_array_equal(np.asarray(db.features()[db.ids()]), np.asarray(ref.features()[ref.ids()]))
 
     # 3. rerun to the end: current index, one feature file, a clean check
-    res = subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "db", "reindex", str(lab_db),
+    res = subprocess.run([sys.executable, "-c", "from mosaicdb_cli.main import main; main()", "db", "reindex", str(lab_db),
                           "--features", "rgb-pyramid", "-q"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "300 tiles reindexed" in res.stdout, res.stderr
     assert check_ok(lab_db).strip() == ""

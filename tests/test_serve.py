@@ -433,8 +433,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_cli_serves_until_stopped(mosaics):
     """`mosaic serve X --port 0 --no-open` prints its URL and answers there."""
-    mosaic = Path(sys.executable).with_name("mosaic")
-    p = subprocess.Popen([str(mosaic), "serve", str(mosaics["tiff"]), "--port", "0", "--no-open"],
+    p = subprocess.Popen([sys.executable, "-m", "mosaicdb", "serve", str(mosaics["tiff"]), "--port", "0", "--no-open"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()

@@ -22,6 +22,9 @@ ANALYSIS = 64
 
 @dataclass(frozen=True)
 class FilterOptions:
+    """Which generated tiles are kept (in Lab units, on a 64 px copy): not flatter than
+    `min_std`, not more varied than `max_std`, fine detail (noise) at most `max_detail`, mean
+    colour within `max_delta_e` of its palette colour."""
     min_std: float = 6.0        # below: "flat"
     max_std: float = 60.0       # above: "chaotic"
     max_detail: float = 18.0    # above: "chaotic"
@@ -35,6 +38,7 @@ class FilterOptions:
             raise UsageError(f"--min-std ({self.min_std}) must be below --max-std ({self.max_std})")
 
     def to_json(self) -> dict:
+        """The options as JSON (in the run record)."""
         return asdict(self)
 
 

@@ -18,6 +18,8 @@ MAX_PALETTE = 4096
 
 @dataclass(frozen=True)
 class Palette:
+    """The colours a generated pool should cover: (n, 3) uint8 sRGB, each colour's share of the
+    targets' pixels, and where they came from."""
     rgb: np.ndarray       # (n, 3) uint8
     weights: np.ndarray   # (n,) share of target pixels (uniform for a spread palette)
     source: str           # "kmeans:<files>" or "spread"
@@ -43,6 +45,7 @@ class Palette:
                 "lab": [round(float(v), 3) for v in self.lab[i]], "name": self.names[i]}
 
     def to_json(self) -> dict:
+        """The palette as JSON: source and, per colour, hex, RGB, Lab, name and weight."""
         return {"source": self.source, "colours": [dict(self.colour(i), weight=round(float(w), 5))
                                                    for i, w in enumerate(self.weights)]}
 
@@ -126,10 +129,8 @@ def palette_from_targets(paths, k: int = 64, *, seed: int = 0) -> Palette:
     from ..store.decode import open_image
     images = []
     for p in paths:
-        try:
-            data = Path(p).read_bytes()
-        except OSError as e:
-            raise UsageError(f"--palette-from {p}: {e.strerror}") from None
+        from ..io import read_input
+        data = read_input(p, 2 << 30, f"--palette-from {p}")
         images.append(np.asarray(open_image(data)[0]))
     return palette_from_images(images, k, seed=seed, source="kmeans:" + ",".join(Path(p).name for p in paths))
 

@@ -15,8 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, check_int, check_number
 from ..io import write_atomic
+from ..progress import progress_bar
 from .executors import make_executor
 from .filters import FilterOptions
 from .palette import Palette, palette_from_targets, spread_palette
@@ -30,6 +31,9 @@ STATE_DIR = "generated"
 
 @dataclass(frozen=True)
 class TileRunOptions:
+    """One `generate tiles` run: style or prompt, tiles per palette colour, the palette (from
+    targets or spread), image size, seed, batch, negative prompt, colour init, retry budget,
+    filters and executor (local or Ray)."""
     style: str
     per_colour: int = 16
     palette_size: int = 64
@@ -60,12 +64,16 @@ class TileRunOptions:
             raise UsageError(f"--workers must be >= 1, got {self.workers}")
         if self.executor != "ray" and (self.ray_address or self.ray_cpus):
             raise UsageError("--ray-address and --ray-cpus need --executor ray")
+        if self.size is not None:
+            check_int("--size", self.size, 32, 4096)  # 0 is not "the native size": leave it out for that
+        check_number("--colour-init", self.colour_init, 0.0, 1.0)
 
     @property
     def budget(self) -> int:
         return self.max_attempts if self.max_attempts is not None else 3 * self.per_colour
 
     def to_json(self) -> dict:
+        """The options as JSON (in the run record)."""
         d = asdict(self)
         d["palette_from"] = list(self.palette_from)
         return d
@@ -73,6 +81,8 @@ class TileRunOptions:
 
 @dataclass
 class TileRunReport:
+    """What a `generate tiles` run did: tiles accepted, duplicates, rejections by reason,
+    attempts, colours left short, and timings."""
     recipe: str = ""
     db: str = ""
     colours: int = 0
@@ -95,6 +105,7 @@ class TileRunReport:
         return self.accepted / w if w > 0 else 0.0
 
     def summary(self) -> str:
+        """The report in one line."""
         rej = ", ".join(f"{v} {k}" for k, v in sorted(self.rejected.items())) or "none"
         s = (f"{self.accepted} tiles added ({self.duplicates} duplicates) for {self.colours} colours x "
              f"{self.per_colour}; {self.already_complete} colours were already complete; "
@@ -105,6 +116,7 @@ class TileRunReport:
         return s
 
     def to_json(self) -> dict:
+        """The report as JSON (also in the run record)."""
         return dict(asdict(self), tiles_per_s=round(self.tiles_per_s, 4))
 
 
@@ -271,5 +283,4 @@ def _state(rep, ropts, palette, have, used, popts, rp, spec) -> dict:
 
 
 def _bar(enabled: bool, total: int):
-    from tqdm import tqdm
-    return tqdm(total=total, desc="generate", unit="tile", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(enabled, total, "generate", unit="tile")

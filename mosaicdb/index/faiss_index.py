@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DeviceError, UsageError, check_int, check_number, choice
+from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
@@ -48,6 +48,10 @@ class IndexOptions:
         check_int("--nprobe", self.nprobe, 0, 1 << 20)
         check_int("recall_sample", self.recall_sample, 1)
         check_int("seed", self.seed, 0)
+
+
+class IndexWriteError(MosaicError):
+    """The index file could not be written (a full disk, an I/O error)."""
 
 
 def _faiss():
@@ -93,6 +97,10 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
     return d, np.where(i >= 0, ids[np.clip(i, 0, None)], -1)
 
 
+# Excluded ids from which search() tests membership in a bitmap rather than a hash set.
+BITMAP_FROM = 1024
+
+
 class VectorIndex:
     """A FAISS index over tile features whose ids are tile ids, plus its infos."""
 
@@ -132,7 +140,14 @@ class VectorIndex:
         if exclude is not None and len(exclude):
             faiss = _faiss()
             excl = np.ascontiguousarray(exclude, dtype=np.int64)
-            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
+            if len(excl) > BITMAP_FROM:
+                # A bit test per scanned vector instead of a hash lookup: half the time of an
+                # IVF search over all lists with 30,000 of 50,000 ids excluded (issue 19).
+                excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool),
+                                   bitorder="little")
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
+            else:
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
             if self.infos.get("kind") == "ivf":
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
@@ -148,12 +163,14 @@ class VectorIndex:
         return dist, ids
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add `vectors` under tile `ids` (in place)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
             self.ids = np.union1d(self.ids, ids)
             self._search_index = None
 
     def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors of tile `ids` (in place)."""
         if len(ids):
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
             self.ids = np.setdiff1d(self.ids, ids)
@@ -170,13 +187,18 @@ class VectorIndex:
                 np.save(f, self.ids)
 
         with AtomicFiles() as group:  # the three files are replaced together, the infos last
-            faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            try:
+                faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
+                raise IndexWriteError(f"cannot write the index to {folder}: {str(e).strip().splitlines()[-1]}") \
+                    from None
             write_ids(group.temp(folder / "ids.npy"))
             group.temp(folder / "index_infos.json").write_text(json.dumps(self.infos, indent=2))
             group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
     def load(cls, folder: Path) -> "VectorIndex | None":
+        """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
         try:
@@ -186,12 +208,17 @@ class VectorIndex:
                     and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError):
+            if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
+                return None  # files from different saves (a kill between the renames): rebuild
+            if infos["kind"] == "ivf":
+                ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
+                nprobe = infos["params"].get("nprobe", ivf.nprobe)
+                if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
+                    return None
+                ivf.nprobe = nprobe
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, KeyError,
+                AttributeError):
             return None
-        if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
-            return None  # files from different saves (a kill between the renames): rebuild
-        if "nprobe" in infos.get("params", {}):
-            _faiss().extract_index_ivf(index).nprobe = infos["params"]["nprobe"]
         return cls(index, infos, ids)
 
 

@@ -6,7 +6,8 @@ Greedy mode gives each cell the cheapest feasible candidate, cost = distance + u
 within Chebyshev distance --min-distance. Cells whose candidates are all infeasible are
 retried, in a seeded random order, with wider candidate lists from a `widen` callback. A local
 improvement pass (refine.py) then reassigns and swaps tiles where that lowers the total cost.
-Unique mode solves one global min-cost matching on the sparse candidate graph instead.
+Unique mode hands over to mosaicdb.match.unique (an auction on the candidates and on each
+cell's nearest unused tiles).
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from typing import Callable
 
 import numba
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from ..errors import MatchError
 from .options import MatchOptions
 from .refine import refine
 from .regret import regret_pass
+from .unique import solve_unique
 
 Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # widen(cells, k, exclude) -> the k nearest tiles of those cells that are not in `exclude`
@@ -31,11 +31,6 @@ Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
 # How many candidate entries a single widen call may return. This bounds memory when a few
 # stubborn cells need hundreds of thousands of candidates each.
 _WIDEN_BUDGET = 1 << 22
-# scipy drops explicit zeros from the biadjacency matrix, so a zero distance would be a
-# missing edge. Every cell is matched exactly once, so a constant shift leaves the optimum alone.
-_EDGE_OFFSET = 1.0
-# Past this many edges, unique matching would need gigabytes. Failing with advice is better.
-_MAX_UNIQUE_EDGES = 1 << 26
 # Cells widened per search when --max-uses is on.
 _FRESH_CHUNK = 1024
 
@@ -45,11 +40,12 @@ class Assignment:
     tile_ids: np.ndarray   # (rows, cols) int64, every entry a valid tile id
     cost: np.ndarray       # (rows, cols) float32 candidate distance of the chosen tile (no penalty)
     widened_cells: int     # cells whose tile came from beyond their first k candidates
-    stats: dict = field(default_factory=dict)  # greedy mode: order, refinement, total cost
+    stats: dict = field(default_factory=dict)    # greedy mode: order, refinement, total cost
+    report: dict = field(default_factory=dict)   # unique mode: total cost, lower bound, stages
 
 
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           n_tiles: int, opts: MatchOptions, widen: Widen) -> Assignment:
+           n_tiles: int, opts: MatchOptions, widen: Widen, progress: bool = False) -> Assignment:
     """Assign a tile to every cell.
 
     `cand_ids`/`cand_dist` are (rows*cols, k), row-major cells, each row sorted by ascending
@@ -70,7 +66,9 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     if n_cells == 0:
         return Assignment(np.empty((rows, cols), np.int64), np.empty((rows, cols), np.float32), 0)
     if opts.unique:
-        return _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen)
+        u = solve_unique(cand_ids, cand_dist, n_tiles, widen, seed=opts.seed, progress=progress)
+        return Assignment(u.tile.reshape(rows, cols), u.cost.reshape(rows, cols),
+                          u.report["fallback_cells"], report=u.report)
     a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
     a.stats.update(order=opts.order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts))
     return a
@@ -193,73 +191,6 @@ def _stuck_message(n_stuck: int, n_tiles: int, opts: MatchOptions) -> str:
         # A solution may exist, but placement only guarantees one from this many tiles up.
         msg += f" (--min-distance {opts.min_distance} is reliable from {window} tiles up)"
     return msg
-
-
-# ---------------------------------------------------------------------------------------------
-# Unique mode
-
-
-def _assign_unique(rows, cols, cand_ids, cand_dist, n_tiles, widen) -> Assignment:
-    n_cells = rows * cols
-    ids, dist = cand_ids, cand_dist
-    k = cand_ids.shape[1]
-    while True:
-        match = _min_cost_matching(ids, dist)
-        if match is not None:
-            break
-        if k >= n_tiles:
-            raise MatchError(f"no one-to-one assignment exists among all {n_tiles} tiles: "
-                             f"check the tile index, use a coarser --grid or drop --unique")
-        k = min(max(k, 1) * 4, n_tiles)
-        if n_cells * k > _MAX_UNIQUE_EDGES:
-            raise MatchError(f"--unique found no one-to-one assignment among the nearest tiles "
-                             f"of each cell, and widening to {k} candidates per cell is too large: "
-                             f"use a coarser --grid, add tiles or drop --unique")
-        cells = np.arange(n_cells, dtype=np.int64)
-        parts = [_call_widen(widen, chunk, k, np.empty(0, np.int64)) for chunk in _chunks(cells, k)]
-        ids = np.concatenate([p[0] for p in parts])
-        dist = np.concatenate([p[1] for p in parts])
-
-    tile, cost = match
-    in_first_k = (cand_ids == tile[:, None]).any(axis=1)
-    return Assignment(tile.reshape(rows, cols), cost.reshape(rows, cols),
-                      int(n_cells - np.count_nonzero(in_first_k)))
-
-
-def _min_cost_matching(ids: np.ndarray, dist: np.ndarray):
-    """Min-cost matching of every row (cell) to a distinct tile; None when there is none."""
-    n, k = ids.shape
-    cell = np.repeat(np.arange(n, dtype=np.int64), k)
-    ids, dist = ids.ravel(), dist.ravel()
-    keep = (ids >= 0) & np.isfinite(dist)
-    cell, ids, dist = cell[keep], ids[keep], dist[keep]
-    tiles, col = np.unique(ids, return_inverse=True)
-    if tiles.size < n:
-        return None
-    n_cols = tiles.size
-    key = cell * n_cols + col.ravel()
-    # Duplicate edges would be summed by scipy: keep the cheapest of each (cell, tile).
-    order = np.lexsort((dist, key))
-    key, dist = key[order], dist[order]
-    first = np.ones(key.size, dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    key, dist = key[first], dist[first]
-    per_row = np.bincount(key // n_cols, minlength=n)
-    if (per_row == 0).any():
-        return None
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(per_row, out=indptr[1:])
-    weights = dist.astype(np.float64) + _EDGE_OFFSET
-    graph = csr_matrix((weights, key % n_cols, indptr), shape=(n, n_cols))
-    try:
-        row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-    except ValueError:
-        return None
-    tile = np.empty(n, dtype=np.int64)
-    tile[row_ind] = tiles[col_ind]
-    cost = np.empty(n, dtype=np.float32)
-    cost[row_ind] = dist[np.searchsorted(key, row_ind.astype(np.int64) * n_cols + col_ind)]
-    return tile, cost
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
+from .unused import search_unused, use_exact
 
 # Widening an IVF index: probe lists holding about this many times k vectors, and search rows
 # that still come back short (their nearest lists used up by --max-uses) again with this many
@@ -28,7 +29,7 @@ class MatchResult:
     seconds: dict = field(default_factory=dict)
 
 
-def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
+def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = False) -> MatchResult:
     """Assign a tile of `db` to every cell of `grid`. Costs are RMS differences in the feature's
     colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted)."""
     n_tiles = len(db)
@@ -48,13 +49,15 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions) -> MatchResult:
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
         k2 = min(k2, n_tiles)
-        if index.infos["kind"] != "ivf":
+        if use_exact(index.ntotal, len(exclude)):
+            dd, ii = search_unused(db.features(), index.ids, q, k2, exclude)
+        elif index.infos["kind"] != "ivf":
             dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: exact
         else:
             dd, ii = _wide_ivf_search(index, q, k2, exclude)
         return ii, to_cost(dd)
 
-    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen)
+    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
     t3 = time.perf_counter()
     return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
 

@@ -73,10 +73,12 @@ class MatchOptions:
         return self.grid if self.grid is not None else DEFAULT_GRID
 
     def to_json(self) -> dict:
+        """The options as JSON (saved in the assignment)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> "MatchOptions":
+        """Options from JSON saved by `to_json` (unknown keys, from other versions, are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -1,5 +1,6 @@
 """Colour profiles of print files. Tile pixels are sRGB (ingest converts every image to it), so
-the default embeds Pillow's sRGB profile; `--icc FILE` names another RGB output profile, into
+the default embeds the standard sRGB profile (`mosaicdb.srgb`: fixed bytes, so two prints of one
+assignment are identical); `--icc FILE` names another RGB output profile, into
 which the pixels are converted (relative colorimetric, black-point compensation) before it
 is embedded, so the embedded profile always describes the pixels."""
 from __future__ import annotations
@@ -7,18 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
-
-
-@lru_cache(maxsize=1)
-def srgb_bytes() -> bytes:
-    from PIL import ImageCms
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+from ..io import read_input
+from ..srgb import srgb_icc as srgb_bytes
 
 
 @dataclass(frozen=True)
@@ -49,11 +44,7 @@ def load_profile(path: str | None) -> Profile:
     """The built-in sRGB profile, or the RGB ICC profile in `path`; anything else is a UsageError."""
     if path is None:
         return Profile(srgb_bytes(), _describe(srgb_bytes()), "sRGB (built in)")
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"--icc {path}: cannot read it ({e.strerror})") from None
+    data = read_input(path, 64 << 20, f"--icc {path}")
     if len(data) < 132 or data[36:40] != b"acsp":
         raise UsageError(f"--icc {path} is not an ICC profile (no 'acsp' signature); give a .icc/.icm file")
     try:
@@ -67,7 +58,7 @@ def load_profile(path: str | None) -> Profile:
     cls = data[12:16]
     if cls not in (b"mntr", b"prtr", b"spac", b"scnr"):
         raise UsageError(f"--icc {path} is a {cls.decode('latin-1')!r} profile, not one that can describe an image")
-    return Profile(data, name, str(p))
+    return Profile(data, name, str(path))
 
 
 class Converter:

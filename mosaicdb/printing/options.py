@@ -67,7 +67,9 @@ class PrintOptions:
         return parse_panel_grid(self.panels) if self.panels else None
 
     def resolved_workers(self) -> int:
+        """Threads to render and encode with (those of the render options)."""
         return self.render.resolved_workers()
 
     def to_json(self) -> dict:
+        """The options as JSON (written into the print's manifest)."""
         return asdict(self)

@@ -42,6 +42,8 @@ class Outputs:
 
 @dataclass
 class PrintPlan:
+    """A print request worked out before any pixel is drawn: geometry, panels, file names, colour
+    profile, the tiles' own resolution at print size, size and time estimates, warnings."""
     options: PrintOptions
     geometry: Geometry
     layout: PanelLayout
@@ -61,6 +63,7 @@ class PrintPlan:
         return int(sum(self.est_bytes))
 
     def to_json(self) -> dict:
+        """The plan as `mosaic plan --print --json` shows it."""
         g, lay = self.geometry, self.layout
         return {"geometry": g.to_json(), "compression": self.options.compression,
                 "profile": self.profile.to_json(),

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .._version import __version__
 from ..io import AtomicFiles, check_free_space
+from ..progress import progress_bar
 from ..units import human_bytes
 from .canvas import band_edges, stripes
 from .plan import PrintPlan, band_budget, plan_print
@@ -40,7 +41,6 @@ def _ordered_bands(canvas, edges, x0, x1, pool, inflight: int):
 def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = False, target=None,
                 plan: PrintPlan | None = None, assignment_path: str | None = None) -> dict:
     """Render `saved` as print file(s) under `out`; returns the manifest (also written)."""
-    from tqdm import tqdm
     plan = plan or plan_print(db, saved, opts, out, name, target=target)
     check_free_space(plan.outputs.folder, plan.est_total, "the print", free=plan.free_bytes)
     g, lay, outs = plan.geometry, plan.layout, plan.outputs
@@ -56,8 +56,8 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
     software = f"mosaicdb {__version__}"
     pool = ThreadPoolExecutor(workers, thread_name_prefix="print")
     passes = stripes(g, lay, band_bytes)
-    bar = tqdm(total=sum(g.height * (x1 - x0) for x0, x1, _ in passes), desc=f"print {outs.base}", unit="px",
-               unit_scale=True, disable=not progress, smoothing=0.05, dynamic_ncols=True)
+    bar = progress_bar(progress, sum(g.height * (x1 - x0) for x0, x1, _ in passes), f"print {outs.base}", unit="px",
+                       unit_scale=True, smoothing=0.05)
     ok = False
     try:
         for sx0, sx1, idx in passes:

@@ -57,6 +57,7 @@ class RenderOptions:
         check_int("--cache", self.cache_bytes, 0)
 
     def resolved_workers(self) -> int:
+        """Threads to render and encode with: `workers`, or the CPU count."""
         return self.workers or os.cpu_count() or 1
 
     @property
@@ -83,6 +84,7 @@ class RenderOptions:
 
     # ---- saved with an assignment -------------------------------------------------------------
     def to_json(self) -> dict:
+        """The options as JSON (saved in the assignment)."""
         return asdict(self)
 
     @classmethod

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..io import AtomicFiles, check_free_space, free_bytes
 from ..errors import RenderError, UsageError
+from ..progress import progress_bar
 from .codecs import get_codec
 from .layout import TILE, dzi_files_dir
 from .options import RenderOptions
@@ -70,6 +71,9 @@ def plan_output(path, cols: int, rows: int, ropts: RenderOptions) -> Plan:
         raise UsageError(f"--out {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"--out {path}: folder {parent} is not writable")
+    check_replaceable(path)
+    if kind == "dzi":
+        check_replaceable_dzi_folder(path)
     plan = Plan(kind, W, H, cols, rows, T, free_bytes=free_bytes(parent))
     workers = ropts.resolved_workers()
     if kind == "raster":
@@ -92,6 +96,28 @@ def plan_output(path, cols: int, rows: int, ropts: RenderOptions) -> Plan:
     return plan
 
 
+def check_replaceable(path: Path) -> None:
+    """An output may replace a regular file (or a symlink, which is replaced, not followed),
+    never a folder, device or pipe."""
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_file():
+        raise UsageError(f"--out {path} exists and is not a regular file: choose another name")
+
+
+def check_replaceable_dzi_folder(dzi_path: Path) -> None:
+    """NAME_files/ is replaced whole: only when it is a DeepZoom folder written before (NAME.dzi
+    beside it, nothing in it but numbered level folders), never someone's own folder."""
+    files = dzi_files_dir(dzi_path)
+    if not (files.exists() or files.is_symlink()):
+        return
+    ours = (files.is_dir() and not files.is_symlink() and dzi_path.is_file()
+            and all(p.is_dir() and not p.is_symlink() and p.name.isdigit() for p in files.iterdir()))
+    if not ours:
+        raise UsageError(f"--out {dzi_path} would replace {files}, which is not a DeepZoom folder written by "
+                         "mosaic: move it or choose another name")
+
+
 def check_space(path, plan: Plan) -> None:
     check_free_space(path, plan.est_bytes, f"--out {path}", free=plan.free_bytes)
 
@@ -106,8 +132,6 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
             written = write_output(db, saved, path, ropts, target, progress, own)
             own.commit(order=[Path(path)])
         return written
-    from tqdm import tqdm
-
     from .cells import check_tiles_present
     path = Path(path)
     plan = plan_output(path, saved.cols, saved.rows, ropts)
@@ -116,7 +140,7 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
     t0 = time.perf_counter()
     if plan.kind == "raster":
         from .rows import iter_rows
-        bar = tqdm(total=plan.height, desc=f"render {path.name}", unit="px rows", disable=not progress, leave=False)
+        bar = progress_bar(progress, plan.height, f"render {path.name}", unit="px rows", leave=False)
         with bar:
             write_raster(group.temp(path), iter_rows(db, saved, ropts, target), plan.width, plan.height,
                          ropts.quality, on_band=bar.update)
@@ -124,8 +148,7 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
                 "seconds": time.perf_counter() - t0}
     codec = get_codec(ropts.codec, ropts.quality)
     pyr = PyramidRenderer(db, saved, ropts, stop=TILE if plan.kind == "tiff" else 1, target=target)
-    bar = tqdm(total=pyr.total_tiles, desc=f"render {path.name}", unit="tile", disable=not progress,
-               smoothing=0.05, dynamic_ncols=True)
+    bar = progress_bar(progress, pyr.total_tiles, f"render {path.name}", unit="tile", smoothing=0.05)
     with bar:
         if plan.kind == "tiff":
             from .tiff import write_pyramid_tiff

@@ -17,15 +17,18 @@ Layout of a database folder:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import numbers
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, ImageError, UsageError
 from .. import feature_kinds
+from ..errors import DatabaseError, ImageError, UsageError, check_int
 from ..index import VectorIndex
 from ..io import UnsafeFile, inside, read_regular_file, write_atomic
 from . import catalog
@@ -42,8 +45,44 @@ from .writer import TileWriter
 DEFAULT_THUMB_SIZES = (8, 16, 32, 64)
 
 
+def _as_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise UsageError(f"a tile database is a folder path, got {path!r}")
+    return Path(path)
+
+
+def tile_id_arg(value) -> int:
+    """A tile id given to the API: a whole number (UsageError otherwise; any size: ids out of
+    range are simply not in the database)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"tile ids are whole numbers, got {value!r}")
+    return int(value)
+
+
+def check_settings(meta: dict, path: Path) -> dict:
+    """The catalog's settings, checked: a damaged or tampered catalog is a DatabaseError here,
+    not a crash (or a 20 GB allocation) later."""
+    try:
+        out = {"thumb_sizes": _validate_sizes(meta["thumb_sizes"]),
+               "features": feature_kinds.from_meta(meta),
+               "features_file": feature_kinds.features_file(meta),
+               "background": tuple(check_int("background", int(c), 0, 255) for c in meta["background"]),
+               "max_pixels": check_int("max_pixels", meta["max_pixels"], 1)}
+        check_int("next_id", meta["next_id"], 0, 1 << 62)
+        check_int("version", meta["version"], 0)
+        if len(out["background"]) != 3:
+            raise UsageError("background must hold 3 values")
+    except (KeyError, TypeError, ValueError, UsageError, AttributeError) as e:
+        raise DatabaseError(f"{path / CATALOG}: its settings are damaged ({e}); restore it from a copy "
+                            "or rebuild the database") from None
+    return out
+
+
 def _validate_sizes(sizes) -> tuple[int, ...]:
-    sizes = tuple(sorted(set(int(s) for s in sizes)))
+    try:
+        sizes = tuple(sorted(set(check_int("--thumb-sizes", s, 1, 4096) for s in sizes)))
+    except TypeError:
+        raise UsageError(f"--thumb-sizes must be a list of powers of two, got {sizes!r}") from None
     if not sizes or any(s < 4 or s > 1024 or s & (s - 1) for s in sizes):
         raise UsageError(f"--thumb-sizes must be powers of two between 4 and 1024, got {sizes}")
     if any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
@@ -66,13 +105,14 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        self.con = catalog.connect(self.path / CATALOG, readonly=readonly)
+        self._con = catalog.connect(self.path / CATALOG, readonly=readonly)
         if not readonly:
-            catalog.upgrade(self.con)
-        self.meta = catalog.get_meta(self.con)
-        self.thumb_sizes = tuple(self.meta["thumb_sizes"])
-        self._open_features()
-        self.decode_options = DecodeOptions(tuple(self.meta["background"]), int(self.meta["max_pixels"]))
+            catalog.upgrade(self._con)
+        self.meta = catalog.get_meta(self._con)
+        settings = check_settings(self.meta, self.path)
+        self.thumb_sizes = settings["thumb_sizes"]
+        self._open_features(settings["features"])
+        self.decode_options = DecodeOptions(settings["background"], settings["max_pixels"])
         self.lock = WriteLock(self.path, on_acquire=self._reload_features)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
@@ -84,15 +124,25 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, features: str = feature_kinds.DEFAULT_KIND,
                feature_grid: int | None = None, mean_weight: float | None = None,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
-        path = Path(path)
+        """A new, empty tile database folder at `path` (it must not exist, or be empty). `thumb_sizes`:
+        the square thumbnails kept per tile; `features`: the feature kind (see `feature_kinds`;
+        `feature_grid` and `mean_weight` apply to `lab-grid` only); transparent pixels are composited on
+        `background`; images over `max_pixels` are refused."""
+        path = _as_path(path)
         if (path / CATALOG).exists():
             raise DatabaseError(f"{path} is already a tile database")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatabaseError(f"{path} exists and is not an empty folder: choose a new path for the database")
         sizes = _validate_sizes(thumb_sizes)
         spec = feature_kinds.spec_for(features, feature_grid, mean_weight)
-        if len(tuple(background)) != 3 or not all(0 <= int(c) <= 255 for c in background):
-            raise UsageError(f"--background must be three values 0-255, got {background}")
+        check_int("--max-pixels", max_pixels, 1)
+        try:
+            background = tuple(background)
+            if len(background) != 3:
+                raise ValueError
+            background = tuple(check_int("--background", c, 0, 255) for c in background)
+        except (TypeError, ValueError):
+            raise UsageError(f"--background must be three values 0-255, got {background!r}") from None
         path.mkdir(parents=True, exist_ok=True)
 
         def write_catalog(tmp: Path) -> None:
@@ -106,17 +156,22 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         write_atomic(path / CATALOG, write_catalog)
         return cls(path)
 
+    @staticmethod
+    def exists(path) -> bool:
+        """Whether `path` is a tile database folder (it holds a catalog)."""
+        return bool(path) and (Path(path) / CATALOG).is_file()
+
     @classmethod
     def open(cls, path, readonly: bool = False) -> "TileDB":
         """An existing database (`TileDB.create` makes a new one)."""
-        path = Path(path)
+        path = _as_path(path)
         if not (path / CATALOG).is_file():
             what = "does not exist" if not path.exists() else "is not a tile database"
             raise DatabaseError(f"{path} {what}: create one with `mosaic db init {path}` "
                                 "(in Python: TileDB.create(path))")
         try:
             return cls(path, readonly=readonly)
-        except (KeyError, ValueError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise DatabaseError(f"{path}/{CATALOG} is damaged ({e}): rebuild the database") from None
         except Exception as e:  # sqlite3.DatabaseError: not a database file, etc.
             if type(e).__module__ == "sqlite3":
@@ -128,21 +183,31 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         """The database at `path`, created (with `create_options`) if there is none yet."""
         return cls.open(path) if (Path(path) / CATALOG).exists() else cls.create(path, **create_options)
 
-    def close(self) -> None:
-        self.con.close()
+    @property
+    def con(self):
+        """The catalog connection (DatabaseError once the database is closed)."""
+        if self._con is None:
+            raise DatabaseError(f"the tile database {self.path} is closed")
+        return self._con
 
-    def _open_features(self) -> None:
-        """The feature kind and array the catalog names."""
-        self.feature_spec = feature_kinds.from_meta(self.meta)
-        self.dim = self.feature_spec.dim
+    def close(self) -> None:
+        """Close the catalog (the database is also closed by leaving a `with` block)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _open_features(self, spec) -> None:
+        """The feature kind (checked by check_settings) and the array the catalog names."""
+        self.feature_spec = spec
+        self.dim = spec.dim
         self._features = RowArray(self.path / feature_kinds.features_file(self.meta), (self.dim,), np.float32)
 
     def _reload_features(self) -> None:
         """On taking the write lock: another process may have reindexed since we opened."""
         self._refresh()
-        if feature_kinds.features_file(self.meta) != self._features.path.name or \
-                feature_kinds.from_meta(self.meta) != self.feature_spec:
-            self._open_features()
+        spec = check_settings(self.meta, self.path)["features"]
+        if feature_kinds.features_file(self.meta) != self._features.path.name or spec != self.feature_spec:
+            self._open_features(spec)
             self._index = None
 
     def __enter__(self):
@@ -173,6 +238,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return self.con.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]
 
     def ids(self) -> np.ndarray:
+        """The ids of the tiles in the database (removed tiles excluded), sorted."""
         return catalog.live_ids(self.con)
 
     def features(self) -> np.ndarray:
@@ -180,22 +246,37 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return self._features.read(self.next_id)
 
     def thumbs(self, size: int) -> np.ndarray:
+        """The (next_id, size, size, 3) uint8 thumbnails of that size, memory-mapped; row = tile id."""
         if size not in self._thumbs:
             raise UsageError(f"thumbnail size {size} is not stored; this database has {list(self.thumb_sizes)}")
         return self._thumbs[size].read(self.next_id)
 
     def tiles(self, ids) -> list[dict]:
-        """Catalog rows (dicts, provenance parsed) of tile ids, in the order given; safe from any thread."""
-        ids = [int(i) for i in ids]
+        """Catalog rows (dicts, provenance parsed) of tile ids, in the order given; ids not in
+        the database are left out. Safe from any thread."""
+        ids = [i for i in (tile_id_arg(i) for i in ids) if 0 <= i < (1 << 62)]
         out = {}
         with self._read_lock:
             for i in range(0, len(ids), 900):
                 part = ids[i:i + 900]
                 for r in self.con.execute(f"SELECT * FROM tiles WHERE id IN ({','.join('?' * len(part))})", part):
                     d = dict(r)
-                    d["provenance"] = json.loads(d["provenance"])
+                    try:
+                        d["provenance"] = json.loads(d["provenance"])
+                    except (TypeError, ValueError):
+                        d["provenance"] = {"damaged": str(d["provenance"])[:200]}
                     out[d["id"]] = d
         return [out[i] for i in ids if i in out]
+
+    def tiles_digest(self, tile_ids) -> str:
+        """SHA-256 over the (id, content hash) of the distinct tiles in `tile_ids`: what an
+        assignment records so it is never drawn from another database's (or copy's) tiles."""
+        ids = np.unique(np.asarray(tile_ids, dtype=np.int64))
+        hashes = {r["id"]: r["hash"] for r in self.tiles(ids)}
+        h = hashlib.sha256()
+        for i in ids.tolist():
+            h.update(f"{i}:{hashes.get(i, '-')}\n".encode())
+        return h.hexdigest()
 
     def blob_root(self, tile: dict) -> Path:
         """The folder a tile's original must stay inside: originals/ for copies, the source
@@ -209,7 +290,8 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         """Where a tile's original is; DatabaseError when the catalog points outside its root."""
         p = Path(tile["blob"])
         full = p if p.is_absolute() else self.path / p
-        if not inside(full, self.blob_root(tile)):
+        # a copy must be inside originals/ and, symlinks resolved, inside the database folder
+        if not inside(full, self.blob_root(tile)) or (not p.is_absolute() and not inside(full, self.path)):
             raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
                                 f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
         return full
@@ -223,6 +305,9 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         p = self.blob_path(rows[0])
         try:
             data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(rows[0]))
+            if hashlib.sha256(data).hexdigest() != rows[0]["hash"]:
+                raise UnsafeFile(f"{p} changed since it was ingested (its hash differs); `mosaic db repair "
+                                 f"{self.path}` reports (and --remove-unrecoverable removes) such tiles")
         except OSError as e:
             raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); "
                                 f"run `mosaic db check {self.path}`") from None
@@ -236,6 +321,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
 
     def tile_pixels(self, tile_id: int, size: int) -> np.ndarray:
         """Square size x size pixels of one tile: from thumbnails when they reach `size`, else the original."""
+        tile_id, size = tile_id_arg(tile_id), check_int("size", size, 1, 4096)
+        if not 0 <= tile_id < (1 << 62):
+            raise UsageError(f"no tile {tile_id} in {self.path}")
+        if not self.tiles([tile_id]):
+            raise UsageError(f"no tile {tile_id} in {self.path}")
         for s in self.thumb_sizes:
             if s >= size:
                 self.check_rows(f"thumbs_{s}", [tile_id])
@@ -247,33 +337,49 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return np.asarray(square_resize(self.load_original(tile_id), size))
 
     def errors(self) -> list[dict]:
+        """The inputs that were skipped, with why and when: [{source, reason, at}]."""
         return [dict(r) for r in self.con.execute("SELECT source, reason, at FROM errors ORDER BY source")]
 
 __all__ = ["TileDB", "CheckReport", "IngestReport", "RepairReport", "DEFAULT_THUMB_SIZES"]
 
 
-def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None) -> TileDB:
+def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None,
+                        fallback=None, *, digest: str | None = None) -> TileDB:
     """The tile database an assignment was made from, read-only: `override` (--db) if given,
     else the path it recorded. A database at the recorded path that is not the one it was
     made from (another uuid: recreated or replaced) is refused; an explicit --db is accepted
-    when it holds every tile of the assignment."""
-    path = override or recorded
+    when it holds every tile of the assignment. `fallback` ($MOSAICDB_DB) stands in for the
+    recorded path only when no database is left there, and is held to the same uuid check: an
+    implicit default finds a moved database, it never swaps in another one. `digest` (the
+    assignment's `tiles_digest`) must match the tiles found: a copy of the database that has
+    since diverged, or any other set of tiles under the same ids, is refused."""
+    implicit = bool(not override and fallback and not TileDB.exists(recorded))
+    path = override or (fallback if implicit else recorded)
     if not path:
         raise UsageError("the assignment names no tile database: give --db")
     try:
         db = TileDB.open(path, readonly=True)
     except DatabaseError as e:
-        hint = "" if override else " (moved? pass its new place with --db)"
+        hint = "" if override else " (moved? pass its new place with --db or $MOSAICDB_DB)"
         raise DatabaseError(f"{e}{hint}") from None
     try:
         if recorded_uuid and db.uuid and db.uuid != recorded_uuid:
             if not override:
-                raise DatabaseError(f"{path} is not the tile database this assignment was made from (it was "
+                where = f"$MOSAICDB_DB ({path})" if implicit else path
+                raise DatabaseError(f"{where} is not the tile database this assignment was made from (it was "
                                     "recreated or replaced since): pass --db to use it anyway")
             gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
             if len(gone):
                 raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
                                     f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+        if digest and db.tiles_digest(tile_ids) != digest:
+            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
+            if len(gone):  # removed since: say so, rather than "not the ones"
+                raise DatabaseError(f"{len(gone)} tiles of this assignment are no longer in {path} (e.g. id "
+                                    f"{gone[0]}): its tiles are not the ones this assignment was made with; "
+                                    "run `mosaic make` again")
+            raise DatabaseError(f"the tiles in {path} are not the ones this assignment was made with (a copy of the "
+                                "database that has changed since, or another one): make the mosaic again from it")
     except BaseException:
         db.close()
         raise

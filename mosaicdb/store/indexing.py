@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import feature_kinds
-from ..errors import EmptyDatabase, IndexStale, UsageError
+from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
 
@@ -27,20 +27,24 @@ class IndexLifecycle:
         return self.update_index(opts)
 
     def load_index(self) -> VectorIndex | None:
+        """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
             self._index = VectorIndex.load(self.index_dir)
         return self._index
 
     def index_stale(self) -> bool:
+        """Whether the index is missing or does not cover the catalog as it is now."""
         idx = self.load_index()
         return idx is None or idx.infos.get("catalog_version") != self.version
 
     def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
+        """Build the index from scratch (takes the write lock); returns its index_infos."""
         self._writable()
         with self.lock:
             return self._build_index_locked(options or IndexOptions())
 
     def _build_index_locked(self, options: IndexOptions) -> dict:
+        self.refuse_links()
         ids = self.ids()
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
@@ -54,6 +58,8 @@ class IndexLifecycle:
         return idx.infos
 
     def update_index(self, options: IndexOptions | None = None) -> dict:
+        """Bring the index up to date with the catalog: add and remove in place, or rebuild when
+        the pool doubled or halved; returns its index_infos."""
         self._writable()
         with self.lock:
             if len(self) == 0:  # (the locked helper returns {} here, which callers can't print)
@@ -63,6 +69,7 @@ class IndexLifecycle:
     def _update_index_locked(self, options: IndexOptions | None) -> dict:
         """Bring the index up to date: add/remove ids in place, or rebuild when the pool size
         moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
+        self.refuse_links()
         idx = self.load_index()
         if idx is not None and options is None:
             try:
@@ -101,7 +108,11 @@ class IndexLifecycle:
                exclude: np.ndarray | None = None):
         """k nearest tiles of each query: (squared L2 distances (n, k), tile ids (n, k), -1 padded).
         `exclude`: tile ids never to return."""
-        vectors = np.asarray(vectors, dtype=np.float32)
+        k = check_int("k", k, 1, 4096)
+        try:
+            vectors = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise UsageError(f"queries must be (n, {self.dim}) feature vectors") from None
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise UsageError(f"queries must be (n, {self.dim}) feature vectors, got {vectors.shape}")
         if exact:

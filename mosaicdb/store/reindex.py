@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import feature_kinds
 from ..io import temp_path
+from ..progress import progress_bar
 from . import catalog
 from .arrays import RowArray
 from .decode import tile_features
@@ -38,6 +39,10 @@ class ReindexReport:
     dim: int
     seconds: float
     index: dict
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "previous": self.previous, "tiles": self.tiles, "dim": self.dim,
+                "seconds": round(self.seconds, 3), "index": self.index}
 
     def summary(self) -> str:
         idx = self.index
@@ -76,13 +81,12 @@ def _source_size(db, spec) -> int:
 def _compute(db, spec, path: Path, progress: bool) -> list[tuple]:
     """Write the features of rows [0, next_id) to `path` (holes included: ids stay rows) and
     return the checksum runs of what was written."""
-    from .writer import _bar  # the store's one tqdm factory
     rows = db.next_id
     out = RowArray(path, (spec.dim,), np.float32)
     out.ensure(max(rows, 1))
     thumbs = {s: db.thumbs(s) for s in db.thumb_sizes}
     runs = []
-    bar = _bar(progress, rows, "reindex")
+    bar = progress_bar(progress, rows, "reindex", unit="tile")
     try:
         for start in range(0, rows, CHUNK_ROWS):
             stop = min(rows, start + CHUNK_ROWS)
@@ -122,8 +126,8 @@ def reindex(db, kind: str, *, grid: int | None = None, mean_weight: float | None
             catalog.set_meta(db.con, **feature_kinds.to_meta(spec), features_file=name)
             catalog.bump_version(db.con)
         db._refresh()
-        db._open_features()
-        db._ranges_cache = None
+        db._open_features(spec)
+        db.forget_verified("features")
         _remove_orphans(db.path, keep=name)
         infos = db._update_index_locked(None) if update_index and len(db) else {}
     return ReindexReport(spec.kind, previous, len(db), spec.dim, time.perf_counter() - t0, infos)

@@ -9,7 +9,7 @@ from mosaicdb.feature_kinds import DEFAULT_KIND, KINDS
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
-from .common import db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
 
 
 @click.group("db")
@@ -43,7 +43,8 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour against the grid [default: 1].")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
 @click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
-def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, max_pixels):
+@json_option
+def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, max_pixels, as_json):
     """Create an empty tile database folder DB.
 
     Example:
@@ -51,25 +52,32 @@ def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, m
     \b
         mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
     """
-    d = TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), features=features,
-                      feature_grid=feature_grid, mean_weight=mean_weight,
-                      background=_csv_ints(background, "--background"), max_pixels=max_pixels)
-    click.echo(f"Created tile database {db} (thumbnails {','.join(map(str, d.thumb_sizes))} px, "
-               f"{d.feature_spec.kind} features, {d.dim}-dim).")
+    with TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), features=features,
+                       feature_grid=feature_grid, mean_weight=mean_weight,
+                       background=_csv_ints(background, "--background"), max_pixels=max_pixels) as d:
+        made = {"path": str(d.path), "thumb_sizes": list(d.thumb_sizes), "features": d.feature_spec.kind,
+                "feature_dim": d.dim}
+    if as_json:
+        echo_json(made)
+        return
+    echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
+         f"{made['features']} features, {made['feature_dim']}-dim).")
 
 
 @db_group.command("ingest")
 @db_argument
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=str))
+@after_db("sources", type=click.Path(path_type=str))
 @click.option("--link", is_flag=True, help="Reference files where they are instead of copying them (archive members are always copied).")
 @click.option("--workers", type=int, default=None, help="Decoding processes [default: CPU count].")
 @click.option("--no-index", is_flag=True, help="Don't build or update the vector index afterwards.")
 @quiet_option
-def ingest_cmd(db, sources, link, workers, no_index, quiet):
+@json_option
+def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
     """Add every image under SOURCES (files, folders, zip and tar archives) to DB.
 
     Unreadable, corrupt or non-image inputs are skipped and listed by `mosaic db errors`.
     Running the same ingest again adds nothing and is fast; an interrupted one resumes.
+    With $MOSAICDB_DB set, DB may be left out.
 
     Example:
 
@@ -78,7 +86,10 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet):
     """
     with TileDB.open(db) as d:
         report = d.ingest(sources, link=link, workers=workers, progress=not quiet, update_index=not no_index)
-        click.echo(report.summary())
+    if as_json:
+        echo_json({"db": db, **report.to_json()})
+    else:
+        echo(report.summary())
 
 
 @db_group.command("index")
@@ -106,7 +117,7 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
         echo_json(infos)
     else:
         p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
-        click.echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
+        echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
 
 
@@ -117,7 +128,8 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
 @click.option("--feature-grid", type=int, default=None, help="lab-grid only: g [default: 4].")
 @click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour [default: 1].")
 @quiet_option
-def reindex_cmd(db, features, feature_grid, mean_weight, quiet):
+@json_option
+def reindex_cmd(db, features, feature_grid, mean_weight, quiet, as_json):
     """Recompute the features of every tile of DB as another kind, from the stored thumbnails
     (no re-ingest), then rebuild the index.
 
@@ -131,7 +143,10 @@ def reindex_cmd(db, features, feature_grid, mean_weight, quiet):
     from mosaicdb.store.reindex import reindex
     with TileDB.open(db) as d:
         report = reindex(d, features, grid=feature_grid, mean_weight=mean_weight, progress=not quiet)
-    click.echo(report.summary())
+    if as_json:
+        echo_json({"db": db, **report.to_json()})
+    else:
+        echo(report.summary())
 
 
 @db_group.command("stats")
@@ -151,21 +166,22 @@ def stats_cmd(db, as_json):
         echo_json(s)
         return
     mb = {k: v / 1e6 for k, v in s["bytes"].items()}
-    click.echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
+    echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
                f"{s['skipped_inputs']} skipped inputs")
-    click.echo(f"  thumbnails {s['thumb_sizes']} px, features {s['features']['kind']} ({s['feature_dim']}-dim)")
-    click.echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
+    echo(f"  thumbnails {s['thumb_sizes']} px, features {s['features']['kind']} ({s['feature_dim']}-dim)")
+    echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
     ix = s["index"]
-    click.echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
-               f"  index: {ix['kind']} {ix['params']}{', PCA to ' + str(ix['pca_dims']) + ' dims' if ix['pca_dims'] else ''}, "
-               f"{ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
+    echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
+         f"  index: {ix['kind']} {ix['params']}{', PCA to ' + str(ix['pca_dims']) + ' dims' if ix['pca_dims'] else ''}, "
+         f"{ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
                f"{', OUT OF DATE' if ix['stale'] else ''}")
 
 
 @db_group.command("check")
 @db_argument
 @click.option("--deep", is_flag=True, help="Also re-hash every original and recompute a sample of features.")
-def check_cmd(db, deep):
+@json_option
+def check_cmd(db, deep, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
     Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
@@ -177,13 +193,18 @@ def check_cmd(db, deep):
     """
     with TileDB.open(db, readonly=True) as d:
         rep = d.check(deep=deep)
+    if as_json:
+        echo_json({"db": db, **rep.to_json()})
+        if not rep.ok:
+            raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
+        return
     for w in rep.warnings:
-        click.echo(f"warning: {w}", err=True)
+        echo(f"warning: {w}", err=True)
     for p in rep.problems:
-        click.echo(f"problem: {p}", err=True)
+        echo(f"problem: {p}", err=True)
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
-    click.echo(f"{db}: OK ({rep.tiles} tiles)")
+    echo(f"{db}: OK ({rep.tiles} tiles)")
 
 
 @db_group.command("repair")
@@ -210,9 +231,9 @@ def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
     if as_json:
         echo_json(rep.to_json())
     else:
-        click.echo(f"{db}: {rep.summary()}")
+        echo(f"{db}: {rep.summary()}")
         for tid, why in rep.unrecoverable[:20]:
-            click.echo(f"  tile {tid}: {why}", err=True)
+            echo(f"  tile {tid}: {why}", err=True)
     if not rep.ok:
         raise DatabaseError(f"{db}: {len(rep.unrecoverable)} tile(s) cannot be rebuilt; they are never drawn: "
                             "restore their originals and repair again, or rerun with --remove-unrecoverable")
@@ -235,15 +256,16 @@ def errors_cmd(db, as_json):
         echo_json(errs)
         return
     for e in errs:
-        click.echo(f"{e['source']}: {e['reason']}")
+        echo(f"{e['source']}: {e['reason']}")
     info(False, f"{len(errs)} skipped input(s)")
 
 
 @db_group.command("remove")
 @db_argument
-@click.argument("tiles", nargs=-1)
+@after_db("tiles", required=False)
 @click.option("--source", "source_prefix", help="Remove every tile ingested from this file or folder.")
-def remove_cmd(db, tiles, source_prefix):
+@json_option
+def remove_cmd(db, tiles, source_prefix, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
 
     Example:
@@ -255,4 +277,7 @@ def remove_cmd(db, tiles, source_prefix):
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
     with TileDB.open(db) as d:
         n = d.remove(d.resolve_refs(tiles, source_prefix))
-    click.echo(f"Removed {n} tile(s) from {db}.")
+    if as_json:
+        echo_json({"db": db, "removed": n})
+    else:
+        echo(f"Removed {n} tile(s) from {db}.")

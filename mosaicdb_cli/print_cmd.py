@@ -6,7 +6,7 @@ import click
 from mosaicdb.jobs import PrintJob
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, info, json_option, quiet_option, warn_all
+from .common import echo, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 from .make import render_options
 
 
@@ -39,7 +39,7 @@ def print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, ov
 @click.option("--size", required=True, help="Physical size: 120x80cm (width x height) or one side, 120cm (the long side); mm, cm, m or in.")
 @click.option("--dpi", type=float, default=300, show_default=True, help="Print resolution.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="NAME.tif, or a folder (files are named after the assignment).")
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None, help="Tile database [default: the one saved in the assignment].")
+@saved_db_option
 @print_options
 @render_options
 @click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")
@@ -65,7 +65,7 @@ def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, pane
     """
     render = dict(color=color, color_strength=color_strength, quality=quality, workers=workers,
                   cache_bytes=None if cache is None else parse_bytes(cache))
-    with PrintJob.open(assignment, out, db=db_path, render=render,
+    with PrintJob.open(assignment, out, **given_db(), render=render,
                        **print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, overlap, proof,
                                       buffer)) as job:
         warn_all(job.plan.warnings)
@@ -80,8 +80,8 @@ def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, pane
                 f"{human_bytes(m['bytes'])}, {m['seconds']:.1f} s")
     folder = job.plan.outputs.folder
     for p in m["panels"]:
-        click.echo(str(folder / p["name"]))
+        echo(str(folder / p["name"]))
     for k in ("proof", "layout"):
         if k in m:
-            click.echo(str(folder / m[k]["name"]))
-    click.echo(str(job.plan.outputs.manifest))
+            echo(str(folder / m[k]["name"]))
+    echo(str(job.plan.outputs.manifest))

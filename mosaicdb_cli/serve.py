@@ -1,11 +1,14 @@
 """`mosaic serve`: the zoomable viewer of a mosaic, on a local HTTP server."""
 from __future__ import annotations
 
+import json
 import webbrowser
 
 import click
 
 from mosaicdb.serve import Viewer, host_warning, make_server
+
+from .common import echo, given_db, json_option, saved_db_option
 
 
 @click.command("serve")
@@ -16,17 +19,18 @@ from mosaicdb.serve import Viewer, host_warning, make_server
               help="Port to listen on (0: any free port).")
 @click.option("--allow-host", "allow_hosts", multiple=True,
               help="Another Host name to answer to (e.g. the name a proxy or other machines use); repeatable.")
-@click.option("--db", "db_path", type=click.Path(file_okay=False), default=None,
-              help="Tile database [default: the one saved in the mosaic's assignment].")
+@saved_db_option
 @click.option("--no-open", is_flag=True, help="Do not open a browser tab.")
 @click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
-              help="OpenSeadragon's build folder [default: node_modules/ of the mosaicdb checkout; "
-                   "env MOSAICDB_OPENSEADRAGON].")
-def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir):
+              show_envvar=True, help="OpenSeadragon's build folder [default: the copy installed with mosaicdb, "
+                                     "else node_modules/ of a mosaicdb checkout].")
+@json_option
+def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_json):
     """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
-    tiles of a pyramidal TIFF are sent straight from the file. Stop with Ctrl-C.
+    tiles of a pyramidal TIFF are sent straight from the file. Stop with Ctrl-C. With --json,
+    the first line on stdout is the server's address and the mosaic's size, as JSON.
 
     Example:
 
@@ -36,12 +40,17 @@ def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir):
     """
     warning = host_warning(host)
     if warning:
-        click.echo(f"warning: {warning}", err=True)
-    viewer = Viewer(mosaic, db=db_path, osd_dir=osd_dir)
+        echo(f"warning: {warning}", err=True)
+    viewer = Viewer(mosaic, **given_db(), osd_dir=osd_dir)
     try:
         httpd = make_server(viewer, host, port, allow_hosts=allow_hosts)
-        click.echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
-                   f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")
+        if as_json:
+            echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
+                                   "height": viewer.source.height, "cols": viewer.api.saved.cols,
+                                   "rows": viewer.api.saved.rows}))
+        else:
+            echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
+                       f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")
         if not no_open:
             webbrowser.open(httpd.url)
         try:

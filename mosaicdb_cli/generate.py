@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
 
 
 @click.group("generate")
@@ -110,7 +110,7 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
     if as_json:
         echo_json(rep.to_json())
     else:
-        click.echo(rep.summary())
+        echo(rep.summary())
         info(quiet, f"Run record: {rep.report_path}")
 
 
@@ -123,7 +123,8 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
 @click.option("--negative", default=None, help="Negative prompt [default: text, watermark, frame, blur...].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the scene's noise.")
 @quiet_option
-def scene_cmd(prompt, out, width, height, negative, seed, quiet, **pipe_kw):
+@json_option
+def scene_cmd(prompt, out, width, height, negative, seed, quiet, as_json, **pipe_kw):
     """Generate the macro scene (a mosaic's target) from PROMPT with the same model.
 
     Example:
@@ -134,14 +135,21 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, **pipe_kw):
     from mosaicdb.generate import SceneOptions, generate_scene
     prov = generate_scene(_pipeline(pipe_kw), SceneOptions(prompt=prompt, negative=negative, width=width,
                                                            height=height, seed=seed), out, on_note=_note(quiet))
-    click.echo(f"Wrote {prov['output']} ({prov['width']}x{prov['height']}) and its provenance {prov['output']}.json.")
+    if as_json:
+        echo_json(prov)
+        return
+    echo(f"Wrote {prov['output']} ({prov['width']}x{prov['height']}) and its provenance {prov['output']}.json.")
 
 
 @generate_group.command("tiny-model")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace a tiny model already in FOLDER.")
-def tiny_model_cmd(folder, seed, force):
+@click.option("--vae", default="random", show_default=True,
+              help="random, or colour: an exact colour codec in the VAE's architecture, so `generate cells` "
+                   "guidance and AdaIN can change what tiles show (random weights cannot).")
+@json_option
+def tiny_model_cmd(folder, seed, force, vae, as_json):
     """Write a tiny random-weight SDXL pipeline (1.2M parameters, 64 px, seconds on a CPU) to FOLDER.
 
     Built offline from configs, no download. Its pictures are noise-like, but every generate
@@ -154,13 +162,16 @@ def tiny_model_cmd(folder, seed, force):
         mosaic generate tiny-model tiny-sdxl
     """
     from mosaicdb.generate import save_tiny_pipeline
-    save_tiny_pipeline(folder, seed=seed, overwrite=force)
-    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, 64 px images): --model {folder}")
+    save_tiny_pipeline(folder, seed=seed, overwrite=force, vae=vae)
+    if as_json:
+        echo_json({"model": folder, "seed": seed, "vae": vae})
+        return
+    echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
 
 
 @generate_group.command("reproduce")
 @db_argument
-@click.argument("tile_id", type=int)
+@after_db("tile_id", nargs=1, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Image to write (.png recommended).")
 @click.option("--model", default=None, help="Where the model is now, if it moved since the tile was made.")
 @click.option("--device", default=None, help="Device to regenerate on [default: the one recorded].")
@@ -168,7 +179,8 @@ def tiny_model_cmd(folder, seed, force):
 @click.option("--alone", is_flag=True, help="Render the tile by itself instead of with its batch mates (faster; "
               "a few pixels may differ by one level).")
 @click.option("--check", is_flag=True, help="Compare with the stored original; exit 1 if any pixel differs.")
-def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check):
+@json_option
+def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, as_json):
     """Regenerate generated tile TILE_ID of DB from its provenance.
 
     Example:
@@ -178,6 +190,14 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check):
     """
     from mosaicdb.generate.scene import reproduce_tile
     w, h = reproduce_tile(db, tile_id, out, model=model, device=device, dtype=dtype, alone=alone, check=check)
-    click.echo(f"Wrote {out} ({w}x{h}).")
+    if as_json:
+        echo_json({"output": out, "tile_id": tile_id, "width": w, "height": h, "identical": True if check else None})
+        return
+    echo(f"Wrote {out} ({w}x{h}).")
     if check:
-        click.echo(f"Identical to tile {tile_id} of {db}.")
+        echo(f"Identical to tile {tile_id} of {db}.")
+
+
+from .cells import cells_cmd  # noqa: E402  (it builds on this module's pipeline options)
+
+generate_group.add_command(cells_cmd)

@@ -5,7 +5,7 @@ import click
 
 from mosaicdb.demo import run_demo
 
-from .common import info, quiet_option, warn_all
+from .common import echo, echo_json, info, json_option, quiet_option, warn_all
 
 
 @click.command("demo")
@@ -15,7 +15,8 @@ from .common import info, quiet_option, warn_all
 @click.option("--grid", default="96", show_default=True, help="Cells across the long side.")
 @click.option("--tile-px", default=32, show_default=True, help="Pixels per tile in the output.")
 @quiet_option
-def demo_cmd(out_dir, n_tiles, grid, tile_px, quiet):
+@json_option
+def demo_cmd(out_dir, n_tiles, grid, tile_px, quiet, as_json):
     """Build a demo tile database and a photomosaic, offline, from photos scikit-image ships.
 
     Tiles are random crops of eleven photographs; the target is the astronaut portrait.
@@ -26,14 +27,19 @@ def demo_cmd(out_dir, n_tiles, grid, tile_px, quiet):
     \b
         mosaic demo --out demo-out
     """
-    info(quiet, f"Cutting {n_tiles} tiles from scikit-image's sample photographs...")
-    d = run_demo(out_dir, n_tiles, grid, tile_px, progress=not quiet)
+    info(quiet or as_json, f"Cutting {n_tiles} tiles from scikit-image's sample photographs...")
+    d = run_demo(out_dir, n_tiles, grid, tile_px, progress=not quiet and not as_json)
     r, m = d.result, d.result.metrics
-    info(quiet, f"Ingest: {d.ingest_summary}")
     warn_all(r.warnings)
-    click.echo(f"Mosaic:     {r.output} ({m['cells']} cells, {tile_px} px tiles)")
-    click.echo(f"Metrics:    {r.metrics_path} (PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
+    if as_json:
+        echo_json({"mosaic": str(r.output), "metrics": str(r.metrics_path), "assignment": str(r.assignment),
+                   "db": str(d.db_path), "ingest": d.ingest_summary, "cells": m["cells"], "psnr64": m["psnr64"],
+                   "ssim64": m["ssim64"], "repeats": m["repeats"]})
+        return
+    info(quiet, f"Ingest: {d.ingest_summary}")
+    echo(f"Mosaic:     {r.output} ({m['cells']} cells, {tile_px} px tiles)")
+    echo(f"Metrics:    {r.metrics_path} (PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
                f"{m['repeats']['distinct_tiles']} distinct tiles, nearest repeat "
                f"{m['repeats']['min_repeat_distance']} cells apart)")
-    click.echo(f"Assignment: {r.assignment} (re-render: mosaic render {r.assignment} --tile-px 64 --out big.png)")
-    click.echo(f"Database:   {d.db_path} (mosaic db stats {d.db_path})")
+    echo(f"Assignment: {r.assignment} (re-render: mosaic render {r.assignment} --tile-px 64 --out big.png)")
+    echo(f"Database:   {d.db_path} (mosaic db stats {d.db_path})")

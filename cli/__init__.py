@@ -1,1 +1,0 @@
-"""The `mosaic` command line: thin click wrappers over the mosaicdb library."""
