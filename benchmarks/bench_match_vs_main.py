@@ -108,11 +108,14 @@ def main() -> None:
         load.append(common.loadavg())
     best = {k: min(v, key=lambda r: r["match_seconds"]) for k, v in runs.items()}
     ratio = best["branch"]["match_seconds"] / best["main"]["match_seconds"]
+    cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
+    cpu_ratio = cpu["branch"] / cpu["main"]  # less sensitive to other jobs than wall time
     res = {"target": args.target, "grid": args.grid, "runs": runs, "best": best, "ratio_branch_over_main": ratio,
+           "cpu_seconds_min": cpu, "cpu_ratio_branch_over_main": cpu_ratio,
            "goal": {"ratio_max": 1.25, "met": ratio <= 1.25}, "loadavg": load}
     out = common.write_results(Path(args.out), NAME, res)
     print(f"main {best['main']['match_seconds']:.2f} s, branch {best['branch']['match_seconds']:.2f} s: "
-          f"{ratio:.2f}x (goal <= 1.25x) [load {load[0]} -> {load[-1]}]; {out}")
+          f"{ratio:.2f}x (goal <= 1.25x); CPU {cpu['main']:.2f} / {cpu['branch']:.2f} s: {cpu_ratio:.2f}x [load {load[0]} -> {load[-1]}]; {out}")
 
 
 if __name__ == "__main__":

@@ -343,6 +343,9 @@ SWEEP = [  # (label, space, levels, pca dims or 0)
     ("rgb pyramid, mean x2", "rgb", ((1, 2.0), (2, 1.0), (4, 1.0), (8, 1.0)), 0),
     ("rgb pyramid, 2x2 x2", "rgb", ((1, 1.0), (2, 2.0), (4, 1.0), (8, 1.0)), 0),
     ("rgb pyramid, 8x8 x2", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0), (8, 2.0)), 0),
+    ("rgb pyramid, mean x4", "rgb", ((1, 4.0), (2, 1.0), (4, 1.0), (8, 1.0)), 0),
+    ("rgb pyramid 1,2,4 (no 8x8)", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0)), 0),
+    ("rgb pyramid 1,2,4,8,16", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (16, 1.0)), 0),
     ("rgb pyramid, PCA 16", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0)), 16),
     ("rgb pyramid, PCA 24", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0)), 24),
     ("rgb pyramid, PCA 32", "rgb", ((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0)), 32),
@@ -416,6 +419,7 @@ def main() -> None:
     ap.add_argument("--pools", default="cifar1", help="comma-separated: cifar1..cifar5, emoji")
     ap.add_argument("--grids", default="32,64,128")
     ap.add_argument("--quick", action="store_true", help=f"targets {', '.join(QUICK_TARGETS)} at 64 cells, no pixel L2")
+    ap.add_argument("--targets", default=None, help="comma-separated target names (stems) instead of all / --quick's")
     ap.add_argument("--no-pixel-l2", dest="pixel_l2", action="store_false", help="skip the (slow) full-pixel brute force")
     ap.add_argument("--slow-max-cells", type=int, default=3000,
                     help="run pixel L2 and --unique only on grids of at most this many cells [default: %(default)s]")
@@ -430,10 +434,15 @@ def main() -> None:
     data = common.data_dir(args.data)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    name = NAME + ("_sweep" if args.sweep else "") + ("_quick" if args.quick else "")
+    name = NAME + ("_sweep" if args.sweep else "") + ("_quick" if args.quick else "") + ("_targets" if args.targets else "")
     out = Path(args.out) if args.out else common.default_out(name)
     args.crop_dir = out.parent / f"{name}_crops"
     targets = target_paths(data, args.quick)
+    if args.targets:
+        want = set(args.targets.split(","))
+        targets = [p for p in target_paths(data, False) if p.stem in want]
+        if len(targets) != len(want):
+            raise SystemExit(f"unknown targets: {sorted(want - {p.stem for p in targets})}")
     results: dict = {"loadavg_start": common.loadavg(), "targets": [p.name for p in targets], "grids": args.grids,
                      "render": f"{RENDER_PX} px thumbnails, colour transfer off", "pools": {}}
     t0 = time.perf_counter()
