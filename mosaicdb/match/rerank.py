@@ -4,8 +4,8 @@ An index over pyramid features searches them reduced by a PCA (index/faiss_index
 distances leave out what the dropped components hold, and that is most of the fine detail
 that decides between close candidates. So the candidates are ranked again by the exact
 squared distance between the full stored vectors (`RERANK_FACTOR` times as many can be
-searched as are kept; measured on CIFAR-10 10k and 8 photographs, 1x, 2x and 4x chose the
-same tiles in every repeat mode, so 1x it is): the cost the feature kind defines, which is what the fidelity metrics
+searched as are kept; measured on CIFAR-10 10k and 8 photographs, 1x, 2x and 4x gave the
+same fidelity figures to 0.01 in every repeat mode, so 1x it is): the cost the feature kind defines, which is what the fidelity metrics
 measure (feature_kinds). The same exact distances are given to every later stage (greedy,
 refinement, widening), so costs from different searches are always comparable.
 """
