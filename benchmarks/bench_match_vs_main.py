@@ -11,9 +11,11 @@ rgb-pyramid` (made here when missing; thumbnails and originals hard-linked, not 
 
 Goal (issue 12): this branch <= 1.25x main's time.
 
-    git archive main | tar -x -C /tmp/main-src
-    python benchmarks/bench_match_vs_main.py --main-src /tmp/main-src --db-main /tmp/mosaicdb-bench-match/cifar50k.db
-    python benchmarks/bench_match_vs_main.py ... --quick     # one run each
+    python benchmarks/bench_match_vs_main.py            # after bench_match (its 50k database)
+    python benchmarks/bench_match_vs_main.py --quick    # one run each
+    python benchmarks/bench_match_vs_main.py --main-src /tmp/main-src --db-main /path/to/cifar50k.db
+
+Without --main-src, `git archive <--main-ref>` of this repository is unpacked to a temporary folder.
 """
 from __future__ import annotations
 
@@ -75,6 +77,14 @@ def new_db(db_main: Path, path: Path) -> Path:
     return path
 
 
+def export_ref(ref: str) -> Path:
+    """A checkout of `ref` of this repository in a temporary folder."""
+    dest = Path(tempfile.mkdtemp(prefix="mosaicdb-main-src-"))
+    archive = subprocess.run(["git", "-C", str(HERE), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def run_child(src: Path, db: Path, target: Path, grid: str) -> dict:
     p = subprocess.run([sys.executable, "-c", CHILD, str(src), str(db), str(target), grid], capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(src)}, cwd=src, check=False)
@@ -85,8 +95,10 @@ def run_child(src: Path, db: Path, target: Path, grid: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--main-src", required=True, help="a checkout of main (e.g. `git archive main | tar -x -C DIR`)")
-    ap.add_argument("--db-main", required=True, help="bench_match's 50,000-tile database (lab-grid)")
+    ap.add_argument("--main-src", default=None, help="a checkout of main [default: git archive of --main-ref]")
+    ap.add_argument("--main-ref", default="main")
+    ap.add_argument("--db-main", default=str(Path(tempfile.gettempdir()) / "mosaicdb-bench-match" / "cifar50k.db"),
+                    help="bench_match's 50,000-tile database, lab-grid features [default: %(default)s]")
     ap.add_argument("--db-new", default=str(Path(tempfile.gettempdir()) / "mosaicdb-bench-match-vs" / "rgb.db"))
     ap.add_argument("--data", default=None)
     ap.add_argument("--target", default="kodim23")
@@ -97,8 +109,11 @@ def main() -> None:
     args = ap.parse_args()
     data = common.data_dir(args.data)
     target = data / "targets" / "kodak" / f"{args.target}.png"
+    if not (Path(args.db_main) / "catalog.sqlite").exists():
+        raise SystemExit(f"{args.db_main} is not a tile database: run benchmarks/bench_match.py first (or give --db-main)")
+    main_src = Path(args.main_src) if args.main_src else export_ref(args.main_ref)
     db_new = new_db(Path(args.db_main), Path(args.db_new))
-    trees = {"main": (Path(args.main_src), Path(args.db_main)), "branch": (HERE, db_new)}
+    trees = {"main": (main_src, Path(args.db_main)), "branch": (HERE, db_new)}
     runs: dict = {k: [] for k in trees}
     load = [common.loadavg()]
     for _ in range(1 if args.quick else args.repeat):
@@ -110,7 +125,7 @@ def main() -> None:
     ratio = best["branch"]["match_seconds"] / best["main"]["match_seconds"]
     cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
     cpu_ratio = cpu["branch"] / cpu["main"]  # less sensitive to other jobs than wall time
-    res = {"target": args.target, "grid": args.grid, "runs": runs, "best": best, "ratio_branch_over_main": ratio,
+    res = {"main_src": str(main_src), "target": args.target, "grid": args.grid, "runs": runs, "best": best, "ratio_branch_over_main": ratio,
            "cpu_seconds_min": cpu, "cpu_ratio_branch_over_main": cpu_ratio,
            "goal": {"ratio_max": 1.25, "met": ratio <= 1.25}, "loadavg": load}
     out = common.write_results(Path(args.out), NAME, res)
