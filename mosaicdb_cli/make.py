@@ -8,9 +8,8 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.jobs import render_file
 from mosaicdb.errors import MosaicError
-from mosaicdb.make import Maker, expand_targets, make_batch, output_paths
+from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
@@ -103,6 +102,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
     """
+    from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device, order=order, refine_passes=refine_passes,
                          refine_seconds=refine_seconds)
