@@ -378,11 +378,6 @@ def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, over
                 raise DatabaseError(f"{len(gone)} tiles of this assignment are no longer in {path} (e.g. id "
                                     f"{gone[0]}): run `mosaic make` again")
         if digest and db.tiles_digest(tile_ids) != digest:
-            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
-            if len(gone):  # removed since: say so, rather than "not the ones"
-                raise DatabaseError(f"{len(gone)} tiles of this assignment are no longer in {path} (e.g. id "
-                                    f"{gone[0]}): its tiles are not the ones this assignment was made with; "
-                                    "run `mosaic make` again")
             raise DatabaseError(f"the tiles in {path} are not the ones this assignment was made with (a copy of the "
                                 "database that has changed since, or another one): make the mosaic again from it")
     except BaseException:
