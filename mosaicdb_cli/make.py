@@ -66,9 +66,17 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--min-distance", type=int, default=None,
               help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
-@click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
+@click.option("--usage-penalty", type=float, default=0.0,
+              help="Cost added per earlier use of a tile (in the units of the database's feature cost: sRGB "
+                   "levels for rgb-pyramid, Lab for lab-*).")
 @click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
+@click.option("--order", type=click.Choice(["regret", "random"]), default="regret", show_default=True,
+              help="Greedy visiting order: cells with most to lose first (regret), or random.")
+@click.option("--refine-passes", type=int, default=4, show_default=True,
+              help="Local-improvement sweeps after the greedy pass (reassign/swap tiles; 0: off).")
+@click.option("--refine-seconds", type=float, default=10.0, show_default=True,
+              help="Time budget of the local improvement (a time-limited result may vary by machine).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
@@ -78,9 +86,9 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @autoencoder_make_options
 @quiet_option
 @json_option
-def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
-             **generate_kw):
+def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, order,
+             refine_passes, refine_seconds, device, tile_px, color, color_strength, quality, codec, ome, dpi,
+             print_size, workers, cache, quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -101,7 +109,8 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ae_kw, generate_kw = split_autoencoder_options(generate_kw)
     auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
-                         unique=unique, seed=seed, device=device)
+                         unique=unique, seed=seed, device=device, order=order, refine_passes=refine_passes,
+                         refine_seconds=refine_seconds)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)

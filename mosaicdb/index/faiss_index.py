@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles
 
+# A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
+_PCA_TRAIN_MAX = 65536
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
 KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
@@ -220,50 +222,64 @@ class VectorIndex:
         return cls(index, infos, ids)
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None) -> VectorIndex:
-    """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,)."""
+def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None,
+                pca_dims: int = 0) -> VectorIndex:
+    """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,).
+
+    `pca_dims` > 0: a PCA to that many dims, fitted here on the pool, is part of the index
+    (FAISS IndexPreTransform): vectors and queries stay full-size, the index projects them.
+    """
     faiss = _faiss()
     t0 = time.perf_counter()
     n, d = vectors.shape
     kind = opts.kind if opts.kind != "auto" else ("flat" if n <= opts.flat_max else "ivf")
     rng = np.random.default_rng(opts.seed)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d_in = pca_dims if 0 < pca_dims < d else d  # what the inner index stores
     params: dict = {}
     if kind == "ivf":
         nlist = opts.nlist or default_nlist(n)
         nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per list
-        quantizer = faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+        quantizer = faiss.IndexFlatL2(d_in)
+        index = ivf = faiss.IndexIVFFlat(quantizer, d_in, nlist, faiss.METRIC_L2)
         train_n = min(n, 64 * nlist)
-        train = vectors[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else vectors
-        index.cp.seed = opts.seed
-        index.train(train)
-        index.add_with_ids(vectors, ids.astype(np.int64))
+        ivf.cp.seed = opts.seed
         params = {"nlist": nlist, "trained_on": int(train_n)}
     else:
-        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d))
-        index.add_with_ids(vectors, ids.astype(np.int64))
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d_in))
+        train_n = min(n, _PCA_TRAIN_MAX)
+    train = vectors[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else vectors
+    pca = None
+    if d_in != d:
+        pca = faiss.PCAMatrix(d, d_in, 0, False)  # no whitening: distances stay (truncated) L2
+        index = faiss.IndexPreTransform(pca, index)
+    if kind == "ivf" or pca is not None:
+        index.train(train)
+    index.add_with_ids(vectors, ids.astype(np.int64))
     build_s = time.perf_counter() - t0
     recall, tuning = 1.0, []
     if n:
         q = _midpoint_queries(vectors, opts.recall_sample, rng)
-        exact = exact_search(vectors, ids, q, 1)[0][:, 0]
+        # recall of the index against exact search in the space it searches (after the PCA)
+        space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
+        exact = exact_search(space(vectors), ids, space(q), 1)[0][:, 0]
         if kind == "ivf":
             candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
             for nprobe in candidates:
                 nprobe = min(nprobe, params["nlist"])
-                index.nprobe = nprobe
+                ivf.nprobe = nprobe
                 t1 = time.perf_counter()
                 recall = _recall(index.search(q, 1)[0][:, 0], exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
                     break
-            params["nprobe"] = int(index.nprobe)
+            params["nprobe"] = int(ivf.nprobe)
         else:
             recall = _recall(index.search(q, 1)[0][:, 0], exact)
     infos = {
-        "kind": kind, "params": params, "dim": int(d), "ntotal": int(index.ntotal),
+        "kind": kind, "params": params, "dim": int(d), "pca_dims": int(d_in if pca is not None else 0),
+        "ntotal": int(index.ntotal),
         "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
         "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
@@ -55,7 +56,9 @@ class IndexLifecycle:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
         self.check_rows("features", ids)
         vectors = np.asarray(self.features()[ids])
-        idx = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
+        idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
         idx.save(self.index_dir)
         self._index = idx
         return idx.infos
@@ -86,7 +89,7 @@ class IndexLifecycle:
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
         too_far = (idx.infos["kind"] == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
                   (idx.infos["kind"] == "ivf" and not 0.5 <= len(ids) / built <= 2.0)
-        if too_far or idx.infos.get("dim") != self.dim:
+        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)

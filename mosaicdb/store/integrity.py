@@ -154,6 +154,10 @@ class Integrity:
             self.con.execute("DELETE FROM checksums WHERE array = ? AND start < ? AND start + count > ?",
                              (name, stop, start))
             self.con.executemany("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?, ?)", runs)
+        self.forget_verified(name)
+
+    def forget_verified(self, name: str) -> None:
+        """Drop what is known of array `name`'s runs (after its rows or checksums were replaced)."""
         self._ranges_cache = None
         with self._verify_lock:
             for cache in (self._verified_runs, self._bad_runs):

@@ -29,10 +29,13 @@ if hasattr(os, "register_at_fork"):
 
 
 class WriteLock:
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, on_acquire=None):
+        """`on_acquire()` runs each time the lock is taken (not when re-entered): what another
+        writer changed while we did not hold it must be re-read."""
         self.path = Path(db_path) / "lock"
         self._fd = None
         self._depth = 0
+        self._on_acquire = on_acquire
 
     def __enter__(self):
         if self._depth == 0:
@@ -60,6 +63,12 @@ class WriteLock:
             self._fd, self._pid = fd, os.getpid()
             _HELD.add(fd)
         self._depth += 1
+        if self._depth == 1 and self._on_acquire is not None:
+            try:
+                self._on_acquire()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc):

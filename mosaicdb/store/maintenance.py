@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..io import inside
 from .decode import tile_features
 
@@ -45,13 +46,15 @@ class Maintenance:
             "path": str(self.path), "tiles": len(self), "by_origin": by_origin,
             "skipped_inputs": self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0],
             "linked": self.con.execute("SELECT COUNT(*) FROM tiles WHERE blob LIKE '/%'").fetchone()[0],
-            "thumb_sizes": list(self.thumb_sizes), "feature_grid": self.feature_grid, "feature_dim": self.dim,
+            "thumb_sizes": list(self.thumb_sizes), "features": feature_kinds.describe(self.feature_spec),
+            "feature_dim": self.dim,
             "bytes": {"catalog": du(self.path / CATALOG), "originals": du(self.path / "originals"),
-                      "features": du(self.path / "features.f32"),
+                      "features": du(self._features.path),
                       "thumbnails": sum(du(self.path / f"thumbs_{s}.u8") for s in self.thumb_sizes),
                       "index": du(self.index_dir)},
             "index": None if idx is None else {
                 "kind": idx.infos["kind"], "params": idx.infos["params"], "ntotal": idx.ntotal,
+                "pca_dims": int(idx.infos.get("pca_dims", 0)),
                 "recall_at_1": idx.infos["recall_at_1"], "stale": self.index_stale()},
         }
 
@@ -129,7 +132,7 @@ class Maintenance:
             sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
             sample = np.sort(sample)
             thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
             off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
             if off.any():
                 rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")

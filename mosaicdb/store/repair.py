@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..errors import DatabaseError
 from . import catalog
 from .decode import tile_features
@@ -134,7 +135,7 @@ class Repair:
         feats = self.features()
         for part in np.array_split(ids, max(1, len(ids) // 4096)) if len(ids) else []:
             thumbs = [np.asarray(self.thumbs(s)[part]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
             off = np.abs(again - np.asarray(feats[part])).max(axis=1) > 1e-3
             black = ~thumbs[-1].reshape(len(part), -1).any(axis=1)
             out.append(part[off | black])
@@ -155,7 +156,7 @@ class Repair:
                 continue
             src = Source(str(i), "file", str(path), "", 0, 0, str(self.blob_root(r)))
             jobs.append((src, None, {}))
-        cfg = WorkerConfig(str(self.path), True, self.thumb_sizes, self.feature_grid, self.mean_weight,
+        cfg = WorkerConfig(str(self.path), True, self.thumb_sizes, self.feature_spec,
                            self.decode_options)
         arrays = self.arrays()
         rebuilt = []
@@ -195,6 +196,8 @@ class Repair:
         except Exception:
             options = IndexOptions()
         vectors = np.asarray(self.features()[ids])
-        new = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
+        new = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
         new.save(self.index_dir)
         self._index = new

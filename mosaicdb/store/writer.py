@@ -21,8 +21,7 @@ from .ingest import (IngestReport, Source, WorkerConfig, chunked, enumerate_sour
 
 class TileWriter:
     def _worker_config(self, link: bool) -> WorkerConfig:
-        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_grid, self.mean_weight,
-                            self.decode_options)
+        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_spec, self.decode_options)
 
     def ingest(self, sources, *, link: bool = False, workers: int | None = None, progress: bool = False,
                chunk_size: int = 64, update_index: bool = True, index_options: IndexOptions | None = None) -> IngestReport:
