@@ -29,9 +29,13 @@ class MatchResult:
     seconds: dict = field(default_factory=dict)
 
 
-def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = False) -> MatchResult:
-    """Assign a tile of `db` to every cell of `grid`. Costs are RMS feature distances per dimension."""
-    n_tiles = len(db)
+def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = False,
+          exclude=None) -> MatchResult:
+    """Assign a tile of `db` to every cell of `grid`. Costs are RMS feature distances per dimension.
+    `exclude`: tile ids never to place (e.g. the tile a recursive sub-mosaic is made of)."""
+    excl = np.unique(np.asarray([] if exclude is None else exclude, dtype=np.int64))
+    excl = excl[np.isin(excl, db.ids())]   # only live tiles shrink the pool
+    n_tiles = len(db) - len(excl)
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     t0 = time.perf_counter()
     index = db.ensure_index()
@@ -42,11 +46,13 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     def to_cost(d):
         return np.sqrt(np.maximum(d, 0.0) / dim).astype(np.float32)
 
-    d, ids = index.search(cells.features, k, device=opts.device)
+    d, ids = index.search(cells.features, k, device=opts.device, exclude=excl if len(excl) else None)
     t2 = time.perf_counter()
 
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
+        if len(excl):
+            exclude = np.union1d(exclude, excl)
         k2 = min(k2, n_tiles)
         if use_exact(index.ntotal, len(exclude)):
             dd, ii = search_unused(db.features(), index.ids, q, k2, exclude)

@@ -1,0 +1,110 @@
+"""Any pixel box of a mosaic drawn at any cell size, from the cells it covers only.
+
+A DeepZoom tile on demand, at any level: the cells under the box are drawn by `CellRenderer` at
+a whole number of pixels (the cell size rounded up; 1 px is a tile's mean colour), and when the
+cell size is not whole they are area-averaged onto the box's pixel grid with exact overlap
+weights (a sparse matrix per axis), so no level is ever drawn whole. A cell larger than the
+leaf size can be drawn as another mosaic (`children`): the recursive mosaics of `mosaic serve
+--recursive`, where every tile's area is a mosaic of that tile.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .cells import CellRenderer
+
+
+@dataclass(frozen=True)
+class Node:
+    """One mosaic to draw: its cells' renderer (which holds the assignment)."""
+    cells: CellRenderer
+
+    @property
+    def rows(self) -> int:
+        return self.cells.saved.rows
+
+    @property
+    def cols(self) -> int:
+        return self.cells.saved.cols
+
+    def tile_id(self, row: int, col: int) -> int:
+        return int(self.cells.saved.tile_ids[row, col])
+
+
+Children = Callable[[Node, int, int], Node]   # (node, row, col) -> the mosaic drawn in that cell
+
+
+def covered(p0: int, p1: int, c: Fraction, n: int) -> tuple[int, int]:
+    """Cells [k0, k1) of n, at c px each, that pixels [p0, p1) touch."""
+    return min(n, math.floor(p0 / c)), min(n, math.ceil(p1 / c))
+
+
+def area_weights(p0: int, p1: int, c: Fraction, k0: int, t: int, n_src: int) -> sp.csr_matrix:
+    """(p1 - p0, n_src) weights averaging a row of cells drawn at t px (starting with cell k0)
+    onto output pixels p0..p1 of cells c px wide: each output pixel is the mean of the source
+    pixels it overlaps, weighted by overlap; the part beyond the image's edge is left out."""
+    rows, cols, vals = [], [], []
+    for i, p in enumerate(range(p0, p1)):
+        lo = max(0.0, float((p / c - k0) * t))
+        hi = min(float(n_src), float(((p + 1) / c - k0) * t))
+        j = np.arange(int(math.floor(lo)), max(int(math.ceil(hi)), int(math.floor(lo)) + 1))
+        w = np.minimum(hi, j + 1) - np.maximum(lo, j)
+        w = np.clip(w, 0, None)
+        if w.sum() <= 0:          # beyond the image: repeat the last pixel rather than divide by 0
+            j, w = np.array([min(n_src - 1, max(0, int(lo)))]), np.array([1.0])
+        rows.append(np.full(len(j), i))
+        cols.append(j)
+        vals.append(w / w.sum())
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(p1 - p0, n_src), dtype=np.float32)
+
+
+def resample(img: np.ndarray, wy: sp.csr_matrix, wx: sp.csr_matrix) -> np.ndarray:
+    """img (h, w, 3) -> (wy rows, wx rows, 3) by the separable weights, rounded to uint8."""
+    h, w = img.shape[:2]
+    a = wy @ img.reshape(h, w * 3).astype(np.float32)                   # (oh, w*3)
+    oh = a.shape[0]
+    a = a.reshape(oh, w, 3).transpose(1, 0, 2).reshape(w, oh * 3)
+    b = wx @ a                                                           # (ow, oh*3)
+    out = b.reshape(-1, oh, 3).transpose(1, 0, 2)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction) -> np.ndarray:
+    """Pixels [y0, y1) x [x0, x1) of `node` drawn with cells of c px (c may be a fraction)."""
+    x0, y0, x1, y1 = box
+    t = max(1, math.ceil(c))
+    r0, r1 = covered(y0, y1, c, node.rows)
+    c0, c1 = covered(x0, x1, c, node.cols)
+    reg = node.cells.region(r0, r1, c0, c1, t)
+    if t == c:
+        return reg[y0 - r0 * t:y1 - r0 * t, x0 - c0 * t:x1 - c0 * t]
+    wy = area_weights(y0, y1, c, r0, t, reg.shape[0])
+    wx = area_weights(x0, x1, c, c0, t, reg.shape[1])
+    return resample(reg, wy, wx)
+
+
+def draw(node: Node, box: tuple[int, int, int, int], c: Fraction, leaf_px: int,
+         children: Children | None = None, grid: int = 1) -> np.ndarray:
+    """Pixels of `box` of `node` at c px per cell. With `children`, a cell larger than `leaf_px`
+    is drawn as its child mosaic (grid x grid cells, of c / grid px each), recursively."""
+    if children is None or c <= leaf_px:
+        return leaf_pixels(node, box, c)
+    x0, y0, x1, y1 = box
+    c = int(c)   # above the leaf size cells are whole pixels (leaf_px * 2^i)
+    out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+    r0, r1 = covered(y0, y1, c, node.rows)
+    k0, k1 = covered(x0, x1, c, node.cols)
+    for r in range(r0, r1):
+        for k in range(k0, k1):
+            cx0, cy0 = k * c, r * c
+            sub = (max(x0, cx0) - cx0, max(y0, cy0) - cy0, min(x1, cx0 + c) - cx0, min(y1, cy0 + c) - cy0)
+            pix = draw(children(node, r, k), sub, Fraction(c, grid), leaf_px, children, grid)
+            out[cy0 + sub[1] - y0:cy0 + sub[3] - y0, cx0 + sub[0] - x0:cx0 + sub[2] - x0] = pix
+    return out
