@@ -20,7 +20,8 @@ from mosaicdb import assignment as asg
 from mosaicdb.errors import UsageError
 from mosaicdb.make import Maker
 from mosaicdb.match.options import MatchOptions
-from mosaicdb.recursive import SubMosaics, RecursiveOptions, cache_key
+from mosaicdb.recursive import RecursiveOptions
+from mosaicdb.recursive.submosaic import SubMosaics, cache_key
 from mosaicdb.render.cells import CellRenderer
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.render.region import Node, draw

@@ -46,7 +46,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     def to_cost(d):
         return np.sqrt(np.maximum(d, 0.0) / dim).astype(np.float32)
 
-    d, ids = index.search(cells.features, k, device=opts.device, exclude=excl if len(excl) else None)
+    d, ids = _search_without(index, cells.features, k, excl, opts.device)
     t2 = time.perf_counter()
 
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
@@ -65,6 +65,24 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
     t3 = time.perf_counter()
     return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
+
+
+# Up to this many excluded ids, search k + that many and drop them: a FAISS selector makes a
+# flat search of 4,096 queries ~10x slower (measured: 250 ms against 25 ms on 500 tiles).
+_DROP_MAX = 64
+
+
+def _search_without(index, q: np.ndarray, k: int, excl: np.ndarray, device: str):
+    """k nearest tiles of each query that are not in `excl` (sorted): (squared L2, ids), -1 padded."""
+    if not len(excl):
+        return index.search(q, k, device=device)
+    if len(excl) > _DROP_MAX:
+        return index.search(q, k, device=device, exclude=excl)
+    d, ids = index.search(q, k + len(excl), device=device)
+    keep_first = np.argsort(np.isin(ids, excl), axis=1, kind="stable")[:, :k]   # excluded ids last
+    d, ids = np.take_along_axis(d, keep_first, 1), np.take_along_axis(ids, keep_first, 1)
+    dropped = np.isin(ids, excl)
+    return np.where(dropped, np.inf, d).astype(np.float32), np.where(dropped, -1, ids)
 
 
 @contextmanager

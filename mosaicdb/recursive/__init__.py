@@ -3,9 +3,9 @@
 options.py (depth, sub-mosaic grid) -> submosaic.py (a tile's sub-assignment: matched once,
 cached in memory and in DB/recursive/, checked like any untrusted assignment when read back) ->
 flatten.py (all depths as one ordinary assignment, for `mosaic make --recursive`). The viewer
-draws them on demand through `render.region.draw` (`serve/rendered.py`).
+draws them on demand through `render.region.draw` (`serve/rendered.py`). Only the options are
+imported here: the rest pulls in the matcher (numba, FAISS), which plain serving never needs.
 """
 from .options import MAX_DEPTH, MAX_STATIC_PX, RecursiveOptions
-from .submosaic import SubMosaics, cache_key, sub_match_options
 
-__all__ = ["RecursiveOptions", "SubMosaics", "MAX_DEPTH", "MAX_STATIC_PX", "cache_key", "sub_match_options"]
+__all__ = ["RecursiveOptions", "MAX_DEPTH", "MAX_STATIC_PX"]

@@ -113,6 +113,20 @@ class SubMosaics:
         self._allowed: set[int] = set()
         self.computed = 0
         self.loaded = 0
+        # the first match of a process loads numba's compiled kernels and warms FAISS (~1 s):
+        # done now, beside serving, rather than inside the first view of a sub-mosaic
+        threading.Thread(target=self._warm_up, name="submosaic-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            tid = int(self.db.ids()[0])
+            img = np.full((8, 8, 3), 128, np.uint8)
+            g = make_grid(8, 8, "2x2")
+            with self._slots:
+                match(self.db, cell_data(img, g, self.db.feature_grid, self.db.mean_weight), g,
+                      replace(self.mopts, grid="2x2", min_distance=0, unique=False), exclude=[tid])
+        except Exception:  # only a warm-up: a real failure shows on the first real match
+            log.debug("sub-mosaic warm-up failed", exc_info=True)
 
     def _usable_folder(self) -> bool:
         if self.folder.is_symlink():

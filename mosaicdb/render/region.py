@@ -3,7 +3,7 @@
 A DeepZoom tile on demand, at any level: the cells under the box are drawn by `CellRenderer` at
 a whole number of pixels (the cell size rounded up; 1 px is a tile's mean colour), and when the
 cell size is not whole they are area-averaged onto the box's pixel grid with exact overlap
-weights (a sparse matrix per axis), so no level is ever drawn whole. A cell larger than the
+weights (cumulative sums per axis), so no level is ever drawn whole. A cell larger than the
 leaf size can be drawn as another mosaic (`children`): the recursive mosaics of `mosaic serve
 --recursive`, where every tile's area is a mosaic of that tile.
 """
@@ -15,7 +15,6 @@ from fractions import Fraction
 from typing import Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from .cells import CellRenderer
 
@@ -45,35 +44,30 @@ def covered(p0: int, p1: int, c: Fraction, n: int) -> tuple[int, int]:
     return min(n, math.floor(p0 / c)), min(n, math.ceil(p1 / c))
 
 
-def area_weights(p0: int, p1: int, c: Fraction, k0: int, t: int, n_src: int) -> sp.csr_matrix:
-    """(p1 - p0, n_src) weights averaging a row of cells drawn at t px (starting with cell k0)
-    onto output pixels p0..p1 of cells c px wide: each output pixel is the mean of the source
-    pixels it overlaps, weighted by overlap; the part beyond the image's edge is left out."""
-    rows, cols, vals = [], [], []
-    for i, p in enumerate(range(p0, p1)):
-        lo = max(0.0, float((p / c - k0) * t))
-        hi = min(float(n_src), float(((p + 1) / c - k0) * t))
-        j = np.arange(int(math.floor(lo)), max(int(math.ceil(hi)), int(math.floor(lo)) + 1))
-        w = np.minimum(hi, j + 1) - np.maximum(lo, j)
-        w = np.clip(w, 0, None)
-        if w.sum() <= 0:          # beyond the image: repeat the last pixel rather than divide by 0
-            j, w = np.array([min(n_src - 1, max(0, int(lo)))]), np.array([1.0])
-        rows.append(np.full(len(j), i))
-        cols.append(j)
-        vals.append(w / w.sum())
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(p1 - p0, n_src), dtype=np.float32)
+def spans(p0: int, p1: int, c: Fraction, k0: int, t: int, n_src: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where output pixels p0..p1 (cells of c px) fall in a row of cells drawn at t px starting
+    with cell k0: (lo, hi) in source pixels, clipped to the n_src that exist (an edge pixel of
+    a level may reach past the image: it averages the part inside)."""
+    p = np.arange(p0, p1 + 1, dtype=np.float64)
+    edges = (p / float(c) - k0) * t
+    edges = np.clip(edges, 0.0, float(n_src))
+    return edges[:-1], edges[1:]
 
 
-def resample(img: np.ndarray, wy: sp.csr_matrix, wx: sp.csr_matrix) -> np.ndarray:
-    """img (h, w, 3) -> (wy rows, wx rows, 3) by the separable weights, rounded to uint8."""
-    h, w = img.shape[:2]
-    a = wy @ img.reshape(h, w * 3).astype(np.float32)                   # (oh, w*3)
-    oh = a.shape[0]
-    a = a.reshape(oh, w, 3).transpose(1, 0, 2).reshape(w, oh * 3)
-    b = wx @ a                                                           # (ow, oh*3)
-    out = b.reshape(-1, oh, 3).transpose(1, 0, 2)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def axis_average(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
+    """Exact area averages of `a` along `axis` over source intervals [lo, hi) (fractional), from
+    its cumulative sum: a pixel cut by an interval's end counts by the part inside."""
+    a = np.moveaxis(a, axis, 0).astype(np.float64)
+    n = a.shape[0]
+    cs = np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])
+
+    def integral(x):
+        i = np.minimum(np.floor(x).astype(np.int64), n - 1)
+        frac = (x - i).reshape((-1,) + (1,) * (a.ndim - 1))
+        return cs[i] + frac * a[i]
+
+    width = np.maximum(hi - lo, 1e-9).reshape((-1,) + (1,) * (a.ndim - 1))
+    return np.moveaxis((integral(hi) - integral(lo)) / width, 0, axis)
 
 
 def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction) -> np.ndarray:
@@ -85,9 +79,9 @@ def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction) -> np.n
     reg = node.cells.region(r0, r1, c0, c1, t)
     if t == c:
         return reg[y0 - r0 * t:y1 - r0 * t, x0 - c0 * t:x1 - c0 * t]
-    wy = area_weights(y0, y1, c, r0, t, reg.shape[0])
-    wx = area_weights(x0, x1, c, c0, t, reg.shape[1])
-    return resample(reg, wy, wx)
+    out = axis_average(reg, *spans(y0, y1, c, r0, t, reg.shape[0]), axis=0)
+    out = axis_average(out, *spans(x0, x1, c, c0, t, reg.shape[1]), axis=1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def draw(node: Node, box: tuple[int, int, int, int], c: Fraction, leaf_px: int,

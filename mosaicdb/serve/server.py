@@ -28,8 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import assignment as asg
 from ..errors import MosaicError, UsageError
-from ..recursive import RecursiveOptions, SubMosaics
-from ..recursive.options import DEFAULT_GRID
+from ..recursive.options import DEFAULT_GRID, RecursiveOptions
 from ..render.cells import CellRenderer, PixelCache
 from ..render.options import RenderOptions
 from ..render.region import Node
@@ -125,7 +124,10 @@ class Viewer:
         big = tuple(t for t in (T, T // 2) if t > max(db.thumb_sizes))
         pixels = PixelCache(db, big, min(ropts.cache_bytes, PIXEL_CACHE_BYTES))
         node = Node(CellRenderer(db, saved, ropts, cache=pixels))
-        subs = SubMosaics(db, saved, ropts, rec, pixel_cache=pixels) if rec.depth else None
+        subs = None
+        if rec.depth:
+            from ..recursive.submosaic import SubMosaics   # the matcher: only when recursing
+            subs = SubMosaics(db, saved, ropts, rec, pixel_cache=pixels)
         return RenderedSource(mosaic, node, T, cache=cache, subs=subs, stored=stored)
 
     def close(self) -> None:
