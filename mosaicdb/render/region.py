@@ -70,13 +70,14 @@ def axis_average(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np
     return np.moveaxis((integral(hi) - integral(lo)) / width, 0, axis)
 
 
-def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction) -> np.ndarray:
-    """Pixels [y0, y1) x [x0, x1) of `node` drawn with cells of c px (c may be a fraction)."""
+def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction, ones: np.ndarray | None = None) -> np.ndarray:
+    """Pixels [y0, y1) x [x0, x1) of `node` drawn with cells of c px (c may be a fraction).
+    `ones`: the whole node drawn at 1 px per cell, to take cells smaller than a pixel from."""
     x0, y0, x1, y1 = box
     t = max(1, math.ceil(c))
     r0, r1 = covered(y0, y1, c, node.rows)
     c0, c1 = covered(x0, x1, c, node.cols)
-    reg = node.cells.region(r0, r1, c0, c1, t)
+    reg = ones[r0:r1, c0:c1] if ones is not None and t == 1 else node.cells.region(r0, r1, c0, c1, t)
     if t == c:
         return reg[y0 - r0 * t:y1 - r0 * t, x0 - c0 * t:x1 - c0 * t]
     out = axis_average(reg, *spans(y0, y1, c, r0, t, reg.shape[0]), axis=0)
@@ -85,11 +86,12 @@ def leaf_pixels(node: Node, box: tuple[int, int, int, int], c: Fraction) -> np.n
 
 
 def draw(node: Node, box: tuple[int, int, int, int], c: Fraction, leaf_px: int,
-         children: Children | None = None, grid: int = 1) -> np.ndarray:
+         children: Children | None = None, grid: int = 1, ones: np.ndarray | None = None) -> np.ndarray:
     """Pixels of `box` of `node` at c px per cell. With `children`, a cell larger than `leaf_px`
-    is drawn as its child mosaic (grid x grid cells, of c / grid px each), recursively."""
+    is drawn as its child mosaic (grid x grid cells, of c / grid px each), recursively. `ones`:
+    `node` at 1 px per cell (see leaf_pixels)."""
     if children is None or c <= leaf_px:
-        return leaf_pixels(node, box, c)
+        return leaf_pixels(node, box, c, ones)
     x0, y0, x1, y1 = box
     c = int(c)   # above the leaf size cells are whole pixels (leaf_px * 2^i)
     out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)

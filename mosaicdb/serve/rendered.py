@@ -62,6 +62,16 @@ class RenderedSource(TileSource):
         self.cache = OnceLRU(budget, (lambda b: 1) if in_tiles else len)
         self._slots = threading.BoundedSemaphore(RENDER_SLOTS)
         self.reuse = node.cells.opts.color == "none"
+        self._ones = None               # the mosaic at 1 px per cell (cols x rows px), made once
+        self._ones_lock = threading.Lock()
+
+    def ones(self):
+        """The mosaic at 1 px per cell: every level with cells below a pixel is averaged from it
+        (at most 2048 x 2048 px for the largest grid), so those levels never touch the tiles again."""
+        with self._ones_lock:
+            if self._ones is None:
+                self._ones = self.node.cells.region(0, self.node.rows, 0, self.node.cols, 1)
+            return self._ones
 
     def cell_px(self, level: int) -> Fraction:
         """Pixels of one of the mosaic's own cells at DZI level `level` (a fraction on coarse levels)."""
@@ -79,8 +89,10 @@ class RenderedSource(TileSource):
 
     def _render(self, level: int, col: int, row: int) -> bytes:
         children = self.subs.child if self.subs is not None else None
+        c = self.cell_px(level)
+        ones = self.ones() if c < 1 else None
         with self._slots:
-            pix = draw(self.node, self.tile_box(level, col, row), self.cell_px(level), self.T, children, self.grid)
+            pix = draw(self.node, self.tile_box(level, col, row), c, self.T, children, self.grid, ones)
             return encode_jpeg(pix)
 
     def depth_at(self, level: int) -> int:
