@@ -181,9 +181,12 @@ def bench_recursive(jpath: Path, n_cells: int, rng) -> dict:
         while len(cells) < n_cells:
             cells.add((int(rng.integers(0, rows)), int(rng.integers(0, cols))))
         cells = sorted(cells)
-        first, again, seen = [], [], []
+        first, first_cpu, again, seen = [], [], [], []
+        time.sleep(2)        # let the start-up warm-up finish, so each first view's CPU is its own
         for r, c in cells:   # one at a time: each first view matches one sub-mosaic
+            cpu0 = s.cpu_seconds()
             first.append(s.get(f"/mosaic_files/{base_top + 1}/{2 * c}_{2 * r}.jpeg")[1])
+            first_cpu.append(s.cpu_seconds() - cpu0)
         for r, c in cells:   # the same sub-mosaics (matched already), other tiles and deeper levels
             paths = [f"/mosaic_files/{base_top + 1}/{2 * c + 1}_{2 * r + 1}.jpeg"]
             for d in range(2, 7):
@@ -201,6 +204,7 @@ def bench_recursive(jpath: Path, n_cells: int, rng) -> dict:
     finally:
         s2.stop()
     return {"sub_grid": 64, "levels": len(lv), "cells": len(cells), "first_view": stats(np.array(first)),
+            "first_view_server_cpu": stats(np.array(first_cpu)),
             "cached_views": stats(np.array(again)), "revisited_tiles": stats(revisits),
             "first_view_new_process_from_disk": stats(np.array(from_disk)),
             "peak_rss_mb": rss}
