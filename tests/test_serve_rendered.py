@@ -356,3 +356,35 @@ def test_unique_sub_mosaics_need_enough_tiles(made, tmp_path):
     asg.save(out, asg.SavedAssignment(meta, saved.tile_ids, saved.cost, saved.target_mean, saved.target_std))
     with pytest.raises(UsageError, match="recursive-grid"):
         Served(tmp_path / "u.mosaic.json", recursive=1, recursive_grid=16)
+
+
+# ---- the command line ------------------------------------------------------------------------------
+def test_cli_serves_an_assignment_recursively(made):
+    import http.client
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "mosaicdb", "serve", str(made["json"]), "--port", "0", "--no-open",
+                          "--json", "--recursive", "1", "--recursive-grid", str(G), "--cache", "50t"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        info = json.loads(line)
+        assert (info["width"], info["height"]) == (COLS * T * G, ROWS * T * G)
+        port = int(info["url"].rsplit(":", 1)[1].split("/")[0])
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("GET", "/api/cell/0/0/1/1")
+        r = c.getresponse()
+        d = json.loads(r.read())
+        assert r.status == 200 and d["depth"] == 1 and len(d["path"]) == 2
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+@pytest.mark.parametrize("args, words", [(["--recursive", "9"], "--recursive"), (["--cache", "lots"], "--cache"),
+                                         (["--recursive", "1", "--recursive-grid", "5"], "power of two")])
+def test_cli_bad_options_exit_2_in_one_line(made, args, words):
+    from clirun import invoke_cli
+    res = invoke_cli("serve", str(made["json"]), "--no-open", *args, code=2)
+    assert words in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
