@@ -61,10 +61,10 @@ def wait_for(d, script: str, what: str, timeout: float = WAIT):
     return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda d: d.execute_script("return " + script), what)
 
 
-def wait_loaded(d):
+def wait_loaded(d, timeout: float = WAIT):
     wait_for(d, "window.mosaicViewer && mosaicViewer.world.getItemCount() === 1 && "
                 "mosaicViewer.world.getItemAt(0).getFullyLoaded() && !mosaicViewer.viewport.isAnimating?.()",
-             "the mosaic's tiles to load")
+             "the mosaic's tiles to load", timeout)
 
 
 def cell_pixel(d, row: int, col: int) -> tuple[float, float]:
@@ -157,6 +157,7 @@ def test_click_a_cell_shows_its_tile(browser, mosaics):
 # ---- recursive: zoom into a tile until it is a mosaic, click a sub-tile -----------------------
 from test_serve_rendered import G as SUB_GRID, made  # noqa: E402,F401 (fixture)
 
+SLOW_WAIT = 90   # the server also starts matching (numba may compile) beside the first tiles, on a loaded machine
 REC_T = 256   # served at 256 px per cell: the whole 1536 x 1024 mosaic fits the window before recursion
 
 
@@ -170,7 +171,7 @@ def test_zoom_into_a_tile_until_it_is_a_mosaic_and_click_a_sub_tile(browser, mad
     row, col = 1, 2
     try:
         d.get(f"http://127.0.0.1:{s.port}/")
-        wait_loaded(d)
+        wait_loaded(d, SLOW_WAIT)
         assert "every tile is a 4 × 4 mosaic of itself" in d.find_element(By.ID, "mosaic-summary").text
         assert not [k for k in src.cache._lru if isinstance(k[0], int) and k[0] > src.base_top]  # whole picture only
         # zoom until the cell fills much of the screen: its tile turns into a mosaic
@@ -180,12 +181,12 @@ def test_zoom_into_a_tile_until_it_is_a_mosaic_and_click_a_sub_tile(browser, mad
             v.viewport.panTo(v.viewport.imageToViewportCoordinates(x, y), true);""",
                          (col + 0.5) * cell, (row + 0.5) * cell, 0.8)
         tid = int(saved.tile_ids[row, col])
-        deadline = time.monotonic() + WAIT        # the page asks for tiles below the mosaic's own levels...
+        deadline = time.monotonic() + SLOW_WAIT        # the page asks for tiles below the mosaic's own levels...
         while not [k for k in list(src.cache._lru) if isinstance(k[0], int) and k[0] > src.base_top]:
             assert time.monotonic() < deadline, "no tile below the mosaic's own levels was asked for"
             time.sleep(0.1)
         time.sleep(0.3)
-        wait_loaded(d)                            # ...and shows them
+        wait_loaded(d, SLOW_WAIT)                            # ...and shows them
         sub = src.subs.node(tid).cells.saved                        # drawn from this tile's sub-mosaic
         ARTIFACTS.mkdir(exist_ok=True)
         d.save_screenshot(str(ARTIFACTS / "serve_browser_recursive.png"))
@@ -219,7 +220,7 @@ def test_zoom_into_a_tile_until_it_is_a_mosaic_and_click_a_sub_tile(browser, mad
         viewer_el = d.find_element(By.ID, "viewer")
         ActionChains(d).move_to_element_with_offset(viewer_el, int(dx), int(dy)).click().perform()
         sid = int(sub.tile_ids[srow, scol])
-        wait_for(d, f"document.getElementById('tile-id').textContent === '{sid}'", "the panel to show the sub-tile")
+        wait_for(d, f"document.getElementById('tile-id').textContent === '{sid}'", "the panel to show the sub-tile", SLOW_WAIT)
         p = panel(d)
         path = d.execute_script("return document.getElementById('tile-path').textContent")
         assert path == f"mosaic → tile {tid} (row {row}, column {col}) → tile {sid} (row {srow}, column {scol})"

@@ -20,7 +20,7 @@ class MosaicAPI:
     """Cell and original look-ups for one saved assignment and its (read-only) tile database;
     with `subs` (recursive.SubMosaics), also for the cells of its tiles' sub-mosaics."""
 
-    def __init__(self, saved: SavedAssignment, db, width: int, height: int, subs=None, node=None):
+    def __init__(self, saved: SavedAssignment, db, width: int, height: int, subs=None):
         self.saved, self.db, self.subs = saved, db, subs
         self.width, self.height = width, height
         self.allowed = set(np.unique(saved.tile_ids).tolist())

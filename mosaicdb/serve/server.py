@@ -1,9 +1,12 @@
 """The viewer's HTTP server: standard library ThreadingHTTPServer, a fixed set of routes.
 
     /, /static/viewer.{js,css}, /osd/...      the page and OpenSeadragon (held in memory)
-    /mosaic.dzi, /mosaic_files/L/C_R.jpeg     DeepZoom description and tiles (tilesource.py)
-    /api/info, /api/cell/ROW/COL              the grid; the tile placed in a cell (api.py)
-    /tile/ID/original                         a tile's original, for tiles of this mosaic only
+    /mosaic.dzi, /mosaic_files/L/C_R.jpeg     DeepZoom description and tiles (tilesource.py, or
+                                              rendered.py for an assignment and --recursive)
+    /api/info, /api/cell/ROW/COL[/R/C...]     the grid; the tile placed in a cell, or in a cell of
+                                              its sub-mosaic, and so on (api.py)
+    /tile/ID/original                         a tile's original, for tiles of this mosaic (and of
+                                              its sub-mosaics shown so far) only
 
 Nothing in a URL becomes a filesystem path. Paths with '..', '%', '\\' or '//' are 404 before
 routing; unknown routes 404; malformed or out-of-range numbers 400. Every request must be
@@ -110,8 +113,7 @@ class Viewer:
                 db_.close()
             raise
         self.db = db_
-        self.api = MosaicAPI(saved, self.db, self.source.width, self.source.height,
-                             getattr(self.source, "subs", None), getattr(self.source, "node", None))
+        self.api = MosaicAPI(saved, self.db, self.source.width, self.source.height, getattr(self.source, "subs", None))
         self.mosaic = Path(mosaic)
 
     @staticmethod
