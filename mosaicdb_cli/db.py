@@ -8,7 +8,7 @@ from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
-from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option, warn_all
 
 
 @click.group("db")
@@ -232,16 +232,21 @@ def errors_cmd(db, as_json):
 @json_option
 def remove_cmd(db, tiles, source_prefix, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
+    A number that is both a tile's id and the start of another tile's hash is refused:
+    write id:N or hash:PREFIX.
 
     Example:
 
     \b
         mosaic db remove tiles.db 12 40 3fa9c2d1 --source ~/Pictures/blurry
+        mosaic db remove tiles.db hash:05270200
     """
     if not tiles and not source_prefix:
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
     with TileDB.open(db) as d:
         n = d.remove(d.resolve_refs(tiles, source_prefix))
+    if n == 0:
+        warn_all([f"no tile of {db} matches {' '.join(tiles) or source_prefix}: nothing removed"])
     if as_json:
         echo_json({"db": db, "removed": n})
     else:

@@ -14,6 +14,7 @@ from .common import EXIT_BROKEN_PIPE, MosaicGroup, install_signal_handlers, quie
 # or the generator's imports
 COMMANDS = {"db": ("db", "db_group"), "make": ("make", "make_cmd"), "render": ("make", "render_cmd"),
             "eval": ("make", "eval_cmd"), "demo": ("demo", "demo_cmd"), "generate": ("generate", "generate_group"),
+            "autoencoder": ("autoencoder", "autoencoder_group"),
             "plan": ("plan", "plan_cmd"), "print": ("print_cmd", "print_cmd"), "serve": ("serve", "serve_cmd")}
 
 

@@ -8,9 +8,8 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
+from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
-from mosaicdb.errors import MosaicError
-from mosaicdb.make import Maker, expand_targets, make_batch, output_paths
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.recursive import RecursiveOptions
@@ -19,6 +18,7 @@ from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
 from . import generate as _generate  # noqa: F401  (first: cells.py builds on generate's options, which import it back)
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
 from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
@@ -83,11 +83,12 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @render_options
 @output_options
 @hybrid_options
+@autoencoder_make_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, depth, recursive_grid, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
-             **generate_kw):
+             tile_px, depth, recursive_grid, color, color_strength, quality, codec, ome, dpi, print_size, workers,
+             cache, quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -103,7 +104,11 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out rec.tif --grid 32 --tile-px 32 --recursive 1 --recursive-grid 16
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
     """
+    from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
+    ae_kw, generate_kw = split_autoencoder_options(generate_kw)
+    auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
@@ -111,10 +116,20 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     recursive = RecursiveOptions(depth=depth, grid=recursive_grid)
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
+        raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
+                         "is decoded (add --hybrid to mix in retrieved ones)")
+    if auto is not None and recursive.depth:
+        raise UsageError("--recursive matches every tile's sub-mosaic from the pool; with --autoencoder every cell is "
+                         "decoded: drop one of them")
     hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
+        if auto is not None:
+            from mosaicdb.autoencoder.make import AutoMaker
+            maker = AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        else:
+            maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -128,7 +143,9 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
-                            "seconds": m["seconds"]})
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
+            if "autoencoder" in m:
+                info(quiet or as_json, autoencoder_summary(m["autoencoder"]))
             if "generated" in m:
                 g = m["generated"]
                 info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "

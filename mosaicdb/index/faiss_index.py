@@ -186,7 +186,7 @@ class VectorIndex:
 
         with AtomicFiles() as group:  # the three files are replaced together, the infos last
             try:
-                faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+                write_faiss(self.index, group.temp(folder / "index.faiss"))
             except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
                 raise IndexWriteError(f"cannot write the index to {folder}: {str(e).strip().splitlines()[-1]}") \
                     from None
@@ -205,7 +205,7 @@ class VectorIndex:
             if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
                     and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
-            index = _faiss().read_index(str(folder / "index.faiss"))
+            index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
                 return None  # files from different saves (a kill between the renames): rebuild
             if infos["kind"] == "ivf":
@@ -269,3 +269,31 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
     return VectorIndex(index, infos, np.sort(ids.astype(np.int64)))
+
+
+def _utf8(path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def write_faiss(index, path) -> None:
+    """faiss.write_index, also under a path that is not UTF-8 (faiss takes only UTF-8 text:
+    such a path goes through Python's file I/O, serialized in memory)."""
+    faiss = _faiss()
+    if _utf8(path):
+        faiss.write_index(index, str(path))
+    else:
+        with open(path, "wb") as f:
+            f.write(faiss.serialize_index(index).tobytes())
+
+
+def read_faiss(path):
+    """faiss.read_index, also under a path that is not UTF-8 (see write_faiss)."""
+    faiss = _faiss()
+    if _utf8(path):
+        return faiss.read_index(str(path))
+    with open(path, "rb") as f:
+        return faiss.deserialize_index(np.frombuffer(f.read(), np.uint8))

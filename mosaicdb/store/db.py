@@ -34,7 +34,7 @@ from . import catalog
 from .arrays import RowArray
 from .decode import DecodeOptions, open_image, square_resize
 from .indexing import IndexLifecycle
-from .integrity import Integrity
+from .integrity import _KIND_NAMES, Integrity, _kind
 from .ingest import IngestReport
 from .lock import WriteLock
 from .maintenance import CATALOG, CheckReport, Maintenance
@@ -118,6 +118,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
+        special = self.special_problems()
+        if special:  # before anything opens them: a FIFO would block, a folder fail oddly
+            self._con.close()
+            raise DatabaseError(f"{self.path}: {special[0]}")
         self._init_integrity()
         self._read_lock = threading.Lock()  # one connection, shared by render threads
 
@@ -130,7 +134,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
         `background`; images over `max_pixels` are refused."""
         path = _as_path(path)
-        if (path / CATALOG).exists():
+        if os.path.lexists(path / CATALOG):
+            if _kind(path / CATALOG) != "file":
+                raise DatabaseError(f"{path / CATALOG} exists and is not a regular file: remove it, or choose a new "
+                                    "path for the database")
             raise DatabaseError(f"{path} is already a tile database")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatabaseError(f"{path} exists and is not an empty folder: choose a new path for the database")
@@ -167,6 +174,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     def open(cls, path, readonly: bool = False) -> "TileDB":
         """An existing database (`TileDB.create` makes a new one)."""
         path = _as_path(path)
+        for name in (CATALOG, CATALOG + "-wal", CATALOG + "-shm"):
+            kind = _kind(path / name)
+            if kind not in (None, "file"):  # a FIFO would block sqlite, a link lead it elsewhere
+                raise DatabaseError(f"{path / name} is {_KIND_NAMES[kind]}, not a regular file: a tile database's "
+                                    "catalog must be a real file inside it (restore it from a copy)")
         if not (path / CATALOG).is_file():
             what = "does not exist" if not path.exists() else "is not a tile database"
             raise DatabaseError(f"{path} {what}: create one with `mosaic db init {path}` "
@@ -360,6 +372,11 @@ def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, over
             if len(gone):
                 raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
                                     f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+        if digest:
+            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
+            if len(gone):  # the common case, said plainly: tiles removed since
+                raise DatabaseError(f"{len(gone)} tiles of this assignment are no longer in {path} (e.g. id "
+                                    f"{gone[0]}): run `mosaic make` again")
         if digest and db.tiles_digest(tile_ids) != digest:
             raise DatabaseError(f"the tiles in {path} are not the ones this assignment was made with (a copy of the "
                                 "database that has changed since, or another one): make the mosaic again from it")

@@ -2,6 +2,7 @@
 searching it. A mixin of `TileDB`."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import numpy as np
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
+
+log = logging.getLogger(__name__)
+
+# Tiles looked up by their own features each time a database's index is first used.
+INDEX_PROBES = 32
 
 
 class IndexLifecycle:
@@ -99,7 +105,27 @@ class IndexLifecycle:
             if self.readonly:
                 raise IndexStale(f"the index of {self.path} is out of date: run `mosaic db index {self.path}`")
             self.update_index()
-        return self.load_index()
+        idx = self.load_index()
+        if not getattr(self, "_index_probed", False):
+            if self.index_foreign(idx):
+                if self.readonly:
+                    raise IndexStale(f"the index of {self.path} does not find its own tiles (copied from another "
+                                     f"database, or damaged): run `mosaic db index --rebuild {self.path}`")
+                log.warning("the index of %s does not find its own tiles: rebuilding it", self.path)
+                self.build_index()
+                idx = self.load_index()
+            self._index_probed = True
+        return idx
+
+    def index_foreign(self, idx) -> bool:
+        """Whether `idx` fails to return a quarter or more of a few sampled tiles at their own
+        features: an index file copied from another database (same size, other vectors), or
+        ids that no longer belong to its vectors. Cheap enough for every make."""
+        ids = self.ids()
+        if not len(ids):
+            return False
+        off, n = self.index_mismatches(idx, ids, self.features(), sample=INDEX_PROBES)
+        return off * 4 > n
 
     def search(self, vectors: np.ndarray, k: int, *, exact: bool = False, device: str = "auto",
                exclude: np.ndarray | None = None):

@@ -42,6 +42,8 @@ class WriteLock:
                 if e.errno == errno.ELOOP:
                     raise DatabaseError(f"{self.path} is a symbolic link: a database's own files must be real "
                                         "files inside it; remove the link") from None
+                if e.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
+                    raise DatabaseError(f"{self.path} is not a regular file: remove it") from None
                 raise
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
@@ -54,7 +56,7 @@ class WriteLock:
                 raise DatabaseLocked(f"database {self.path.parent} is busy: {holder} is writing to it; "
                                      "wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode())
+            os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode("utf-8", "backslashreplace"))
             self._fd, self._pid = fd, os.getpid()
             _HELD.add(fd)
         self._depth += 1

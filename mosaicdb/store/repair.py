@@ -8,8 +8,9 @@
   recomputed from the thumbnails; all-black thumbnails are suspect) before their checksums are
   recorded.
 - The index is rebuilt from the features.
-- What cannot be rebuilt (the original is missing or changed) is reported, and removed with
-  `remove_unrecoverable`.
+- Every original is re-hashed: tiles whose original is missing, changed or outside its folder
+  cannot be drawn at full size and cannot be rebuilt; they are reported with the tiles whose
+  rows could not be rebuilt, and removed with `remove_unrecoverable`.
 
 A mixin of `TileDB`.
 """
@@ -101,6 +102,14 @@ class Repair:
                 if len(good):
                     self._build_index_from(good)
                     rep.index_rebuilt = True
+            # originals that are gone or changed while their rows are intact: nothing can bring
+            # them back, and a full-size render refuses them; say so (and remove them on request)
+            lost = self.original_problems(deep=True)
+            known = {u[0] for u in unrecoverable}
+            for key, why in (("outside", "original leads outside its folder"), ("missing", "original missing"),
+                             ("changed", "original changed since ingest")):
+                unrecoverable += [(i, f"{why} ({f})") for i, f in lost[key] if i not in known]
+            rep.unrecoverable = unrecoverable = sorted(unrecoverable)
         if unrecoverable and remove_unrecoverable:
             rep.removed = self.remove([u[0] for u in unrecoverable])
         rep.seconds = time.perf_counter() - t0
