@@ -332,15 +332,15 @@ def test_host_check_and_token_beyond_loopback(tmp_path, db40, target):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_terminate_leaves_no_temporaries(synthetic_db, tmp_path, sig):
     from test_pyramid import random_assignment
-    saved = random_assignment(synthetic_db, 192, 192, seed=5)
+    saved = random_assignment(synthetic_db, 320, 320, seed=5)
     out = tmp_path / "big.tif"
     asg.save(out, saved)
     proc = subprocess.Popen(MOSAIC + ["render", str(asg.sidecar_paths(out)[0]), "--out", str(out), "-q",
                                       "--color", "mean"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".big.tif") for p in tmp_path.iterdir()):
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.02)
+    time.sleep(0.1)
     assert proc.poll() is None, "render finished before it could be signalled: make it bigger"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

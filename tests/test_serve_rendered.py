@@ -178,7 +178,7 @@ def test_sub_mosaic_is_the_tile_matched_with_the_same_options(rec, made):
     sub = src.subs.node(tid).cells.saved
     img = np.asarray(db.load_original(tid))
     g = make_grid(img.shape[1], img.shape[0], f"{G}x{G}")
-    res = match(db, cell_data(img, g, db.feature_grid, db.mean_weight), g,
+    res = match(db, cell_data(img, g, db.feature_spec), g,
                 MatchOptions(grid=f"{G}x{G}", min_distance=1), exclude=[tid])
     assert np.array_equal(sub.tile_ids, res.assignment.tile_ids)
     assert sub.meta.match["min_distance"] == 1 and sub.meta.extra["recursive"]["tile_id"] == tid

@@ -50,7 +50,7 @@ def cache_key(db, tile: dict, mopts: MatchOptions, grid: int) -> str:
     """What a sub-mosaic depends on, hashed: the tile (id and content), the pool (database
     identity and version), the features, the match options and the grid."""
     spec = {"v": KEY_VERSION, "tile": int(tile["id"]), "hash": tile["hash"], "db": db.uuid, "version": db.version,
-            "features": [db.feature_grid, db.mean_weight], "match": mopts.to_json(), "grid": grid}
+            "features": [db.feature_spec.kind, db.feature_spec.params()], "match": mopts.to_json(), "grid": grid}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -59,7 +59,7 @@ def compute(db, tile: dict, mopts: MatchOptions, grid: int, ropts: RenderOptions
     tid = int(tile["id"])
     img = np.asarray(db.load_original(tid))
     g = make_grid(img.shape[1], img.shape[0], f"{grid}x{grid}")
-    cells = cell_data(img, g, db.feature_grid, db.mean_weight)
+    cells = cell_data(img, g, db.feature_spec)
     res = match(db, cells, g, mopts, exclude=[tid])
     meta = asg.AssignmentMeta(
         grid=asg.GridInfo(g.cols, g.rows, g.crop, mopts.grid_spec), db=str(Path(db.path).resolve()),
@@ -123,7 +123,7 @@ class SubMosaics:
             img = np.full((8, 8, 3), 128, np.uint8)
             g = make_grid(8, 8, "2x2")
             with self._slots:
-                match(self.db, cell_data(img, g, self.db.feature_grid, self.db.mean_weight), g,
+                match(self.db, cell_data(img, g, self.db.feature_spec), g,
                       replace(self.mopts, grid="2x2", min_distance=0, unique=False), exclude=[tid])
         except Exception:  # only a warm-up: a real failure shows on the first real match
             log.debug("sub-mosaic warm-up failed", exc_info=True)
