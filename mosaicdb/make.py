@@ -26,6 +26,7 @@ from .render.options import RenderOptions
 from .render.output import check_space, output_kind, plan_output, render_saved, write_output  # noqa: F401 (render_saved: API)
 from .render.raster import IN_MEMORY_MAX_PIXELS
 from .render.rows import render_array
+from .store.db import TileDB
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class Maker:
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
                  progress: bool = False, hybrid=None):
+        if not isinstance(db, TileDB):
+            raise UsageError(f"Maker needs an open TileDB (TileDB.open(path)), got {type(db).__name__}")
         for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions)):
             if value is not None and not isinstance(value, cls):
                 raise UsageError(f"Maker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
@@ -134,6 +137,8 @@ class Maker:
         t0 = time.perf_counter()
         if not isinstance(target_path, (str, os.PathLike)):
             raise UsageError(f"make() takes the target image's path, got {target_path!r}")
+        if out is not None and not isinstance(out, (str, os.PathLike)):
+            raise UsageError(f"make() takes the output's path as a str or Path, got {out!r}")
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)

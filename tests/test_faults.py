@@ -668,3 +668,67 @@ def test_python_api_misuse_more(db40, tmp_path):
         assert db.tiles([2 ** 70]) == []
     with pytest.raises(MosaicError, match="closed"):
         db.ids()
+
+
+# ---- second hostile pass (issue 11b) -------------------------------------------------------------------
+def serve_on_loopback(db40, target, tmp_path):
+    """A running loopback server (port chosen by the system) on a fresh mosaic, and its viewer."""
+    from mosaicdb.serve import Viewer, make_server, serve_in_thread
+    from mosaicdb.serve.assets import find_openseadragon
+    try:
+        find_openseadragon()
+    except MosaicError:
+        pytest.skip("OpenSeadragon is not installed: run `npm ci` (or `make`)")
+    m = make(db40, target, tmp_path / "m.png")
+    viewer = Viewer(m.output)
+    httpd = make_server(viewer, "127.0.0.1", 0)
+    serve_in_thread(httpd)
+    return httpd, viewer
+
+
+@pytest.mark.parametrize("command", ["render", "plan"])
+def test_deeply_nested_assignment_is_damaged_not_a_crash(db40, target, tmp_path, command):
+    m = make(db40, target, tmp_path / "m.png")
+    j = asg.sidecar_paths(m.output)[0]
+    j.write_text("[" * 100000 + "]" * 100000)
+    res = invoke_cli(command, j, "--out", tmp_path / "r.png", code=2)
+    assert "damaged or not an assignment" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_render_refuses_to_replace_the_image_its_assignment_was_saved_with(db40, target, tmp_path):
+    m = make(db40, target, tmp_path / "m.png")
+    before = m.output.read_bytes()
+    res = invoke_cli("render", asg.sidecar_paths(m.output)[0], "--out", m.output, code=2)
+    assert "would overwrite" in res.output and m.output.read_bytes() == before
+
+
+def test_python_api_misuse_third_round(db40, target, tmp_path):
+    with pytest.raises(DatabaseError, match="/proc/xyz"):
+        TileDB.create("/proc/xyz/db")
+    for bad in (None, str(db40), db40):
+        with pytest.raises(UsageError, match="Maker needs an open TileDB"):
+            Maker(bad)
+    with TileDB.open(db40) as db:
+        maker = Maker(db, MatchOptions(grid="8"))
+        for out in (b"/x.png", 7, ["m.png"]):
+            with pytest.raises(UsageError, match="output's path"):
+                maker.make(target, out)
+
+
+def test_two_host_headers_are_a_bad_request(db40, target, tmp_path):
+    httpd, viewer = serve_on_loopback(db40, target, tmp_path)
+    try:
+        def get(*hosts):
+            c = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=30)
+            c.putrequest("GET", "/api/info", skip_host=True)
+            for h in hosts:
+                c.putheader("Host", h)
+            c.endheaders()
+            return c.getresponse().status
+        assert get("localhost") == 200
+        assert get("localhost", "evil.com") == 400
+        assert get("localhost", "localhost") == 400
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        viewer.close()

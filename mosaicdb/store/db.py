@@ -145,7 +145,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
             background = tuple(check_int("--background", c, 0, 255) for c in background)
         except (TypeError, ValueError):
             raise UsageError(f"--background must be three values 0-255, got {background!r}") from None
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseError(f"cannot create the database folder {path}: {e.strerror or e}") from None
 
         def write_catalog(tmp: Path) -> None:
             con = catalog.connect(tmp)
