@@ -732,3 +732,23 @@ def test_two_host_headers_are_a_bad_request(db40, target, tmp_path):
         httpd.shutdown()
         httpd.server_close()
         viewer.close()
+
+
+@pytest.mark.parametrize("panels, why", [("1000x1000", "more than 400"), ("30x1", "narrower than one cell"),
+                                         ("1x25", "narrower than one cell")])
+@pytest.mark.parametrize("command", ["print", "plan"])
+def test_absurd_panel_grids_are_refused_before_any_work(db40, target, tmp_path, command, panels, why):
+    m = make(db40, target, tmp_path / "m.png")  # 12x8 cells
+    extra = ["--print"] if command == "plan" else []
+    t0 = time.perf_counter()
+    res = invoke_cli(command, asg.sidecar_paths(m.output)[0], *extra, "--size", "30cm", "--panels", panels,
+                     "--out", tmp_path / "p.tif", code=2)
+    assert "--panels" in res.output and why in res.output, res.output
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "p.tif").exists()
+
+
+def test_panel_width_cutting_too_many_panels_is_refused(db40, target, tmp_path):
+    m = make(db40, target, tmp_path / "m.png")
+    res = invoke_cli("plan", asg.sidecar_paths(m.output)[0], "--print", "--size", "10m", "--dpi", "30", "--panel-width", "1cm",
+                     "--out", tmp_path / "p.tif", code=2)
+    assert "--panel-width" in res.output and "more than 400" in res.output
