@@ -38,8 +38,9 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--mean-weight", default=1.0, show_default=True, help="Weight of the mean colour against the grid.")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
 @click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
+@quiet_option
 @json_option
-def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels, as_json):
+def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels, quiet, as_json):
     """Create an empty tile database folder DB.
 
     Example:
@@ -53,9 +54,9 @@ def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels,
         made = {"path": str(d.path), "thumb_sizes": list(d.thumb_sizes), "feature_dim": d.dim}
     if as_json:
         echo_json(made)
-        return
-    echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
-               f"{made['feature_dim']}-dim features).")
+    elif not quiet:
+        echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
+             f"{made['feature_dim']}-dim features).")
 
 
 @db_group.command("ingest")
@@ -95,8 +96,9 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 @click.option("--nprobe", default=0, help="IVF lists probed per query [default: tuned to --target-recall].")
 @click.option("--target-recall", default=0.99, show_default=True, help="recall@1 against exact search that nprobe tuning aims for.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if an up-to-date index exists.")
+@quiet_option
 @json_option
-def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json):
+def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, as_json):
     """Build or update the FAISS index of DB and measure its recall.
 
     Example:
@@ -109,7 +111,7 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
         infos = d.index(opts, rebuild=rebuild)
     if as_json:
         echo_json(infos)
-    else:
+    elif not quiet:
         p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
         echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
@@ -117,9 +119,10 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
 
 @db_group.command("stats")
 @db_argument
+@quiet_option
 @json_option
-def stats_cmd(db, as_json):
-    """Show what DB holds: tiles, skipped inputs, disk use, index.
+def stats_cmd(db, quiet, as_json):
+    """Show what DB holds: tiles, skipped inputs, disk use, index (-q changes nothing: it is all data).
 
     Example:
 
@@ -145,11 +148,13 @@ def stats_cmd(db, as_json):
 @db_group.command("check")
 @db_argument
 @click.option("--deep", is_flag=True, help="Also re-hash every original and recompute a sample of features.")
+@quiet_option
 @json_option
-def check_cmd(db, deep, as_json):
+def check_cmd(db, deep, quiet, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
-    Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
+    Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail. With -q,
+    only the problems are printed (no warnings, no OK line).
 
     Example:
 
@@ -163,13 +168,14 @@ def check_cmd(db, deep, as_json):
         if not rep.ok:
             raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
         return
-    for w in rep.warnings:
+    for w in rep.warnings if not quiet else ():
         echo(f"warning: {w}", err=True)
     for p in rep.problems:
         echo(f"problem: {p}", err=True)
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
-    echo(f"{db}: OK ({rep.tiles} tiles)")
+    if not quiet:
+        echo(f"{db}: OK ({rep.tiles} tiles)")
 
 
 @db_group.command("repair")
@@ -206,8 +212,9 @@ def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
 
 @db_group.command("errors")
 @db_argument
+@quiet_option
 @json_option
-def errors_cmd(db, as_json):
+def errors_cmd(db, quiet, as_json):
     """List inputs that were skipped and why.
 
     Example:
@@ -222,15 +229,16 @@ def errors_cmd(db, as_json):
         return
     for e in errs:
         echo(f"{e['source']}: {e['reason']}")
-    info(False, f"{len(errs)} skipped input(s)")
+    info(quiet, f"{len(errs)} skipped input(s)")
 
 
 @db_group.command("remove")
 @db_argument
 @after_db("tiles", required=False)
 @click.option("--source", "source_prefix", help="Remove every tile ingested from this file or folder.")
+@quiet_option
 @json_option
-def remove_cmd(db, tiles, source_prefix, as_json):
+def remove_cmd(db, tiles, source_prefix, quiet, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
 
     Example:
@@ -244,5 +252,5 @@ def remove_cmd(db, tiles, source_prefix, as_json):
         n = d.remove(d.resolve_refs(tiles, source_prefix))
     if as_json:
         echo_json({"db": db, "removed": n})
-    else:
+    elif not quiet:
         echo(f"Removed {n} tile(s) from {db}.")

@@ -8,7 +8,7 @@ import click
 
 from mosaicdb.serve import Viewer, host_warning, make_server
 
-from .common import echo, given_db, json_option, saved_db_option
+from .common import echo, given_db, json_option, quiet_option, saved_db_option
 
 
 @click.command("serve")
@@ -24,13 +24,15 @@ from .common import echo, given_db, json_option, saved_db_option
 @click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
               show_envvar=True, help="OpenSeadragon's build folder [default: the copy installed with mosaicdb, "
                                      "else node_modules/ of a mosaicdb checkout].")
+@quiet_option
 @json_option
-def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_json):
+def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, quiet, as_json):
     """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
     tiles of a pyramidal TIFF are sent straight from the file. Stop with Ctrl-C. With --json,
-    the first line on stdout is the server's address and the mosaic's size, as JSON.
+    the first line on stdout is the server's address and the mosaic's size, as JSON; with -q,
+    only the address.
 
     Example:
 
@@ -48,6 +50,8 @@ def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_jso
             echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
                                    "height": viewer.source.height, "cols": viewer.api.saved.cols,
                                    "rows": viewer.api.saved.rows}))
+        elif quiet:
+            echo(httpd.url)
         else:
             echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
                        f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")

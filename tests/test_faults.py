@@ -752,3 +752,23 @@ def test_panel_width_cutting_too_many_panels_is_refused(db40, target, tmp_path):
     res = invoke_cli("plan", asg.sidecar_paths(m.output)[0], "--print", "--size", "10m", "--dpi", "30", "--panel-width", "1cm",
                      "--out", tmp_path / "p.tif", code=2)
     assert "--panel-width" in res.output and "more than 400" in res.output
+
+
+def _leaf_commands(group, name="mosaic"):
+    import click
+    for sub, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, f"{name} {sub}")
+        else:
+            yield f"{name} {sub}", cmd
+
+
+def test_every_command_takes_q_and_info_lines_go_quiet(db40, tmp_path):
+    from mosaicdb_cli.main import cli
+    missing = [n for n, c in _leaf_commands(cli) if not any(p.name == "quiet" and "-q" in p.opts for p in c.params)]
+    assert not missing, f"no -q on: {missing}"
+    assert invoke_cli("db", "init", tmp_path / "new.db", code=0).output.strip()
+    assert invoke_cli("db", "init", tmp_path / "q.db", "-q", code=0).output == ""
+    for args in (["db", "check", db40], ["db", "errors", db40], ["db", "remove", db40, "99999"], ["db", "index", db40]):
+        assert invoke_cli(*args, code=0).output.strip(), args
+        assert invoke_cli(*args, "-q", code=0).output == "", args
