@@ -233,12 +233,14 @@ def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
                 pages = [lv for lv in levels] or list(tf.pages)
                 pick = next((lv for lv in reversed(pages) if lv.shape[1] >= min_width), pages[0])
                 a = pick.asarray()
-        except (tifffile.TiffFileError, ValueError, OSError) as e:
-            raise UsageError(f"cannot read mosaic {p}: {e}") from None
+        except PermissionError as e:
+            raise UsageError(f"cannot read mosaic {p}: {e.strerror}") from None
+        except (tifffile.TiffFileError, ValueError, OSError) as e:  # damaged, like any undecodable image
+            raise ImageError(f"mosaic {p}: cannot decode ({e})") from None
         return np.ascontiguousarray(a[..., :3]).astype(np.uint8)
     if p.suffix.lower() == ".dzi":
         raise UsageError(f"{p}: eval reads image files (.tif/.png/.jpg/.webp), not DeepZoom folders")
-    return load_target(p).image
+    return load_target(p, "mosaic").image
 
 
 def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:

@@ -772,3 +772,22 @@ def test_every_command_takes_q_and_info_lines_go_quiet(db40, tmp_path):
     for args in (["db", "check", db40], ["db", "errors", db40], ["db", "remove", db40, "99999"], ["db", "index", db40]):
         assert invoke_cli(*args, code=0).output.strip(), args
         assert invoke_cli(*args, "-q", code=0).output == "", args
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_eval_names_the_mosaic_argument_and_exit_codes_match_make(db40, target, tmp_path, suffix):
+    trunc = tmp_path / f"trunc{suffix}"
+    good = tmp_path / f"good{suffix}"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 64, 48)).save(good)
+    trunc.write_bytes(good.read_bytes()[:60])
+    res = invoke_cli("eval", target, trunc, code=1)              # undecodable: exit 1, as `make` on a bad target
+    assert res.output.startswith(f"Error: mosaic {trunc}") and "target" not in res.output, res.output
+    res = invoke_cli("make", "--db", db40, trunc, "--out", tmp_path / "m.png", code=1)
+    assert f"target {trunc}" in res.output
+    fifo = tmp_path / f"fifo{suffix}"
+    os.mkfifo(fifo)
+    res = invoke_cli("eval", target, fifo, code=2)               # special file: a usage error, as for `make`
+    assert f"mosaic {fifo}" in res.output and "target" not in res.output, res.output
+    invoke_cli("make", "--db", db40, fifo, "--out", tmp_path / "m.png", code=2)
+    res = invoke_cli("eval", trunc, target, code=1)
+    assert f"target {trunc}" in res.output
