@@ -791,3 +791,73 @@ def test_eval_names_the_mosaic_argument_and_exit_codes_match_make(db40, target, 
     invoke_cli("make", "--db", db40, fifo, "--out", tmp_path / "m.png", code=2)
     res = invoke_cli("eval", trunc, target, code=1)
     assert f"target {trunc}" in res.output
+
+
+@pytest.fixture
+def big_originals(tmp_path):
+    """A database holding a 4800x3000 PNG and a 4800x3000 JPEG (smooth gradients), and their ids."""
+    src = tmp_path / "big"
+    src.mkdir()
+    y, x = np.mgrid[0:3000, 0:4800]
+    rgb = np.stack([x * 255 // 4800, y * 255 // 3000, (x + y) * 255 // 7800], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(src / "a.png", compress_level=1)
+    Image.fromarray(rgb[:, ::-1]).save(src / "b.jpg", quality=90)
+    with TileDB.create(tmp_path / "big.db") as db:
+        db.ingest([src], workers=1)
+    with TileDB.open(tmp_path / "big.db", readonly=True) as db:
+        yield db, {Path(t["source"]).suffix: t["id"] for t in db.tiles(db.ids())}
+
+
+@pytest.mark.slow
+def test_viewer_sends_originals_reduced_and_decodes_few_at_once(big_originals, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+    from mosaicdb.serve import api
+    db, ids = big_originals
+    full = db.load_original(ids[".png"])
+    png = api.reduced_original(db, ids[".png"], 2048)
+    assert png.size == (1600, 1000)  # 4800 / 3: box-reduced right after decoding
+    assert np.array_equal(np.asarray(png), np.asarray(full.reduce(3)))
+    jpg = api.reduced_original(db, ids[".jpg"], 2048)
+    assert max(jpg.size) <= 2048 and jpg.size[0] * 3000 == jpg.size[1] * 4800  # a reduced JPEG decode
+    ref = np.asarray(db.load_original(ids[".jpg"]).resize(jpg.size, Image.BOX), np.float32)
+    assert np.abs(np.asarray(jpg, np.float32) - ref).mean() < 3
+    active, peak, lock = [0], [0], threading.Lock()
+    real = api.open_image
+
+    def slow_open(*a, **kw):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*a, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(api, "open_image", slow_open)
+    mapi = api.MosaicAPI(SimpleNamespace(tile_ids=np.array(list(ids.values()))), db, 1, 1)
+    bodies = []
+    threads = [threading.Thread(target=lambda i=i: bodies.append(mapi.original(list(ids.values())[i % 2])))
+               for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(bodies) == 5 and peak[0] == api.ORIGINAL_DECODE_SLOTS
+    for body, ctype in bodies:
+        assert max(Image.open(io.BytesIO(body)).size) <= 2048
+
+
+def test_ingest_decode_keeps_about_one_decoded_copy(tmp_path):
+    """A large square PNG, decoded for ingest, costs about one decoded copy of memory (not a
+    crop's second copy beside it): measured as the peak RSS growth of a fresh process."""
+    p = tmp_path / "zeros.png"
+    Image.new("RGB", (6000, 6000)).save(p)  # Pillow holds RGB as 4 bytes a pixel: 144 MB decoded
+    code = ("import sys\nfrom mosaicdb.store.decode import open_image\n"
+            "def hwm():\n    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "data = open(sys.argv[1], 'rb').read(); base = hwm()\n"
+            "open_image(data, min_side=128, square=True)\nprint((hwm() - base) / 1024)")
+    grew = float(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                                check=True).stdout)
+    assert 100 < grew < 200, f"peak grew {grew:.0f} MB decoding a 144 MB image"

@@ -2,18 +2,26 @@
 its distance to the target cell and where it came from; originals of the assignment's tiles."""
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 
 import numpy as np
 
 from ..assignment import SavedAssignment
-from ..errors import DatabaseError
+from ..errors import DatabaseError, ImageError
+from ..io import UnsafeFile, read_regular_file
+from ..store.decode import open_image
 from .tilesource import NotFound, BadRequest
 
 GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
                    # a tile generated for its cell (`mosaic generate cells`, `make --generate-worst`)
                    "kind", "cell", "run", "guidance_weight", "adain", "noise", "scheduler")
 JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
+ORIGINAL_MAX_SIDE = 2048        # originals are sent at most this long: a browser panel, not a print
+# A 225 MP PNG under the --max-pixels limit still decodes to ~0.9 GB before it is reduced:
+# bound how many such decodes run at once so parallel requests cannot add those up.
+ORIGINAL_DECODE_SLOTS = 2
 
 
 class MosaicAPI:
@@ -23,6 +31,7 @@ class MosaicAPI:
         self.saved, self.db = saved, db
         self.width, self.height = width, height
         self.allowed = set(np.unique(saved.tile_ids).tolist())
+        self._decode_slots = threading.BoundedSemaphore(ORIGINAL_DECODE_SLOTS)
 
     def info(self) -> dict:
         target = self.saved.meta.target
@@ -55,13 +64,30 @@ class MosaicAPI:
         large): never a file's bytes as stored, so nothing but an image can come out."""
         if tile_id not in self.allowed:
             raise NotFound(f"tile {tile_id} is not in this mosaic")
-        try:
-            img = self.db.load_original(tile_id)
-        except DatabaseError as e:
-            raise NotFound(str(e)) from None
-        buf = io.BytesIO()
-        if img.width * img.height > JPEG_ABOVE_PIXELS:
-            img.save(buf, "JPEG", quality=90)
-            return buf.getvalue(), "image/jpeg"
-        img.save(buf, "PNG", compress_level=3)
-        return buf.getvalue(), "image/png"
+        with self._decode_slots:
+            img = reduced_original(self.db, tile_id, ORIGINAL_MAX_SIDE)
+            buf = io.BytesIO()
+            if img.width * img.height > JPEG_ABOVE_PIXELS:
+                img.save(buf, "JPEG", quality=90)
+                return buf.getvalue(), "image/jpeg"
+            img.save(buf, "PNG", compress_level=3)
+            return buf.getvalue(), "image/png"
+
+
+def reduced_original(db, tile_id: int, max_side: int):
+    """A tile's original as `TileDB.load_original` reads it (a regular file inside its root, of
+    bounded size, with the hash it was ingested with), decoded with its long side at most
+    `max_side` px: JPEG at a reduced scale, other formats box-reduced right after decoding."""
+    rows = db.tiles([tile_id])
+    if not rows:
+        raise NotFound(f"no tile {tile_id} in {db.path}")
+    try:
+        p = db.blob_path(rows[0])
+        data = read_regular_file(p, db.decode_options.max_bytes, root=db.blob_root(rows[0]))
+        if hashlib.sha256(data).hexdigest() != rows[0]["hash"]:
+            raise NotFound(f"original of tile {tile_id} changed since it was ingested (its hash differs)")
+        return open_image(data, db.decode_options, max_side=max_side)[0]
+    except (DatabaseError, ImageError, UnsafeFile) as e:
+        raise NotFound(f"original of tile {tile_id}: {e}") from None
+    except OSError as e:
+        raise NotFound(f"original of tile {tile_id} is missing ({e.strerror})") from None
