@@ -861,3 +861,72 @@ def test_ingest_decode_keeps_about_one_decoded_copy(tmp_path):
     grew = float(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
                                 check=True).stdout)
     assert 100 < grew < 200, f"peak grew {grew:.0f} MB decoding a 144 MB image"
+
+
+def _png_bytes(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(np.random.default_rng(seed), 24, 24)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_special_tar_members_are_recorded_as_skipped(tmp_path):
+    import tarfile
+    src = tmp_path / "s"
+    src.mkdir()
+    with tarfile.open(src / "t.tar", "w") as t:
+        for name, kind in (("sym.png", tarfile.SYMTYPE), ("hard.png", tarfile.LNKTYPE),
+                           ("tty", tarfile.CHRTYPE), ("pipe", tarfile.FIFOTYPE)):
+            m = tarfile.TarInfo(name)
+            m.type, m.linkname = kind, "good.png" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            t.addfile(m)
+        data = _png_bytes(1)
+        m = tarfile.TarInfo("good.png")
+        m.size = len(data)
+        t.addfile(m, io.BytesIO(data))
+    with TileDB.create(tmp_path / "d.db") as db:
+        rep = db.ingest([src], workers=1)
+        errors = {e["source"].rsplit("!", 1)[1]: e["reason"] for e in db.errors()}
+    assert rep.added == 1 and rep.skipped == 4
+    assert errors == {"sym.png": "skipped: a symbolic link in the archive, not a regular file",
+                      "hard.png": "skipped: a hard link in the archive, not a regular file",
+                      "tty": "skipped: a character device in the archive, not a regular file",
+                      "pipe": "skipped: a FIFO in the archive, not a regular file"}
+
+
+class _Zeros(io.RawIOBase):
+    """n zero bytes, read in blocks (a member too large to build in memory)."""
+    def __init__(self, n):
+        self.left = n
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+@pytest.mark.slow
+def test_compressed_tar_stops_after_an_oversize_member(tmp_path):
+    """A small .tar.gz declaring a member over the 1 GiB limit: the member and everything after
+    it are recorded as skipped without decompressing it (reading past it would)."""
+    import tarfile
+    from mosaicdb.store.decode import DecodeOptions
+    src = tmp_path / "s"
+    src.mkdir()
+    with tarfile.open(src / "t.tar.gz", "w:gz", compresslevel=1) as t:
+        for name, data in (("a.png", _png_bytes(1)), ("big.bin", None), ("c.png", _png_bytes(2))):
+            m = tarfile.TarInfo(name)
+            m.size = len(data) if data else DecodeOptions.max_bytes + 1
+            t.addfile(m, io.BytesIO(data) if data else io.BufferedReader(_Zeros(m.size), 1 << 20))
+    t0 = time.process_time()
+    with TileDB.create(tmp_path / "d.db") as db:
+        rep = db.ingest([src], workers=1)
+        errors = {e["source"]: e["reason"] for e in db.errors()}
+    spent = time.process_time() - t0
+    assert rep.added == 1 and rep.skipped == 2, rep
+    assert "over the" in errors[f"{src / 't.tar.gz'}!big.bin"]
+    assert errors[str(src / "t.tar.gz")].startswith("skipped the members after big.bin")
+    assert spent < 3, f"{spent:.1f} CPU-s: the oversize member was decompressed"
