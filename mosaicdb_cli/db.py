@@ -111,7 +111,7 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, 
         infos = d.index(opts, rebuild=rebuild)
     if as_json:
         echo_json(infos)
-    elif not quiet:
+    else:
         p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
         echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
@@ -122,7 +122,7 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, 
 @quiet_option
 @json_option
 def stats_cmd(db, quiet, as_json):
-    """Show what DB holds: tiles, skipped inputs, disk use, index (-q changes nothing: it is all data).
+    """Show what DB holds: tiles, skipped inputs, disk use, index.
 
     Example:
 
@@ -153,8 +153,7 @@ def stats_cmd(db, quiet, as_json):
 def check_cmd(db, deep, quiet, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
-    Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail. With -q,
-    only the problems are printed (no warnings, no OK line).
+    Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
 
     Example:
 
@@ -168,14 +167,13 @@ def check_cmd(db, deep, quiet, as_json):
         if not rep.ok:
             raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
         return
-    for w in rep.warnings if not quiet else ():
+    for w in rep.warnings:
         echo(f"warning: {w}", err=True)
     for p in rep.problems:
         echo(f"problem: {p}", err=True)
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
-    if not quiet:
-        echo(f"{db}: OK ({rep.tiles} tiles)")
+    echo(f"{db}: OK ({rep.tiles} tiles)")
 
 
 @db_group.command("repair")
@@ -252,5 +250,5 @@ def remove_cmd(db, tiles, source_prefix, quiet, as_json):
         n = d.remove(d.resolve_refs(tiles, source_prefix))
     if as_json:
         echo_json({"db": db, "removed": n})
-    elif not quiet:
+    else:
         echo(f"Removed {n} tile(s) from {db}.")

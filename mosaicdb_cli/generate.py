@@ -195,9 +195,8 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, quiet, a
     if as_json:
         echo_json({"output": out, "tile_id": tile_id, "width": w, "height": h, "identical": True if check else None})
         return
-    if not quiet:
-        echo(f"Wrote {out} ({w}x{h}).")
-    if check and not quiet:
+    info(quiet, f"Wrote {out} ({w}x{h}).")
+    if check:
         echo(f"Identical to tile {tile_id} of {db}.")
 
 
