@@ -107,7 +107,7 @@ def run_ours(db, image, grid, min_distance: int, max_uses: int, k: int) -> dict:
     opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", k=k, min_distance=min_distance, max_uses=max_uses)
     with Clock() as c:
         t0 = time.perf_counter()
-        cells = cell_data(image, grid, db.feature_grid, db.mean_weight)
+        cells = cell_data(image, grid, db.feature_spec)
         t1 = time.perf_counter()
         res = match(db, cells, grid, opts)
     a = res.assignment
@@ -126,7 +126,7 @@ def run_mean_colour(db, image, grid) -> dict:
     flat.add(tile_mean)  # index build: setup, not timed (like ours)
     with Clock() as c:
         t0 = time.perf_counter()
-        cells = cell_data(image, grid, db.feature_grid, db.mean_weight)
+        cells = cell_data(image, grid, db.feature_spec)
         t1 = time.perf_counter()
         _, nn = flat.search(np.ascontiguousarray(cells.features[:, :3]), 1)
     t2 = time.perf_counter()

@@ -8,13 +8,17 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.errors import MosaicError
+from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
+from mosaicdb.recursive import RecursiveOptions
+from mosaicdb.recursive.options import DEFAULT_GRID
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
+from . import generate as _generate  # noqa: F401  (first: cells.py builds on generate's options, which import it back)
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
 from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
@@ -65,20 +69,34 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--min-distance", type=int, default=None,
               help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
-@click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
+@click.option("--usage-penalty", type=float, default=0.0,
+              help="Cost added per earlier use of a tile (in the units of the database's feature cost: sRGB "
+                   "levels for rgb-pyramid, Lab for lab-*).")
 @click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
+@click.option("--order", type=click.Choice(["regret", "random"]), default="regret", show_default=True,
+              help="Greedy visiting order: cells with most to lose first (regret), or random.")
+@click.option("--refine-passes", type=int, default=4, show_default=True,
+              help="Local-improvement sweeps after the greedy pass (reassign/swap tiles; 0: off).")
+@click.option("--refine-seconds", type=float, default=10.0, show_default=True,
+              help="Time budget of the local improvement (a time-limited result may vary by machine).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
+@click.option("--recursive", "depth", type=int, default=0, show_default=True,
+              help="Every tile becomes a mosaic of itself from the same pool, this many times over (refused beyond "
+                   "65536 px; to zoom deeper use `mosaic serve OUT.mosaic.json --recursive N`).")
+@click.option("--recursive-grid", type=int, default=DEFAULT_GRID, show_default=True,
+              help="Cells across each sub-mosaic (a power of two).")
 @render_options
 @output_options
 @hybrid_options
+@autoencoder_make_options
 @quiet_option
 @json_option
-def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
-             **generate_kw):
+def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, order,
+             refine_passes, refine_seconds, device, tile_px, depth, recursive_grid, color, color_strength, quality,
+             codec, ome, dpi, print_size, workers, cache, quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -92,19 +110,35 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     \b
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+        mosaic make --db tiles.db photo.jpg --out rec.tif --grid 32 --tile-px 32 --recursive 1 --recursive-grid 16
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
     """
     from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
+    ae_kw, generate_kw = split_autoencoder_options(generate_kw)
+    auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
-                         unique=unique, seed=seed, device=device)
+                         unique=unique, seed=seed, device=device, order=order, refine_passes=refine_passes,
+                         refine_seconds=refine_seconds)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
+    recursive = RecursiveOptions(depth=depth, grid=recursive_grid)
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
+        raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
+                         "is decoded (add --hybrid to mix in retrieved ones)")
+    if auto is not None and recursive.depth:
+        raise UsageError("--recursive matches every tile's sub-mosaic from the pool; with --autoencoder every cell is "
+                         "decoded: drop one of them")
     hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
+        if auto is not None:
+            from mosaicdb.autoencoder.make import AutoMaker
+            maker = AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        else:
+            maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -118,7 +152,9 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
-                            "seconds": m["seconds"]})
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
+            if "autoencoder" in m:
+                info(quiet or as_json, autoencoder_summary(m["autoencoder"]))
             if "generated" in m:
                 g = m["generated"]
                 info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "
