@@ -823,15 +823,16 @@ def test_viewer_sends_originals_reduced_and_decodes_few_at_once(big_originals, m
     from mosaicdb.serve import api
     db, ids = big_originals
     full = db.load_original(ids[".png"])
-    png = api.reduced_original(db, ids[".png"], 2048)
+    png = db.load_original(ids[".png"], max_side=2048)
     assert png.size == (1600, 1000)  # 4800 / 3: box-reduced right after decoding
     assert np.array_equal(np.asarray(png), np.asarray(full.reduce(3)))
-    jpg = api.reduced_original(db, ids[".jpg"], 2048)
+    jpg = db.load_original(ids[".jpg"], max_side=2048)
     assert max(jpg.size) <= 2048 and jpg.size[0] * 3000 == jpg.size[1] * 4800  # a reduced JPEG decode
     ref = np.asarray(db.load_original(ids[".jpg"]).resize(jpg.size, Image.BOX), np.float32)
     assert np.abs(np.asarray(jpg, np.float32) - ref).mean() < 3
     active, peak, lock = [0], [0], threading.Lock()
-    real = api.open_image
+    from mosaicdb.store import db as dbmod
+    real = dbmod.open_image
 
     def slow_open(*a, **kw):
         with lock:
@@ -843,7 +844,7 @@ def test_viewer_sends_originals_reduced_and_decodes_few_at_once(big_originals, m
         finally:
             with lock:
                 active[0] -= 1
-    monkeypatch.setattr(api, "open_image", slow_open)
+    monkeypatch.setattr(dbmod, "open_image", slow_open)
     mapi = api.MosaicAPI(SimpleNamespace(tile_ids=np.array(list(ids.values()))), db, 1, 1)
     bodies = []
     threads = [threading.Thread(target=lambda i=i: bodies.append(mapi.original(list(ids.values())[i % 2])))

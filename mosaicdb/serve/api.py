@@ -2,16 +2,13 @@
 its distance to the target cell and where it came from; originals of the assignment's tiles."""
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 
 import numpy as np
 
 from ..assignment import SavedAssignment
-from ..errors import DatabaseError, ImageError
-from ..io import UnsafeFile, read_regular_file
-from ..store.decode import open_image
+from ..errors import DatabaseError
 from .tilesource import NotFound, BadRequest
 
 GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
@@ -94,29 +91,13 @@ class MosaicAPI:
         if tile_id not in self.allowed and not (self.subs is not None and self.subs.shown(tile_id)):
             raise NotFound(f"tile {tile_id} is not in this mosaic")
         with self._decode_slots:
-            img = reduced_original(self.db, tile_id, ORIGINAL_MAX_SIDE)
+            try:
+                img = self.db.load_original(tile_id, max_side=ORIGINAL_MAX_SIDE)
+            except DatabaseError as e:
+                raise NotFound(str(e)) from None
             buf = io.BytesIO()
             if img.width * img.height > JPEG_ABOVE_PIXELS:
                 img.save(buf, "JPEG", quality=90)
                 return buf.getvalue(), "image/jpeg"
             img.save(buf, "PNG", compress_level=3)
             return buf.getvalue(), "image/png"
-
-
-def reduced_original(db, tile_id: int, max_side: int):
-    """A tile's original as `TileDB.load_original` reads it (a regular file inside its root, of
-    bounded size, with the hash it was ingested with), decoded with its long side at most
-    `max_side` px: JPEG at a reduced scale, other formats box-reduced right after decoding."""
-    rows = db.tiles([tile_id])
-    if not rows:
-        raise NotFound(f"no tile {tile_id} in {db.path}")
-    try:
-        p = db.blob_path(rows[0])
-        data = read_regular_file(p, db.decode_options.max_bytes, root=db.blob_root(rows[0]))
-        if hashlib.sha256(data).hexdigest() != rows[0]["hash"]:
-            raise NotFound(f"original of tile {tile_id} changed since it was ingested (its hash differs)")
-        return open_image(data, db.decode_options, max_side=max_side)[0]
-    except (DatabaseError, ImageError, UnsafeFile) as e:
-        raise NotFound(f"original of tile {tile_id}: {e}") from None
-    except OSError as e:
-        raise NotFound(f"original of tile {tile_id} is missing ({e.strerror})") from None
