@@ -155,7 +155,7 @@ def check_sidecars_free(out) -> None:
         return
     try:
         recorded = json.loads(read_regular_file(jpath, MAX_JSON_BYTES)).get("output")
-    except (ValueError, OSError, UnsafeFile, AttributeError):
+    except (ValueError, OSError, UnsafeFile, AttributeError, RecursionError):
         return  # a damaged record of nothing: replacing it loses nothing
     if recorded and Path(recorded) != out.resolve() and Path(recorded).exists():
         raise UsageError(f"{jpath.name} is the assignment of {recorded}: writing {out} would replace it; "
@@ -196,6 +196,9 @@ def load(path) -> SavedAssignment:
                          "(written by `mosaic make`)")
     try:
         meta = json.loads(read_regular_file(jpath, MAX_JSON_BYTES))
+    except RecursionError:  # deeply nested brackets: no assignment nests more than a few levels
+        raise UsageError(f"assignment {jpath} is damaged or not an assignment (nested too deeply); "
+                         "run `mosaic make` again") from None
     except (ValueError, OSError, UnsafeFile) as e:
         raise UsageError(f"assignment {jpath} is damaged or not an assignment ({e}); run `mosaic make` again") from None
     if not isinstance(meta, dict) or meta.get("format_version") not in READS:

@@ -36,6 +36,7 @@ def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = 
     saved = asg.load(assignment)
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
     refuse_overwriting_input([Path(out)], [assignment, *asg.sidecar_paths(assignment),
+                                           *([saved.meta.output] if saved.meta.output else []),
                                            *([saved.meta.target.path] if saved.meta.target else [])])
     with open_db(saved, db, db_fallback) as d:
         return render_saved(d, saved, out, ropts, progress)

@@ -26,6 +26,7 @@ from .render.options import RenderOptions
 from .render.output import check_space, output_kind, plan_output, render_saved, write_output  # noqa: F401 (render_saved: API)
 from .render.raster import IN_MEMORY_MAX_PIXELS
 from .render.rows import render_array
+from .store.db import TileDB
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class Maker:
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
                  progress: bool = False, hybrid=None, recursive=None):
+        if not isinstance(db, TileDB):
+            raise UsageError(f"Maker needs an open TileDB (TileDB.open(path)), got {type(db).__name__}")
         for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions)):
             if value is not None and not isinstance(value, cls):
                 raise UsageError(f"Maker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
@@ -137,6 +140,8 @@ class Maker:
         t0 = time.perf_counter()
         if not isinstance(target_path, (str, os.PathLike)):
             raise UsageError(f"make() takes the target image's path, got {target_path!r}")
+        if out is not None and not isinstance(out, (str, os.PathLike)):
+            raise UsageError(f"make() takes the output's path as a str or Path, got {out!r}")
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
@@ -247,12 +252,14 @@ def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
                 pages = [lv for lv in levels] or list(tf.pages)
                 pick = next((lv for lv in reversed(pages) if lv.shape[1] >= min_width), pages[0])
                 a = pick.asarray()
-        except (tifffile.TiffFileError, ValueError, OSError) as e:
-            raise UsageError(f"cannot read mosaic {p}: {e}") from None
+        except PermissionError as e:
+            raise UsageError(f"cannot read mosaic {p}: {e.strerror}") from None
+        except (tifffile.TiffFileError, ValueError, OSError) as e:  # damaged, like any undecodable image
+            raise ImageError(f"mosaic {p}: cannot decode ({e})") from None
         return np.ascontiguousarray(a[..., :3]).astype(np.uint8)
     if p.suffix.lower() == ".dzi":
         raise UsageError(f"{p}: eval reads image files (.tif/.png/.jpg/.webp), not DeepZoom folders")
-    return load_target(p).image
+    return load_target(p, "mosaic").image
 
 
 def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:

@@ -43,8 +43,9 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour against the grid [default: 1].")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
 @click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
+@quiet_option
 @json_option
-def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, max_pixels, as_json):
+def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, max_pixels, quiet, as_json):
     """Create an empty tile database folder DB.
 
     Example:
@@ -59,9 +60,9 @@ def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, m
                 "feature_dim": d.dim}
     if as_json:
         echo_json(made)
-        return
-    echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
-         f"{made['features']} features, {made['feature_dim']}-dim).")
+    elif not quiet:
+        echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
+             f"{made['features']} features, {made['feature_dim']}-dim).")
 
 
 @db_group.command("ingest")
@@ -101,8 +102,9 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 @click.option("--nprobe", default=0, help="IVF lists probed per query [default: tuned to --target-recall].")
 @click.option("--target-recall", default=0.99, show_default=True, help="recall@1 against exact search that nprobe tuning aims for.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if an up-to-date index exists.")
+@quiet_option
 @json_option
-def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json):
+def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, as_json):
     """Build or update the FAISS index of DB and measure its recall.
 
     Example:
@@ -151,8 +153,9 @@ def reindex_cmd(db, features, feature_grid, mean_weight, quiet, as_json):
 
 @db_group.command("stats")
 @db_argument
+@quiet_option
 @json_option
-def stats_cmd(db, as_json):
+def stats_cmd(db, quiet, as_json):
     """Show what DB holds: tiles, skipped inputs, disk use, index.
 
     Example:
@@ -180,8 +183,9 @@ def stats_cmd(db, as_json):
 @db_group.command("check")
 @db_argument
 @click.option("--deep", is_flag=True, help="Also re-hash every original and recompute a sample of features.")
+@quiet_option
 @json_option
-def check_cmd(db, deep, as_json):
+def check_cmd(db, deep, quiet, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
     Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
@@ -241,8 +245,9 @@ def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
 
 @db_group.command("errors")
 @db_argument
+@quiet_option
 @json_option
-def errors_cmd(db, as_json):
+def errors_cmd(db, quiet, as_json):
     """List inputs that were skipped and why.
 
     Example:
@@ -257,15 +262,16 @@ def errors_cmd(db, as_json):
         return
     for e in errs:
         echo(f"{e['source']}: {e['reason']}")
-    info(False, f"{len(errs)} skipped input(s)")
+    info(quiet, f"{len(errs)} skipped input(s)")
 
 
 @db_group.command("remove")
 @db_argument
 @after_db("tiles", required=False)
 @click.option("--source", "source_prefix", help="Remove every tile ingested from this file or folder.")
+@quiet_option
 @json_option
-def remove_cmd(db, tiles, source_prefix, as_json):
+def remove_cmd(db, tiles, source_prefix, quiet, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
     A number that is both a tile's id and the start of another tile's hash is refused:
     write id:N or hash:PREFIX.

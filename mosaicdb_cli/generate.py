@@ -148,8 +148,9 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, as_json, **pipe
 @click.option("--vae", default="random", show_default=True,
               help="random, or colour: an exact colour codec in the VAE's architecture, so `generate cells` "
                    "guidance and AdaIN can change what tiles show (random weights cannot).")
+@quiet_option
 @json_option
-def tiny_model_cmd(folder, seed, force, vae, as_json):
+def tiny_model_cmd(folder, seed, force, vae, quiet, as_json):
     """Write a tiny random-weight SDXL pipeline (1.2M parameters, 64 px, seconds on a CPU) to FOLDER.
 
     Built offline from configs, no download. Its pictures are noise-like, but every generate
@@ -165,8 +166,8 @@ def tiny_model_cmd(folder, seed, force, vae, as_json):
     save_tiny_pipeline(folder, seed=seed, overwrite=force, vae=vae)
     if as_json:
         echo_json({"model": folder, "seed": seed, "vae": vae})
-        return
-    echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
+    elif not quiet:
+        echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
 
 
 @generate_group.command("reproduce")
@@ -179,8 +180,9 @@ def tiny_model_cmd(folder, seed, force, vae, as_json):
 @click.option("--alone", is_flag=True, help="Render the tile by itself instead of with its batch mates (faster; "
               "a few pixels may differ by one level).")
 @click.option("--check", is_flag=True, help="Compare with the stored original; exit 1 if any pixel differs.")
+@quiet_option
 @json_option
-def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, as_json):
+def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, quiet, as_json):
     """Regenerate generated tile TILE_ID of DB from its provenance.
 
     Example:
@@ -193,7 +195,7 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, as_json)
     if as_json:
         echo_json({"output": out, "tile_id": tile_id, "width": w, "height": h, "identical": True if check else None})
         return
-    echo(f"Wrote {out} ({w}x{h}).")
+    info(quiet, f"Wrote {out} ({w}x{h}).")
     if check:
         echo(f"Identical to tile {tile_id} of {db}.")
 

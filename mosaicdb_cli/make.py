@@ -217,8 +217,9 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
 @click.argument("target", type=click.Path(exists=True, dir_okay=False))
 @click.argument("mosaic", type=click.Path(exists=True, dir_okay=False))
 @click.option("--grid", default=None, help="COLSxROWS of the mosaic [default: from MOSAIC's saved assignment].")
+@quiet_option
 @json_option
-def eval_cmd(target, mosaic, grid, as_json):
+def eval_cmd(target, mosaic, grid, quiet, as_json):
     """Score MOSAIC against TARGET: PSNR/SSIM at 64 px, PSNR per cell, pyramid MSE, repeats.
 
     Example:

@@ -8,7 +8,7 @@ import click
 from mosaicdb.jobs import PrintJob, plan_file
 from mosaicdb.units import human_bytes
 
-from .common import echo, echo_json, given_db, json_option, saved_db_option, warn_all
+from .common import echo, echo_json, given_db, json_option, quiet_option, saved_db_option, warn_all
 from .make import output_options, render_fields
 from .print_cmd import print_fields, print_options
 
@@ -25,9 +25,10 @@ from .print_cmd import print_fields, print_options
 @click.option("--size", default=None, help="--print: physical size, 120x80cm or 120cm (long side) [default: --print-size].")
 @print_options
 @saved_db_option
+@quiet_option
 @json_option
 def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, workers, cache, for_print, size,
-             compression, icc, bleed, panel_width, panel_grid, overlap, proof, buffer, db_path, as_json):
+             compression, icc, bleed, panel_width, panel_grid, overlap, proof, buffer, db_path, quiet, as_json):
     """Show what rendering would produce: pixels, cells, levels, bytes, time, disk space.
 
     SOURCE is a target image (its aspect sets the rows) or a saved assignment

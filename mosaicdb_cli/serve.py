@@ -10,7 +10,7 @@ from mosaicdb.recursive.options import DEFAULT_GRID, MAX_DEPTH
 from mosaicdb.serve import Viewer, host_warning, make_server
 from mosaicdb.serve.rendered import DEFAULT_CACHE
 
-from .common import echo, given_db, json_option, saved_db_option
+from .common import echo, given_db, json_option, quiet_option, saved_db_option
 
 
 @click.command("serve")
@@ -35,16 +35,17 @@ from .common import echo, given_db, json_option, saved_db_option
               help="Cells across each sub-mosaic (a power of two).")
 @click.option("--tile-px", type=int, default=None,
               help="Pixels per cell when serving an assignment [default: as it was saved].")
+@quiet_option
 @json_option
 def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, cache, depth, recursive_grid, tile_px,
-              as_json):
+              quiet, as_json):
     """Serve MOSAIC (.tif, .dzi, .png/.jpg or .mosaic.json) as a zoomable page; click a tile for its origin.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
     tiles of a pyramidal TIFF are sent straight from the file. Given the assignment itself, no
     image is needed: every tile is rendered on request (and kept, up to --cache). Stop with
     Ctrl-C. With --json, the first line on stdout is the server's address and the mosaic's
-    size, as JSON.
+    size, as JSON; with -q, only the address.
 
     Example:
 
@@ -64,6 +65,8 @@ def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, cache,
             echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
                                    "height": viewer.source.height, "cols": viewer.api.saved.cols,
                                    "rows": viewer.api.saved.rows}))
+        elif quiet:
+            echo(httpd.url)
         else:
             echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
                        f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")

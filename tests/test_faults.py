@@ -674,3 +674,268 @@ def test_python_api_misuse_more(db40, tmp_path):
         assert db.tiles([2 ** 70]) == []
     with pytest.raises(MosaicError, match="closed"):
         db.ids()
+
+
+# ---- second hostile pass (issue 11b) -------------------------------------------------------------------
+def serve_on_loopback(db40, target, tmp_path):
+    """A running loopback server (port chosen by the system) on a fresh mosaic, and its viewer."""
+    from mosaicdb.serve import Viewer, make_server, serve_in_thread
+    from mosaicdb.serve.assets import find_openseadragon
+    try:
+        find_openseadragon()
+    except MosaicError:
+        pytest.skip("OpenSeadragon is not installed: run `npm ci` (or `make`)")
+    m = make(db40, target, tmp_path / "m.png")
+    viewer = Viewer(m.output)
+    httpd = make_server(viewer, "127.0.0.1", 0)
+    serve_in_thread(httpd)
+    return httpd, viewer
+
+
+@pytest.mark.parametrize("command", ["render", "plan"])
+def test_deeply_nested_assignment_is_damaged_not_a_crash(db40, target, tmp_path, command):
+    m = make(db40, target, tmp_path / "m.png")
+    j = asg.sidecar_paths(m.output)[0]
+    j.write_text("[" * 100000 + "]" * 100000)
+    res = invoke_cli(command, j, "--out", tmp_path / "r.png", code=2)
+    assert "damaged or not an assignment" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_render_refuses_to_replace_the_image_its_assignment_was_saved_with(db40, target, tmp_path):
+    m = make(db40, target, tmp_path / "m.png")
+    before = m.output.read_bytes()
+    res = invoke_cli("render", asg.sidecar_paths(m.output)[0], "--out", m.output, code=2)
+    assert "would overwrite" in res.output and m.output.read_bytes() == before
+
+
+def test_python_api_misuse_third_round(db40, target, tmp_path):
+    with pytest.raises(DatabaseError, match="/proc/xyz"):
+        TileDB.create("/proc/xyz/db")
+    for bad in (None, str(db40), db40):
+        with pytest.raises(UsageError, match="Maker needs an open TileDB"):
+            Maker(bad)
+    with TileDB.open(db40) as db:
+        maker = Maker(db, MatchOptions(grid="8"))
+        for out in (b"/x.png", 7, ["m.png"]):
+            with pytest.raises(UsageError, match="output's path"):
+                maker.make(target, out)
+
+
+def test_two_host_headers_are_a_bad_request(db40, target, tmp_path):
+    httpd, viewer = serve_on_loopback(db40, target, tmp_path)
+    try:
+        def get(*hosts):
+            c = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=30)
+            c.putrequest("GET", "/api/info", skip_host=True)
+            for h in hosts:
+                c.putheader("Host", h)
+            c.endheaders()
+            return c.getresponse().status
+        assert get("localhost") == 200
+        assert get("localhost", "evil.com") == 400
+        assert get("localhost", "localhost") == 400
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        viewer.close()
+
+
+@pytest.mark.parametrize("panels, why", [("1000x1000", "more than 400"), ("30x1", "narrower than one cell"),
+                                         ("1x25", "narrower than one cell")])
+@pytest.mark.parametrize("command", ["print", "plan"])
+def test_absurd_panel_grids_are_refused_before_any_work(db40, target, tmp_path, command, panels, why):
+    m = make(db40, target, tmp_path / "m.png")  # 12x8 cells
+    extra = ["--print"] if command == "plan" else []
+    t0 = time.perf_counter()
+    res = invoke_cli(command, asg.sidecar_paths(m.output)[0], *extra, "--size", "30cm", "--panels", panels,
+                     "--out", tmp_path / "p.tif", code=2)
+    assert "--panels" in res.output and why in res.output, res.output
+    assert time.perf_counter() - t0 < 5 and not (tmp_path / "p.tif").exists()
+
+
+def test_panel_width_cutting_too_many_panels_is_refused(db40, target, tmp_path):
+    m = make(db40, target, tmp_path / "m.png")
+    res = invoke_cli("plan", asg.sidecar_paths(m.output)[0], "--print", "--size", "10m", "--dpi", "30", "--panel-width", "1cm",
+                     "--out", tmp_path / "p.tif", code=2)
+    assert "--panel-width" in res.output and "more than 400" in res.output
+
+
+def _leaf_commands(group, name="mosaic"):
+    import click
+    for sub, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, f"{name} {sub}")
+        else:
+            yield f"{name} {sub}", cmd
+
+
+def test_every_command_takes_q_and_info_lines_go_quiet(db40, tmp_path):
+    """-q on every command drops informational lines; results and warnings stay (README)."""
+    from mosaicdb_cli.main import cli
+    missing = [n for n, c in _leaf_commands(cli) if not any(p.name == "quiet" and "-q" in p.opts for p in c.params)]
+    assert not missing, f"no -q on: {missing}"
+    assert invoke_cli("db", "init", tmp_path / "new.db", code=0).output.strip()
+    assert invoke_cli("db", "init", tmp_path / "q.db", "-q", code=0).output == ""
+    assert "skipped input(s)" in invoke_cli("db", "errors", db40, code=0).output
+    assert invoke_cli("db", "errors", db40, "-q", code=0).output == ""
+    for args in (["db", "check", db40], ["db", "remove", db40, "99999"], ["db", "stats", db40]):
+        assert invoke_cli(*args, "-q", code=0).output == invoke_cli(*args, code=0).output, args
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_eval_names_the_mosaic_argument_and_exit_codes_match_make(db40, target, tmp_path, suffix):
+    trunc = tmp_path / f"trunc{suffix}"
+    good = tmp_path / f"good{suffix}"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 64, 48)).save(good)
+    trunc.write_bytes(good.read_bytes()[:60])
+    res = invoke_cli("eval", target, trunc, code=1)              # undecodable: exit 1, as `make` on a bad target
+    assert res.output.startswith(f"Error: mosaic {trunc}") and "target" not in res.output, res.output
+    res = invoke_cli("make", "--db", db40, trunc, "--out", tmp_path / "m.png", code=1)
+    assert f"target {trunc}" in res.output
+    fifo = tmp_path / f"fifo{suffix}"
+    os.mkfifo(fifo)
+    res = invoke_cli("eval", target, fifo, code=2)               # special file: a usage error, as for `make`
+    assert f"mosaic {fifo}" in res.output and "target" not in res.output, res.output
+    invoke_cli("make", "--db", db40, fifo, "--out", tmp_path / "m.png", code=2)
+    res = invoke_cli("eval", trunc, target, code=1)
+    assert f"target {trunc}" in res.output
+
+
+@pytest.fixture
+def big_originals(tmp_path):
+    """A database holding a 4800x3000 PNG and a 4800x3000 JPEG (smooth gradients), and their ids."""
+    src = tmp_path / "big"
+    src.mkdir()
+    y, x = np.mgrid[0:3000, 0:4800]
+    rgb = np.stack([x * 255 // 4800, y * 255 // 3000, (x + y) * 255 // 7800], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(src / "a.png", compress_level=1)
+    Image.fromarray(rgb[:, ::-1]).save(src / "b.jpg", quality=90)
+    with TileDB.create(tmp_path / "big.db") as db:
+        db.ingest([src], workers=1)
+    with TileDB.open(tmp_path / "big.db", readonly=True) as db:
+        yield db, {Path(t["source"]).suffix: t["id"] for t in db.tiles(db.ids())}
+
+
+@pytest.mark.slow
+def test_viewer_sends_originals_reduced_and_decodes_few_at_once(big_originals, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+    from mosaicdb.serve import api
+    db, ids = big_originals
+    full = db.load_original(ids[".png"])
+    png = db.load_original(ids[".png"], max_side=2048)
+    assert png.size == (1600, 1000)  # 4800 / 3: box-reduced right after decoding
+    assert np.array_equal(np.asarray(png), np.asarray(full.reduce(3)))
+    jpg = db.load_original(ids[".jpg"], max_side=2048)
+    assert max(jpg.size) <= 2048 and jpg.size[0] * 3000 == jpg.size[1] * 4800  # a reduced JPEG decode
+    ref = np.asarray(db.load_original(ids[".jpg"]).resize(jpg.size, Image.BOX), np.float32)
+    assert np.abs(np.asarray(jpg, np.float32) - ref).mean() < 3
+    active, peak, lock = [0], [0], threading.Lock()
+    from mosaicdb.store import db as dbmod
+    real = dbmod.open_image
+
+    def slow_open(*a, **kw):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*a, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(dbmod, "open_image", slow_open)
+    mapi = api.MosaicAPI(SimpleNamespace(tile_ids=np.array(list(ids.values()))), db, 1, 1)
+    bodies = []
+    threads = [threading.Thread(target=lambda i=i: bodies.append(mapi.original(list(ids.values())[i % 2])))
+               for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(bodies) == 5 and peak[0] == api.ORIGINAL_DECODE_SLOTS
+    for body, ctype in bodies:
+        assert max(Image.open(io.BytesIO(body)).size) <= 2048
+
+
+def test_ingest_decode_keeps_about_one_decoded_copy(tmp_path):
+    """A large square PNG, decoded for ingest, costs about one decoded copy of memory (not a
+    crop's second copy beside it): measured as the peak RSS growth of a fresh process."""
+    p = tmp_path / "zeros.png"
+    Image.new("RGB", (6000, 6000)).save(p)  # Pillow holds RGB as 4 bytes a pixel: 144 MB decoded
+    code = ("import sys\nfrom mosaicdb.store.decode import open_image\n"
+            "def hwm():\n    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "data = open(sys.argv[1], 'rb').read(); base = hwm()\n"
+            "open_image(data, min_side=128, square=True)\nprint((hwm() - base) / 1024)")
+    grew = float(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                                check=True).stdout)
+    assert 100 < grew < 200, f"peak grew {grew:.0f} MB decoding a 144 MB image"
+
+
+def _png_bytes(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(np.random.default_rng(seed), 24, 24)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_special_tar_members_are_recorded_as_skipped(tmp_path):
+    import tarfile
+    src = tmp_path / "s"
+    src.mkdir()
+    with tarfile.open(src / "t.tar", "w") as t:
+        for name, kind in (("sym.png", tarfile.SYMTYPE), ("hard.png", tarfile.LNKTYPE),
+                           ("tty", tarfile.CHRTYPE), ("pipe", tarfile.FIFOTYPE)):
+            m = tarfile.TarInfo(name)
+            m.type, m.linkname = kind, "good.png" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            t.addfile(m)
+        data = _png_bytes(1)
+        m = tarfile.TarInfo("good.png")
+        m.size = len(data)
+        t.addfile(m, io.BytesIO(data))
+    with TileDB.create(tmp_path / "d.db") as db:
+        rep = db.ingest([src], workers=1)
+        errors = {e["source"].rsplit("!", 1)[1]: e["reason"] for e in db.errors()}
+    assert rep.added == 1 and rep.skipped == 4
+    assert errors == {"sym.png": "skipped: a symbolic link in the archive, not a regular file",
+                      "hard.png": "skipped: a hard link in the archive, not a regular file",
+                      "tty": "skipped: a character device in the archive, not a regular file",
+                      "pipe": "skipped: a FIFO in the archive, not a regular file"}
+
+
+class _Zeros(io.RawIOBase):
+    """n zero bytes, read in blocks (a member too large to build in memory)."""
+    def __init__(self, n):
+        self.left = n
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+@pytest.mark.slow
+def test_compressed_tar_stops_after_an_oversize_member(tmp_path):
+    """A small .tar.gz declaring a member over the 1 GiB limit: the member and everything after
+    it are recorded as skipped without decompressing it (reading past it would)."""
+    import tarfile
+    from mosaicdb.store.decode import DecodeOptions
+    src = tmp_path / "s"
+    src.mkdir()
+    with tarfile.open(src / "t.tar.gz", "w:gz", compresslevel=1) as t:
+        for name, data in (("a.png", _png_bytes(1)), ("big.bin", None), ("c.png", _png_bytes(2))):
+            m = tarfile.TarInfo(name)
+            m.size = len(data) if data else DecodeOptions.max_bytes + 1
+            t.addfile(m, io.BytesIO(data) if data else io.BufferedReader(_Zeros(m.size), 1 << 20))
+    t0 = time.process_time()
+    with TileDB.create(tmp_path / "d.db") as db:
+        rep = db.ingest([src], workers=1)
+        errors = {e["source"]: e["reason"] for e in db.errors()}
+    spent = time.process_time() - t0
+    assert rep.added == 1 and rep.skipped == 2, rep
+    assert "over the" in errors[f"{src / 't.tar.gz'}!big.bin"]
+    assert errors[str(src / "t.tar.gz")].startswith("skipped the members after big.bin")
+    assert spent < 3, f"{spent:.1f} CPU-s: the oversize member was decompressed"

@@ -182,3 +182,15 @@ def test_make_rebuilds_a_foreign_index_and_draws_the_right_tiles(db40, tmp_path)
     other = new_db(tmp_path / "o.db", seed=99)
     shutil.copy(other / "index" / "index.faiss", db40 / "index" / "index.faiss")
     assert np.array_equal(make(db40, tmp_path / "again.png"), good)
+
+
+def test_deeply_nested_or_huge_index_infos_mean_no_index(db40):
+    infos = db40 / "index" / "index_infos.json"
+    for text in ("[" * 100000 + "]" * 100000, " " * (17 << 20) + "{}"):
+        infos.write_text(text)
+        with TileDB.open(db40, readonly=True) as db:
+            assert db.load_index() is None
+    res = invoke_cli("db", "check", db40, code=0)
+    assert "damaged" in res.output
+    with TileDB.open(db40) as db:
+        assert db.ensure_index() is not None

@@ -89,7 +89,7 @@ def _header(path: Path, data: bytes) -> dict:
         raise ModelError(f"{path} is not a safetensors file (header length {n:,} does not fit the file)")
     try:
         head = json.loads(data[8:8 + n])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ModelError(f"{path} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(head, dict):
         raise ModelError(f"{path} is not a safetensors file (its header is not a JSON object)")
@@ -109,7 +109,7 @@ def _load_tensors(path: Path, limit: int, fmt: str) -> tuple[dict, dict, dict, s
     raw = head.pop("__metadata__", None) or {}
     try:
         meta = json.loads(raw["mosaicdb"]) if isinstance(raw, dict) else None
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         raise ModelError(f"{path} is a safetensors file but not a {fmt} file (no mosaicdb metadata of that format)")

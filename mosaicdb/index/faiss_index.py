@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
-from ..io import AtomicFiles
+from ..io import AtomicFiles, UnsafeFile, read_regular_file
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
+MAX_INFOS_BYTES = 16 << 20  # index_infos.json (a database is untrusted input: bounded before reading)
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
 KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
@@ -202,7 +203,7 @@ class VectorIndex:
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
         try:
-            infos = json.loads((folder / "index_infos.json").read_text())
+            infos = json.loads(read_regular_file(folder / "index_infos.json", MAX_INFOS_BYTES))
             ids = np.load(folder / "ids.npy", allow_pickle=False)
             if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
                     and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
@@ -217,7 +218,7 @@ class VectorIndex:
                     return None
                 ivf.nprobe = nprobe
         except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, KeyError,
-                AttributeError):
+                AttributeError, RecursionError, UnsafeFile):
             return None
         return cls(index, infos, ids)
 

@@ -83,15 +83,18 @@ class Target:
         return self.image.shape[1], self.image.shape[0]
 
 
-def load_target(path) -> Target:
+def load_target(path, what: str = "target") -> Target:
+    """An image file the user named, decoded; errors name it as `what` ("target", "mosaic"):
+    unreadable, special or oversize files are usage errors, undecodable ones ImageError."""
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"target {p} is a folder; give image files (or the folder to `mosaic make`)")
-    data = read_input(p, MAX_TARGET_BYTES, f"target {p}")
+        raise UsageError(f"{what} {p} is a folder; give image files"
+                         + (" (or the folder to `mosaic make`)" if what == "target" else ""))
+    data = read_input(p, MAX_TARGET_BYTES, f"{what} {p}")
     try:
         img, _, _ = open_image(data, DecodeOptions(max_pixels=1_000_000_000))
     except ImageError as e:
-        raise ImageError(f"target {p}: {e}") from None
+        raise ImageError(f"{what} {p}: {e}") from None
     return Target(str(p.resolve()), hashlib.sha256(data).hexdigest(), np.asarray(img))
 
 

@@ -23,6 +23,9 @@ from .tiffstrips import MAX_SIDE
 
 PANEL_MAX_SIDE = 65_500       # JPEG-era and many RIPs' limit, for every panel
 PANEL_MAX_BYTES = 4 * 10 ** 9  # raw bytes of a panel, so it stays a classic (< 4 GiB) TIFF
+# A wall of 20x20 panels is already far past any real hanging; beyond it a typo (1000x1000)
+# would spend minutes writing a million files, so refuse it before any work.
+MAX_PANELS = 400
 
 
 def reflect_index(n: int, k: int) -> np.ndarray:
@@ -175,16 +178,20 @@ def plan_panels(g: Geometry, *, panel_width_in: float | None = None, grid: tuple
         nr = count_for(H, min(PANEL_MAX_SIDE, by_bytes), ov) if ov < min(PANEL_MAX_SIDE, by_bytes) else 0
         if nr == 0:
             raise UsageError("--overlap is too large for panels this size")
+        if nc * nr > MAX_PANELS:
+            raise UsageError(f"--panel-width {g.mm(pw):.0f} mm would cut the print into {nc * nr:,} panels, more than "
+                             f"{MAX_PANELS}: use a wider panel")
         if nr > 1:
             note = (f"panels are also split into {nr} rows so each stays within {PANEL_MAX_SIDE:,} px and "
                     f"4 GB ({H:,} px tall)")
     else:
-        nc, nr = grid
-        if nc < 1 or nr < 1:
-            raise UsageError("--panels must be COLSxROWS with both at least 1, e.g. 3x2")
+        nc, nr = check_panel_count(*grid)
     for total, n, what in ((W, nc, "wide"), (H, nr, "tall")):
         if n > 1:
             step = (total - ov) / n
+            if grid is not None and step < g.cell_px:
+                raise UsageError(f"--panels {nc}x{nr}: panels would be {g.mm(step + ov):.1f} mm {what}, narrower than "
+                                 f"one cell ({g.mm(g.cell_px):.1f} mm): use fewer panels")
             if step < 1:
                 raise UsageError(f"the print is {total:,} px {what}: too small for {n} panels with --overlap "
                                  f"{g.mm(ov):.0f} mm")
@@ -209,4 +216,13 @@ def parse_panel_grid(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
     if not m:
         raise UsageError(f"--panels {text!r}: use COLSxROWS, e.g. 3x2")
-    return int(m.group(1)), int(m.group(2))
+    return check_panel_count(int(m.group(1)), int(m.group(2)))
+
+
+def check_panel_count(cols: int, rows: int) -> tuple[int, int]:
+    """--panels COLSxROWS within 1..MAX_PANELS panels in all."""
+    if cols < 1 or rows < 1:
+        raise UsageError("--panels must be COLSxROWS with both at least 1, e.g. 3x2")
+    if cols * rows > MAX_PANELS:
+        raise UsageError(f"--panels {cols}x{rows} is {cols * rows:,} panels, more than {MAX_PANELS}: use fewer panels")
+    return cols, rows

@@ -3,6 +3,7 @@ its distance to the target cell and where it came from; originals of the assignm
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 
@@ -14,6 +15,10 @@ GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "
                    # a tile generated for its cell (`mosaic generate cells`, `make --generate-worst`)
                    "kind", "cell", "run", "guidance_weight", "adain", "noise", "scheduler")
 JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
+ORIGINAL_MAX_SIDE = 2048        # originals are sent at most this long: a browser panel, not a print
+# A 225 MP PNG under the --max-pixels limit still decodes to ~0.9 GB before it is reduced:
+# bound how many such decodes run at once so parallel requests cannot add those up.
+ORIGINAL_DECODE_SLOTS = 2
 
 
 class MosaicAPI:
@@ -24,6 +29,7 @@ class MosaicAPI:
         self.saved, self.db, self.subs = saved, db, subs
         self.width, self.height = width, height
         self.allowed = set(np.unique(saved.tile_ids).tolist())
+        self._decode_slots = threading.BoundedSemaphore(ORIGINAL_DECODE_SLOTS)
 
     @property
     def depth(self) -> int:
@@ -84,13 +90,14 @@ class MosaicAPI:
         large): never a file's bytes as stored, so nothing but an image can come out."""
         if tile_id not in self.allowed and not (self.subs is not None and self.subs.shown(tile_id)):
             raise NotFound(f"tile {tile_id} is not in this mosaic")
-        try:
-            img = self.db.load_original(tile_id)
-        except DatabaseError as e:
-            raise NotFound(str(e)) from None
-        buf = io.BytesIO()
-        if img.width * img.height > JPEG_ABOVE_PIXELS:
-            img.save(buf, "JPEG", quality=90)
-            return buf.getvalue(), "image/jpeg"
-        img.save(buf, "PNG", compress_level=3)
-        return buf.getvalue(), "image/png"
+        with self._decode_slots:
+            try:
+                img = self.db.load_original(tile_id, max_side=ORIGINAL_MAX_SIDE)
+            except DatabaseError as e:
+                raise NotFound(str(e)) from None
+            buf = io.BytesIO()
+            if img.width * img.height > JPEG_ABOVE_PIXELS:
+                img.save(buf, "JPEG", quality=90)
+                return buf.getvalue(), "image/jpeg"
+            img.save(buf, "PNG", compress_level=3)
+            return buf.getvalue(), "image/png"

@@ -222,7 +222,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _check_host(self) -> None:
         """Answer only requests addressed to a name this server answers to (no DNS rebinding)."""
-        host = (self.headers.get("Host") or "").strip()
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:  # proxies and we could read different ones: answer neither (RFC 9112 3.2)
+            raise BadRequest("more than one Host header")
+        host = (hosts[0] if hosts else "").strip()
         try:
             name = (urlsplit("//" + host).hostname or "").lower()
         except ValueError:

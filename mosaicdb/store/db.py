@@ -150,7 +150,10 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
             background = tuple(check_int("--background", c, 0, 255) for c in background)
         except (TypeError, ValueError):
             raise UsageError(f"--background must be three values 0-255, got {background!r}") from None
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatabaseError(f"cannot create the database folder {path}: {e.strerror or e}") from None
 
         def write_catalog(tmp: Path) -> None:
             con = catalog.connect(tmp)
@@ -308,9 +311,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
                                 f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
         return full
 
-    def load_original(self, tile_id: int):
-        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image.
-        Only a regular file inside the tile's root, of bounded size, is read."""
+    def load_original(self, tile_id: int, max_side: int = 0):
+        """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image
+        (with `max_side`, its long side at most that: JPEG decoded at a reduced scale, other formats
+        box-reduced right after decoding). Only a regular file inside the tile's root, of bounded
+        size, with the hash it was ingested with, is read."""
         rows = self.tiles([tile_id])
         if not rows:
             raise DatabaseError(f"no tile {tile_id} in {self.path}")
@@ -326,7 +331,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         except UnsafeFile as e:
             raise DatabaseError(f"original of tile {tile_id} cannot be read safely: {e}") from None
         try:
-            return open_image(data, self.decode_options)[0]
+            return open_image(data, self.decode_options, max_side=max_side)[0]
         except ImageError as e:
             raise DatabaseError(f"original of tile {tile_id} ({p}) no longer decodes ({e}); "
                                 f"run `mosaic db check --deep {self.path}`") from None

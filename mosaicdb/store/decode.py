@@ -76,7 +76,7 @@ def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int = 0,
-               square: bool = False) -> tuple[Image.Image, tuple[int, int], str]:
+               square: bool = False, max_side: int = 0) -> tuple[Image.Image, tuple[int, int], str]:
     """Decode `data` -> (normalised RGB image, original (width, height), format).
 
     `min_side` > 0 lets JPEG decode at a reduced scale while keeping the short side >= min_side.
@@ -84,6 +84,8 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
     right after decoding, before any conversion, so a large image costs about one decoded copy
     of memory rather than several. Raises ImageError with a short reason for anything that is
     not a readable, sane image, including one whose decoded pixels would pass opts.max_bytes.
+    `max_side` > 0 (the viewer): the long side is brought to at most max_side px, by a reduced
+    JPEG decode, else by a box reduction right after decoding (before any conversion).
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
@@ -101,12 +103,21 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
         if min_side and fmt == "JPEG":
             s = min_side / min(w, h)
             img.draft("RGB", (max(1, int(w * s + 1)), max(1, int(h * s + 1))))
+        if max_side and fmt == "JPEG" and max(w, h) > max_side:
+            s = max_side / max(w, h)
+            img.draft("RGB", (max(1, int(w * s)), max(1, int(h * s))))
         img.load()
+        reducible = img.mode not in ("P", "PA", "1")  # box-reducing palette indices would mix them
         if square:
-            img = center_square(img)  # the same region in every EXIF orientation
-            k = min(img.size) // (2 * max(min_side, 1))
-            if k >= 2 and img.mode not in ("P", "PA", "1"):  # box-reduce before the conversions
-                img = img.reduce(k)
+            # the same region in every EXIF orientation; cut and reduced in one step when it
+            # shrinks, so no full-size copy of the square exists beside the decoded image
+            box = square_box(img.size)
+            k = (box[2] - box[0]) // (2 * max(min_side, 1))
+            img = img.reduce(k, box=box) if k >= 2 and reducible else center_square(img)
+        if max_side and max(img.size) > max_side:
+            k = -(-max(img.size) // max_side)
+            img = img.reduce(k) if reducible else img.resize((max(1, img.width // k), max(1, img.height // k)),
+                                                             Image.NEAREST)
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img, opts.background)
     except ImageError:
@@ -155,11 +166,19 @@ def image_size(path) -> tuple[int, int]:
     return (h, w) if orientation in _QUARTER_TURNS else (w, h)
 
 
-def center_square(img: Image.Image) -> Image.Image:
-    w, h = img.size
+def square_box(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The centred square of an image of `size` (width, height)."""
+    w, h = size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    box = (left, top, left + s, top + s)
+    return left, top, left + s, top + s
+
+
+def center_square(img: Image.Image) -> Image.Image:
+    box = square_box(img.size)
+    s = box[2] - box[0]
+    if (s, s) == img.size:
+        return img  # already square: a crop would only copy it
     if s * s <= (Image.MAX_IMAGE_PIXELS or s * s):
         return img.crop(box)
     # crop() applies Pillow's bomb check, pointless on a decoded image that passed ours:

@@ -11,8 +11,11 @@ that dies on a file (out of memory, a crashing decoder) costs that file, not the
 """
 from __future__ import annotations
 
+import bz2
 import collections
+import gzip
 import hashlib
+import lzma
 import multiprocessing as mp
 import os
 import stat
@@ -120,11 +123,37 @@ def _archive_sources(path: str, st, root: str):
         else:
             with tarfile.open(path, "r:*") as t:
                 for m in t:
-                    if m.isfile() and not os.path.basename(m.name).startswith("."):
-                        yield (Source(catalog_text(f"{path}!{m.name}"), "tar", path, m.name, m.size, st.st_mtime_ns,
-                                      root), None)
+                    if os.path.basename(m.name).startswith(".") or m.isdir():
+                        continue
+                    key = catalog_text(f"{path}!{m.name}")
+                    if not m.isfile():
+                        yield (Source(key, "tar", path, m.name, -1, st.st_mtime_ns, root),
+                               f"skipped: {_tar_kind(m)} in the archive, not a regular file")
+                        continue
+                    yield Source(key, "tar", path, m.name, m.size, st.st_mtime_ns, root), None
+                    if m.size > DecodeOptions.max_bytes and _compressed(t):
+                        # reaching the next header means decompressing all of this member (a
+                        # small .tar.gz can declare gigabytes of zeros): stop here
+                        yield (Source(catalog_text(path), "file", path, "", st.st_size, st.st_mtime_ns, root),
+                               f"skipped the members after {catalog_text(m.name)}: it is over the "
+                               f"{human_bytes(DecodeOptions.max_bytes)} limit and this compressed archive can only "
+                               "be read past it by decompressing it all; extract or repack the archive without it")
+                        return
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, UnicodeError) as e:
         yield Source(catalog_text(path), "file", path, "", st.st_size, st.st_mtime_ns, root), f"unreadable archive: {e}"
+
+
+_TAR_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
+              tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
+
+
+def _tar_kind(m: tarfile.TarInfo) -> str:
+    return _TAR_KINDS.get(m.type, "a special member")
+
+
+def _compressed(t: tarfile.TarFile) -> bool:
+    """Whether the tar is read through a decompressor (seeking forward then decompresses)."""
+    return isinstance(t.fileobj, (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile))
 
 
 def blob_relpath(digest: str, fmt: str) -> str:
@@ -358,6 +387,8 @@ def with_payloads(sources, max_bytes: int = 1 << 30):
                     t = open_tars[src.path] = tarfile.open(src.path, "r:*")
                     for m in t:  # a damaged archive raises part-way: the members before stay usable
                         found[m.name] = m
+                        if m.isfile() and m.size > max_bytes and _compressed(t):
+                            break  # as listed: nothing after it is asked for
                 except (tarfile.TarError, OSError, EOFError, zlib.error):
                     pass  # listing it recorded the damage as an error of the archive
             try:
