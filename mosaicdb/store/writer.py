@@ -66,18 +66,24 @@ class TileWriter:
             return report
 
     def add_images(self, images, *, origin: str = "generated", progress: bool = False,
-                   update_index: bool = True) -> IngestReport:
-        """Add in-memory images: an iterable of (bytes, name, provenance dict). Used by generators."""
+                   update_index: bool = True, workers: int = 1, chunk_size: int = 64) -> IngestReport:
+        """Add in-memory images: an iterable of (bytes, name, provenance dict), read lazily. Used
+        by generators. `workers` > 1 decodes in that many processes (this one stays the writer)."""
         self._writable()
         with self.lock:
             self.require_intact()
+            self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
             cfg = self._worker_config(False)
-            from .ingest import process_chunk
             jobs = ((Source(name, "bytes", name, "", len(data), 0), data, prov) for data, name, prov in images)
-            for chunk in chunked(jobs, 64):
-                self._commit_chunk(process_chunk(chunk, cfg), origin, report)
+            bar = _bar(progress, None, "add")
+            try:
+                for chunk, res in run_chunks(chunked(jobs, chunk_size), cfg, workers):
+                    self._commit_chunk(res, origin, report)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
             if update_index and report.added:
                 self._update_index_locked(None)
             report.seconds = time.perf_counter() - t0
