@@ -52,6 +52,7 @@ class AssignmentMeta:
     db: str = ""
     db_uuid: str | None = None
     db_version: int = 0
+    tiles_digest: str | None = None   # TileDB.tiles_digest of the tiles used: never drawn from others
     target: TargetInfo | None = None
     match: dict | None = None
     render: dict = field(default_factory=dict)
@@ -82,15 +83,20 @@ class AssignmentMeta:
             match = d.get("match")
             if isinstance(match, dict) and "resolved" in match:   # format 1: requested + resolved
                 match = {**{k: v for k, v in match.items() if k != "resolved"}, **match["resolved"]}
-            db, uid = d.get("db"), d.get("db_uuid")
+            db, uid, digest = d.get("db"), d.get("db_uuid"), d.get("tiles_digest")
+            if not (0 <= grid.crop[0] < grid.crop[2] and 0 <= grid.crop[1] < grid.crop[3]):
+                raise ValueError(f"crop {list(grid.crop)} is not a box inside the target")
+            if target is not None and (grid.crop[2] > target.size[0] or grid.crop[3] > target.size[1]):
+                raise ValueError(f"crop {list(grid.crop)} passes the target's {target.size[0]}x{target.size[1]} px")
             if grid.cols * grid.rows > MAX_CELLS:
                 raise ValueError(f"{grid.cols}x{grid.rows} cells is over the {MAX_CELLS:,} limit")
             return cls(grid=grid, db="" if db is None else str(db), db_uuid=None if uid is None else str(uid),
+                       tiles_digest=None if digest is None else str(digest),
                        db_version=int(d.get("db_version", 0)),
                        target=target, match=match, render=dict(d.get("render") or {}),
                        output=str(d.get("output", "")), widened_cells=int(d.get("widened_cells", 0)),
                        created=float(d.get("created", 0.0)), extra=dict(d.get("extra") or {}))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise UsageError(f"{source} is not a mosaic assignment ({type(e).__name__}: {e}); "
                              "run `mosaic make` again") from None
 
@@ -132,6 +138,22 @@ def metrics_path(out) -> Path:
     return base.with_name(base.name + ".metrics.json")
 
 
+def check_sidecars_free(out) -> None:
+    """OUT.mosaic.json/.npz and OUT.metrics.json are named after OUT's stem: refuse when they
+    belong to another output that still exists (x.png and x.tif would share them)."""
+    out = Path(out)
+    jpath, _ = sidecar_paths(out)
+    if not jpath.is_file():
+        return
+    try:
+        recorded = json.loads(read_regular_file(jpath, MAX_JSON_BYTES)).get("output")
+    except (ValueError, OSError, UnsafeFile, AttributeError):
+        return  # a damaged record of nothing: replacing it loses nothing
+    if recorded and Path(recorded) != out.resolve() and Path(recorded).exists():
+        raise UsageError(f"{jpath.name} is the assignment of {recorded}: writing {out} would replace it; "
+                         "choose another output name")
+
+
 def write_into(group: AtomicFiles, out, a: SavedAssignment) -> tuple[Path, Path]:
     """Write the assignment of output `out` under temporary names of `group` (renamed into place
     when the group commits, together with the output itself)."""
@@ -170,7 +192,8 @@ def load(path) -> SavedAssignment:
         raise UsageError(f"assignment {jpath} is damaged or not an assignment ({e}); run `mosaic make` again") from None
     if not isinstance(meta, dict) or meta.get("format_version") not in READS:
         version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise UsageError(f"{jpath} has format version {version}, this mosaicdb reads {', '.join(map(str, READS))}")
+        raise UsageError(f"{jpath}: format_version {version!r} is not one this mosaicdb reads "
+                         f"({', '.join(map(str, READS))}): not a mosaic assignment, or from a newer mosaicdb")
     m = AssignmentMeta.from_json(meta, str(jpath))
     arrays = _load_arrays(npath, m.grid.rows, m.grid.cols)
     return SavedAssignment(m, **arrays)
@@ -203,8 +226,9 @@ def _load_arrays(npath: Path, rows: int, cols: int) -> dict:
     for name, (kinds, tail, _) in _ARRAYS.items():
         a = arrays[name]
         if a.dtype.kind not in kinds or a.shape != (rows, cols, *tail):
-            raise UsageError(f"{bad}: {name} is {a.dtype} {a.shape}, expected {(rows, cols, *tail)} for its grid; "
-                             "run `mosaic make` again")
+            want = "whole numbers (tile ids)" if kinds == "iu" else "floating-point numbers"
+            raise UsageError(f"{bad}: {name} is {a.dtype} of shape {a.shape}, expected {want} of shape "
+                             f"{(rows, cols, *tail)} for its grid; run `mosaic make` again")
         if kinds == "f" and not np.isfinite(a).all():
             raise UsageError(f"{bad}: {name} holds non-finite values; run `mosaic make` again")
     if (arrays["tile_ids"] < 0).any() or arrays["tile_ids"].max(initial=0) > 2 ** 62:

@@ -70,13 +70,14 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     >>> check_int("--k", 0, 1)
     Traceback (most recent call last):
     ...
-    mosaicdb.errors.UsageError: --k must be 1 or more, got 0
+    mosaicdb.errors.UsageError: --k must be 1 or more (and below 2^62), got 0
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UsageError(f"{name} must be a whole number, got {value!r}")
     value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        where = f"between {lo} and {hi}" if hi is not None else f"{lo} or more"
+    top = 2 ** 62 if hi is None else hi  # no option means more; this keeps numpy and numba in int64
+    if value < lo or value > top:
+        where = f"between {lo} and {hi}" if hi is not None else f"{lo} or more (and below 2^62)"
         raise UsageError(f"{name} must be {where}, got {value}")
     return value
 

@@ -1,9 +1,12 @@
 """Writing files so that nothing is ever half-written under its final name.
 
-Every output goes to a temporary name beside its final one (`.NAME.PID.tmp` plus the final
-suffix, so writers that look at the suffix still work), and is renamed into place only when
-complete; on any failure the temporary is removed. `AtomicFiles` does the same for a group of
-files (and folders) that must appear together: all renamed at the end, or none.
+Every output goes to a temporary name beside its final one (`.NAME.PID-RANDOM.tmp` plus the
+final suffix, so writers that look at the suffix still work), created here exclusively and
+without following symlinks (a name planted in a shared folder can never redirect a write), and
+renamed into place only when complete; on any failure the temporary is removed. `AtomicFiles`
+does the same for a group of files (and folders) that must appear together: all renamed at
+the end, or none. Temporaries whose process is gone (a kill -9) are swept from a folder
+whenever something is written there again.
 
 The free-space check lives here too, so every writer asks the same question the same way.
 """
@@ -11,21 +14,33 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import stat
 from pathlib import Path
 from typing import Callable
 
-from .errors import MosaicError, RenderError
+from .errors import MosaicError, RenderError, UsageError
 from .units import human_bytes
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp(?:\.[^.]*)?$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(?:-[0-9a-f]+)?\.tmp(?:\.[^.]*)?$")
 
 
 def temp_path(path, pid: int | None = None) -> Path:
-    """The temporary name `path` is written under: hidden, beside it, tagged with our pid."""
+    """A temporary name for `path`: hidden, beside it, tagged with our pid and a random part."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid() if pid is None else pid}.tmp{path.suffix}")
+    pid = os.getpid() if pid is None else pid
+    return path.with_name(f".{path.name}.{pid}-{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def create_exclusive(path: Path, folder: bool = False) -> Path:
+    """Create an empty file (or folder) that did not exist, never through a symlink."""
+    if folder:
+        os.mkdir(path, 0o755)
+    else:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        os.close(os.open(path, flags, 0o644))
+    return path
 
 
 def temp_owner(path) -> tuple[str, int] | None:
@@ -73,13 +88,16 @@ class AtomicFiles:
         self.committed = False
         self._sweep = sweep
 
-    def temp(self, final) -> Path:
-        """The temporary path to write `final` under (the same one each time it is asked).
-        Temporaries of the same name left by killed runs are removed first."""
+    def temp(self, final, folder: bool = False) -> Path:
+        """The temporary path to write `final` under (the same one each time it is asked),
+        created empty (a folder with `folder`). Temporaries left in that folder by killed runs
+        are removed first."""
         final = Path(final)
-        if final not in self._temps and self._sweep:
-            sweep_stale(final.parent if str(final.parent) else ".", final.name)
-        return self._temps.setdefault(final, temp_path(final))
+        if final not in self._temps:
+            if self._sweep:
+                sweep_stale(final.parent if str(final.parent) else ".")
+            self._temps[final] = create_exclusive(temp_path(final), folder)
+        return self._temps[final]
 
     def commit(self, order=None) -> None:
         """Rename every temporary into place (`order`: finals to rename last, e.g. a manifest).
@@ -161,6 +179,32 @@ def read_regular_file(path, max_bytes: int, root=None) -> bytes:
         os.close(fd)
 
 
+def read_input(path, max_bytes: int, what: str) -> bytes:
+    """A file the user named (a target, a profile): `read_regular_file`, with the one-line
+    errors naming `what` (e.g. "target x.png")."""
+    try:
+        return read_regular_file(path, max_bytes)
+    except IsADirectoryError:
+        raise UsageError(f"{what} is a folder, not a file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {what}: {e.strerror or e}") from None
+    except UnsafeFile as e:
+        raise UsageError(f"cannot read {what}: {e}") from None
+
+
+def check_regular_file(path, what: str) -> Path:
+    """`path` is a regular file (symlinks followed) that can be opened by a library that would
+    otherwise block on a FIFO or read a device without end."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise UsageError(f"cannot read {what}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{what} is not a regular file")
+    return p
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -187,3 +231,12 @@ def sweep_stale(folder, name: str | None = None) -> list[Path]:
         _remove(p)
         removed.append(p)
     return removed
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null (its reader went away: `mosaic ... | head`)."""
+    import sys
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

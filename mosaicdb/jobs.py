@@ -29,7 +29,8 @@ def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:
     """The tile database of an assignment (read-only): `db` if given, else the one it names, else
     `fallback` if that one is gone; a different database than the one it was made from is
     refused (see open_for_assignment)."""
-    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, fallback)
+    return open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, fallback,
+                               digest=saved.meta.tiles_digest)
 
 
 def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = False, **render) -> dict:
@@ -118,6 +119,10 @@ class PrintJob:
         d = open_db(saved, db, db_fallback)
         try:
             plan = plan_print(d, saved, opts, out, assignment_name(assignment))
+            from .make import refuse_overwriting_input
+            inputs = [assignment, *asg.sidecar_paths(assignment), *([saved.meta.output] if saved.meta.output else []),
+                      *([saved.meta.target.path] if saved.meta.target else [])]
+            refuse_overwriting_input(plan.outputs.all(), inputs)
         except BaseException:
             d.close()
             raise

@@ -6,6 +6,7 @@ redraws a saved assignment; `evaluate_files` scores an image file against its ta
 from __future__ import annotations
 
 import json
+import os
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -14,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import assignment as asg
-from .errors import MosaicError, UsageError
+from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles
+from .io import AtomicFiles, check_regular_file
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
+from .render.fidelity import eval_px, metrics_for  # noqa: F401 (re-exported)
 from .render.options import RenderOptions
 from .render.output import check_space, output_kind, plan_output, write_output
 from .render.raster import IN_MEMORY_MAX_PIXELS
@@ -27,7 +29,6 @@ from .render.rows import render_array
 
 log = logging.getLogger(__name__)
 
-EVAL_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
@@ -46,29 +47,33 @@ class MakeResult:
     image: np.ndarray | None = None
 
 
-def eval_px(cells: int, tile_px: int) -> int:
-    """Pixels per cell for the evaluation render: <= 16 and <= 64 MP in all."""
-    return int(max(1, min(16, tile_px, int((EVAL_MAX_PIXELS / max(cells, 1)) ** 0.5))))
-
-
-def metrics_for(db, saved: asg.SavedAssignment, target_img: np.ndarray, render: RenderOptions) -> dict:
-    """Fidelity and repeat metrics of an assignment as rendered with `render`'s colour settings."""
-    px = eval_px(saved.rows * saved.cols, render.px)
-    mosaic = render_array(db, saved, replace(render, tile_px=px), target_img)
-    l, t, r, b = saved.meta.grid.crop
-    m = evaluate(target_img[t:b, l:r], mosaic, saved.rows, saved.cols, saved.tile_ids)
-    m["eval_px_per_cell"] = px
-    m["mean_cell_distance"] = float(saved.cost.mean())
-    return m
-
-
 def refuse_overwriting_input(outputs, inputs) -> None:
     """No file written (`outputs`) may replace an input."""
     for i in inputs:
         ip = Path(i)
         for f in map(Path, outputs):
             if ip.exists() and f.exists() and f.resolve() == ip.resolve():
-                raise UsageError(f"--out {outputs[0]} would overwrite the input {ip}: choose another output name")
+                raise UsageError(f"--out {outputs[0]} would overwrite {ip}, an input of this request (or the "
+                                 "output its assignment belongs to): choose another output name")
+
+
+def check_batch(targets: list[Path], outs: list[Path]) -> None:
+    """No output of a batch (nor its assignment or metrics) may replace any target of it."""
+    for o in outs:
+        refuse_overwriting_input([o, *asg.sidecar_paths(o), asg.metrics_path(o)], targets)
+
+
+def make_batch(maker: "Maker", targets: list[Path], outs: list[Path]):
+    """Yield (target, MakeResult or the MosaicError it failed with) for each target: a target
+    that cannot be read or matched does not stop the others (a damaged database does)."""
+    check_batch(targets, outs)
+    for t, o in zip(targets, outs):
+        try:
+            yield t, maker.make(t, o)
+        except (ImageError, MatchError) as e:
+            if len(targets) == 1:
+                raise
+            yield t, e
 
 
 def expand_targets(paths) -> list[Path]:
@@ -113,11 +118,15 @@ class Maker:
     ...     pixels = maker.make("photo.jpg").image                       # no file: the pixels
 
     Options are validated when they are made (before any target is decoded); with a print size
-    in `render` and no grid in `match`, the grid follows from the size.
+    in `render` and no grid in `match`, the grid follows from the size. `hybrid`
+    (`generate.hybrid.Hybrid`) swaps generated tiles into the cells the pool serves worst.
     """
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
-                 progress: bool = False):
+                 progress: bool = False, hybrid=None):
+        for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions)):
+            if value is not None and not isinstance(value, cls):
+                raise UsageError(f"Maker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
         self.db = db
         self.ropts = render_opts or RenderOptions()
         mopts = match_opts or MatchOptions()
@@ -125,6 +134,7 @@ class Maker:
             mopts = replace(mopts, grid=self.ropts.grid_for_print() or DEFAULT_GRID)
         self.mopts = mopts
         self.progress = progress
+        self.hybrid = hybrid
         db.ensure_index()
 
     def make(self, target_path, out=None) -> MakeResult:
@@ -132,10 +142,13 @@ class Maker:
         its assignment (OUT.mosaic.json/.npz) and metrics (OUT.metrics.json), all or nothing.
         Without `out`, nothing is written and the result holds the image (small mosaics only)."""
         t0 = time.perf_counter()
+        if not isinstance(target_path, (str, os.PathLike)):
+            raise UsageError(f"make() takes the target image's path, got {target_path!r}")
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
             refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
+            asg.check_sidecars_free(out)
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid_spec)
         ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
@@ -162,16 +175,21 @@ class Maker:
             output=str(out.resolve()) if out is not None else "",
             widened_cells=res.assignment.widened_cells, created=time.time())
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std)
+        generated = None
+        if self.hybrid is not None:
+            saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, ropts,
+                                                 self.progress)
+        saved.meta = replace(saved.meta, tiles_digest=self.db.tiles_digest(saved.tile_ids))
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
-            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics = self._metrics(saved, target.image, ropts, warnings, generated)
             return MakeResult(str(target_path), None, None, None, metrics, warnings,
                               self._seconds(metrics, grid, res, t0, t1, t2, t3), saved, image)
         with AtomicFiles() as group:
             jpath, _ = asg.write_into(group, out, saved)
             written = write_output(self.db, saved, out, ropts, target.image, self.progress, group=group)
             t4 = time.perf_counter()
-            metrics = self._metrics(saved, target.image, ropts, warnings)
+            metrics = self._metrics(saved, target.image, ropts, warnings, generated)
             metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
             metrics["warnings"] = list(warnings)
             self._seconds(metrics, grid, res, t0, t1, t2, t3, t4)
@@ -180,13 +198,16 @@ class Maker:
             group.commit(order=[jpath])
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, metrics["seconds"], saved)
 
-    def _metrics(self, saved, image, ropts, warnings) -> dict:
+    def _metrics(self, saved, image, ropts, warnings, generated=None) -> dict:
         """Metrics, or a record of why they could not be computed: the mosaic itself is fine."""
         try:
-            return metrics_for(self.db, saved, image, ropts)
+            m = metrics_for(self.db, saved, image, ropts)
         except MosaicError as e:
             warnings.append(f"evaluation skipped: {e}")
-            return {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
+            m = {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
+        if generated is not None:  # --generate-worst: which cells, fidelity before/after
+            m["generated"] = generated
+        return m
 
     @staticmethod
     def _seconds(metrics, grid: Grid, res, t0, t1, t2, t3, t4=None) -> dict:
@@ -219,6 +240,7 @@ def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:
     p = Path(path)
     if p.suffix.lower() in (".tif", ".tiff"):
         import tifffile
+        check_regular_file(p, f"mosaic {p}")
         try:
             with tifffile.TiffFile(p) as tf:
                 levels = list(tf.series[0].levels) if tf.series else []

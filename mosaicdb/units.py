@@ -23,6 +23,7 @@ from .errors import UsageError
 
 _PER_INCH = {"mm": 25.4, "cm": 2.54, "m": 0.0254, "in": 1.0, "inch": 1.0, "inches": 1.0, '"': 1.0}
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+MAX_LENGTH_IN = 1000 / 0.0254   # 1 km: no print (or bleed, or panel) is larger
 
 
 def parse_length(text: str, option: str = "--size", allow_zero: bool = False) -> float:
@@ -35,6 +36,8 @@ def parse_length(text: str, option: str = "--size", allow_zero: bool = False) ->
     value = float(m.group(1)) / _PER_INCH[m.group(2)]
     if value <= 0:
         raise UsageError(f"{option}: {text!r} must be greater than zero")
+    if value > MAX_LENGTH_IN:
+        raise UsageError(f"{option}: {text!r} is more than 1 km")
     return value
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import signal
 import traceback
 
@@ -85,9 +86,9 @@ class MosaicGroup(click.Group):
             self._map_error(ctx)
         except KeyboardInterrupt as e:
             if isinstance(e, Terminated):
-                click.echo(f"Terminated ({signal.Signals(e.signum).name}).", err=True)
+                echo(f"Terminated ({signal.Signals(e.signum).name}).", err=True)
                 ctx.exit(128 + e.signum)
-            click.echo("Interrupted.", err=True)
+            echo("Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
     @staticmethod
@@ -96,23 +97,39 @@ class MosaicGroup(click.Group):
         try:
             raise
         except UsageError as e:
-            raise OptionError(str(e)) from None
+            raise OptionError(printable(e)) from None
         except MosaicError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(printable(e)) from None
         except OSError as e:
+            if e.errno == errno.EPIPE:  # `mosaic ... | head`: the reader left; so do we, quietly
+                quiet_broken_pipe()
+                ctx.exit(EXIT_BROKEN_PIPE)
             if e.errno not in ENVIRONMENT_ERRNOS:
                 _bug(ctx)
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise click.ClickException(f"{e.strerror or e}{where}") from None
+            raise click.ClickException(printable(f"{e.strerror or e}{where}")) from None
         except MemoryError:
             raise click.ClickException("out of memory: try a smaller --grid, --tile-px or --cache") from None
-        except Exception:
+        except Exception as e:
+            if type(e).__module__ == "sqlite3" and type(e).__name__ not in ("ProgrammingError", "InterfaceError"):
+                # the catalog file itself is damaged (a zeroed page, a truncated file)
+                raise click.ClickException(f"the tile database's catalog is damaged or unreadable ({e}): restore "
+                                           "catalog.sqlite from a copy, or rebuild the database") from None
             _bug(ctx)
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE   # 141, as a shell reports a process killed by it
+
+
+def quiet_broken_pipe() -> None:
+    """After EPIPE on stdout: no further write (the interpreter's last flush) may fail again."""
+    from mosaicdb.io import silence_stdout
+    silence_stdout()
+
+
 def _bug(ctx) -> None:
-    click.echo(traceback.format_exc(), err=True, nl=False)
-    click.echo("Error: internal error (a bug in mosaicdb, not in what you asked for); please report it "
+    echo(traceback.format_exc(), err=True, nl=False)
+    echo("Error: internal error (a bug in mosaicdb, not in what you asked for); please report it "
                "with the traceback above.", err=True)
     ctx.exit(EXIT_BUG)
 
@@ -201,19 +218,33 @@ def given_db(name: str = "db_path") -> dict:
     return {"db": value, "db_fallback": None}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text) -> str:
+    """`text` with control characters (a file name's terminal escapes, say) shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def echo(message="", err: bool = False, nl: bool = True) -> None:
+    """click.echo of human-readable text, made printable: names from files and archives may
+    carry escape sequences that would rewrite the user's terminal."""
+    click.echo(printable(message), err=err, nl=nl)  # the one place text reaches the terminal
+
+
 def info(quiet: bool, msg: str) -> None:
     """An informational line on stderr, unless -q (on the command or the root group)."""
     if not (quiet or _root_flag("quiet")):
-        click.echo(msg, err=True)
+        echo(msg, err=True)
 
 
 def warn_all(warnings) -> None:
     for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+        echo(f"warning: {w}", err=True)
 
 
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    echo(json.dumps(obj, indent=2, default=str))
 
 
 def setup_logging(verbose: bool) -> None:

@@ -8,7 +8,7 @@ from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
-from .common import after_db, db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
 
 
 @click.group("db")
@@ -54,7 +54,7 @@ def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels,
     if as_json:
         echo_json(made)
         return
-    click.echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
+    echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
                f"{made['feature_dim']}-dim features).")
 
 
@@ -83,7 +83,7 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
     if as_json:
         echo_json({"db": db, **report.to_json()})
     else:
-        click.echo(report.summary())
+        echo(report.summary())
 
 
 @db_group.command("index")
@@ -111,7 +111,7 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
         echo_json(infos)
     else:
         p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
-        click.echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
+        echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
 
 
@@ -132,12 +132,12 @@ def stats_cmd(db, as_json):
         echo_json(s)
         return
     mb = {k: v / 1e6 for k, v in s["bytes"].items()}
-    click.echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
+    echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
                f"{s['skipped_inputs']} skipped inputs")
-    click.echo(f"  thumbnails {s['thumb_sizes']} px, features {s['feature_dim']}-dim (grid {s['feature_grid']})")
-    click.echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
+    echo(f"  thumbnails {s['thumb_sizes']} px, features {s['feature_dim']}-dim (grid {s['feature_grid']})")
+    echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
     ix = s["index"]
-    click.echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
+    echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
                f"  index: {ix['kind']} {ix['params']}, {ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
                f"{', OUT OF DATE' if ix['stale'] else ''}")
 
@@ -164,12 +164,12 @@ def check_cmd(db, deep, as_json):
             raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
         return
     for w in rep.warnings:
-        click.echo(f"warning: {w}", err=True)
+        echo(f"warning: {w}", err=True)
     for p in rep.problems:
-        click.echo(f"problem: {p}", err=True)
+        echo(f"problem: {p}", err=True)
     if not rep.ok:
         raise click.ClickException(f"{db}: {len(rep.problems)} problem(s) found")
-    click.echo(f"{db}: OK ({rep.tiles} tiles)")
+    echo(f"{db}: OK ({rep.tiles} tiles)")
 
 
 @db_group.command("repair")
@@ -196,9 +196,9 @@ def repair_cmd(db, remove_unrecoverable, workers, quiet, as_json):
     if as_json:
         echo_json(rep.to_json())
     else:
-        click.echo(f"{db}: {rep.summary()}")
+        echo(f"{db}: {rep.summary()}")
         for tid, why in rep.unrecoverable[:20]:
-            click.echo(f"  tile {tid}: {why}", err=True)
+            echo(f"  tile {tid}: {why}", err=True)
     if not rep.ok:
         raise DatabaseError(f"{db}: {len(rep.unrecoverable)} tile(s) cannot be rebuilt; they are never drawn: "
                             "restore their originals and repair again, or rerun with --remove-unrecoverable")
@@ -221,7 +221,7 @@ def errors_cmd(db, as_json):
         echo_json(errs)
         return
     for e in errs:
-        click.echo(f"{e['source']}: {e['reason']}")
+        echo(f"{e['source']}: {e['reason']}")
     info(False, f"{len(errs)} skipped input(s)")
 
 
@@ -245,4 +245,4 @@ def remove_cmd(db, tiles, source_prefix, as_json):
     if as_json:
         echo_json({"db": db, "removed": n})
     else:
-        click.echo(f"Removed {n} tile(s) from {db}.")
+        echo(f"Removed {n} tile(s) from {db}.")

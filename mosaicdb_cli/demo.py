@@ -5,7 +5,7 @@ import click
 
 from mosaicdb.demo import run_demo
 
-from .common import echo_json, info, json_option, quiet_option, warn_all
+from .common import echo, echo_json, info, json_option, quiet_option, warn_all
 
 
 @click.command("demo")
@@ -37,9 +37,9 @@ def demo_cmd(out_dir, n_tiles, grid, tile_px, quiet, as_json):
                    "ssim64": m["ssim64"], "repeats": m["repeats"]})
         return
     info(quiet, f"Ingest: {d.ingest_summary}")
-    click.echo(f"Mosaic:     {r.output} ({m['cells']} cells, {tile_px} px tiles)")
-    click.echo(f"Metrics:    {r.metrics_path} (PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
+    echo(f"Mosaic:     {r.output} ({m['cells']} cells, {tile_px} px tiles)")
+    echo(f"Metrics:    {r.metrics_path} (PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}, "
                f"{m['repeats']['distinct_tiles']} distinct tiles, nearest repeat "
                f"{m['repeats']['min_repeat_distance']} cells apart)")
-    click.echo(f"Assignment: {r.assignment} (re-render: mosaic render {r.assignment} --tile-px 64 --out big.png)")
-    click.echo(f"Database:   {d.db_path} (mosaic db stats {d.db_path})")
+    echo(f"Assignment: {r.assignment} (re-render: mosaic render {r.assignment} --tile-px 64 --out big.png)")
+    echo(f"Database:   {d.db_path} (mosaic db stats {d.db_path})")

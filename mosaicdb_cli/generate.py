@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import after_db, db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
 
 
 @click.group("generate")
@@ -110,7 +110,7 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
     if as_json:
         echo_json(rep.to_json())
     else:
-        click.echo(rep.summary())
+        echo(rep.summary())
         info(quiet, f"Run record: {rep.report_path}")
 
 
@@ -138,15 +138,18 @@ def scene_cmd(prompt, out, width, height, negative, seed, quiet, as_json, **pipe
     if as_json:
         echo_json(prov)
         return
-    click.echo(f"Wrote {prov['output']} ({prov['width']}x{prov['height']}) and its provenance {prov['output']}.json.")
+    echo(f"Wrote {prov['output']} ({prov['width']}x{prov['height']}) and its provenance {prov['output']}.json.")
 
 
 @generate_group.command("tiny-model")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=str))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace a tiny model already in FOLDER.")
+@click.option("--vae", default="random", show_default=True,
+              help="random, or colour: an exact colour codec in the VAE's architecture, so `generate cells` "
+                   "guidance and AdaIN can change what tiles show (random weights cannot).")
 @json_option
-def tiny_model_cmd(folder, seed, force, as_json):
+def tiny_model_cmd(folder, seed, force, vae, as_json):
     """Write a tiny random-weight SDXL pipeline (1.2M parameters, 64 px, seconds on a CPU) to FOLDER.
 
     Built offline from configs, no download. Its pictures are noise-like, but every generate
@@ -159,11 +162,11 @@ def tiny_model_cmd(folder, seed, force, as_json):
         mosaic generate tiny-model tiny-sdxl
     """
     from mosaicdb.generate import save_tiny_pipeline
-    save_tiny_pipeline(folder, seed=seed, overwrite=force)
+    save_tiny_pipeline(folder, seed=seed, overwrite=force, vae=vae)
     if as_json:
-        echo_json({"model": folder, "seed": seed})
+        echo_json({"model": folder, "seed": seed, "vae": vae})
         return
-    click.echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, 64 px images): --model {folder}")
+    echo(f"Wrote a tiny SDXL pipeline to {folder} (random weights, {vae} VAE, 64 px images): --model {folder}")
 
 
 @generate_group.command("reproduce")
@@ -190,6 +193,11 @@ def reproduce_cmd(db, tile_id, out, model, device, dtype, alone, check, as_json)
     if as_json:
         echo_json({"output": out, "tile_id": tile_id, "width": w, "height": h, "identical": True if check else None})
         return
-    click.echo(f"Wrote {out} ({w}x{h}).")
+    echo(f"Wrote {out} ({w}x{h}).")
     if check:
-        click.echo(f"Identical to tile {tile_id} of {db}.")
+        echo(f"Identical to tile {tile_id} of {db}.")
+
+
+from .cells import cells_cmd  # noqa: E402  (it builds on this module's pipeline options)
+
+generate_group.add_command(cells_cmd)

@@ -5,7 +5,7 @@ import click
 
 from mosaicdb import __version__
 
-from .common import MosaicGroup, install_signal_handlers, root_epilog, setup_logging
+from .common import EXIT_BROKEN_PIPE, MosaicGroup, install_signal_handlers, quiet_broken_pipe, root_epilog, setup_logging
 from .db import db_group
 from .demo import demo_cmd
 from .generate import generate_group
@@ -47,4 +47,8 @@ cli.add_command(serve_cmd)
 
 def main() -> None:
     install_signal_handlers()
-    cli(prog_name="mosaic")
+    try:
+        cli(prog_name="mosaic")
+    except BrokenPipeError:  # stdout closed by its reader while click flushed it
+        quiet_broken_pipe()
+        raise SystemExit(EXIT_BROKEN_PIPE) from None

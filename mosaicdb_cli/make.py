@@ -9,13 +9,15 @@ import click
 from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.jobs import render_file
-from mosaicdb.make import Maker, expand_targets, output_paths
+from mosaicdb.errors import MosaicError
+from mosaicdb.make import Maker, expand_targets, make_batch, output_paths
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+from .cells import hybrid_from_cli, hybrid_options
+from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
 
 def output_options(f):
@@ -72,10 +74,12 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @render_options
 @output_options
+@hybrid_options
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json):
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
+             **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -89,6 +93,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     \b
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+        mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
     """
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
@@ -96,26 +101,37 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    hybrid = hybrid_from_cli(generate_kw)
     results = []
     with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet)
+        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
-        for t, o in zip(paths, outs):
-            r = maker.make(t, o)
+        failed = []
+        for t, r in make_batch(maker, paths, outs):
+            if isinstance(r, MosaicError):
+                failed.append(t)
+                echo(f"error: {t}: {r}", err=True)
+                continue
             warn_all(r.warnings)
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
                             "seconds": m["seconds"]})
+            if "generated" in m:
+                g = m["generated"]
+                info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "
+                            f"{g['fidelity_after']['psnr64']:.2f} dB")
             if not as_json:
                 info(quiet, _summary(t, r))
-                click.echo(f"{r.output}")
+                echo(f"{r.output}")
     if as_json:
         echo_json(results)
-    elif not quiet:
-        click.echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
+    elif not quiet and results:
+        echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} targets failed (see above); the others were made")
 
 
 def _summary(target, r) -> str:
@@ -158,7 +174,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
         echo_json({k: v for k, v in written.items() if k != "levels"})
         return
     info(quiet, f"{written['kind']}: {human_bytes(written['bytes'])} in {written['seconds']:.1f} s")
-    click.echo(str(written["path"]))
+    echo(str(written["path"]))
 
 
 @click.command("eval")
@@ -179,8 +195,8 @@ def eval_cmd(target, mosaic, grid, as_json):
     if as_json:
         echo_json(m)
         return
-    click.echo(f"PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}" +
+    echo(f"PSNR@64 {m['psnr64']:.2f} dB, SSIM@64 {m['ssim64']:.3f}" +
                (f", PSNR per cell {m['psnr_cell']:.2f} dB" if m.get("psnr_cell") is not None else ""))
-    click.echo("pyramid MSE: " + ", ".join(f"L{k} {v:.5f}" for k, v in m["pyramid_mse"].items()))
+    echo("pyramid MSE: " + ", ".join(f"L{k} {v:.5f}" for k, v in m["pyramid_mse"].items()))
     if m.get("repeats"):
-        click.echo("repeats: " + json.dumps(m["repeats"]))
+        echo("repeats: " + json.dumps(m["repeats"]))

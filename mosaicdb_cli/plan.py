@@ -8,7 +8,7 @@ import click
 from mosaicdb.jobs import PrintJob, plan_file
 from mosaicdb.units import human_bytes
 
-from .common import echo_json, given_db, json_option, saved_db_option, warn_all
+from .common import echo, echo_json, given_db, json_option, saved_db_option, warn_all
 from .make import output_options, render_fields
 from .print_cmd import print_fields, print_options
 
@@ -59,18 +59,18 @@ def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, w
         return
     warn_all(d["warnings"])
     cols, rows = d["cols"], d["rows"]
-    click.echo(f"{out}: {d['kind']}, {d['width']:,} x {d['height']:,} px ({d['width'] * d['height'] / 1e9:.2f} GP), "
+    echo(f"{out}: {d['kind']}, {d['width']:,} x {d['height']:,} px ({d['width'] * d['height'] / 1e9:.2f} GP), "
                f"{cols} x {rows} = {cols * rows:,} cells of {d['tile_px']} px")
     if d["dpi"]:
-        click.echo(f"  print: {d['print_size_cm'][0]} x {d['print_size_cm'][1]} cm at {d['dpi']:.1f} dpi")
+        echo(f"  print: {d['print_size_cm'][0]} x {d['print_size_cm'][1]} cm at {d['dpi']:.1f} dpi")
     if d["kind"] != "raster":
         lv = d["levels"]
-        click.echo(f"  levels: {len(lv)} ({', '.join(f'{w}x{h}' for w, h, _ in lv[:4])}"
+        echo(f"  levels: {len(lv)} ({', '.join(f'{w}x{h}' for w, h, _ in lv[:4])}"
                    f"{', ...' if len(lv) > 4 else ''}), {d['tiles']:,} tiles of 256 px")
-    click.echo(f"  estimate: ~{human_bytes(d['est_bytes'])}, ~{d['est_seconds']:.0f} s on {d['workers']} "
+    echo(f"  estimate: ~{human_bytes(d['est_bytes'])}, ~{d['est_seconds']:.0f} s on {d['workers']} "
                f"thread(s); {human_bytes(d['free_bytes'])} free")
     if not d["fits_on_disk"]:
-        click.echo("  warning: not enough free disk space for this output", err=True)
+        echo("  warning: not enough free disk space for this output", err=True)
 
 
 def _show_print_plan(plan, as_json: bool) -> None:
@@ -79,23 +79,23 @@ def _show_print_plan(plan, as_json: bool) -> None:
         echo_json(d)
         return
     g, t = plan.geometry, plan.tiles
-    click.echo(f"print: {g.mm(g.trim_w) / 10:.1f} x {g.mm(g.trim_h) / 10:.1f} cm trim"
+    echo(f"print: {g.mm(g.trim_w) / 10:.1f} x {g.mm(g.trim_h) / 10:.1f} cm trim"
                + (f" + {g.mm(g.bleed_px):.1f} mm bleed" if g.bleed_px else "")
                + f", {g.width:,} x {g.height:,} px at {g.dpi:.2f} dpi ({g.requested_dpi:g} asked), "
                f"{g.cols} x {g.rows} cells of {g.cell_px} px")
-    click.echo(f"  tiles at print size: median {t['median_ppi']:.0f} ppi, lowest {t['min_ppi']:.0f} ppi "
+    echo(f"  tiles at print size: median {t['median_ppi']:.0f} ppi, lowest {t['min_ppi']:.0f} ppi "
                f"({t['upsampled_tiles']} of {t['distinct_tiles']} tiles upsampled)")
-    click.echo(f"  {len(d['files'])} file(s), {plan.options.compression}, profile {plan.profile.name}:")
+    echo(f"  {len(d['files'])} file(s), {plan.options.compression}, profile {plan.profile.name}:")
     for f in d["files"]:
-        click.echo(f"    {f['name']}: {f['size_px'][0]:,} x {f['size_px'][1]:,} px, "
+        echo(f"    {f['name']}: {f['size_px'][0]:,} x {f['size_px'][1]:,} px, "
                    f"{f['size_mm'][0] / 10:.1f} x {f['size_mm'][1] / 10:.1f} cm, ~{human_bytes(f['est_bytes'])}"
                    + (" (BigTIFF)" if f["est_bigtiff"] else ""))
     for k in ("layout", "proof", "manifest"):
         if d[k]:
-            click.echo(f"    {Path(d[k]).name}")
-    click.echo(f"  estimate: ~{human_bytes(d['est_total_bytes'])}, ~{d['est_seconds']:.0f} s; "
+            echo(f"    {Path(d[k]).name}")
+    echo(f"  estimate: ~{human_bytes(d['est_total_bytes'])}, ~{d['est_seconds']:.0f} s; "
                f"{human_bytes(d['free_bytes'])} free")
     if not d["fits_on_disk"]:
-        click.echo("  warning: not enough free disk space for this print", err=True)
+        echo("  warning: not enough free disk space for this print", err=True)
     for w in plan.warnings:
-        click.echo(f"  warning: {w}", err=True)
+        echo(f"  warning: {w}", err=True)

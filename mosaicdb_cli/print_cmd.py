@@ -6,7 +6,7 @@ import click
 from mosaicdb.jobs import PrintJob
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+from .common import echo, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 from .make import render_options
 
 
@@ -80,8 +80,8 @@ def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, pane
                 f"{human_bytes(m['bytes'])}, {m['seconds']:.1f} s")
     folder = job.plan.outputs.folder
     for p in m["panels"]:
-        click.echo(str(folder / p["name"]))
+        echo(str(folder / p["name"]))
     for k in ("proof", "layout"):
         if k in m:
-            click.echo(str(folder / m[k]["name"]))
-    click.echo(str(job.plan.outputs.manifest))
+            echo(str(folder / m[k]["name"]))
+    echo(str(job.plan.outputs.manifest))

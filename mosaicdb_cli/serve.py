@@ -8,7 +8,7 @@ import click
 
 from mosaicdb.serve import Viewer, host_warning, make_server
 
-from .common import given_db, json_option, saved_db_option
+from .common import echo, given_db, json_option, saved_db_option
 
 
 @click.command("serve")
@@ -40,16 +40,16 @@ def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_jso
     """
     warning = host_warning(host)
     if warning:
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     viewer = Viewer(mosaic, **given_db(), osd_dir=osd_dir)
     try:
         httpd = make_server(viewer, host, port, allow_hosts=allow_hosts)
         if as_json:
-            click.echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
+            echo(json.dumps({"url": httpd.url, "mosaic": mosaic, "width": viewer.source.width,
                                    "height": viewer.source.height, "cols": viewer.api.saved.cols,
                                    "rows": viewer.api.saved.rows}))
         else:
-            click.echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
+            echo(f"Serving {mosaic} ({viewer.source.width}x{viewer.source.height} px, "
                        f"{viewer.api.saved.cols}x{viewer.api.saved.rows} cells) at {httpd.url}  (Ctrl-C to stop)")
         if not no_open:
             webbrowser.open(httpd.url)

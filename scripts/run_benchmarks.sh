@@ -24,7 +24,7 @@ for a in "$@"; do
 done
 
 # in the pipeline's order; quick-mode arguments of each (every benchmarks/bench_*.py must be here)
-ORDER=(bench_ingest bench_index bench_match bench_render bench_print bench_generate)
+ORDER=(bench_ingest bench_index bench_match bench_unique bench_render bench_print bench_generate bench_generative)
 declare -A QUICK=(
   [bench_ingest]="--limit 5000"
   [bench_index]="--limit 10000 --big-pool 0 --queries 8192 --kodak-queries 1024"
@@ -32,6 +32,8 @@ declare -A QUICK=(
   [bench_render]="--tiles 300 --sizes 4096 8192"
   [bench_print]="--tiles 300 --scale 0.1"
   [bench_generate]="--palette-size 4 --per-colour 2 --repeat 1"
+  [bench_unique]="--quick"
+  [bench_generative]="--quick"
 )
 in_list() {  # in_list WORD LIST...
   local w=$1; shift
@@ -58,7 +60,7 @@ for name in "${ORDER[@]}"; do
   [ "$quick" = 1 ] && read -ra extra <<< "${QUICK[$name]}" && args+=("${extra[@]}")
   echo "== $name: $PYTHON $f ${args[*]}"
   [ "$dry" = 1 ] && continue
-  if [ "$name" = bench_generate ] && ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  if [[ "$name" = bench_generat* ]] && ! "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "   skipped: torch is not installed (the gen extra: make gen-deps)"; continue
   fi
   start=$(date +%s)

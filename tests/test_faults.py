@@ -225,7 +225,7 @@ def test_crafted_catalog_paths_never_touch_files_outside(db40, tmp_path):
 def test_out_equal_to_an_input_is_refused(db40, target, tmp_path):
     data = target.read_bytes()
     res = invoke_cli("make", "--db", db40, target, "--out", target, code=2)
-    assert "overwrite the input" in res.output and target.read_bytes() == data
+    assert "would overwrite" in res.output and target.read_bytes() == data
     m = make(db40, target, tmp_path / "m.png")
     res = invoke_cli("render", asg.sidecar_paths(m.output)[0], "--out", target, code=2)
     assert target.read_bytes() == data
@@ -412,12 +412,12 @@ def test_another_database_at_the_same_path_is_refused(db40, target, tmp_path):
 
 
 def test_evaluation_failure_does_not_fail_a_finished_mosaic(db40, target, tmp_path, monkeypatch):
-    import mosaicdb.make as mk
+    import mosaicdb.render.fidelity as fidelity
 
     def broken(*a, **k):
         raise UsageError("evaluation could not run")
 
-    monkeypatch.setattr(mk, "evaluate", broken)
+    monkeypatch.setattr(fidelity, "evaluate", broken)
     res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "12", "-q", code=0)
     assert "evaluation skipped" in res.output
     assert (tmp_path / "m.png").exists() and asg.metrics_path(tmp_path / "m.png").exists()
@@ -437,3 +437,237 @@ def test_python_api_misuse(db40, tmp_path):
         rep = db.ingest(tmp_path / "src", workers=1)  # one path, not a list of characters
         assert rep.unchanged == 40
     assert MatchOptions(grid=128).grid == "128"
+
+
+# ---- found by a hostile review of the above (one test per class) ----------------------------------------
+def test_batch_outputs_never_replace_other_targets(db40, tmp_path):
+    ph = tmp_path / "ph"
+    ph.mkdir()
+    Image.fromarray(synthetic_image(np.random.default_rng(1), 64, 48)).save(ph / "a.png")
+    Image.fromarray(synthetic_image(np.random.default_rng(2), 64, 48)).convert("RGB").save(ph / "a.jpg")
+    before = (ph / "a.png").read_bytes()
+    res = invoke_cli("make", "--db", db40, ph, "--out", ph, "--format", "png", "--grid", "8", "-q", code=2)
+    assert "would overwrite" in res.output and (ph / "a.png").read_bytes() == before
+
+
+@pytest.mark.parametrize("own", ["lock", "features.f32", "originals"])
+def test_symlinked_database_files_are_never_written_through(db40, tmp_path, own):
+    victim = tmp_path / "victim"
+    if own == "originals":
+        shutil.move(db40 / "originals", victim)
+    else:
+        shutil.copy(db40 / own, victim) if (db40 / own).exists() else victim.write_bytes(b"precious")
+        (db40 / own).unlink()
+    (db40 / own).symlink_to(victim)
+    snapshot = victim.read_bytes() if victim.is_file() else sorted(p.name for p in victim.rglob("*"))
+    for args in (["db", "index", db40, "--rebuild"], ["db", "ingest", db40, tmp_path / "src", "-q"],
+                 ["db", "remove", db40, "5"], ["db", "repair", db40, "-q"]):
+        res = invoke_cli(*args)
+        assert res.exit_code == 1 and "symbolic link" in res.output, (args, res.output)
+    assert (victim.read_bytes() if victim.is_file() else sorted(p.name for p in victim.rglob("*"))) == snapshot
+    assert invoke_cli("db", "check", db40).exit_code == 1
+
+
+def test_outputs_never_replace_another_outputs_files(db40, target, tmp_path):
+    make(db40, target, tmp_path / "x.png")
+    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "x.tif", "--grid", "8", "-q", code=2)
+    assert "x.mosaic.json is the assignment of" in res.output
+    # a print into the assignment's own folder never replaces its pyramid
+    with TileDB.open(db40) as db:
+        Maker(db, MatchOptions(grid="8"), RenderOptions(tile_px=32)).make(target, tmp_path / "pf" / "m.tif") \
+            if (tmp_path / "pf").mkdir() is None else None
+    pyramid = (tmp_path / "pf" / "m.tif").read_bytes()
+    res = invoke_cli("print", tmp_path / "pf" / "m.mosaic.json", "--size", "5cm", "--dpi", "100", "--out",
+                     tmp_path / "pf", code=2)
+    assert "would overwrite" in res.output and (tmp_path / "pf" / "m.tif").read_bytes() == pyramid
+    # a DZI never replaces a folder that is not one of ours
+    (tmp_path / "Report_files").mkdir()
+    (tmp_path / "Report_files" / "notes.txt").write_text("important")
+    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "Report.dzi", "--grid", "8", "-q", code=2)
+    assert "not a DeepZoom folder" in res.output and (tmp_path / "Report_files" / "notes.txt").exists()
+    assert invoke_cli("make", "--db", db40, target, "--out", tmp_path / "Ok.dzi", "--grid", "8", "-q").exit_code == 0
+    assert invoke_cli("make", "--db", db40, target, "--out", tmp_path / "Ok.dzi", "--grid", "8", "-q").exit_code == 0
+
+
+def test_temporaries_are_created_exclusively(tmp_path, monkeypatch):
+    from mosaicdb import io as mio
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    planted = tmp_path / ".out.png.1-aaaa.tmp.png"
+    planted.symlink_to(victim)
+    monkeypatch.setattr(mio, "temp_path", lambda path, pid=None: planted)
+    with pytest.raises(FileExistsError):
+        mio.write_atomic(tmp_path / "out.png", lambda t: t.write_bytes(b"mosaic"))
+    assert victim.read_text() == "keep" and not (tmp_path / "out.png").exists()
+
+
+def test_drawn_tiles_are_the_ones_matched(db40, target, tmp_path):
+    """A diverged copy of the database, a replaced original, index vectors under other ids:
+    refused or detected and repaired, never drawn silently."""
+    m = make(db40, target, tmp_path / "m.png")
+    j = asg.sidecar_paths(m.output)[0]
+    copy = tmp_path / "copy.db"
+    shutil.copytree(db40, copy)
+    with TileDB.open(copy) as db:  # same uuid, other tiles under the same ids
+        db.remove(np.unique(m.saved.tile_ids)[:3])
+        extra = tmp_path / "extra"
+        write_synthetic(extra, 5, seed=77, prefix="e")
+        db.ingest([extra], workers=1)
+    res = invoke_cli("render", j, "--out", tmp_path / "r.png", "--db", copy, code=1)
+    assert "not the ones this assignment was made with" in res.output or "lacks" in res.output
+    # an original replaced behind the database's back is never drawn
+    with TileDB.open(db40, readonly=True) as db:
+        tid = int(m.saved.tile_ids[0, 0])
+        blob = db.blob_path(db.tiles([tid])[0])
+    data = blob.read_bytes()
+    Image.fromarray(np.full((40, 40, 3), (255, 0, 255), np.uint8)).save(blob, format="PNG")
+    with TileDB.open(db40, readonly=True) as db:
+        with pytest.raises(DatabaseError, match="changed since it was ingested"):
+            db.load_original(tid)
+    blob.write_bytes(data)
+    # index vectors moved under other ids: check --deep finds it, repair rebuilds the index
+    import faiss
+    idx_path = db40 / "index" / "index.faiss"
+    index = faiss.read_index(str(idx_path))
+    vecs = index.reconstruct_n(0, index.ntotal) if index.ntotal else None
+    shuffled = faiss.IndexFlatL2(index.d)
+    shuffled.add(vecs[::-1].copy())
+    faiss.write_index(shuffled, str(idx_path))
+    res = invoke_cli("db", "check", "--deep", db40)
+    assert res.exit_code == 1 and "index:" in res.output
+    invoke_cli("db", "repair", db40, "-q", code=0)
+    invoke_cli("db", "check", "--deep", db40, code=0)
+
+
+def test_special_files_as_inputs_never_hang(db40, tmp_path):
+    fifo = tmp_path / "t.png"
+    os.mkfifo(fifo)
+    for args in (["make", "--db", db40, fifo, "--out", tmp_path / "m.png"], ["plan", fifo, "--out", tmp_path / "x.png"],
+                 ["eval", fifo, fifo], ["make", "--db", db40, "/dev/zero", "--out", tmp_path / "z.png"]):
+        p = subprocess.run([sys.executable, "-m", "mosaicdb", *map(str, args)], capture_output=True, text=True,
+                           timeout=60)  # a hang fails here
+        assert p.returncode in (1, 2) and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_damaged_catalog_settings_and_index_infos_are_one_line_errors(db40, target, tmp_path):
+    import sqlite3
+    con = sqlite3.connect(db40 / "catalog.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value = '1000' WHERE key = 'feature_grid'")
+    con.close()
+    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", code=1)
+    assert "settings are damaged" in res.output
+    con = sqlite3.connect(db40 / "catalog.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value = '4' WHERE key = 'feature_grid'")
+    con.close()
+    infos = json.loads((db40 / "index" / "index_infos.json").read_text())
+    infos["kind"], infos["params"] = "ivf", {"nprobe": "abc"}
+    (db40 / "index" / "index_infos.json").write_text(json.dumps(infos))
+    for args in (["db", "check", db40], ["db", "stats", db40]):
+        assert invoke_cli(*args).exit_code == 0
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "8", "-q", code=0)
+
+
+@pytest.mark.parametrize("field, value", [("db_version", float("inf")), ("widened_cells", float("-inf")),
+                                          ("grid", {"cols": 12, "rows": 8, "crop": [50, 0, 10, 64]})])
+def test_assignment_numbers_out_of_range(db40, target, tmp_path, field, value):
+    m = make(db40, target, tmp_path / "m.png")
+    j = asg.sidecar_paths(m.output)[0]
+    meta = json.loads(j.read_text())
+    meta[field] = value
+    j.write_text(json.dumps(meta))
+    for args in (["render", j, "--out", tmp_path / "r.png", "--color", "blend"], ["eval", target, m.output]):
+        res = invoke_cli(*args)
+        ok = res.exit_code in (1, 2) and len(res.output.strip().splitlines()) == 1
+        assert ok or args[0] == "eval", (args, res.output)  # eval falls back to the images alone
+
+
+def test_huge_numbers_and_odd_names(db40, target, tmp_path):
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--min-distance", "1" + "0" * 20, code=2)
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--max-uses", "9" * 20, code=2)
+    res = invoke_cli("db", "remove", db40, "9" * 23, code=0)
+    assert "Removed 0" in res.output
+    src = tmp_path / "odd"
+    write_synthetic(src, 3, seed=3)
+    good = sorted(src.iterdir())[0]
+    os.rename(good, os.fsencode(src) + b"/bad\xff\xfename.png")
+    esc = src / "esc\x1b]0;TITLE\x07.png"
+    esc.write_bytes(b"not an image")
+    res = invoke_cli("db", "ingest", db40, src, "-q", "--workers", "1", code=0)
+    assert res.output.startswith("3 added, 1 skipped")
+    res = invoke_cli("db", "errors", db40, code=0)
+    assert "\x1b" not in res.output and "\\x1b" in res.output
+
+
+def test_tar_payloads_are_chunked_by_bytes():
+    from mosaicdb.store.ingest import chunked
+    items = [(i, bytes(30 << 20), {}) for i in range(7)]
+    sizes = [len(c) for c in chunked(iter(items), 64, max_bytes=64 << 20)]
+    assert sizes == [2, 2, 2, 1]
+
+
+def test_generation_sizes_are_bounded():
+    from mosaicdb.generate.run import TileRunOptions
+    for size in (0, 100000, -8):
+        with pytest.raises(UsageError, match="--size"):
+            TileRunOptions(style="flowers", size=size)
+
+
+def test_viewer_token_and_hosts_beyond_loopback(db40, target, tmp_path):
+    from mosaicdb.serve import Viewer, make_server, serve_in_thread
+    from mosaicdb.serve.assets import find_openseadragon
+    try:
+        find_openseadragon()
+    except MosaicError:
+        pytest.skip("OpenSeadragon is not installed: run `npm ci` (or `make`)")
+    m = make(db40, target, tmp_path / "m.png")
+    viewer = Viewer(m.output)
+    httpd = make_server(viewer, "0.0.0.0", 0)
+    serve_in_thread(httpd)
+    try:
+        def get(path, host, headers=None):
+            c = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=30)
+            c.request("GET", path, headers={"Host": host, **(headers or {})})
+            r = c.getresponse()
+            return r.status
+        assert get("/api/info?token=%C3%A9", "192.0.2.7") == 403                   # not a 500
+        assert get("/api/info", "192.0.2.7", {"Cookie": "mosaic_token=é".encode().decode("latin-1")}) == 403
+        assert get(f"/api/info?token={httpd.token}", "192.0.2.7:8000") == 200     # any IP literal of ours
+        assert get(f"/api/info?token={httpd.token}", "rebind.example") == 403
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        viewer.close()
+
+
+def test_remove_by_archive_leaves_files_with_a_bang_in_their_name(tmp_path):
+    bang = tmp_path / "bang"
+    write_synthetic(bang, 2, seed=4)
+    z = bang / "x.zip"
+    inner = io.BytesIO()
+    Image.fromarray(synthetic_image(np.random.default_rng(8), 30, 30)).save(inner, format="PNG")
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("inner.png", inner.getvalue())
+    plain = bang / "x.zip!other.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(9), 30, 30)).save(plain, format="PNG")
+    with TileDB.create(tmp_path / "d.db") as db:
+        db.ingest([bang], workers=1)
+        n = db.remove(db.resolve_refs([], str(z)))
+        assert n == 1 and any(t["source"].endswith("x.zip!other.png") for t in db.tiles(db.ids()))
+
+
+def test_python_api_misuse_more(db40, tmp_path):
+    with TileDB.open(db40) as db:
+        for call in (lambda: TileDB.open(None), lambda: TileDB.create(tmp_path / "n1", thumb_sizes="abc"),
+                     lambda: TileDB.create(tmp_path / "n2", feature_grid="4"), lambda: db.ingest(None),
+                     lambda: db.ingest([tmp_path], workers="2"), lambda: db.search(np.zeros((1, db.dim)), 0),
+                     lambda: db.search(np.zeros((1, db.dim)), 10 ** 9), lambda: db.tiles(["a"]),
+                     lambda: db.tile_pixels(99999, 32), lambda: db.tile_pixels(0, 0), lambda: db.tile_pixels(-1, 32),
+                     lambda: db.add_images([(b"x", None, {})]), lambda: db.add_images([(b"x", "n", {1, 2})]),
+                     lambda: Maker(db, "x"), lambda: Maker(db).make(None)):
+            with pytest.raises(MosaicError):
+                call()
+        assert db.tiles([2 ** 70]) == []
+    with pytest.raises(MosaicError, match="closed"):
+        db.ids()

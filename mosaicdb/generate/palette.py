@@ -129,10 +129,8 @@ def palette_from_targets(paths, k: int = 64, *, seed: int = 0) -> Palette:
     from ..store.decode import open_image
     images = []
     for p in paths:
-        try:
-            data = Path(p).read_bytes()
-        except OSError as e:
-            raise UsageError(f"--palette-from {p}: {e.strerror}") from None
+        from ..io import read_input
+        data = read_input(p, 2 << 30, f"--palette-from {p}")
         images.append(np.asarray(open_image(data)[0]))
     return palette_from_images(images, k, seed=seed, source="kmeans:" + ",".join(Path(p).name for p in paths))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DeviceError, MissingDependency, UsageError, choice
+from ..errors import DeviceError, MissingDependency, UsageError, check_int, check_number, choice
 from . import deps
 
 DTYPES = {"auto": "auto", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -31,6 +31,9 @@ MODEL_HINT = ("point --model at a diffusers SDXL folder (one saved with save_pre
               "or try the commands with `mosaic generate tiny-model DIR`")
 CPU_NOTE = ("generating on the CPU: fine for the tiny test pipeline, but a real SDXL model takes minutes per "
             "image here; use a CUDA GPU (--device cuda) for real pools")
+
+
+MAX_IMAGE_SIDE = 4096   # SDXL-family models are trained at 512-1024 px: larger is memory, not detail
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ class ResolvedPipeline:
         return replace(cls(**keep), **{k: v for k, v in overrides.items() if v is not None})
 
     def check_size(self, size: int, what: str = "--size") -> int:
-        """`size` if the VAE can make it (a multiple of its scale, at least 4 latents), else UsageError."""
+        """`size` if the VAE can make it (a multiple of its scale, at least 4 latents, at most
+        MAX_IMAGE_SIDE px), else UsageError."""
+        size = check_int(what, size, 1, MAX_IMAGE_SIDE)
         if size < self.vae_scale * 4 or size % self.vae_scale:
             raise UsageError(f"{what} must be a multiple of {self.vae_scale} and at least {self.vae_scale * 4}, got {size}")
         return size
@@ -161,6 +166,7 @@ def resolve_pipeline(opts: PipelineOptions, *, gpus: int | None = None) -> Resol
         raise UsageError(f"--guidance must be between 0 and 50, got {opts.guidance}")
     if opts.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {opts.threads}")
+    check_number("--lora-scale", opts.lora_scale, -10.0, 10.0)
     source, local = locate_model(opts.model)
     index, unet, vae = _read_configs(source, local, opts.offline)
     cls = str(index.get("_class_name", ""))
@@ -343,3 +349,18 @@ def check_colour_init(rp: ResolvedPipeline, strength: float) -> None:
     if strength > 0 and int(rp.steps * strength) < 1:
         raise UsageError(f"--colour-init {strength} with --steps {rp.steps} leaves no denoising step "
                          f"(steps x strength < 1): raise --steps to at least {int(np.ceil(1 / strength))}")
+
+
+def override_pipeline(rp: ResolvedPipeline, model: str | None, device: str | None,
+                      dtype: str | None) -> ResolvedPipeline:
+    """A recorded pipeline, pointed at where the model is now and at another device/dtype."""
+    if model:
+        source, local = locate_model(model)
+        rp = replace(rp, source=source, local=local)
+    elif rp.local and not Path(rp.source, "model_index.json").is_file():
+        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
+    if device or dtype:
+        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
+                                  None, [])
+        rp = replace(rp, device=dev, dtype=dt)
+    return rp

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, check_int, check_number
 from ..io import write_atomic
 from ..progress import progress_bar
 from .executors import make_executor
@@ -64,6 +64,9 @@ class TileRunOptions:
             raise UsageError(f"--workers must be >= 1, got {self.workers}")
         if self.executor != "ray" and (self.ray_address or self.ray_cpus):
             raise UsageError("--ray-address and --ray-cpus need --executor ray")
+        if self.size is not None:
+            check_int("--size", self.size, 32, 4096)  # 0 is not "the native size": leave it out for that
+        check_number("--colour-init", self.colour_init, 0.0, 1.0)
 
     @property
     def budget(self) -> int:

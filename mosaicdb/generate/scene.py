@@ -2,17 +2,17 @@
 tile or scene from its provenance."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, UsageError, check_int
 from ..io import write_atomic
 from .colours import nearest_name
-from .pipeline import (Generator, PipelineOptions, ResolvedPipeline, _resolve_device, locate_model,
-                       resolve_pipeline)
+from .pipeline import Generator, PipelineOptions, ResolvedPipeline, override_pipeline, resolve_pipeline
 from .prompts import DEFAULT_NEGATIVE
 from .worker import derive_seed
 
@@ -31,8 +31,10 @@ class SceneOptions:
     def __post_init__(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise UsageError("the scene needs a prompt, e.g. \"a lighthouse on a cliff at sunset\"")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        check_int("--seed", self.seed, 0)
+        for flag, v in (("--width", self.width), ("--height", self.height)):
+            if v is not None:
+                check_int(flag, v, 32, 4096)  # leave it out for the model's native size
 
 
 def image_format(out) -> str:
@@ -67,7 +69,9 @@ def generate_scene(popts: PipelineOptions, sopts: SceneOptions, out, *, on_note=
     negative = DEFAULT_NEGATIVE if sopts.negative is None else sopts.negative
     rgb = Generator(rp)([sopts.prompt], [negative], [sopts.seed], width=w, height=h)[0]
     out = write_image(rgb, out)
-    prov = {"generator": "mosaicdb.generate", "kind": "scene", "prompt": sopts.prompt, "negative": negative,
+    # the hash lets `generate cells` tell that this very image came from this noise
+    prov = {"generator": "mosaicdb.generate", "kind": "scene", "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+            "prompt": sopts.prompt, "negative": negative,
             "seed": sopts.seed, "width": w, "height": h, "model": rp.model, "steps": rp.steps,
             "guidance": rp.guidance,
             "lora": None if not rp.lora else {"path": rp.lora, "scale": rp.lora_scale, "sha256": rp.lora_sha256},
@@ -87,17 +91,10 @@ def regenerate(prov: dict, *, model: str | None = None, device: str | None = Non
     it has moved since the tile was made."""
     if prov.get("generator") != "mosaicdb.generate":
         raise DatabaseError("this tile was not made by `mosaic generate` (its provenance has no generator record)")
-    rp = ResolvedPipeline.from_provenance(prov["pipeline"])
-    if model:
-        source, local = locate_model(model)
-        rp = replace(rp, source=source, local=local)
-    elif rp.local and not Path(rp.source, "model_index.json").is_file():
-        raise UsageError(f"the model this was made with ({rp.source}) is not there any more: pass --model to point at it")
-    if device or dtype:
-        notes = []
-        dev, dt = _resolve_device(PipelineOptions(model=rp.model, device=device or rp.device, dtype=dtype or rp.dtype),
-                                  None, notes)
-        rp = replace(rp, device=dev, dtype=dt)
+    if prov.get("kind") == "cell":
+        from .cellrun import regenerate_cell
+        return regenerate_cell(prov, model=model, device=device, dtype=dtype, exact_batch=exact_batch)
+    rp = override_pipeline(ResolvedPipeline.from_provenance(prov["pipeline"]), model, device, dtype)
     gen = Generator(rp)
     w, h = int(prov["width"]), int(prov["height"])
     if prov.get("kind") == "scene":

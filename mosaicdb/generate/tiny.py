@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, choice
 from . import deps
 
 TINY_SIZE = 64
@@ -46,8 +46,14 @@ def _write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
     return folder / "vocab.json", folder / "merges.txt"
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """The tiny StableDiffusionXLPipeline, in memory (weights seeded by `seed`)."""
+VAES = {"random": "random weights (its colour barely depends on the latent)",
+        "colour": "an exact colour codec set by hand (colourvae.py), so guidance and AdaIN can act"}
+
+
+def build_tiny_pipeline(seed: int = 0, vae: str = "random"):
+    """The tiny StableDiffusionXLPipeline, in memory (weights seeded by `seed`); `vae` picks
+    the VAE (see VAES)."""
+    choice("--vae", vae, VAES)
     torch = deps.torch()
     D = deps.diffusers()
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -59,9 +65,13 @@ def build_tiny_pipeline(seed: int = 0):
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids x 8 + text_encoder_2's projection_dim
         cross_attention_dim=64, norm_num_groups=8)          # the two encoders' hidden sizes summed
-    vae = D.AutoencoderKL(block_out_channels=(8, 16, 16, 16), latent_channels=4, norm_num_groups=8,
-                          down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                          sample_size=TINY_SIZE)
+    if vae == "colour":
+        from .colourvae import build_colour_vae
+        vae_model = build_colour_vae(TINY_SIZE)
+    else:
+        vae_model = D.AutoencoderKL(block_out_channels=(8, 16, 16, 16), latent_channels=4, norm_num_groups=8,
+                                    down_block_types=["DownEncoderBlock2D"] * 4,
+                                    up_block_types=["UpDecoderBlock2D"] * 4, sample_size=TINY_SIZE)
     cfg = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                          vocab_size=514, projection_dim=32, bos_token_id=512, eos_token_id=513, pad_token_id=513)
     te1, te2 = CLIPTextModel(cfg), CLIPTextModelWithProjection(cfg)
@@ -70,17 +80,18 @@ def build_tiny_pipeline(seed: int = 0):
         tok = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
     sched = D.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                      steps_offset=1, timestep_spacing="leading")
-    return D.StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+    return D.StableDiffusionXLPipeline(vae=vae_model, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
                                        tokenizer_2=tok, unet=unet, scheduler=sched)
 
 
-def save_tiny_pipeline(folder, seed: int = 0, overwrite: bool = False) -> Path:
+def save_tiny_pipeline(folder, seed: int = 0, overwrite: bool = False, vae: str = "random") -> Path:
     """Build the tiny pipeline and save it to `folder` (written to a temporary name, then renamed)."""
+    choice("--vae", vae, VAES)
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         if not (overwrite and (folder / MARKER).is_file()):
             raise UsageError(f"{folder} exists and is not empty: choose a new folder for the tiny model")
-    pipe = build_tiny_pipeline(seed)
+    pipe = build_tiny_pipeline(seed, vae)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
@@ -88,7 +99,8 @@ def save_tiny_pipeline(folder, seed: int = 0, overwrite: bool = False) -> Path:
         params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
                      for p in m.parameters())
         (tmp / MARKER).write_text(json.dumps({"what": "tiny random-weight SDXL pipeline for tests and demos",
-                                              "seed": seed, "parameters": params, "native_size": TINY_SIZE}, indent=2))
+                                              "seed": seed, "parameters": params, "native_size": TINY_SIZE,
+                                              "vae": vae}, indent=2))
         if folder.exists():
             import shutil
             shutil.rmtree(folder)

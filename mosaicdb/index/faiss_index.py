@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DeviceError, UsageError, check_int, check_number, choice
+from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles
 
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
@@ -46,6 +46,10 @@ class IndexOptions:
         check_int("--nprobe", self.nprobe, 0, 1 << 20)
         check_int("recall_sample", self.recall_sample, 1)
         check_int("seed", self.seed, 0)
+
+
+class IndexWriteError(MosaicError):
+    """The index file could not be written (a full disk, an I/O error)."""
 
 
 def _faiss():
@@ -181,7 +185,11 @@ class VectorIndex:
                 np.save(f, self.ids)
 
         with AtomicFiles() as group:  # the three files are replaced together, the infos last
-            faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            try:
+                faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+            except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
+                raise IndexWriteError(f"cannot write the index to {folder}: {str(e).strip().splitlines()[-1]}") \
+                    from None
             write_ids(group.temp(folder / "ids.npy"))
             group.temp(folder / "index_infos.json").write_text(json.dumps(self.infos, indent=2))
             group.commit(order=[folder / "index_infos.json"])
@@ -198,12 +206,17 @@ class VectorIndex:
                     and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
             index = _faiss().read_index(str(folder / "index.faiss"))
-        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError):
+            if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
+                return None  # files from different saves (a kill between the renames): rebuild
+            if infos["kind"] == "ivf":
+                ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
+                nprobe = infos["params"].get("nprobe", ivf.nprobe)
+                if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
+                    return None
+                ivf.nprobe = nprobe
+        except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, KeyError,
+                AttributeError):
             return None
-        if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
-            return None  # files from different saves (a kill between the renames): rebuild
-        if "nprobe" in infos.get("params", {}):
-            _faiss().extract_index_ivf(index).nprobe = infos["params"]["nprobe"]
         return cls(index, infos, ids)
 
 

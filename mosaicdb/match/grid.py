@@ -17,10 +17,12 @@ import cv2
 import numpy as np
 
 from ..errors import ImageError, UsageError
+from ..io import read_input
 from ..features import cell_blocks, feature_dim, lab_features, samples_per_side
 from ..store.decode import DecodeOptions, open_image
 
 MAX_CELLS = 1 << 22  # 2048 x 2048 cells
+MAX_TARGET_BYTES = 2 << 30  # a target file is read whole: larger ones are not targets
 # Cell features are computed in bands of whole cell rows of about this many samples: the float
 # Lab working set of a band is ~50 MB, where the whole of a 256 x 256 grid would take ~1 GB.
 BAND_SAMPLES = 1 << 20
@@ -83,12 +85,9 @@ class Target:
 
 def load_target(path) -> Target:
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except IsADirectoryError:
-        raise UsageError(f"target {p} is a folder; give image files (or the folder to `mosaic make`)") from None
-    except OSError as e:
-        raise ImageError(f"cannot read target {p}: {e.strerror}") from None
+    if p.is_dir():
+        raise UsageError(f"target {p} is a folder; give image files (or the folder to `mosaic make`)")
+    data = read_input(p, MAX_TARGET_BYTES, f"target {p}")
     try:
         img, _, _ = open_image(data, DecodeOptions(max_pixels=1_000_000_000))
     except ImageError as e:

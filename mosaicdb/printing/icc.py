@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..io import read_input
 from ..srgb import srgb_icc as srgb_bytes
 
 
@@ -44,11 +44,7 @@ def load_profile(path: str | None) -> Profile:
     """The built-in sRGB profile, or the RGB ICC profile in `path`; anything else is a UsageError."""
     if path is None:
         return Profile(srgb_bytes(), _describe(srgb_bytes()), "sRGB (built in)")
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"--icc {path}: cannot read it ({e.strerror})") from None
+    data = read_input(path, 64 << 20, f"--icc {path}")
     if len(data) < 132 or data[36:40] != b"acsp":
         raise UsageError(f"--icc {path} is not an ICC profile (no 'acsp' signature); give a .icc/.icm file")
     try:
@@ -62,7 +58,7 @@ def load_profile(path: str | None) -> Profile:
     cls = data[12:16]
     if cls not in (b"mntr", b"prtr", b"spac", b"scnr"):
         raise UsageError(f"--icc {path} is a {cls.decode('latin-1')!r} profile, not one that can describe an image")
-    return Profile(data, name, str(p))
+    return Profile(data, name, str(path))
 
 
 class Converter:

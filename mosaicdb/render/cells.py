@@ -13,7 +13,8 @@ import numpy as np
 
 from ..color import transfer
 from ..errors import RenderError
-from ..match.grid import Grid, load_target, resample_cells
+from ..io import read_input
+from ..match.grid import MAX_TARGET_BYTES, Grid, load_target, resample_cells
 from ..store.decode import square_resize
 from .options import RenderOptions
 from .tiles import box_reduce
@@ -36,7 +37,7 @@ def load_blend_target(saved) -> np.ndarray:
     p = Path(t.path)
     if not p.is_file():
         raise RenderError(f"--color blend needs the target {p}, which is missing: restore it or use another --color")
-    if hashlib.sha256(p.read_bytes()).hexdigest() != t.sha256:
+    if hashlib.sha256(read_input(p, MAX_TARGET_BYTES, f"target {p}")).hexdigest() != t.sha256:
         raise RenderError(f"target {p} changed since matching: --color blend would tint with the wrong picture")
     return load_target(p).image
 

@@ -17,7 +17,7 @@ def write_dzi(pyr: PyramidRenderer, dzi_path: Path, codec, group: AtomicFiles, o
     ext = codec.dzi_ext
     enc = codec.encode if ext == "jpeg" else png_encode
     top = len(pyr.levels) - 1
-    tmp = group.temp(dzi_files_dir(dzi_path))
+    tmp = group.temp(dzi_files_dir(dzi_path), folder=True)
     for lv in pyr.levels:
         d = tmp / str(top - lv.index)
         d.mkdir(parents=True)

@@ -71,6 +71,9 @@ def plan_output(path, cols: int, rows: int, ropts: RenderOptions) -> Plan:
         raise UsageError(f"--out {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UsageError(f"--out {path}: folder {parent} is not writable")
+    check_replaceable(path)
+    if kind == "dzi":
+        check_replaceable_dzi_folder(path)
     plan = Plan(kind, W, H, cols, rows, T, free_bytes=free_bytes(parent))
     workers = ropts.resolved_workers()
     if kind == "raster":
@@ -91,6 +94,28 @@ def plan_output(path, cols: int, rows: int, ropts: RenderOptions) -> Plan:
     plan.est_bytes = int(plan.pixels * codec.bytes_per_px) + 64 * plan.tiles
     plan.est_seconds = plan.pixels / _encode_rate(codec, workers) * 3.0
     return plan
+
+
+def check_replaceable(path: Path) -> None:
+    """An output may replace a regular file (or a symlink, which is replaced, not followed),
+    never a folder, device or pipe."""
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_file():
+        raise UsageError(f"--out {path} exists and is not a regular file: choose another name")
+
+
+def check_replaceable_dzi_folder(dzi_path: Path) -> None:
+    """NAME_files/ is replaced whole: only when it is a DeepZoom folder written before (NAME.dzi
+    beside it, nothing in it but numbered level folders), never someone's own folder."""
+    files = dzi_files_dir(dzi_path)
+    if not (files.exists() or files.is_symlink()):
+        return
+    ours = (files.is_dir() and not files.is_symlink() and dzi_path.is_file()
+            and all(p.is_dir() and not p.is_symlink() and p.name.isdigit() for p in files.iterdir()))
+    if not ours:
+        raise UsageError(f"--out {dzi_path} would replace {files}, which is not a DeepZoom folder written by "
+                         "mosaic: move it or choose another name")
 
 
 def check_space(path, plan: Plan) -> None:

@@ -10,7 +10,9 @@ from ..assignment import SavedAssignment
 from ..errors import DatabaseError
 from .tilesource import NotFound, BadRequest
 
-GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style")
+GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
+                   # a tile generated for its cell (`mosaic generate cells`, `make --generate-worst`)
+                   "kind", "cell", "run", "guidance_weight", "adain", "noise", "scheduler")
 JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG beyond
 
 

@@ -73,7 +73,8 @@ class Viewer:
         self.source = open_source(mosaic)
         try:
             saved = asg.load(mosaic)
-            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, db_fallback)
+            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, db_fallback,
+                                          digest=saved.meta.tiles_digest)
             cols, rows = saved.cols, saved.rows
             w, h = self.source.width, self.source.height
             if w % cols or h % rows or w // cols != h // rows:
@@ -180,7 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             name = (urlsplit("//" + host).hostname or "").lower()
         except ValueError:
             name = ""
-        if not (is_loopback(name) or name in self.server.allowed_hosts):
+        # an IP literal cannot be a rebinding attacker's name: beyond loopback any address of
+        # this machine is fine (the token guards the rest)
+        ip_ok = not self.server.loopback and _is_ip(name)
+        if not (is_loopback(name) or ip_ok or name in self.server.allowed_hosts):
             raise _Forbidden(f"Host {host[:60]!r} is not a name this server answers to (add it with --allow-host)")
 
     def _check_token(self, query: str) -> bool:
@@ -190,11 +194,11 @@ class Handler(BaseHTTPRequestHandler):
         if token is None:
             return False
         given = parse_qs(query).get("token", [""])[0]
-        if given and hmac.compare_digest(given, token):
+        if given and hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
             return True
         for part in (self.headers.get("Cookie") or "").split(";"):
             k, _, v = part.strip().partition("=")
-            if k == TOKEN_COOKIE and hmac.compare_digest(v, token):
+            if k == TOKEN_COOKIE and hmac.compare_digest(v.encode("utf-8", "replace"), token.encode()):
                 return False
         raise _Forbidden("this server needs the token of the URL it printed (?token=...)")
 
@@ -209,6 +213,25 @@ class _Forbidden(RequestError):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def reachable_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            addr = s.getsockname()[0]
+        return None if is_loopback(addr) or addr == "0.0.0.0" else addr
+    except OSError:
+        return None
 
 
 def machine_names() -> set[str]:
@@ -247,7 +270,7 @@ def make_server(viewer: Viewer, host: str = "127.0.0.1", port: int = 8000, *,
     httpd.token = None if httpd.loopback else (token or secrets.token_urlsafe(18))
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
-        shown = socket.gethostname()
+        shown = reachable_address() or socket.gethostname()
     httpd.url = f"http://{shown}:{httpd.server_address[1]}/" + (f"?token={httpd.token}" if httpd.token else "")
     return httpd
 

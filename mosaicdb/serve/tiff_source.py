@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,8 @@ from .tilesource import NotFound, TileSource, encode_jpeg
 
 JPEG = 7
 YCBCR = 6
-REGION_MAX_PIXELS = 64_000_000   # decoded per request for a level the TIFF lacks
+REGION_MAX_PIXELS = 16_000_000   # decoded per request for a level the TIFF lacks
+DECODE_SLOTS = 2                 # requests decoding such regions at once: memory stays bounded
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TiffSource(TileSource):
     kind = "tiff"
 
     def __init__(self, path: Path):
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         try:
             self._tif = tifffile.TiffFile(path)
             levels = _read_levels(self._tif, Path(path))
@@ -140,5 +143,6 @@ class TiffSource(TileSource):
         if (sx1 - sx0) * (sy1 - sy0) > REGION_MAX_PIXELS:
             raise NotFound(f"level {level} is too far below the TIFF's levels to be made on demand; "
                            "write the TIFF with `mosaic make`/`mosaic render`, which stores every level")
-        reg = self.region(src, sx0, sy0, sx1, sy1)
-        return cv2.resize(reg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        with self._decode_slots:
+            reg = self.region(src, sx0, sy0, sx1, sy1)
+            return cv2.resize(reg, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)

@@ -16,11 +16,13 @@ import cv2
 import numpy as np
 
 from ..errors import MosaicError, UsageError
+from ..io import UnsafeFile, read_regular_file
 from ..render.codecs import jpeg_encode
 from ..render.layout import DZI_NAMESPACE, TILE, dzi_files_dir, dzi_level_size, dzi_levels, dzi_xml, tiles_across
 
 JPEG_QUALITY = 90
 IMAGE_MAX_PIXELS = 100_000_000   # a PNG/JPEG mosaic is decoded whole; beyond this, render a .tif
+TILE_MAX_BYTES = 16 << 20        # a 256 px DZI tile is far smaller
 CONTENT_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -141,12 +143,12 @@ class DziFolderSource(TileSource):
     def __init__(self, path: Path):
         import xml.etree.ElementTree as ET
         try:
-            root = ET.fromstring(Path(path).read_text())
+            root = ET.fromstring(read_regular_file(path, 1 << 20).decode("utf-8"))
             ns = {"d": DZI_NAMESPACE}
             size = root.find("d:Size", ns)
             w, h = int(size.get("Width")), int(size.get("Height"))
             tile, overlap, fmt = int(root.get("TileSize")), int(root.get("Overlap")), root.get("Format")
-        except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
+        except (ET.ParseError, AttributeError, TypeError, ValueError, UnsafeFile, OSError) as e:
             raise UsageError(f"{path} is not a DZI description ({e})") from None
         if tile != TILE or overlap != 0 or fmt not in ("jpeg", "png"):
             raise UsageError(f"{path}: only DZIs written by mosaic (TileSize {TILE}, Overlap 0, jpeg/png) are served")
@@ -158,7 +160,7 @@ class DziFolderSource(TileSource):
 
     def _tile(self, level, col, row):
         p = self.files / str(level) / f"{col}_{row}.{self.format}"
-        try:
-            return p.read_bytes()
-        except OSError:
+        try:  # a regular file inside the folder only: never a link out of it, a pipe or a device
+            return read_regular_file(p, TILE_MAX_BYTES, root=self.files)
+        except (OSError, UnsafeFile):
             raise NotFound(f"tile {level}/{col}_{row} is missing from {self.files.name}") from None

@@ -6,6 +6,7 @@ Ids are never reused: `next_id` only grows, so a removed tile leaves a hole, not
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -54,8 +55,11 @@ CREATE TABLE IF NOT EXISTS checksums(
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        # quoted: a '?', '#' or '%' in the path would otherwise be read as URI syntax
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=30,
+        # quoted: a '?', '#' or '%' in the path would otherwise be read as URI syntax. On a
+        # read-only filesystem SQLite cannot make the WAL's shared-memory file: read the
+        # catalog as an immutable file there (nobody can be writing to it).
+        immutable = "&immutable=1" if not os.access(Path(path).parent, os.W_OK) else ""
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro{immutable}", uri=True, timeout=30,
                               check_same_thread=False)
     else:
         con = sqlite3.connect(path, timeout=30, check_same_thread=False)
@@ -126,5 +130,15 @@ def live_ids(con: sqlite3.Connection):
     return np.fromiter((r[0] for r in con.execute("SELECT id FROM tiles ORDER BY id")), dtype=np.int64)
 
 
+def text(s: str) -> str:
+    """`s` as text SQLite can store: bytes of a file name that are not UTF-8 (Python keeps them
+    as surrogates) become backslash escapes.
+
+    >>> text("ok.png"), text("bad\udcff.png")
+    ('ok.png', 'bad\\xff.png')
+    """
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def record_error(con: sqlite3.Connection, source: str, reason: str) -> None:
-    con.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (source, reason, time.time()))
+    con.execute("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", (text(source), text(reason), time.time()))

@@ -16,14 +16,17 @@ Layout of a database folder:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import numbers
+import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, ImageError, UsageError
+from ..errors import DatabaseError, ImageError, UsageError, check_int, check_number
 from ..features import feature_dim
 from ..index import VectorIndex
 from ..io import UnsafeFile, inside, read_regular_file, write_atomic
@@ -41,8 +44,44 @@ from .writer import TileWriter
 DEFAULT_THUMB_SIZES = (8, 16, 32, 64)
 
 
+def _as_path(path) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise UsageError(f"a tile database is a folder path, got {path!r}")
+    return Path(path)
+
+
+def tile_id_arg(value) -> int:
+    """A tile id given to the API: a whole number (UsageError otherwise; any size: ids out of
+    range are simply not in the database)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"tile ids are whole numbers, got {value!r}")
+    return int(value)
+
+
+def check_settings(meta: dict, path: Path) -> dict:
+    """The catalog's settings, checked: a damaged or tampered catalog is a DatabaseError here,
+    not a crash (or a 20 GB allocation) later."""
+    try:
+        out = {"thumb_sizes": _validate_sizes(meta["thumb_sizes"]),
+               "feature_grid": check_int("feature_grid", meta["feature_grid"], 1, 16),
+               "mean_weight": check_number("mean_weight", meta["mean_weight"], 0.0, 1000.0),
+               "background": tuple(check_int("background", int(c), 0, 255) for c in meta["background"]),
+               "max_pixels": check_int("max_pixels", meta["max_pixels"], 1)}
+        check_int("next_id", meta["next_id"], 0, 1 << 62)
+        check_int("version", meta["version"], 0)
+        if len(out["background"]) != 3:
+            raise UsageError("background must hold 3 values")
+    except (KeyError, TypeError, ValueError, UsageError) as e:
+        raise DatabaseError(f"{path / CATALOG}: its settings are damaged ({e}); restore it from a copy "
+                            "or rebuild the database") from None
+    return out
+
+
 def _validate_sizes(sizes) -> tuple[int, ...]:
-    sizes = tuple(sorted(set(int(s) for s in sizes)))
+    try:
+        sizes = tuple(sorted(set(check_int("--thumb-sizes", s, 1, 4096) for s in sizes)))
+    except TypeError:
+        raise UsageError(f"--thumb-sizes must be a list of powers of two, got {sizes!r}") from None
     if not sizes or any(s < 4 or s > 1024 or s & (s - 1) for s in sizes):
         raise UsageError(f"--thumb-sizes must be powers of two between 4 and 1024, got {sizes}")
     if any(b != 2 * a for a, b in zip(sizes, sizes[1:])):
@@ -65,15 +104,16 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        self.con = catalog.connect(self.path / CATALOG, readonly=readonly)
+        self._con = catalog.connect(self.path / CATALOG, readonly=readonly)
         if not readonly:
-            catalog.upgrade(self.con)
-        self.meta = catalog.get_meta(self.con)
-        self.thumb_sizes = tuple(self.meta["thumb_sizes"])
-        self.feature_grid = int(self.meta["feature_grid"])
-        self.mean_weight = float(self.meta["mean_weight"])
+            catalog.upgrade(self._con)
+        self.meta = catalog.get_meta(self._con)
+        settings = check_settings(self.meta, self.path)
+        self.thumb_sizes = settings["thumb_sizes"]
+        self.feature_grid = settings["feature_grid"]
+        self.mean_weight = settings["mean_weight"]
         self.dim = feature_dim(self.feature_grid)
-        self.decode_options = DecodeOptions(tuple(self.meta["background"]), int(self.meta["max_pixels"]))
+        self.decode_options = DecodeOptions(settings["background"], settings["max_pixels"])
         self.lock = WriteLock(self.path)
         self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
@@ -89,16 +129,22 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         the square thumbnails kept per tile; features are the Lab mean (weighted `mean_weight`) plus a
         `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
         `background`; images over `max_pixels` are refused."""
-        path = Path(path)
+        path = _as_path(path)
         if (path / CATALOG).exists():
             raise DatabaseError(f"{path} is already a tile database")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatabaseError(f"{path} exists and is not an empty folder: choose a new path for the database")
         sizes = _validate_sizes(thumb_sizes)
-        if not 1 <= feature_grid <= 16:
-            raise UsageError(f"--feature-grid must be between 1 and 16, got {feature_grid}")
-        if len(tuple(background)) != 3 or not all(0 <= int(c) <= 255 for c in background):
-            raise UsageError(f"--background must be three values 0-255, got {background}")
+        check_int("--feature-grid", feature_grid, 1, 16)
+        check_number("--mean-weight", mean_weight, 0.0, 1000.0)
+        check_int("--max-pixels", max_pixels, 1)
+        try:
+            background = tuple(background)
+            if len(background) != 3:
+                raise ValueError
+            background = tuple(check_int("--background", c, 0, 255) for c in background)
+        except (TypeError, ValueError):
+            raise UsageError(f"--background must be three values 0-255, got {background!r}") from None
         path.mkdir(parents=True, exist_ok=True)
 
         def write_catalog(tmp: Path) -> None:
@@ -120,14 +166,14 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     @classmethod
     def open(cls, path, readonly: bool = False) -> "TileDB":
         """An existing database (`TileDB.create` makes a new one)."""
-        path = Path(path)
+        path = _as_path(path)
         if not (path / CATALOG).is_file():
             what = "does not exist" if not path.exists() else "is not a tile database"
             raise DatabaseError(f"{path} {what}: create one with `mosaic db init {path}` "
                                 "(in Python: TileDB.create(path))")
         try:
             return cls(path, readonly=readonly)
-        except (KeyError, ValueError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise DatabaseError(f"{path}/{CATALOG} is damaged ({e}): rebuild the database") from None
         except Exception as e:  # sqlite3.DatabaseError: not a database file, etc.
             if type(e).__module__ == "sqlite3":
@@ -139,9 +185,18 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         """The database at `path`, created (with `create_options`) if there is none yet."""
         return cls.open(path) if (Path(path) / CATALOG).exists() else cls.create(path, **create_options)
 
+    @property
+    def con(self):
+        """The catalog connection (DatabaseError once the database is closed)."""
+        if self._con is None:
+            raise DatabaseError(f"the tile database {self.path} is closed")
+        return self._con
+
     def close(self) -> None:
         """Close the catalog (the database is also closed by leaving a `with` block)."""
-        self.con.close()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def __enter__(self):
         return self
@@ -185,17 +240,31 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return self._thumbs[size].read(self.next_id)
 
     def tiles(self, ids) -> list[dict]:
-        """Catalog rows (dicts, provenance parsed) of tile ids, in the order given; safe from any thread."""
-        ids = [int(i) for i in ids]
+        """Catalog rows (dicts, provenance parsed) of tile ids, in the order given; ids not in
+        the database are left out. Safe from any thread."""
+        ids = [i for i in (tile_id_arg(i) for i in ids) if 0 <= i < (1 << 62)]
         out = {}
         with self._read_lock:
             for i in range(0, len(ids), 900):
                 part = ids[i:i + 900]
                 for r in self.con.execute(f"SELECT * FROM tiles WHERE id IN ({','.join('?' * len(part))})", part):
                     d = dict(r)
-                    d["provenance"] = json.loads(d["provenance"])
+                    try:
+                        d["provenance"] = json.loads(d["provenance"])
+                    except (TypeError, ValueError):
+                        d["provenance"] = {"damaged": str(d["provenance"])[:200]}
                     out[d["id"]] = d
         return [out[i] for i in ids if i in out]
+
+    def tiles_digest(self, tile_ids) -> str:
+        """SHA-256 over the (id, content hash) of the distinct tiles in `tile_ids`: what an
+        assignment records so it is never drawn from another database's (or copy's) tiles."""
+        ids = np.unique(np.asarray(tile_ids, dtype=np.int64))
+        hashes = {r["id"]: r["hash"] for r in self.tiles(ids)}
+        h = hashlib.sha256()
+        for i in ids.tolist():
+            h.update(f"{i}:{hashes.get(i, '-')}\n".encode())
+        return h.hexdigest()
 
     def blob_root(self, tile: dict) -> Path:
         """The folder a tile's original must stay inside: originals/ for copies, the source
@@ -209,7 +278,8 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         """Where a tile's original is; DatabaseError when the catalog points outside its root."""
         p = Path(tile["blob"])
         full = p if p.is_absolute() else self.path / p
-        if not inside(full, self.blob_root(tile)):
+        # a copy must be inside originals/ and, symlinks resolved, inside the database folder
+        if not inside(full, self.blob_root(tile)) or (not p.is_absolute() and not inside(full, self.path)):
             raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
                                 f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
         return full
@@ -223,6 +293,9 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         p = self.blob_path(rows[0])
         try:
             data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(rows[0]))
+            if hashlib.sha256(data).hexdigest() != rows[0]["hash"]:
+                raise UnsafeFile(f"{p} changed since it was ingested (its hash differs); `mosaic db repair "
+                                 f"{self.path}` reports (and --remove-unrecoverable removes) such tiles")
         except OSError as e:
             raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); "
                                 f"run `mosaic db check {self.path}`") from None
@@ -236,6 +309,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
 
     def tile_pixels(self, tile_id: int, size: int) -> np.ndarray:
         """Square size x size pixels of one tile: from thumbnails when they reach `size`, else the original."""
+        tile_id, size = tile_id_arg(tile_id), check_int("size", size, 1, 4096)
+        if not 0 <= tile_id < (1 << 62):
+            raise UsageError(f"no tile {tile_id} in {self.path}")
+        if not self.tiles([tile_id]):
+            raise UsageError(f"no tile {tile_id} in {self.path}")
         for s in self.thumb_sizes:
             if s >= size:
                 self.check_rows(f"thumbs_{s}", [tile_id])
@@ -254,13 +332,15 @@ __all__ = ["TileDB", "CheckReport", "IngestReport", "RepairReport", "DEFAULT_THU
 
 
 def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, override=None,
-                        fallback=None) -> TileDB:
+                        fallback=None, *, digest: str | None = None) -> TileDB:
     """The tile database an assignment was made from, read-only: `override` (--db) if given,
     else the path it recorded. A database at the recorded path that is not the one it was
     made from (another uuid: recreated or replaced) is refused; an explicit --db is accepted
     when it holds every tile of the assignment. `fallback` ($MOSAICDB_DB) stands in for the
     recorded path only when no database is left there, and is held to the same uuid check: an
-    implicit default finds a moved database, it never swaps in another one."""
+    implicit default finds a moved database, it never swaps in another one. `digest` (the
+    assignment's `tiles_digest`) must match the tiles found: a copy of the database that has
+    since diverged, or any other set of tiles under the same ids, is refused."""
     implicit = bool(not override and fallback and not TileDB.exists(recorded))
     path = override or (fallback if implicit else recorded)
     if not path:
@@ -280,6 +360,9 @@ def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, over
             if len(gone):
                 raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
                                     f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+        if digest and db.tiles_digest(tile_ids) != digest:
+            raise DatabaseError(f"the tiles in {path} are not the ones this assignment was made with (a copy of the "
+                                "database that has changed since, or another one): make the mosaic again from it")
     except BaseException:
         db.close()
         raise

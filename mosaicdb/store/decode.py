@@ -141,6 +141,8 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 def image_size(path) -> tuple[int, int]:
     """(width, height) of an image file as it will be decoded (EXIF rotation applied), from its
     header only."""
+    from ..io import check_regular_file
+    check_regular_file(path, str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EmptyDatabase, IndexStale, UsageError
+from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
 
@@ -43,6 +43,7 @@ class IndexLifecycle:
             return self._build_index_locked(options or IndexOptions())
 
     def _build_index_locked(self, options: IndexOptions) -> dict:
+        self.refuse_links()
         ids = self.ids()
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
@@ -65,6 +66,7 @@ class IndexLifecycle:
     def _update_index_locked(self, options: IndexOptions | None) -> dict:
         """Bring the index up to date: add/remove ids in place, or rebuild when the pool size
         moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
+        self.refuse_links()
         idx = self.load_index()
         if idx is not None and options is None:
             try:
@@ -103,7 +105,11 @@ class IndexLifecycle:
                exclude: np.ndarray | None = None):
         """k nearest tiles of each query: (squared L2 distances (n, k), tile ids (n, k), -1 padded).
         `exclude`: tile ids never to return."""
-        vectors = np.asarray(vectors, dtype=np.float32)
+        k = check_int("k", k, 1, 4096)
+        try:
+            vectors = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise UsageError(f"queries must be (n, {self.dim}) feature vectors") from None
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise UsageError(f"queries must be (n, {self.dim}) feature vectors, got {vectors.shape}")
         if exact:

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import ImageError, UsageError
 from ..io import UnsafeFile, read_regular_file, write_atomic
 from ..units import human_bytes
+from .catalog import text as catalog_text
 from .decode import DecodeOptions, make_thumbnails, open_image, tile_features
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -92,20 +93,21 @@ def enumerate_sources(paths, exclude: Path | None = None):
 
 
 def _file_sources(path: str, root: str):
+    key = catalog_text(path)
     try:
         st = os.stat(path)  # follows symlinks: what would be read
     except OSError as e:
-        yield Source(path, "file", path, "", -1, -1, root), f"unreadable: {e.strerror}"
+        yield Source(key, "file", path, "", -1, -1, root), f"unreadable: {e.strerror}"
         return
     if not stat.S_ISREG(st.st_mode):
         what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
-        yield Source(path, "file", path, "", -1, -1, root), f"skipped: {what}, not a regular file"
+        yield Source(key, "file", path, "", -1, -1, root), f"skipped: {what}, not a regular file"
         return
     if is_archive(path):
         yield from _archive_sources(path, st, root)
     else:
-        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns, root), None
+        yield Source(key, "file", path, "", st.st_size, st.st_mtime_ns, root), None
 
 
 def _archive_sources(path: str, st, root: str):
@@ -114,15 +116,16 @@ def _archive_sources(path: str, st, root: str):
             with zipfile.ZipFile(path) as z:
                 for info in sorted(z.infolist(), key=lambda i: i.filename):
                     if not info.is_dir() and not os.path.basename(info.filename).startswith("."):
-                        yield Source(f"{path}!{info.filename}", "zip", path, info.filename,
+                        yield Source(catalog_text(f"{path}!{info.filename}"), "zip", path, info.filename,
                                      info.file_size, st.st_mtime_ns, root), None
         else:
             with tarfile.open(path, "r:*") as t:
                 for m in t:
                     if m.isfile() and not os.path.basename(m.name).startswith("."):
-                        yield Source(f"{path}!{m.name}", "tar", path, m.name, m.size, st.st_mtime_ns, root), None
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        yield Source(path, "file", path, "", st.st_size, st.st_mtime_ns, root), f"unreadable archive: {e}"
+                        yield (Source(catalog_text(f"{path}!{m.name}"), "tar", path, m.name, m.size, st.st_mtime_ns,
+                                      root), None)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, UnicodeError) as e:
+        yield Source(catalog_text(path), "file", path, "", st.st_size, st.st_mtime_ns, root), f"unreadable archive: {e}"
 
 
 def blob_relpath(digest: str, fmt: str) -> str:
@@ -186,6 +189,9 @@ def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
             ts = make_thumbnails(img, cfg.thumb_sizes)
             digest = hashlib.sha256(data).hexdigest()
             if cfg.link and src.kind == "file":
+                if catalog_text(src.path) != src.path:
+                    raise ImageError("skipped: its name is not valid UTF-8, so it cannot be linked in place; "
+                                     "ingest it without --link")
                 blob = src.path
             else:
                 blob = blob_relpath(digest, fmt)
@@ -256,6 +262,7 @@ def run_chunks(chunks, cfg: WorkerConfig, workers: int):
         return
     pool = _pool(workers)
     pending = collections.deque()
+    finished = False
     try:
         for chunk in chunks:
             pending.append((chunk, pool.submit(process_chunk, chunk, cfg)))
@@ -263,8 +270,20 @@ def run_chunks(chunks, cfg: WorkerConfig, workers: int):
                 pool = yield from _next_result(pending, pool, cfg, workers)
         while pending:
             pool = yield from _next_result(pending, pool, cfg, workers)
+        finished = True
     finally:
+        if not finished:  # Ctrl-C, SIGTERM, an error: stop the workers now, not after their chunks
+            _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool) -> None:
+    # ProcessPoolExecutor has no public way to stop a running task; its processes are ours
+    for proc in list(getattr(pool, "_processes", {}).values()):
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
 
 
 def _next_result(pending, pool, cfg: WorkerConfig, workers: int):
@@ -304,13 +323,23 @@ def merge_results(results: list[ChunkResult]) -> ChunkResult:
     return out
 
 
-def chunked(items, size: int):
-    buf = []
+CHUNK_PAYLOAD_BYTES = 64 << 20  # archive members read ahead per chunk: bounds memory in flight
+
+
+def chunked(items, size: int, max_bytes: int = CHUNK_PAYLOAD_BYTES):
+    """Lists of at most `size` jobs whose in-memory payloads (tar members read by the parent)
+    total at most `max_bytes` (a larger payload travels alone)."""
+    buf, held = [], 0
     for it in items:
+        n = len(it[1]) if isinstance(it, tuple) and len(it) > 1 and isinstance(it[1], (bytes, bytearray)) else 0
+        if buf and held + n > max_bytes:
+            yield buf
+            buf, held = [], 0
         buf.append(it)
+        held += n
         if len(buf) >= size:
             yield buf
-            buf = []
+            buf, held = [], 0
     if buf:
         yield buf
 

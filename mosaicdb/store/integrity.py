@@ -11,6 +11,7 @@ A mixin of `TileDB`.
 """
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 
@@ -31,8 +32,12 @@ class Integrity:
         return {"features": self._features, **{f"thumbs_{s}": a for s, a in self._thumbs.items()}}
 
     def size_problems(self) -> list[str]:
-        """Arrays too short for the catalog (truncated or deleted files)."""
+        """Arrays too short for the catalog (truncated or deleted files), and tile ids the
+        catalog's own row count (next_id) does not cover."""
         out = []
+        top = self.con.execute("SELECT MAX(id) FROM tiles").fetchone()[0]
+        if top is not None and top >= self.next_id:
+            out.append(f"catalog: tile id {top} is beyond next_id {self.next_id}")
         for name, arr in self.arrays().items():
             cap = arr.capacity()
             if cap < self.next_id:
@@ -40,9 +45,26 @@ class Integrity:
                 out.append(f"{arr.path.name} {what}, the catalog needs {self.next_id}")
         return out
 
+    def own_files(self) -> list:
+        """The files and folders the database itself owns (symlinks among them are refused)."""
+        return [self.path / "catalog.sqlite", self.path / "lock", self.path / "index", self.path / "originals",
+                *(a.path for a in self.arrays().values()),
+                *((self.path / "index").glob("*") if (self.path / "index").is_dir() else [])]
+
+    def link_problems(self) -> list[str]:
+        """Own files that are symbolic links: writes through them would land outside the database."""
+        return [f"{p.relative_to(self.path)} is a symbolic link (to {os.readlink(p)}): a database's own files must "
+                "be real files inside it" for p in self.own_files() if p.is_symlink()]
+
+    def refuse_links(self) -> None:
+        """Refuse a database whose own files (catalog, arrays, index) are symlinks or special files."""
+        problems = self.link_problems()
+        if problems:
+            raise DatabaseError(f"{self.path}: {problems[0]}; remove the link")
+
     def require_intact(self) -> None:
         """Refuse to write to (or read rows from) a database whose arrays are too short."""
-        problems = self.size_problems()
+        problems = self.link_problems() + self.size_problems()
         if problems:
             raise DatabaseError(f"{self.path} is damaged ({problems[0]}): run `mosaic db repair {self.path}`")
 

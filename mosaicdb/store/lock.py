@@ -1,12 +1,14 @@
 """One writer at a time: an exclusive flock on DB/lock, released by the kernel even on kill -9."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import sys
 from pathlib import Path
 
-from ..errors import DatabaseLocked
+from ..errors import DatabaseError, DatabaseLocked
 
 # Lock fds this process holds. A forked child (an ingest worker) shares the open file
 # description, so it would keep the flock alive after the parent is killed: close them there.
@@ -34,7 +36,16 @@ class WriteLock:
 
     def __enter__(self):
         if self._depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symlink: the lock file is truncated below
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise DatabaseError(f"{self.path} is a symbolic link: a database's own files must be real "
+                                        "files inside it; remove the link") from None
+                raise
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise DatabaseError(f"{self.path} is not a regular file: remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -65,8 +65,7 @@ class Maintenance:
             rep.problems.append(f"catalog: sqlite quick_check says {qc}")
         ids = self.ids()
         rep.tiles = len(ids)
-        if len(ids) and ids[-1] >= self.next_id:
-            rep.problems.append(f"catalog: tile id {ids[-1]} is beyond next_id {self.next_id}")
+        rep.problems += [f"files: {p}" for p in self.link_problems()]
         rep.problems += [f"arrays: {p} (run `mosaic db repair {self.path}`)" for p in self.size_problems()]
         if rep.problems:
             return rep
@@ -129,7 +128,10 @@ class Maintenance:
     def _check_index(self, rep: CheckReport, ids, feats, deep: bool) -> None:
         idx = self.load_index()
         if idx is None:
-            if len(ids):
+            if len(ids) and (self.index_dir / "index.faiss").exists():
+                rep.warnings.append(f"index: its files are damaged or from another version; `mosaic db index "
+                                    f"--rebuild {self.path}` rebuilds it (make and repair do so automatically)")
+            elif len(ids):
                 rep.warnings.append(f"index: none yet; build it with `mosaic db index {self.path}`")
             return
         if self.index_stale():
@@ -141,13 +143,24 @@ class Maintenance:
                                 f"marked current; rebuild it with `mosaic db index --rebuild {self.path}`")
             return
         if deep and len(ids):
-            # each tile's own feature must find a vector at distance ~0 (itself, or an identical one)
-            sample = ids if len(ids) <= 2000 else np.sort(np.random.default_rng(1).choice(ids, 2000, replace=False))
-            d, _ = idx.search(np.asarray(feats[sample], np.float32), 1, device="cpu")
-            off = int((d[:, 0] > 1e-3 * max(1.0, float(np.abs(feats[sample]).max()))).sum())
+            off, n = self.index_mismatches(idx, ids, feats)
             if off:
-                rep.problems.append(f"index: {off} of {len(sample)} sampled tiles are not found at their own "
-                                    f"features; rebuild it with `mosaic db index --rebuild {self.path}`")
+                rep.problems.append(f"index: {off} of {n} sampled tiles are not found under their own id at "
+                                    f"their features; rebuild it with `mosaic db index --rebuild {self.path}`")
+
+    def index_mismatches(self, idx, ids, feats, sample: int = 2000) -> tuple[int, int]:
+        """(how many, of how many sampled) tiles the index does not return at their own features
+        under an id whose features are those (itself, or an identical tile)."""
+        pick = ids if len(ids) <= sample else np.sort(np.random.default_rng(1).choice(ids, sample, replace=False))
+        q = np.asarray(feats[pick], np.float32)
+        d, got = idx.search(q, 1, device="cpu")
+        got = got[:, 0]
+        known = np.isin(got, ids)
+        same = np.zeros(len(pick), bool)
+        if known.any():
+            ref = np.asarray(feats[got[known]], np.float32)
+            same[known] = np.abs(ref - q[known]).max(axis=1) <= 1e-4 * max(1.0, float(np.abs(q).max()))
+        return int((~same).sum()), len(pick)
 
 
 def _sha256(path: Path) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatabaseError
+from . import catalog
 from .decode import tile_features
 from .ingest import Source, WorkerConfig, chunked, run_chunks
 
@@ -67,9 +68,14 @@ class Repair:
         self._writable()
         t0 = time.perf_counter()
         rep = RepairReport()
+        self.refuse_links()
         with self.lock:
             rep.temporaries = len(self.sweep_temporaries())
             ids = self.ids()
+            if len(ids) and ids[-1] >= self.next_id:  # next_id lowered: the rows above it are lost
+                with self.con:
+                    catalog.set_meta(self.con, next_id=int(ids[-1]) + 1)
+                self._refresh()
             lost = set()
             for name, arr in self.arrays().items():
                 cap = arr.capacity()
@@ -88,7 +94,9 @@ class Repair:
             rebuilt, unrecoverable = self._rebuild(sorted(bad), workers, progress)
             rep.rebuilt, rep.unrecoverable = len(rebuilt), unrecoverable
             rep.recorded = self._record(sorted(bad | unrecorded), [u[0] for u in unrecoverable])
-            if rebuilt or rep.grown or self.load_index() is None or self.index_stale():
+            idx = self.load_index()
+            if (rebuilt or rep.grown or idx is None or self.index_stale() or not np.array_equal(idx.ids, ids)
+                    or (len(ids) and self.index_mismatches(idx, ids, self.features())[0])):
                 good = np.setdiff1d(ids, np.array([u[0] for u in unrecoverable], np.int64))
                 if len(good):
                     self._build_index_from(good)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, UsageError
+from ..errors import DatabaseError, UsageError, check_int
 from ..index import IndexOptions
 from ..io import inside, sweep_stale
 from ..progress import progress_bar
@@ -33,7 +33,9 @@ class TileWriter:
         self._writable()
         if isinstance(sources, (str, os.PathLike)):
             sources = [sources]
-        workers = (os.cpu_count() or 1) if workers is None else workers
+        if sources is None or not all(isinstance(s, (str, os.PathLike)) for s in sources):
+            raise UsageError(f"ingest takes paths (files, folders, zip/tar archives), got {sources!r}")
+        workers = (os.cpu_count() or 1) if workers is None else check_int("--workers", workers, 0, 256)
         with self.lock:
             self.require_intact()
             self.sweep_temporaries()
@@ -70,13 +72,15 @@ class TileWriter:
         """Add in-memory images: an iterable of (bytes, name, provenance dict), read lazily. Used
         by generators. `workers` > 1 decodes in that many processes (this one stays the writer)."""
         self._writable()
+        workers = check_int("workers", workers, 0, 256)
+        chunk_size = check_int("chunk_size", chunk_size, 1, 1 << 16)
         with self.lock:
             self.require_intact()
             self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
             cfg = self._worker_config(False)
-            jobs = ((Source(name, "bytes", name, "", len(data), 0), data, prov) for data, name, prov in images)
+            jobs = (_in_memory_job(item) for item in images)
             bar = _bar(progress, None, "add")
             try:
                 for chunk, res in run_chunks(chunked(jobs, chunk_size), cfg, workers):
@@ -183,12 +187,13 @@ class TileWriter:
         ids, hashes = [], []
         for t in map(str, refs):
             if t.isdigit():
-                ids.append(int(t))
+                if int(t) < (1 << 62):  # larger numbers are no tile's id
+                    ids.append(int(t))
             elif len(t) >= 8 and all(c in "0123456789abcdefABCDEF" for c in t):
                 hashes.append(t)
             else:
                 raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits")
-        if not ids and not hashes and not source_prefix:
+        if not list(refs) and not source_prefix:
             raise UsageError("name tiles (ids or hash prefixes) or give a source path")
         found = set(self.find(hashes=hashes, source_prefix=source_prefix).tolist())
         found |= set(np.intersect1d(np.array(ids, np.int64), self.ids()).tolist())
@@ -202,12 +207,32 @@ class TileWriter:
         if source_prefix:
             # the file itself, files under the folder, members of the archive ("archive!member");
             # compared exactly (LIKE would be case-insensitive and treat '_' and '%' as wildcards)
-            p = os.path.abspath(source_prefix)
+            p = catalog.text(os.path.abspath(source_prefix))
             folder, archive = p.rstrip("/") + "/", p + "!"
+            # "archive!member" names only archive members: a plain file may have a '!' in its name
             out.update(r[0] for r in self.con.execute(
-                "SELECT id FROM tiles WHERE source = ? OR substr(source, 1, ?) = ? OR substr(source, 1, ?) = ?",
+                "SELECT id FROM tiles WHERE source = ? OR substr(source, 1, ?) = ? "
+                "OR (origin = 'archive' AND substr(source, 1, ?) = ?)",
                 (p, len(folder), folder, len(archive), archive)))
         return np.array(sorted(out), dtype=np.int64)
+
+
+def _in_memory_job(item):
+    """(Source, bytes, provenance) of one (bytes, name, provenance) given to add_images."""
+    try:
+        data, name, prov = item
+    except (TypeError, ValueError):
+        raise UsageError("add_images takes (bytes, name, provenance dict) items") from None
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not isinstance(name, str) or not name:
+        raise UsageError(f"add_images: each item is (bytes, a non-empty name, provenance), got ({type(data).__name__}, "
+                         f"{name!r}, ...)")
+    try:
+        json.dumps(prov)
+    except (TypeError, ValueError):
+        raise UsageError(f"add_images: the provenance of {name!r} must be a JSON-serialisable dict") from None
+    if not isinstance(prov, dict):
+        raise UsageError(f"add_images: the provenance of {name!r} must be a dict")
+    return Source(name, "bytes", name, "", len(data), 0), bytes(data), prov
 
 
 def _bar(enabled: bool, total: int, desc: str):

@@ -83,6 +83,10 @@
         $("gen-prompt").textContent = gen.prompt;
         $("gen-seed").textContent = gen.seed === undefined ? "" : String(gen.seed);
         $("gen-model").textContent = gen.model || "";
+        const made = gen.kind === "cell" && gen.cell;  // generated for this very cell, guided to it
+        document.querySelectorAll(".gen-cell").forEach((el) => { el.hidden = !made; });
+        $("gen-cell").textContent = made ? `cell ${gen.cell[0]}, ${gen.cell[1]} of run ${gen.run}: ` +
+          `guidance w ${gen.guidance_weight}, AdaIN ${gen.adain}, ${gen.noise} noise, ${gen.scheduler}` : "";
       }
       $("tile-missing").hidden = !d.missing;
       $("tile-missing").textContent = d.missing || "";
