@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from mosaicdb import TileDB
+from mosaicdb.batch import EXECUTORS, BatchOptions, BatchRunner
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.jobs import render_file
 from mosaicdb.errors import MosaicError
-from mosaicdb.make import Maker, expand_targets, make_batch, output_paths
+from mosaicdb.make import expand_targets, output_paths
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
@@ -75,11 +75,17 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @render_options
 @output_options
 @hybrid_options
+@click.option("--executor", type=click.Choice(sorted(EXECUTORS)), default="local", show_default=True,
+              help="Where targets run: this process, or Ray actors that each open the database once (extra `ray`).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto or ray://head:10001) instead of "
+                                                  "starting a local one; the database must be at the same path on every node.")
+@click.option("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
+@click.option("--actors", type=int, default=None, help="Ray actors [default: the cluster's CPUs, at most one per target].")
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, quiet, as_json,
-             **generate_kw):
+             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, executor,
+             ray_address, ray_cpus, actors, quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -94,6 +100,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db /shared/tiles.db /shared/photos/ --out /shared/mosaics --grid 128 --executor ray --ray-address auto
     """
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
@@ -101,15 +108,16 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors)
+    bopts.check_generation(bool(generate_kw["generate_worst"]) or generate_kw["generate_above"] is not None)
     hybrid = hybrid_from_cli(generate_kw)
     results = []
-    with TileDB.open(db_path) as db:
-        maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid)
+    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid) as runner:
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
         failed = []
-        for t, r in make_batch(maker, paths, outs):
+        for t, r in runner.make(paths, outs):
             if isinstance(r, MosaicError):
                 failed.append(t)
                 echo(f"error: {t}: {r}", err=True)
