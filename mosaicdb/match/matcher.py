@@ -45,7 +45,17 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     d, ids = index.search(cells.features, k, device=opts.device)
     t2 = time.perf_counter()
 
+    widen_seconds = [0.0, 0]  # time in widening searches and their count: part of "assign"
+
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
+        tw = time.perf_counter()
+        try:
+            return _widen(which, k2, exclude)
+        finally:
+            widen_seconds[0] += time.perf_counter() - tw
+            widen_seconds[1] += 1
+
+    def _widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
         k2 = min(k2, n_tiles)
         if use_exact(index.ntotal, len(exclude)):
@@ -58,7 +68,8 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
     t3 = time.perf_counter()
-    return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
+    return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2,
+                                           "widen_search": widen_seconds[0], "widen_calls": widen_seconds[1]})
 
 
 @contextmanager
