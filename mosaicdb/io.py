@@ -233,6 +233,14 @@ def sweep_stale(folder, name: str | None = None) -> list[Path]:
     return removed
 
 
+def refuse_overwriting_input(outputs, inputs) -> None:
+    """No file written (`outputs`) may replace an input."""
+    for i in inputs:
+        ip = Path(i)
+        for f in map(Path, outputs):
+            if ip.exists() and f.exists() and f.resolve() == ip.resolve():
+                raise UsageError(f"--out {outputs[0]} would overwrite {ip}, an input of this request (or the "
+                                 "output its assignment belongs to): choose another output name")
 def silence_stdout() -> None:
     """Point stdout at /dev/null (its reader went away: `mosaic ... | head`)."""
     import sys

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from . import assignment as asg
 from .errors import UsageError
+from .io import refuse_overwriting_input
 from .match.grid import make_grid, parse_grid
 from .match.options import DEFAULT_GRID
 from .render.options import RenderOptions
-from .render.output import plan_output
+from .render.output import plan_output, render_saved
 from .store import TileDB
 from .store.db import open_for_assignment
 from .store.decode import image_size
@@ -36,8 +37,6 @@ def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:
 def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = False, **render) -> dict:
     """Render a saved ASSIGNMENT to `out`; `render` holds RenderOptions fields (None: as saved).
     Returns what was written, with the warnings."""
-    from .make import render_saved
-    from .make import refuse_overwriting_input
     saved = asg.load(assignment)
     ropts = RenderOptions.from_saved(saved.meta.render, source=str(assignment), **render)
     refuse_overwriting_input([Path(out)], [assignment, *asg.sidecar_paths(assignment),
@@ -119,7 +118,6 @@ class PrintJob:
         d = open_db(saved, db, db_fallback)
         try:
             plan = plan_print(d, saved, opts, out, assignment_name(assignment))
-            from .make import refuse_overwriting_input
             inputs = [assignment, *asg.sidecar_paths(assignment), *([saved.meta.output] if saved.meta.output else []),
                       *([saved.meta.target.path] if saved.meta.target else [])]
             refuse_overwriting_input(plan.outputs.all(), inputs)

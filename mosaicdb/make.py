@@ -17,13 +17,13 @@ import numpy as np
 from . import assignment as asg
 from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles, check_regular_file
+from .io import AtomicFiles, check_regular_file, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
 from .render.fidelity import eval_px, metrics_for  # noqa: F401 (re-exported)
 from .render.options import RenderOptions
-from .render.output import check_space, output_kind, plan_output, write_output
+from .render.output import check_space, output_kind, plan_output, render_saved, write_output  # noqa: F401 (render_saved: API)
 from .render.raster import IN_MEMORY_MAX_PIXELS
 from .render.rows import render_array
 
@@ -45,16 +45,6 @@ class MakeResult:
     seconds: dict = field(default_factory=dict)
     saved: asg.SavedAssignment | None = None
     image: np.ndarray | None = None
-
-
-def refuse_overwriting_input(outputs, inputs) -> None:
-    """No file written (`outputs`) may replace an input."""
-    for i in inputs:
-        ip = Path(i)
-        for f in map(Path, outputs):
-            if ip.exists() and f.exists() and f.resolve() == ip.resolve():
-                raise UsageError(f"--out {outputs[0]} would overwrite {ip}, an input of this request (or the "
-                                 "output its assignment belongs to): choose another output name")
 
 
 def check_batch(targets: list[Path], outs: list[Path]) -> None:
@@ -223,15 +213,6 @@ class Maker:
         if res.assignment.report:  # --unique: total cost, lower bound, cells beyond their candidates
             metrics["unique"] = res.assignment.report
         return metrics["seconds"]
-
-
-def render_saved(db, saved: asg.SavedAssignment, out, ropts: RenderOptions, progress: bool = False) -> dict:
-    """Re-render a saved assignment (no matching) to `out`; returns what was written. A print
-    size in `ropts` is fitted to the assignment's grid."""
-    ropts, warnings = ropts.for_grid(saved.cols, saved.rows)
-    written = write_output(db, saved, Path(out), ropts, None, progress)
-    written["warnings"] = warnings
-    return written
 
 
 def load_mosaic_image(path, min_width: int = 2048) -> np.ndarray:

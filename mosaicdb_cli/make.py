@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-from mosaicdb.batch import EXECUTORS, BatchOptions, BatchRunner
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.jobs import render_file
 from mosaicdb.errors import MosaicError
-from mosaicdb.make import expand_targets, output_paths
+from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
@@ -75,8 +73,8 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @render_options
 @output_options
 @hybrid_options
-@click.option("--executor", type=click.Choice(sorted(EXECUTORS)), default="local", show_default=True,
-              help="Where targets run: this process, or Ray actors that each open the database once (extra `ray`).")
+@click.option("--executor", default="local", show_default=True,
+              help="Where targets run: local (this process), or ray (actors that each open the database once; extra `ray`).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto or ray://head:10001) instead of "
                                                   "starting a local one; the database must be at the same path on every node.")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
@@ -102,6 +100,8 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
         mosaic make --db /shared/tiles.db /shared/photos/ --out /shared/mosaics --grid 128 --executor ray --ray-address auto
     """
+    from mosaicdb.batch import BatchOptions, BatchRunner  # the matching stack: only for make
+    from mosaicdb.make import expand_targets, output_paths
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
                          unique=unique, seed=seed, device=device)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
@@ -200,6 +200,7 @@ def test_greedy_properties(case):
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 7), cols=st.integers(1, 7), extra=st.integers(0, 6),
        seed=st.integers(0, 2**32 - 1))
+@example(rows=6, cols=6, extra=1, seed=6)  # a reverse auction cut short by its move budget
 def test_unique_is_optimal(rows, cols, extra, seed):
     n = rows * cols
     pool = Pool(n, n + extra, seed)

@@ -187,3 +187,11 @@ def test_a_bad_source_date_epoch_is_a_usage_error(value, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
     with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
         created_time()
+
+
+def test_cli_lists_the_executors_for_an_unknown_one(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "dask", code=2)
+    line = res.stderr.strip()
+    assert "\n" not in line and "--executor" in line and "local" in line and "ray" in line

@@ -54,6 +54,8 @@ EPS_FIRST, EPS_STEP, EPS_FINAL = 0.25, 6.0, 1e-3
 # leaves the unsettled cells open, improvement restores its starting point), and reverse moves
 # per cell before the tiles still waiting simply drop to price 0.
 BID_BUDGET, MOVE_BUDGET = 256, 4
+# Forward/reverse passes that restore eps-slackness after a reverse auction cut short.
+SETTLE_PASSES = 8
 # Candidates per widen call: bounds memory when thousands of cells ask at once.
 WIDEN_BUDGET = 1 << 21
 
@@ -182,9 +184,8 @@ class _State:
             self.owner[:] = -1
             self.choice[:] = au.FREE
             self.queue[:order.size] = order
-            if not self._forward(order.size, eps):
+            if not self._forward(order.size, eps) or not self._settle(eps):
                 return False
-            self._reverse(eps)
         return True
 
     def resume(self) -> bool:
@@ -193,10 +194,7 @@ class _State:
         nq = au.requeue_slack(self.indptr, self.tile, self.cost, self.outside, self.price,
                               self.owner, self.choice, self.eps_final, self.queue)
         log.debug("unique: %d cells bid again", nq)
-        ok = self._forward(nq, self.eps_final)
-        if ok:
-            self._reverse(self.eps_final)
-        return ok
+        return self._forward(nq, self.eps_final) and self._settle(self.eps_final)
 
     def attempt(self, step) -> float | None:
         """Run an auction step; keep it if it completes within the budget and does not cost
@@ -221,13 +219,31 @@ class _State:
         log.debug("unique: forward eps %.3g, %d cells, %d bids, %.2f s", eps, n_queue, b, time.perf_counter() - t0)
         return b < self.budget
 
-    def _reverse(self, eps: float) -> None:
+    def _settle(self, eps: float) -> bool:
+        """Reverse auction until every unheld tile has price 0. A reverse auction cut short by
+        its move budget drops the waiting tiles' prices to 0, which can leave cells more than eps
+        from their best option (no longer eps-optimal): those bid again, and the reverse runs
+        again, for a few passes. False on a price war."""
+        for _ in range(SETTLE_PASSES):
+            if self._reverse(eps):
+                return True
+            nq = au.requeue_slack(self.indptr, self.tile, self.cost, self.outside, self.price,
+                                  self.owner, self.choice, eps, self.queue)
+            if nq == 0:
+                return True
+            if not self._forward(nq, eps):
+                return False
+        self._reverse(eps)
+        return True
+
+    def _reverse(self, eps: float) -> bool:
         t0 = time.perf_counter()
         rptr, rcell, rarc = au.reverse_arcs(self.indptr, self.tile, self.price.size)
         m = au.run_reverse(rptr, rcell, rarc, self.cost, self.outside, self.price, self.owner,
                            self.choice, self.paid, eps, self.move_budget)
         self.bids += m
         log.debug("unique: reverse eps %.3g, %d moves, %.2f s", eps, m, time.perf_counter() - t0)
+        return m < self.move_budget
 
     def settled(self) -> int:
         return int((self.choice >= 0).sum())

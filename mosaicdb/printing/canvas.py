@@ -63,13 +63,7 @@ class PrintCanvas:
 
     def cell_block(self, R0: int, R1: int, C0: int, C1: int) -> np.ndarray:
         """Extended-grid cells [R0, R1) x [C0, C1) composed into one image."""
-        t = self.g.cell_px
-        rs, cs = self.rmap[R0:R1], self.cmap[C0:C1]
-        r0, r1, c0, c1 = int(rs.min()), int(rs.max()) + 1, int(cs.min()), int(cs.max()) + 1
-        cells = self.cells.cells(r0, r1, c0, c1, t)
-        if not (np.array_equal(rs, np.arange(r0, r1)) and np.array_equal(cs, np.arange(c0, c1))):
-            cells = cells[rs - r0][:, cs - c0]
-        return cells.swapaxes(1, 2).reshape((R1 - R0) * t, (C1 - C0) * t, 3)
+        return self.cells.paint(self.rmap[R0:R1], self.cmap[C0:C1], self.g.cell_px)
 
     def band(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
         """Canvas pixels [y0, y1) x [x0, x1): (y1 - y0, x1 - x0, 3) uint8, in the output profile."""

@@ -1,6 +1,12 @@
 """Pixels of any rectangle of cells at any cell size, with colour transfer: the one place
-that turns an assignment into pixels. Row bands, pyramid levels and DZI tiles all come from
-`CellRenderer.cells`, so every output agrees with every other at the same cell size."""
+that turns an assignment into pixels. Row bands, pyramid levels, DZI tiles and prints all come
+from `CellRenderer.paint`, so every output agrees with every other at the same cell size.
+
+Memory does not depend on how many cells are drawn: a request is painted a slice of cell rows
+at a time (about CHUNK_BYTES), tiles are laid out first and recoloured in place
+(`color.recolor_grid`), and nothing is kept per cell. What is kept is per *tile*, bounded:
+decoded originals (`PixelCache`, --cache) and each tile's colour statistics at each size drawn
+(`StatsCache`)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..color import transfer
+from ..color import affine_params, blend_grid, cell_grid_view, recolor_grid, strength_value, tile_stats
 from ..errors import RenderError
 from ..io import read_input
 from ..match.grid import MAX_TARGET_BYTES, Grid, load_target, resample_cells
@@ -20,6 +26,9 @@ from .options import RenderOptions
 from .tiles import box_reduce
 
 BLEND_MAX_BYTES = 64 << 20  # the target resampled for blending stays below this
+CHUNK_BYTES = 4 << 20       # painted per step (a slice of cell rows), whatever the request
+CELL_OVERHEAD = 256         # bytes of bookkeeping per cell in a step: ids, statistics, parameters
+STATS_ENTRIES = 1 << 15     # (tile, size) colour statistics kept: ~10 MB at most
 
 
 def check_tiles_present(db, tile_ids: np.ndarray) -> None:
@@ -54,6 +63,11 @@ class OnceLRU:
         self._inflight: dict = {}
         self.made = 0
         self.hits = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (by `sizeof`)."""
+        return self._bytes
 
     def get_or_make(self, key, make):
         while True:
@@ -97,6 +111,10 @@ class PixelCache:
     def decodes(self) -> int:
         return self._lru.made
 
+    @property
+    def nbytes(self) -> int:
+        return self._lru.nbytes
+
     def get(self, tile_id: int, size: int) -> np.ndarray:
         sizes = self.sizes if size in self.sizes else (size,)
 
@@ -107,18 +125,59 @@ class PixelCache:
         return self._lru.get_or_make((tile_id, sizes), make)[size]
 
 
+class StatsCache:
+    """Each tile's per-channel mean and std at each size it is drawn, keyed (tile id, size), in an
+    LRU bounded by entries. A mean shift needs them for every placed tile, and for a big tile they
+    cost more than the shift itself; they are computed from the very pixels drawn (`tile_stats`),
+    so a cached value is exactly what a fresh one would be."""
+
+    def __init__(self, max_entries: int = STATS_ENTRIES):
+        self.max_entries = max_entries
+        self._lru: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.computed = 0
+
+    def get(self, ids: np.ndarray, tiles, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sd), (m, 3) float64 each, of the m distinct tile `ids` whose pixels are `tiles`
+        (a sequence of (t, t, 3) arrays)."""
+        out = np.empty((len(ids), 6))
+        missing = []
+        with self._lock:
+            for j, i in enumerate(ids.tolist()):
+                row = self._lru.get((i, t))
+                if row is None:
+                    missing.append(j)
+                else:
+                    self._lru.move_to_end((i, t))
+                    out[j] = row
+        if missing:
+            mu, sd = tile_stats([tiles[j] for j in missing])
+            out[missing, :3], out[missing, 3:] = mu, sd
+            with self._lock:
+                self.computed += len(missing)
+                for j in missing:
+                    self._lru[(int(ids[j]), t)] = out[j].copy()
+                while len(self._lru) > self.max_entries:
+                    self._lru.popitem(last=False)
+        return out[:, :3], out[:, 3:]
+
+
 class CellRenderer:
     """Draws any rectangle of an assignment's cells at any cell size, with the colour transfer
     of `opts` (`RenderOptions.color`, `.color_strength`). `target`: the target image, needed by
-    --color blend (else read from the path the assignment records)."""
+    --color blend (else read from the path the assignment records). Safe to share between
+    threads: its caches are."""
 
     def __init__(self, db, saved, opts: RenderOptions, target=None, cache: PixelCache | None = None):
         self.db, self.saved, self.opts = db, saved, opts
         self.max_thumb = max(db.thumb_sizes)
         self.cache = cache or PixelCache(db, ())
+        self.stats = StatsCache()
+        self.strength = strength_value(opts.color_strength)
+        self.recolor = opts.color if opts.color != "none" and self.strength > 0 else None
         self._thumbs = {}
         self._blend_src = None
-        if opts.color == "blend":
+        if self.recolor == "blend":
             img = target if target is not None else load_blend_target(saved)
             g = saved.meta.grid
             grid = Grid(g.cols, g.rows, tuple(g.crop))
@@ -131,39 +190,89 @@ class CellRenderer:
             self._thumbs[size] = self.db.thumbs(size)
         return self._thumbs[size]
 
+    def _distinct(self, uniq: np.ndarray, t: int):
+        """Pixels of the distinct tile ids `uniq` at size t, before colour transfer: thumbnails
+        box-reduced when one is big enough, as one (m, t, t, 3) array; else originals from the
+        cache, as a list of its (t, t, 3) arrays (big tiles are not copied into a stack)."""
+        if t <= self.max_thumb:
+            s = min(s for s in self.db.thumb_sizes if s >= t)
+            self.db.check_rows(f"thumbs_{s}", uniq)  # never draw a damaged row (black) as a tile
+            return box_reduce(np.asarray(self._thumb(s)[uniq]), t)
+        return [self.cache.get(i, t) for i in uniq.tolist()]
+
+    def distinct_tiles(self, uniq: np.ndarray, t: int) -> np.ndarray:
+        """(m, t, t, 3) pixels of the distinct tile ids `uniq` at size t, before colour transfer."""
+        pix = self._distinct(uniq, t)
+        return pix if isinstance(pix, np.ndarray) else np.stack(pix) if pix else np.empty((0, t, t, 3), np.uint8)
+
     def tiles(self, ids: np.ndarray, t: int) -> np.ndarray:
         """(n, t, t, 3) pixels of tile ids at size t, before colour transfer."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        if t <= self.max_thumb:
-            s = min(s for s in self.db.thumb_sizes if s >= t)
-            uniq, inv = np.unique(ids, return_inverse=True)
-            self.db.check_rows(f"thumbs_{s}", uniq)  # never draw a damaged row (black) as a tile
-            return box_reduce(np.asarray(self._thumb(s)[uniq]), t)[inv]
-        out = np.empty((len(ids), t, t, 3), np.uint8)
-        for j, i in enumerate(ids.tolist()):
-            out[j] = self.cache.get(i, t)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        return self.distinct_tiles(uniq, t)[inv.ravel()]
+
+    def _blend_image(self, rows: np.ndarray, cols: np.ndarray, t: int) -> np.ndarray:
+        """The target under cells rows x cols, each cell resampled to t px, laid out like them."""
+        q, src = self._blend_q, self._blend_src
+        out = np.empty((len(rows) * t, len(cols) * t, 3), np.uint8)
+        view = cell_grid_view(out, t)
+        if q == t:
+            view[...] = src[np.ix_(rows, cols)].swapaxes(1, 2)
+            return out
+        interp = cv2.INTER_AREA if t < q else cv2.INTER_LINEAR
+        for i, r in enumerate(rows.tolist()):      # cell by cell: q may be far above t
+            for j, c in enumerate(cols.tolist()):
+                view[i, :, j] = cv2.resize(np.ascontiguousarray(src[r, c]), (t, t), interpolation=interp)
         return out
 
-    def _blend_cells(self, r0, r1, c0, c1, t) -> np.ndarray:
-        src = self._blend_src[r0:r1, c0:c1].reshape(-1, self._blend_q, self._blend_q, 3)
-        if self._blend_q == t:
-            return src.copy()
-        interp = cv2.INTER_AREA if t < self._blend_q else cv2.INTER_LINEAR
-        return np.stack([cv2.resize(np.ascontiguousarray(c), (t, t), interpolation=interp) for c in src])
+    def _paint_slice(self, rows: np.ndarray, cols: np.ndarray, t: int, img: np.ndarray) -> None:
+        """Cells rows x cols at t px into img ((len(rows)*t, len(cols)*t, 3), any row stride: a
+        view into the caller's image, written in place)."""
+        cells = np.ix_(rows, cols)
+        ids = self.saved.tile_ids[cells]
+        uniq, inv = np.unique(ids, return_inverse=True)
+        inv = inv.reshape(ids.shape)
+        pix = self._distinct(uniq, t)
+        cells_view = cell_grid_view(img, t)
+        if isinstance(pix, np.ndarray):
+            cells_view[...] = pix[inv].swapaxes(1, 2)
+        else:  # a few big tiles: each copied once, straight from the cache into place
+            for (r, c), j in np.ndenumerate(inv):
+                cells_view[r, :, c] = pix[j]
+        if self.recolor == "blend":
+            blend_grid(img, self._blend_image(rows, cols, t), self.strength)
+        elif self.recolor is not None:
+            mu_t, sd_t = self.stats.get(uniq, pix, t)
+            a, b = affine_params(self.recolor, self.strength, mu_t[inv], sd_t[inv],
+                                 self.saved.target_mean[cells], self.saved.target_std[cells])
+            recolor_grid(img, t, a, b)
+
+    def paint(self, rows, cols, t: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The cells at rows x cols (index arrays into the assignment's grid, repeats allowed: a
+        print's bleed reflects cells) at t px each, composed into one (len(rows)*t, len(cols)*t, 3)
+        uint8 image (`out` if given), colour applied. Painted a slice of rows at a time, so the
+        working memory beyond `out` is bounded by CHUNK_BYTES, not by the number of cells."""
+        rows = np.asarray(rows, dtype=np.intp).ravel()
+        cols = np.asarray(cols, dtype=np.intp).ravel()
+        shape = (len(rows) * t, len(cols) * t, 3)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous uint8 {shape}, got {out.dtype} {out.shape}")
+        per_cell = 3 * t * t + CELL_OVERHEAD
+        col_step = max(1, min(len(cols), CHUNK_BYTES // per_cell))   # a row wider than the budget is cut
+        row_step = max(1, CHUNK_BYTES // (per_cell * col_step))
+        for i in range(0, len(rows), row_step):
+            for j in range(0, len(cols), col_step):
+                rs, cs = rows[i:i + row_step], cols[j:j + col_step]
+                self._paint_slice(rs, cs, t, out[i * t:(i + len(rs)) * t, j * t:(j + len(cs)) * t])
+        return out
+
+    def region(self, r0: int, r1: int, c0: int, c1: int, t: int) -> np.ndarray:
+        """Cells [r0, r1) x [c0, c1) composed into one ((r1-r0)*t, (c1-c0)*t, 3) image."""
+        return self.paint(np.arange(r0, r1), np.arange(c0, c1), t)
 
     def cells(self, r0: int, r1: int, c0: int, c1: int, t: int) -> np.ndarray:
         """Cells [r0, r1) x [c0, c1) at t px each: (r1-r0, c1-c0, t, t, 3) uint8, colour applied."""
-        ids = self.saved.tile_ids[r0:r1, c0:c1]
-        tiles = self.tiles(ids, t)
-        if self.opts.color != "none":
-            mu = self.saved.target_mean[r0:r1, c0:c1].reshape(-1, 3)
-            sd = self.saved.target_std[r0:r1, c0:c1].reshape(-1, 3)
-            blend = self._blend_cells(r0, r1, c0, c1, t) if self.opts.color == "blend" else None
-            tiles = transfer(tiles, mu, sd, self.opts.color, self.opts.color_strength, blend)
-        return tiles.reshape(r1 - r0, c1 - c0, t, t, 3)
-
-    def region(self, r0: int, r1: int, c0: int, c1: int, t: int) -> np.ndarray:
-        """The same cells composed into one ((r1-r0)*t, (c1-c0)*t, 3) image."""
-        c = self.cells(r0, r1, c0, c1, t)
-        nr, nc = c.shape[:2]
-        return c.swapaxes(1, 2).reshape(nr * t, nc * t, 3)
+        img = self.region(r0, r1, c0, c1, t)
+        return np.ascontiguousarray(img.reshape(r1 - r0, t, c1 - c0, t, 3).swapaxes(1, 2))

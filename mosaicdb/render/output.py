@@ -161,4 +161,14 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
             size = group.temp(path).stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
     return {"kind": plan.kind, "path": str(path), "bytes": size, "seconds": time.perf_counter() - t0,
             "levels": plan.levels, "tiles": plan.tiles, "original_decodes": pyr.cells.cache.decodes,
-            "reused_tile_bytes": pyr.bytes_cache.hits}
+            "original_cache_bytes": pyr.cells.cache.nbytes, "reused_tile_bytes": pyr.bytes_cache.hits}
+
+
+def render_saved(db, saved, out, ropts: RenderOptions, progress: bool = False) -> dict:
+    """Re-render a saved assignment (no matching) to `out`; returns what was written. A print
+    size in `ropts` is fitted to the assignment's grid. Lives here, not in `make`, so re-rendering
+    never loads the matching stack (numba, scipy: ~150 MB of a render's peak memory)."""
+    ropts, warnings = ropts.for_grid(saved.cols, saved.rows)
+    written = write_output(db, saved, Path(out), ropts, None, progress)
+    written["warnings"] = warnings
+    return written

@@ -2,9 +2,12 @@
 
 Level k is the mosaic at cell size T/2^k. While that is a whole number of pixels (>= 4), the
 level is rendered directly from thumbnails/originals, one block of 256 x BLOCK_W pixels at a
-time, so no level is ever held whole and memory does not depend on the output size. The
-remaining small levels (cells of a few pixels, a few hundred to a few thousand pixels in all)
-are area-resampled in RAM from one small render.
+time, so no level is ever held whole and memory does not depend on the output size. Colour
+transfer happens inside `CellRenderer`, per block, from per-tile statistics: nothing is kept per
+cell, so memory does not depend on the number of cells either. The remaining small levels
+(cells under 4 px or fractional: at most a few pixels per cell) are area-resampled in RAM from
+one small render of the whole grid at `small_px` per cell (12 bytes per cell for tile sizes that
+are powers of two, a third of what the assignment itself holds per cell).
 """
 from __future__ import annotations
 
@@ -81,18 +84,23 @@ class PyramidRenderer:
         self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by tile id
         self.workers = opts.resolved_workers()
         self._small = None
+        self._resampled: tuple[int, np.ndarray] | None = None   # (level index, pixels): one at a time
 
     @property
     def total_tiles(self) -> int:
         return sum(lv.n_tiles for lv in self.levels)
 
     def _small_level(self, lv: Level) -> np.ndarray:
+        """A resampled level, made once from the small render (3 * small_px^2 bytes per cell) and
+        kept until the next level asks: every task of the level slices the same array."""
         if self._small is None:
             s = self.saved
             self._small = self.cells.region(0, s.rows, 0, s.cols, self.small_px)
         if self._small.shape[1] == lv.width and self._small.shape[0] == lv.height:
             return self._small
-        return cv2.resize(self._small, (lv.width, lv.height), interpolation=cv2.INTER_AREA)
+        if self._resampled is None or self._resampled[0] != lv.index:
+            self._resampled = (lv.index, cv2.resize(self._small, (lv.width, lv.height), interpolation=cv2.INTER_AREA))
+        return self._resampled[1]
 
     def level_array(self, lv: Level) -> np.ndarray:
         """A whole level in memory: for the small levels, and for tests' reference renders."""

@@ -131,7 +131,7 @@ def live_ids(con: sqlite3.Connection):
 
 
 def text(s: str) -> str:
-    """`s` as text SQLite can store: bytes of a file name that are not UTF-8 (Python keeps them
+    r"""`s` as text SQLite can store: bytes of a file name that are not UTF-8 (Python keeps them
     as surrogates) become backslash escapes.
 
     >>> text("ok.png"), text("bad\udcff.png")

@@ -360,6 +360,11 @@ def open_for_assignment(recorded: str, recorded_uuid: str | None, tile_ids, over
             if len(gone):
                 raise DatabaseError(f"--db {path} is another database than this assignment's and lacks {len(gone)} "
                                     f"of its tiles (e.g. id {gone[0]}): it cannot draw this mosaic")
+        if digest:
+            gone = np.setdiff1d(np.unique(np.asarray(tile_ids)), db.ids())
+            if len(gone):  # the common case, said plainly: tiles removed since
+                raise DatabaseError(f"{len(gone)} tiles of this assignment are no longer in {path} (e.g. id "
+                                    f"{gone[0]}): run `mosaic make` again")
         if digest and db.tiles_digest(tile_ids) != digest:
             raise DatabaseError(f"the tiles in {path} are not the ones this assignment was made with (a copy of the "
                                 "database that has changed since, or another one): make the mosaic again from it")
