@@ -79,11 +79,12 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
                                                   "starting a local one; the database must be at the same path on every node.")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
 @click.option("--actors", type=int, default=None, help="Ray actors [default: the cluster's CPUs, at most one per target].")
+@click.option("--cpus-per-actor", type=int, default=1, show_default=True, help="Ray CPUs each actor reserves.")
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
              tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, executor,
-             ray_address, ray_cpus, actors, quiet, as_json, **generate_kw):
+             ray_address, ray_cpus, actors, cpus_per_actor, quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -108,7 +109,8 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
-    bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors)
+    bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors,
+                         cpus_per_actor=cpus_per_actor)
     bopts.check_generation(bool(generate_kw["generate_worst"]) or generate_kw["generate_above"] is not None)
     hybrid = hybrid_from_cli(generate_kw)
     results = []

@@ -195,3 +195,12 @@ def test_cli_lists_the_executors_for_an_unknown_one(synthetic_db, tmp_path):
     res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "dask", code=2)
     line = res.stderr.strip()
     assert "\n" not in line and "--executor" in line and "local" in line and "ray" in line
+
+
+def test_cli_checks_cpus_per_actor(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "ray",
+                     "--cpus-per-actor", 0, code=2)
+    assert "--cpus-per-actor" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jpg").exists()
