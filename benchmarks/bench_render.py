@@ -86,7 +86,7 @@ def build_assignments(db_path: Path, target: Path, work: Path, grids: list[int])
         t = load_target(target)
         for g in grids:
             grid = make_grid(*t.size, f"{g}x{g}")
-            cells = cell_data(t.image, grid, db.feature_grid, db.mean_weight)
+            cells = cell_data(t.image, grid, db.feature_spec)
             res = match(db, cells, grid, MatchOptions(grid=f"{g}x{g}", min_distance=3))
             meta = {"db": str(db_path), "db_version": db.version,
                     "target": {"path": t.path, "sha256": t.sha256, "size": list(t.size)},

@@ -54,7 +54,7 @@ def _setup(db_path: str, target: str, spec: str):
     index = db.ensure_index()
     t = load_target(target)
     grid = make_grid(*t.size, spec)
-    cells = cell_data(t.image, grid, db.feature_grid, db.mean_weight)
+    cells = cell_data(t.image, grid, db.feature_spec)
     return db, index, grid, cells
 
 

@@ -67,16 +67,20 @@ class BatchOptions:
 
 class BatchRunner:
     """Opens what a batch needs once (`with BatchRunner(...) as run:`), then `run.make(targets,
-    outs)`. Errors in the database or options surface on entry, before any output exists."""
+    outs)`. Errors in the database or options surface on entry, before any output exists.
+    `maker(db)` builds another maker than `Maker` (the autoencoder's), on the local executor."""
 
     def __init__(self, db_path, match_opts: MatchOptions, render_opts: RenderOptions,
-                 options: BatchOptions = BatchOptions(), *, progress: bool = False, hybrid=None):
+                 options: BatchOptions = BatchOptions(), *, progress: bool = False, hybrid=None, maker=None):
         if not isinstance(options, BatchOptions):
             raise UsageError(f"BatchRunner(options=...) takes a BatchOptions, got {type(options).__name__}")
         options.check_generation(hybrid is not None)
+        if maker is not None and options.executor != "local":
+            raise UsageError("--autoencoder runs with --executor local only: drop one of them")
         self.db_path = Path(db_path).resolve()
         self.mopts, self.ropts, self.options = match_opts, render_opts, options
         self.progress, self.hybrid = progress, hybrid
+        self._make_maker = maker  # db -> an object with .make(target, out) (e.g. AutoMaker), local only
         self._db = self._maker = None
         self._ray = None
         self._ray_started = False
@@ -85,7 +89,10 @@ class BatchRunner:
         try:
             self._db = TileDB.open(self.db_path)
             # the index is brought up to date here, once: actors open the database read-only
-            self._maker = Maker(self._db, self.mopts, self.ropts, progress=self.progress, hybrid=self.hybrid)
+            if self._make_maker is not None:
+                self._maker = self._make_maker(self._db)
+            else:
+                self._maker = Maker(self._db, self.mopts, self.ropts, progress=self.progress, hybrid=self.hybrid)
             if self.options.executor == "ray":
                 self.mopts = self._maker.mopts  # the grid resolved from a print size, as local does
                 self._db.close()

@@ -44,6 +44,10 @@ class RenderError(MosaicError):
     """An output cannot be written as requested."""
 
 
+class ModelError(MosaicError):
+    """A model file is missing, damaged, not ours, or does not fit its configuration."""
+
+
 class DeviceError(MosaicError):
     """A device the request names (a CUDA GPU) is not available on this machine."""
 

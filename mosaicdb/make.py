@@ -152,7 +152,7 @@ class Maker:
                             f"({target.size[0]}x{target.size[1]} px): the target is upsampled "
                             f"{1 / grid.cell_px:.2f}x; a coarser grid will read better")
         t1 = time.perf_counter()
-        cells = cell_data(target.image, grid, self.db.feature_grid, self.db.mean_weight)
+        cells = cell_data(target.image, grid, self.db.feature_spec)
         t2 = time.perf_counter()
         res = match(self.db, cells, grid, self.mopts, progress=self.progress)
         warnings += res.warnings
@@ -173,6 +173,8 @@ class Maker:
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
             metrics = self._metrics(saved, target.image, ropts, warnings, generated)
+            if res.assignment.stats:  # greedy: order, refinement, total cost before/after
+                metrics["assignment"] = res.assignment.stats
             return MakeResult(str(target_path), None, None, None, metrics, warnings,
                               self._seconds(metrics, grid, res, t0, t1, t2, t3), saved, image)
         with AtomicFiles() as group:
@@ -180,6 +182,8 @@ class Maker:
             written = write_output(self.db, saved, out, ropts, target.image, self.progress, group=group)
             t4 = time.perf_counter()
             metrics = self._metrics(saved, target.image, ropts, warnings, generated)
+            if res.assignment.stats:  # greedy: order, refinement, total cost before/after
+                metrics["assignment"] = res.assignment.stats
             metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
             metrics["warnings"] = list(warnings)
             self._seconds(metrics, grid, res, t0, t1, t2, t3, t4)

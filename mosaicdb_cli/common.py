@@ -111,6 +111,9 @@ class MosaicGroup(click.Group):
         except MemoryError:
             raise click.ClickException("out of memory: try a smaller --grid, --tile-px or --cache") from None
         except Exception as e:
+            if type(e).__module__ == "sqlite3" and "disk is full" in str(e):
+                raise click.ClickException("no space left on the device of the tile database (sqlite: "
+                                           f"{e}): free some space and run the command again") from None
             if type(e).__module__ == "sqlite3" and type(e).__name__ not in ("ProgrammingError", "InterfaceError"):
                 # the catalog file itself is damaged (a zeroed page, a truncated file)
                 raise click.ClickException(f"the tile database's catalog is damaged or unreadable ({e}): restore "
@@ -222,8 +225,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def printable(text) -> str:
-    """`text` with control characters (a file name's terminal escapes, say) shown as \\xNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """`text` with control characters (a file name's terminal escapes, say) shown as \\xNN, and
+    bytes of a file name that are not UTF-8 (kept by Python as surrogates) as \\xNN too."""
+    text = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def echo(message="", err: bool = False, nl: bool = True) -> None:

@@ -5,10 +5,11 @@ import click
 
 from mosaicdb import TileDB
 from mosaicdb.errors import DatabaseError, UsageError
+from mosaicdb.feature_kinds import DEFAULT_KIND, KINDS
 from mosaicdb.index import IndexOptions
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 
-from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option, warn_all
 
 
 @click.group("db")
@@ -34,12 +35,16 @@ def _csv_ints(value: str, name: str) -> tuple[int, ...]:
 @click.option("--thumb-sizes", default=",".join(map(str, DEFAULT_THUMB_SIZES)), show_default=True,
               help="Square thumbnail sizes kept per tile (consecutive powers of two). Each costs 3*s*s bytes "
                    "per tile: add 128 for pools up to ~100k tiles that render at >= 128 px.")
-@click.option("--feature-grid", default=4, show_default=True, help="g: features are the Lab mean + a g x g grid of Lab means.")
-@click.option("--mean-weight", default=1.0, show_default=True, help="Weight of the mean colour against the grid.")
+@click.option("--features", "features", default=DEFAULT_KIND, show_default=True, type=click.Choice(list(KINDS)),
+              help="What matching compares: rgb-pyramid = each cell's sRGB block means at 1x1, 2x2, 4x4 and "
+                   "8x8 (the cost the fidelity metrics measure); lab-pyramid = the same in CIE Lab; lab-grid = "
+                   "the original Lab mean + g x g grid (51-d).")
+@click.option("--feature-grid", type=int, default=None, help="lab-grid only: g [default: 4].")
+@click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour against the grid [default: 1].")
 @click.option("--background", default="255,255,255", show_default=True, help="R,G,B that transparent pixels are composited on.")
 @click.option("--max-pixels", default=256_000_000, show_default=True, help="Images with more pixels are refused (decompression bombs).")
 @json_option
-def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels, as_json):
+def init_cmd(db, thumb_sizes, features, feature_grid, mean_weight, background, max_pixels, as_json):
     """Create an empty tile database folder DB.
 
     Example:
@@ -47,15 +52,16 @@ def init_cmd(db, thumb_sizes, feature_grid, mean_weight, background, max_pixels,
     \b
         mosaic db init tiles.db --thumb-sizes 8,16,32,64,128
     """
-    with TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), feature_grid=feature_grid,
-                       mean_weight=mean_weight, background=_csv_ints(background, "--background"),
-                       max_pixels=max_pixels) as d:
-        made = {"path": str(d.path), "thumb_sizes": list(d.thumb_sizes), "feature_dim": d.dim}
+    with TileDB.create(db, thumb_sizes=_csv_ints(thumb_sizes, "--thumb-sizes"), features=features,
+                       feature_grid=feature_grid, mean_weight=mean_weight,
+                       background=_csv_ints(background, "--background"), max_pixels=max_pixels) as d:
+        made = {"path": str(d.path), "thumb_sizes": list(d.thumb_sizes), "features": d.feature_spec.kind,
+                "feature_dim": d.dim}
     if as_json:
         echo_json(made)
         return
     echo(f"Created tile database {db} (thumbnails {','.join(map(str, made['thumb_sizes']))} px, "
-               f"{made['feature_dim']}-dim features).")
+         f"{made['features']} features, {made['feature_dim']}-dim).")
 
 
 @db_group.command("ingest")
@@ -115,6 +121,34 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, as_json
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
 
 
+@db_group.command("reindex")
+@db_argument
+@click.option("--features", "features", required=True, type=click.Choice(list(KINDS)),
+              help="The feature kind to compute (see `mosaic db init --help`).")
+@click.option("--feature-grid", type=int, default=None, help="lab-grid only: g [default: 4].")
+@click.option("--mean-weight", type=float, default=None, help="lab-grid only: weight of the mean colour [default: 1].")
+@quiet_option
+@json_option
+def reindex_cmd(db, features, feature_grid, mean_weight, quiet, as_json):
+    """Recompute the features of every tile of DB as another kind, from the stored thumbnails
+    (no re-ingest), then rebuild the index.
+
+    Safe to interrupt: until it finishes, DB keeps its old features; run it again to finish.
+
+    Example:
+
+    \b
+        mosaic db reindex tiles.db --features rgb-pyramid
+    """
+    from mosaicdb.store.reindex import reindex
+    with TileDB.open(db) as d:
+        report = reindex(d, features, grid=feature_grid, mean_weight=mean_weight, progress=not quiet)
+    if as_json:
+        echo_json({"db": db, **report.to_json()})
+    else:
+        echo(report.summary())
+
+
 @db_group.command("stats")
 @db_argument
 @json_option
@@ -134,11 +168,12 @@ def stats_cmd(db, as_json):
     mb = {k: v / 1e6 for k, v in s["bytes"].items()}
     echo(f"{s['path']}: {s['tiles']} tiles ({', '.join(f'{v} {k}' for k, v in s['by_origin'].items()) or 'none'}), "
                f"{s['skipped_inputs']} skipped inputs")
-    echo(f"  thumbnails {s['thumb_sizes']} px, features {s['feature_dim']}-dim (grid {s['feature_grid']})")
+    echo(f"  thumbnails {s['thumb_sizes']} px, features {s['features']['kind']} ({s['feature_dim']}-dim)")
     echo("  disk: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mb.items()))
     ix = s["index"]
     echo("  index: none (built by `mosaic db index` or the next `mosaic make`)" if ix is None else
-               f"  index: {ix['kind']} {ix['params']}, {ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
+         f"  index: {ix['kind']} {ix['params']}{', PCA to ' + str(ix['pca_dims']) + ' dims' if ix['pca_dims'] else ''}, "
+         f"{ix['ntotal']} vectors, recall@1 {ix['recall_at_1']:.3f}"
                f"{', OUT OF DATE' if ix['stale'] else ''}")
 
 
@@ -232,16 +267,21 @@ def errors_cmd(db, as_json):
 @json_option
 def remove_cmd(db, tiles, source_prefix, as_json):
     """Remove tiles from DB by id, by hash prefix (>= 8 hex digits) or by --source.
+    A number that is both a tile's id and the start of another tile's hash is refused:
+    write id:N or hash:PREFIX.
 
     Example:
 
     \b
         mosaic db remove tiles.db 12 40 3fa9c2d1 --source ~/Pictures/blurry
+        mosaic db remove tiles.db hash:05270200
     """
     if not tiles and not source_prefix:
         raise UsageError("name tiles to remove (ids or hash prefixes) or give --source PATH")
     with TileDB.open(db) as d:
         n = d.remove(d.resolve_refs(tiles, source_prefix))
+    if n == 0:
+        warn_all([f"no tile of {db} matches {' '.join(tiles) or source_prefix}: nothing removed"])
     if as_json:
         echo_json({"db": db, "removed": n})
     else:

@@ -5,6 +5,7 @@ import click
 
 from mosaicdb import __version__
 
+from .autoencoder import autoencoder_group
 from .common import EXIT_BROKEN_PIPE, MosaicGroup, install_signal_handlers, quiet_broken_pipe, root_epilog, setup_logging
 from .db import db_group
 from .demo import demo_cmd
@@ -40,6 +41,7 @@ cli.add_command(render_cmd)
 cli.add_command(eval_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(generate_group)
+cli.add_command(autoencoder_group)
 cli.add_command(plan_cmd)
 cli.add_command(print_cmd)
 cli.add_command(serve_cmd)

@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from mosaicdb.color import COLOR_MODES
-from mosaicdb.errors import MosaicError
+from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
+from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
 from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
 
@@ -64,15 +65,24 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--min-distance", type=int, default=None,
               help="Never the same tile twice within this Chebyshev distance [default: 2, lowered for tiny pools].")
 @click.option("--max-uses", type=int, default=0, help="Use no tile more than N times (0: no cap).")
-@click.option("--usage-penalty", type=float, default=0.0, help="Cost added per earlier use of a tile.")
+@click.option("--usage-penalty", type=float, default=0.0,
+              help="Cost added per earlier use of a tile (in the units of the database's feature cost: sRGB "
+                   "levels for rgb-pyramid, Lab for lab-*).")
 @click.option("--unique", is_flag=True, help="Each tile at most once, near the least total distance (needs tiles >= cells).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the cell order; same seed, same mosaic.")
+@click.option("--order", type=click.Choice(["regret", "random"]), default="regret", show_default=True,
+              help="Greedy visiting order: cells with most to lose first (regret), or random.")
+@click.option("--refine-passes", type=int, default=4, show_default=True,
+              help="Local-improvement sweeps after the greedy pass (reassign/swap tiles; 0: off).")
+@click.option("--refine-seconds", type=float, default=10.0, show_default=True,
+              help="Time budget of the local improvement (a time-limited result may vary by machine).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @render_options
 @output_options
 @hybrid_options
+@autoencoder_make_options
 @click.option("--executor", default="local", show_default=True,
               help="Where targets run: local (this process), or ray (actors that each open the database once; extra `ray`).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto or ray://head:10001) instead of "
@@ -82,9 +92,10 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--cpus-per-actor", type=int, default=1, show_default=True, help="Ray CPUs each actor reserves.")
 @quiet_option
 @json_option
-def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, device,
-             tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache, executor,
-             ray_address, ray_cpus, actors, cpus_per_actor, quiet, as_json, **generate_kw):
+def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, order,
+             refine_passes, refine_seconds, device, tile_px, color, color_strength, quality, codec, ome, dpi,
+             print_size, workers, cache, executor, ray_address, ray_cpus, actors, cpus_per_actor, quiet, as_json,
+             **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -99,22 +110,34 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
+        mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
         mosaic make --db /shared/tiles.db /shared/photos/ --out /shared/mosaics --grid 128 --executor ray --ray-address auto
     """
     from mosaicdb.batch import BatchOptions, BatchRunner  # the matching stack: only for make
     from mosaicdb.make import expand_targets, output_paths
+    ae_kw, generate_kw = split_autoencoder_options(generate_kw)
+    auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
-                         unique=unique, seed=seed, device=device)
+                         unique=unique, seed=seed, device=device, order=order, refine_passes=refine_passes,
+                         refine_seconds=refine_seconds)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
+        raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
+                         "is decoded (add --hybrid to mix in retrieved ones)")
     bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors,
                          cpus_per_actor=cpus_per_actor)
     bopts.check_generation(bool(generate_kw["generate_worst"]) or generate_kw["generate_above"] is not None)
     hybrid = hybrid_from_cli(generate_kw)
+    maker = None
+    if auto is not None:
+        def maker(db):
+            from mosaicdb.autoencoder.make import AutoMaker
+            return AutoMaker(db, mopts, ropts, auto, progress=not quiet)
     results = []
-    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid) as runner:
+    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid, maker=maker) as runner:
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
@@ -128,7 +151,9 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],
-                            "seconds": m["seconds"]})
+                            "seconds": m["seconds"], **({"autoencoder": m["autoencoder"]} if "autoencoder" in m else {})})
+            if "autoencoder" in m:
+                info(quiet or as_json, autoencoder_summary(m["autoencoder"]))
             if "generated" in m:
                 g = m["generated"]
                 info(quiet, f"generated {len(g['cells'])} cells: PSNR@64 {g['fidelity_before']['psnr64']:.2f} -> "

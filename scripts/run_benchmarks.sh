@@ -7,7 +7,7 @@
 #   PYTHON=.venv/bin/python scripts/run_benchmarks.sh bench_render bench_print   # some of them
 #
 # Each benchmark measures its own baseline in the same run and records os.getloadavg(): compare
-# ratios between machines, not wall times. bench_generate needs the `gen` extra (torch); it is
+# ratios between machines, not wall times. bench_generate* and bench_automosaic need the `gen` extra (torch); they are
 # skipped with a note when torch is missing. Exit status: 1 if any benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -24,7 +24,7 @@ for a in "$@"; do
 done
 
 # in the pipeline's order; quick-mode arguments of each (every benchmarks/bench_*.py must be here)
-ORDER=(bench_ingest bench_index bench_match bench_unique bench_many bench_render bench_print bench_generate bench_generative)
+ORDER=(bench_ingest bench_index bench_match bench_match_vs_main bench_quality bench_unique bench_many bench_render bench_print bench_generate bench_generative bench_automosaic)
 declare -A QUICK=(
   [bench_ingest]="--limit 5000"
   [bench_index]="--limit 10000 --big-pool 0 --queries 8192 --kodak-queries 1024"
@@ -34,7 +34,10 @@ declare -A QUICK=(
   [bench_generate]="--palette-size 4 --per-colour 2 --repeat 1"
   [bench_unique]="--quick"
   [bench_many]="--quick"
+  [bench_match_vs_main]="--quick"
+  [bench_quality]="--quick"
   [bench_generative]="--quick"
+  [bench_automosaic]="--quick"
 )
 in_list() {  # in_list WORD LIST...
   local w=$1; shift
@@ -61,7 +64,7 @@ for name in "${ORDER[@]}"; do
   [ "$quick" = 1 ] && read -ra extra <<< "${QUICK[$name]}" && args+=("${extra[@]}")
   echo "== $name: $PYTHON $f ${args[*]}"
   [ "$dry" = 1 ] && continue
-  if [[ "$name" = bench_generat* ]] && ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  if [[ "$name" = bench_generat* || "$name" = bench_automosaic ]] && ! "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "   skipped: torch is not installed (the gen extra: make gen-deps)"; continue
   fi
   start=$(date +%s)

@@ -28,6 +28,10 @@ PUBLIC_MODULES = {
     "mosaicdb.make": ["Maker", "MakeResult", "render_saved", "evaluate_files", "expand_targets", "output_paths"],
     "mosaicdb.demo": ["run_demo", "DemoResult"],
     "mosaicdb.match.options": ["MatchOptions"], "mosaicdb.render.options": ["RenderOptions"],
+    "mosaicdb.autoencoder": None, "mosaicdb.autoencoder.make": ["AutoMaker"],
+    "mosaicdb.autoencoder.fit": ["Fitter", "FitResult", "decode_tiles"],
+    "mosaicdb.autoencoder.files": ["Model", "load_model", "save_model"],
+    "mosaicdb.autoencoder.train": ["train_autoencoder", "TrainReport"],
 }
 
 

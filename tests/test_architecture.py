@@ -14,7 +14,7 @@ PKG = ROOT / "mosaicdb"
 # A stage may import its own rank and below; ARCHITECTURE.md shows the same table.
 RANK = {
     "_version": 0, "errors": 0,
-    "units": 1, "features": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
+    "units": 1, "features": 1, "feature_kinds": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
     "io": 2,
     "assignment": 3, "index": 3,
     "store": 4,
@@ -22,7 +22,7 @@ RANK = {
     "render": 6,
     "printing": 7, "serve": 7, "generate": 7,
     "make": 8,
-    "jobs": 9, "demo": 9, "batch": 9,
+    "jobs": 9, "demo": 9, "autoencoder": 9, "batch": 9,
 }
 
 

@@ -204,3 +204,19 @@ def test_cli_checks_cpus_per_actor(synthetic_db, tmp_path):
                      "--cpus-per-actor", 0, code=2)
     assert "--cpus-per-actor" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.jpg").exists()
+
+
+def test_another_maker_runs_locally_only(synthetic_db, tmp_path):
+    with pytest.raises(UsageError, match="--autoencoder"):
+        BatchRunner(synthetic_db.path, MatchOptions(), RenderOptions(), BatchOptions(executor="ray"),
+                    maker=lambda db: None)
+    made = []
+
+    class Recorder:
+        def make(self, target, out):
+            made.append((target, out))
+            return "done"
+
+    with BatchRunner(synthetic_db.path, MatchOptions(grid="4"), RenderOptions(), maker=lambda db: Recorder()) as run:
+        got = list(run.make([tmp_path / "a.png"], [tmp_path / "a.jpg"]))
+    assert got == [(tmp_path / "a.png", "done")] and made == [(tmp_path / "a.png", tmp_path / "a.jpg")]

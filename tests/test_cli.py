@@ -69,8 +69,9 @@ def images(synthetic_tiles, tmp_path) -> Path:
 
 def test_db_workflow(images, tmp_path):
     db = tmp_path / "tiles.db"
-    res = run("db", "init", db, "--thumb-sizes", "8,16,32", "--feature-grid", "2", "--background", "0,0,0")
-    assert res.output.strip() == f"Created tile database {db} (thumbnails 8,16,32 px, 15-dim features)."
+    res = run("db", "init", db, "--thumb-sizes", "8,16,32", "--features", "lab-grid", "--feature-grid", "2",
+              "--background", "0,0,0")
+    assert res.output.strip() == f"Created tile database {db} (thumbnails 8,16,32 px, lab-grid features, 15-dim)."
     assert (db / "catalog.sqlite").is_file()
     res = run("db", "init", db, ok=False)
     assert res.exit_code != 0 and "already a tile database" in res.output

@@ -89,7 +89,7 @@ def images(synthetic_tiles, tmp_path) -> Path:
 def test_db_commands_json(images, tmp_path):
     db = tmp_path / "tiles.db"
     made = json.loads(invoke_cli("db", "init", db, "--thumb-sizes", "8,16", "--json", code=0).stdout)
-    assert made == {"path": str(db), "thumb_sizes": [8, 16], "feature_dim": 51}
+    assert made == {"path": str(db), "thumb_sizes": [8, 16], "features": "rgb-pyramid", "feature_dim": 255}
     (images / "broken.png").write_bytes(b"no")
     rep = json.loads(invoke_cli("db", "ingest", db, images, "--workers", "1", "--json", code=0).stdout)
     assert (rep["added"], rep["skipped"], rep["duplicates"], rep["unchanged"], rep["db"]) == (40, 1, 0, 0, str(db))

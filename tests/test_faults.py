@@ -558,14 +558,20 @@ def test_special_files_as_inputs_never_hang(db40, tmp_path):
 def test_damaged_catalog_settings_and_index_infos_are_one_line_errors(db40, target, tmp_path):
     import sqlite3
     con = sqlite3.connect(db40 / "catalog.sqlite")
-    with con:
-        con.execute("UPDATE meta SET value = '1000' WHERE key = 'feature_grid'")
-    con.close()
-    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", code=1)
-    assert "settings are damaged" in res.output
-    con = sqlite3.connect(db40 / "catalog.sqlite")
-    with con:
-        con.execute("UPDATE meta SET value = '4' WHERE key = 'feature_grid'")
+    params = con.execute("SELECT value FROM meta WHERE key = 'feature_params'").fetchone()[0]
+    bad = [json.dumps({**json.loads(params), "samples": 1 << 20}), '{"space": "rgb"}', '"x"']
+    for key, value in [("feature_params", v) for v in bad] + [("feature_kind", '"rgb-cube"'),
+                                                              ("features_file", '"../../elsewhere.f32"')]:
+        old = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", code=1)
+        assert "settings are damaged" in res.output, (key, value)
+        with con:
+            if old is None:
+                con.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                con.execute("UPDATE meta SET value = ? WHERE key = ?", (old[0], key))
     con.close()
     infos = json.loads((db40 / "index" / "index_infos.json").read_text())
     infos["kind"], infos["params"] = "ivf", {"nprobe": "abc"}

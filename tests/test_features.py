@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import synthetic_image
 from mosaicdb.features import (cell_blocks, feature_dim, lab_features, lab_to_rgb, rgb_to_lab,
                                samples_per_side)
+from mosaicdb.feature_kinds import LabGrid
 from mosaicdb.store.decode import make_thumbnails, tile_features
 
 GRIDS = [2, 4, 8]
@@ -105,7 +106,7 @@ def test_tile_features_equal_target_cell_features(grid, tmp_path, new_db):
     for i, c in enumerate(cells):
         Image.fromarray(c).save(tmp_path / f"cell{i:02d}.png")
     # thumbnails up to exactly s: the s-px thumbnail of an s x s image is its own pixels
-    db = new_db(thumb_sizes=(s // 2, s), feature_grid=grid, mean_weight=0.7)
+    db = new_db(thumb_sizes=(s // 2, s), features="lab-grid", feature_grid=grid, mean_weight=0.7)
     rep = db.ingest(sorted(tmp_path.glob("cell*.png")), workers=1, update_index=False)
     assert rep.added == rows * cols
     tile_f = np.asarray(db.features()[db.ids()])
@@ -127,6 +128,6 @@ def test_resampled_tile_close_to_area_resampled_cell(grid):
     rng = np.random.default_rng(7 + grid)
     imgs = [synthetic_image(rng, 64, 64) for _ in range(20)]
     thumbs = [make_thumbnails(Image.fromarray(im), sizes) for im in imgs]
-    tile_f = tile_features([np.stack([t[k] for t in thumbs]) for k in range(len(sizes))], sizes, grid, 1.0)
+    tile_f = tile_features([np.stack([t[k] for t in thumbs]) for k in range(len(sizes))], sizes, LabGrid(grid, 1.0))
     cell_f = lab_features(np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in imgs]), grid, 1.0)
     assert np.abs(tile_f - cell_f).max() < 1.0

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mosaicdb.errors import UsageError
+from mosaicdb.feature_kinds import LabGrid
 from mosaicdb.features import cell_blocks, lab_features, samples_per_side
 from mosaicdb.make import Maker
 from mosaicdb.match.grid import MAX_CELLS, cell_data, load_target, make_grid, parse_grid
@@ -113,14 +114,14 @@ def test_cell_features_are_lab_features_of_the_cell_blocks():
     rows, cols = 5, 7
     img = rng.integers(0, 256, (rows * S, cols * S, 3), dtype=np.uint8)
     g = make_grid(cols * S, rows * S, f"{cols}x{rows}")
-    cd = cell_data(img, g, 4, 1.0)
+    cd = cell_data(img, g, LabGrid(4, 1.0))
     blocks = cell_blocks(img, rows, cols)
     np.testing.assert_array_equal(cd.features, lab_features(blocks, 4, 1.0))
     np.testing.assert_allclose(cd.mean, blocks.reshape(rows, cols, -1, 3).mean(axis=2), rtol=1e-5)
     np.testing.assert_allclose(cd.std, blocks.reshape(rows, cols, -1, 3).std(axis=2), rtol=1e-4)
     # the mean weight and feature grid are passed through, not hard-wired
-    assert not np.allclose(cell_data(img, g, 4, 2.0).features, cd.features)
-    assert cell_data(img, g, 2, 1.0).features.shape == (rows * cols, 3 + 3 * 2 * 2)
+    assert not np.allclose(cell_data(img, g, LabGrid(4, 2.0)).features, cd.features)
+    assert cell_data(img, g, LabGrid(2, 1.0)).features.shape == (rows * cols, 3 + 3 * 2 * 2)
 
 
 def test_cell_colour_statistics_of_flat_and_two_tone_cells():
@@ -132,7 +133,7 @@ def test_cell_colour_statistics_of_flat_and_two_tone_cells():
     img[:S, 2 * S:] = (200, 17, 90)
     img[S:, :] = (10, 100, 250)
     img[S:, : S // 2] = (250, 100, 10)  # left half of the first cell of the second row
-    cd = cell_data(img, make_grid(3 * S, 2 * S, "3x2"), 4, 1.0)
+    cd = cell_data(img, make_grid(3 * S, 2 * S, "3x2"), LabGrid(4, 1.0))
     np.testing.assert_allclose(cd.mean[0], [[0, 0, 0], [255, 255, 255], [200, 17, 90]], atol=1e-3)
     np.testing.assert_allclose(cd.mean[1], [[130, 100, 130], [10, 100, 250], [10, 100, 250]], atol=1e-3)
     assert cd.std[0].max() < 0.05 and cd.std[1, 1:].max() < 0.05
@@ -180,7 +181,7 @@ def test_target_made_of_tiles_finds_those_tiles(synthetic_db, tmp_path, portrait
     g = make_grid(*target.size, str(long_n))
     assert (g.cols, g.rows) == (cols, rows)
     assert g.crop == ((7, 0, 7 + cols * S, rows * S) if portrait else (0, 7, cols * S, 7 + rows * S))
-    cd = cell_data(target.image, g, db.feature_grid, db.mean_weight)
+    cd = cell_data(target.image, g, db.feature_spec)
     np.testing.assert_array_equal(cd.features, np.asarray(db.features()[layout.ravel()]))
     d, ids = db.search(cd.features, 1)
     np.testing.assert_array_equal(ids[:, 0], layout.ravel())
@@ -206,7 +207,7 @@ def test_larger_cells_are_resampled_to_the_feature_samples(synthetic_db):
     img = _target_of_tiles(db, layout, 32, 0, 0, False)
     g = make_grid(img.shape[1], img.shape[0], "5")
     assert (g.cols, g.rows, g.cell_px) == (5, 4, 32.0)
-    cd = cell_data(img, g, db.feature_grid, db.mean_weight)
+    cd = cell_data(img, g, db.feature_spec)
     stored = np.asarray(db.features()[layout.ravel()])
     assert np.abs(cd.features - stored).max() < 1.0  # Lab units: rounding of the 2x box reduction
     _, ids = db.search(cd.features, 1)
@@ -223,7 +224,7 @@ def test_grid_finer_than_the_target_warns_and_upsamples(synthetic_db, tmp_path):
     Image.fromarray(img).save(path)
     g = make_grid(30, 20, "60")
     assert (g.cols, g.rows) == (60, 40) and g.cell_px == 0.5
-    cd = cell_data(img, g, 4, 1.0)
+    cd = cell_data(img, g, LabGrid(4, 1.0))
     assert cd.features.shape[0] == 60 * 40
     np.testing.assert_allclose(cd.mean[:, :26], np.broadcast_to([220, 30, 30], (40, 26, 3)), atol=2)
     np.testing.assert_allclose(cd.mean[:, 34:], np.broadcast_to([30, 30, 220], (40, 26, 3)), atol=2)

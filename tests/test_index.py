@@ -59,7 +59,7 @@ def test_flat_index_for_small_pool(synthetic_copy, new_db):
     assert {p.name for p in db.index_dir.iterdir()} == INDEX_FILES
     infos = json.loads((db.index_dir / "index_infos.json").read_text())
     assert infos["kind"] == "flat" and infos["params"] == {}
-    assert infos["ntotal"] == 300 and infos["dim"] == 51 and infos["recall_at_1"] == 1.0
+    assert infos["ntotal"] == 300 and infos["dim"] == 255 and infos["pca_dims"] == 0 and infos["recall_at_1"] == 1.0
     assert infos["catalog_version"] == db.version and infos["options"]["flat_max"] == 20_000
     np.testing.assert_array_equal(np.load(db.index_dir / "ids.npy"), db.ids())
     assert faiss.read_index(str(db.index_dir / "index.faiss")).ntotal == 300
@@ -211,7 +211,7 @@ def test_stale_index_is_brought_up_to_date(tmp_path, new_db):
     assert db.index_stale() and db.check().ok
     with TileDB.open(db.path, readonly=True) as ro:
         with pytest.raises(IndexStale, match="mosaic db index"):
-            ro.search(np.zeros((1, 51), np.float32), 1)
+            ro.search(np.zeros((1, ro.dim), np.float32), 1)
     # a re-run that adds nothing still leaves a current index (as after a kill before the index)
     rep = db.ingest([tmp_path / "a"], workers=1)
     assert rep.added == 0 and not db.index_stale() and db.load_index().ntotal == 60
@@ -252,15 +252,15 @@ def test_exact_search_matches_numpy(synthetic_db):
 
 
 def test_search_validation(synthetic_db, new_db):
-    with pytest.raises(UsageError, match=r"\(n, 51\)"):
+    with pytest.raises(UsageError, match=r"\(n, 255\)"):
         synthetic_db.search(np.zeros((3, 50), np.float32), 1)
     with pytest.raises(UsageError):
-        synthetic_db.search(np.zeros(51, np.float32), 1)
+        synthetic_db.search(np.zeros(255, np.float32), 1)
     empty = new_db()
     with pytest.raises(EmptyDatabase):
-        empty.search(np.zeros((1, 51), np.float32), 1)
+        empty.search(np.zeros((1, 255), np.float32), 1)
     with pytest.raises(EmptyDatabase):
-        empty.search(np.zeros((1, 51), np.float32), 1, exact=True)
+        empty.search(np.zeros((1, 255), np.float32), 1, exact=True)
     with pytest.raises(EmptyDatabase):
         empty.build_index()
     with pytest.raises(EmptyDatabase):

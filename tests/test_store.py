@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import encode, synthetic_image, write_synthetic
 from mosaicdb import TileDB
 from mosaicdb.errors import DatabaseError, UsageError
-from mosaicdb.features import lab_features, rgb_to_lab
+from mosaicdb.feature_kinds import KINDS
+from mosaicdb.features import rgb_to_lab
 from mosaicdb.store.decode import DecodeOptions, center_square, open_image
 
 
@@ -67,8 +68,9 @@ def test_ingest_cifar(cifar_ingest, cifar_db, cifar_folder, cifar_tiles):
     assert err.mean() < 2.0 and err.max() < 5.0
 
     f = np.asarray(db.features())
-    assert f.shape == (2000, 51) and f.dtype == np.float32 and np.isfinite(f).all()
-    np.testing.assert_allclose(f, lab_features(db.thumbs(16), 4, 1.0), rtol=0, atol=1e-5)
+    assert f.shape == (2000, 255) and f.dtype == np.float32 and np.isfinite(f).all()
+    assert db.feature_spec == KINDS["rgb-pyramid"]  # the default kind
+    np.testing.assert_allclose(f, KINDS["rgb-pyramid"](db.thumbs(16)), rtol=0, atol=1e-5)
     # distinct images, distinct features
     assert len(np.unique(f.round(3), axis=0)) == 2000
 
@@ -548,7 +550,7 @@ def test_check_truncated_thumbnails_and_orphans(synthetic_copy, new_db):
 
 
 def test_stats_numbers(tmp_path, synthetic_tiles, new_db):
-    db = new_db(thumb_sizes=(8, 16, 32), feature_grid=2)
+    db = new_db(thumb_sizes=(8, 16, 32), features="lab-grid", feature_grid=2)
     files = sorted(synthetic_tiles.iterdir())[:40]
     for f in files:
         (tmp_path / "in").mkdir(exist_ok=True)
@@ -559,7 +561,8 @@ def test_stats_numbers(tmp_path, synthetic_tiles, new_db):
     s = db.stats()
     assert s["tiles"] == 41 and s["by_origin"] == {"file": 40, "generated": 1}
     assert s["skipped_inputs"] == 1 and s["linked"] == 0
-    assert s["thumb_sizes"] == [8, 16, 32] and s["feature_grid"] == 2 and s["feature_dim"] == 15
+    assert s["thumb_sizes"] == [8, 16, 32] and s["feature_dim"] == 15
+    assert s["features"]["kind"] == "lab-grid" and s["features"]["grid"] == 2
     b = s["bytes"]
     assert b["originals"] == sum(f.stat().st_size for f in files) + db.blob_path(db.tiles([40])[0]).stat().st_size
     assert b["features"] >= 41 * 15 * 4 and b["features"] % (15 * 4) == 0
@@ -578,7 +581,11 @@ def test_create_validation(tmp_path):
     with pytest.raises(UsageError, match="consecutive"):
         TileDB.create(tmp_path / "b", thumb_sizes=(8, 32))
     with pytest.raises(UsageError, match="feature-grid"):
-        TileDB.create(tmp_path / "c", feature_grid=0)
+        TileDB.create(tmp_path / "c", features="lab-grid", feature_grid=0)
+    with pytest.raises(UsageError, match="apply to --features lab-grid, not rgb-pyramid"):
+        TileDB.create(tmp_path / "c", feature_grid=4)
+    with pytest.raises(UsageError, match="unknown feature kind 'rgb'.*lab-grid, lab-pyramid, rgb-pyramid"):
+        TileDB.create(tmp_path / "c", features="rgb")
     with pytest.raises(UsageError, match="background"):
         TileDB.create(tmp_path / "d", background=(1, 2))
     assert not any((tmp_path / n).exists() for n in "abcd")
@@ -657,7 +664,7 @@ def test_open_image_from_threads_keeps_pillow_limit():
 def test_features_of_ingested_tile_match_rgb_to_lab(tmp_path, new_db):
     colour = np.array([37, 140, 201], np.uint8)
     Image.new("RGB", (50, 30), tuple(int(c) for c in colour)).save(tmp_path / "u.png")
-    db = new_db(mean_weight=0.5)
+    db = new_db(features="lab-grid", mean_weight=0.5)
     t = ingest_one(db, tmp_path / "u.png")
     f = np.asarray(db.features()[t["id"]])
     lab = rgb_to_lab(colour)

@@ -220,7 +220,7 @@ def generate_cells(target, popts: PipelineOptions, opts: CellOptions, out, *, db
         plan = gen.plan if gen is not None else plan
         t0 = time.perf_counter()
         tile_ids = np.array([ids[c] for c in cells], dtype=np.int64).reshape(plan.grid.rows, plan.grid.cols)
-        cd = cell_data(plan.target.image, plan.grid, db.feature_grid, db.mean_weight)
+        cd = cell_data(plan.target.image, plan.grid, db.feature_spec)
         saved = asg.SavedAssignment(assignment_meta(db, plan, out, ropts, tile_ids), tile_ids,
                                     cell_costs(db, tile_ids, cd.features), cd.mean, cd.std)
         with AtomicFiles() as group:  # the mosaic, its assignment and metrics: all or nothing

@@ -18,6 +18,8 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles
 
+# A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
+_PCA_TRAIN_MAX = 65536
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
 KINDS = ("auto", "flat", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
@@ -186,7 +188,7 @@ class VectorIndex:
 
         with AtomicFiles() as group:  # the three files are replaced together, the infos last
             try:
-                faiss.write_index(self.index, str(group.temp(folder / "index.faiss")))
+                write_faiss(self.index, group.temp(folder / "index.faiss"))
             except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
                 raise IndexWriteError(f"cannot write the index to {folder}: {str(e).strip().splitlines()[-1]}") \
                     from None
@@ -205,7 +207,7 @@ class VectorIndex:
             if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
                     and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
-            index = _faiss().read_index(str(folder / "index.faiss"))
+            index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
                 return None  # files from different saves (a kill between the renames): rebuild
             if infos["kind"] == "ivf":
@@ -220,52 +222,94 @@ class VectorIndex:
         return cls(index, infos, ids)
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None) -> VectorIndex:
-    """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,)."""
+def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None,
+                pca_dims: int = 0) -> VectorIndex:
+    """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,).
+
+    `pca_dims` > 0: a PCA to that many dims, fitted here on the pool, is part of the index
+    (FAISS IndexPreTransform): vectors and queries stay full-size, the index projects them.
+    """
     faiss = _faiss()
     t0 = time.perf_counter()
     n, d = vectors.shape
     kind = opts.kind if opts.kind != "auto" else ("flat" if n <= opts.flat_max else "ivf")
     rng = np.random.default_rng(opts.seed)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d_in = pca_dims if 0 < pca_dims < d else d  # what the inner index stores
     params: dict = {}
     if kind == "ivf":
         nlist = opts.nlist or default_nlist(n)
         nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per list
-        quantizer = faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_L2)
+        quantizer = faiss.IndexFlatL2(d_in)
+        index = ivf = faiss.IndexIVFFlat(quantizer, d_in, nlist, faiss.METRIC_L2)
         train_n = min(n, 64 * nlist)
-        train = vectors[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else vectors
-        index.cp.seed = opts.seed
-        index.train(train)
-        index.add_with_ids(vectors, ids.astype(np.int64))
+        ivf.cp.seed = opts.seed
         params = {"nlist": nlist, "trained_on": int(train_n)}
     else:
-        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d))
-        index.add_with_ids(vectors, ids.astype(np.int64))
+        index = faiss.IndexIDMap2(faiss.IndexFlatL2(d_in))
+        train_n = min(n, _PCA_TRAIN_MAX)
+    train = vectors[np.sort(rng.choice(n, train_n, replace=False))] if train_n < n else vectors
+    pca = None
+    if d_in != d:
+        pca = faiss.PCAMatrix(d, d_in, 0, False)  # no whitening: distances stay (truncated) L2
+        index = faiss.IndexPreTransform(pca, index)
+    if kind == "ivf" or pca is not None:
+        index.train(train)
+    index.add_with_ids(vectors, ids.astype(np.int64))
     build_s = time.perf_counter() - t0
     recall, tuning = 1.0, []
     if n:
         q = _midpoint_queries(vectors, opts.recall_sample, rng)
-        exact = exact_search(vectors, ids, q, 1)[0][:, 0]
+        # recall of the index against exact search in the space it searches (after the PCA)
+        space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
+        exact = exact_search(space(vectors), ids, space(q), 1)[0][:, 0]
         if kind == "ivf":
             candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
             for nprobe in candidates:
                 nprobe = min(nprobe, params["nlist"])
-                index.nprobe = nprobe
+                ivf.nprobe = nprobe
                 t1 = time.perf_counter()
                 recall = _recall(index.search(q, 1)[0][:, 0], exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
                     break
-            params["nprobe"] = int(index.nprobe)
+            params["nprobe"] = int(ivf.nprobe)
         else:
             recall = _recall(index.search(q, 1)[0][:, 0], exact)
     infos = {
-        "kind": kind, "params": params, "dim": int(d), "ntotal": int(index.ntotal),
+        "kind": kind, "params": params, "dim": int(d), "pca_dims": int(d_in if pca is not None else 0),
+        "ntotal": int(index.ntotal),
         "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
         "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
     return VectorIndex(index, infos, np.sort(ids.astype(np.int64)))
+
+
+def _utf8(path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def write_faiss(index, path) -> None:
+    """faiss.write_index, also under a path that is not UTF-8 (faiss takes only UTF-8 text:
+    such a path goes through Python's file I/O, serialized in memory)."""
+    faiss = _faiss()
+    if _utf8(path):
+        faiss.write_index(index, str(path))
+    else:
+        with open(path, "wb") as f:
+            f.write(faiss.serialize_index(index).tobytes())
+
+
+def read_faiss(path):
+    """faiss.read_index, also under a path that is not UTF-8 (see write_faiss)."""
+    faiss = _faiss()
+    if _utf8(path):
+        return faiss.read_index(str(path))
+    with open(path, "rb") as f:
+        return faiss.deserialize_index(np.frombuffer(f.read(), np.uint8))

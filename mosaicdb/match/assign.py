@@ -1,11 +1,13 @@
 """Give every cell of a rows x cols grid one tile, from its nearest-neighbour candidates.
 
-Greedy mode visits the cells in a seeded random order and gives each the cheapest feasible
-candidate, cost = distance + usage_penalty * uses. A candidate is feasible while it is under
---max-uses and not already placed within Chebyshev distance --min-distance. Cells whose
-candidates are all infeasible are retried, in the same order, with wider candidate lists
-from a `widen` callback. Unique mode hands over to mosaicdb.match.unique (an auction on the
-candidates and on each cell's nearest unused tiles).
+Greedy mode gives each cell the cheapest feasible candidate, cost = distance + usage_penalty
+* uses, visiting the cells in regret order (regret.py; or a seeded random order with
+--order random). A candidate is feasible while it is under --max-uses and not already placed
+within Chebyshev distance --min-distance. Cells whose candidates are all infeasible are
+retried, in a seeded random order, with wider candidate lists from a `widen` callback. A local
+improvement pass (refine.py) then reassigns and swaps tiles where that lowers the total cost.
+Unique mode hands over to mosaicdb.match.unique (an auction on the candidates and on each
+cell's nearest unused tiles).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import numpy as np
 
 from ..errors import MatchError
 from .options import MatchOptions
+from .refine import refine
+from .regret import regret_pass
 from .unique import solve_unique
 
 Widen = Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -36,6 +40,7 @@ class Assignment:
     tile_ids: np.ndarray   # (rows, cols) int64, every entry a valid tile id
     cost: np.ndarray       # (rows, cols) float32 candidate distance of the chosen tile (no penalty)
     widened_cells: int     # cells whose tile came from beyond their first k candidates
+    stats: dict = field(default_factory=dict)    # greedy mode: order, refinement, total cost
     report: dict = field(default_factory=dict)   # unique mode: total cost, lower bound, stages
 
 
@@ -63,8 +68,10 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     if opts.unique:
         u = solve_unique(cand_ids, cand_dist, n_tiles, widen, seed=opts.seed, progress=progress)
         return Assignment(u.tile.reshape(rows, cols), u.cost.reshape(rows, cols),
-                          u.report["fallback_cells"], u.report)
-    return _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
+                          u.report["fallback_cells"], report=u.report)
+    a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
+    a.stats.update(order=opts.order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts))
+    return a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,12 +140,19 @@ def _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen) -> Ass
     grid = np.full((rows, cols), -1, dtype=np.int64)
     cost = np.zeros(n_cells, dtype=np.float32)
     uses = np.zeros(_id_space(cand_ids), dtype=np.int64)
-    # Random order spreads the constraint pressure instead of starving the last rows.
+    # Random order spreads the constraint pressure instead of starving the last rows; it is
+    # also the tie-break of regret order, and the order in which failed cells are widened.
     order = np.random.default_rng(opts.seed).permutation(n_cells).astype(np.int64)
     failed = np.empty(n_cells, dtype=np.int64)
-    n_failed = _greedy_pass(order, order, cand_ids, cand_dist, grid, uses, cost,
-                            radius, max_uses, penalty, failed)
-    pending = order[failed[:n_failed]]
+    if opts.order == "regret" and (radius or max_uses or penalty):
+        rank = np.empty(n_cells, np.int64)
+        rank[order] = np.arange(n_cells)
+        n_failed = regret_pass(cand_ids, cand_dist, grid, uses, cost, rank, radius, max_uses, penalty, failed)
+        pending = failed[:n_failed][np.argsort(rank[failed[:n_failed]])]
+    else:  # without constraints every cell simply gets its nearest tile, in any order
+        n_failed = _greedy_pass(order, order, cand_ids, cand_dist, grid, uses, cost,
+                                radius, max_uses, penalty, failed)
+        pending = order[failed[:n_failed]]
     widened = int(pending.size)
 
     k = cand_ids.shape[1]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ImageError, UsageError
 from ..io import read_input
-from ..features import cell_blocks, feature_dim, lab_features, samples_per_side
+from ..features import cell_blocks
 from ..store.decode import DecodeOptions, open_image
 
 MAX_CELLS = 1 << 22  # 2048 x 2048 cells
@@ -111,11 +111,13 @@ class CellData:
     std: np.ndarray       # (rows, cols, 3) float32 RGB std
 
 
-def cell_data(image: np.ndarray, grid: Grid, feature_grid: int, mean_weight: float) -> CellData:
-    s = samples_per_side(feature_grid)
+def cell_data(image: np.ndarray, grid: Grid, spec) -> CellData:
+    """Features (`spec`: the database's mosaicdb.feature_kinds spec, `db.feature_spec`) and
+    colour statistics of every cell, from the target resampled to spec.samples px per cell."""
+    s = spec.samples
     samples = resample_cells(image, grid, s)
     rows, cols = grid.rows, grid.cols
-    feats = np.empty((rows * cols, feature_dim(feature_grid)), np.float32)
+    feats = np.empty((rows * cols, spec.dim), np.float32)
     mean = np.empty((rows, cols, 3), np.float32)
     std = np.empty((rows, cols, 3), np.float32)
     band = max(1, BAND_SAMPLES // (cols * s * s))
@@ -123,7 +125,7 @@ def cell_data(image: np.ndarray, grid: Grid, feature_grid: int, mean_weight: flo
     def one_band(r0: int) -> None:
         r1 = min(rows, r0 + band)
         part = samples[r0 * s:r1 * s]
-        feats[r0 * cols:r1 * cols] = lab_features(cell_blocks(part, r1 - r0, cols), feature_grid, mean_weight)
+        feats[r0 * cols:r1 * cols] = spec(cell_blocks(part, r1 - r0, cols))
         mean[r0:r1], std[r0:r1] = _cell_mean_std(part, r1 - r0, cols)
 
     starts = range(0, rows, band)

@@ -11,6 +11,7 @@ import numpy as np
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
+from .rerank import RERANK_FACTOR, index_is_approximate, rerank
 from .unused import search_unused, use_exact
 
 # Widening an IVF index: probe lists holding about this many times k vectors, and search rows
@@ -30,19 +31,23 @@ class MatchResult:
 
 
 def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = False) -> MatchResult:
-    """Assign a tile of `db` to every cell of `grid`. Costs are RMS feature distances per dimension."""
+    """Assign a tile of `db` to every cell of `grid`. Costs are RMS differences in the feature's
+    colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted)."""
     n_tiles = len(db)
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     t0 = time.perf_counter()
     index = db.ensure_index()
     t1 = time.perf_counter()
-    dim = float(db.dim)
+    divisor = float(db.feature_spec.cost_divisor)
     k = min(opts.k, n_tiles)
 
     def to_cost(d):
-        return np.sqrt(np.maximum(d, 0.0) / dim).astype(np.float32)
+        return np.sqrt(np.maximum(d, 0.0) / divisor).astype(np.float32)
 
-    d, ids = index.search(cells.features, k, device=opts.device)
+    approximate = index_is_approximate(index)
+    d, ids = index.search(cells.features, min(n_tiles, k * RERANK_FACTOR) if approximate else k, device=opts.device)
+    if approximate:  # the best by the exact cost
+        d, ids = rerank(db.features(), cells.features, d, ids, k)
     t2 = time.perf_counter()
 
     widen_seconds = [0.0, 0]  # time in widening searches and their count: part of "assign"
@@ -58,12 +63,15 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     def _widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
         k2 = min(k2, n_tiles)
-        if use_exact(index.ntotal, len(exclude)):
+        if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
             dd, ii = search_unused(db.features(), index.ids, q, k2, exclude)
-        elif index.infos["kind"] != "ivf":
-            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: exact
+            return ii, to_cost(dd)
+        if index.infos["kind"] != "ivf":
+            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
         else:
             dd, ii = _wide_ivf_search(index, q, k2, exclude)
+        if approximate:
+            dd, ii = rerank(db.features(), q, dd, ii, k2)
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)

@@ -11,6 +11,7 @@ DEFAULT_GRID = "64"
 DEFAULT_MIN_DISTANCE = 2
 MAX_K = 4096
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}
+ORDERS = {"regret": "regret", "random": "random"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,10 @@ class MatchOptions:
     unique: each tile at most once (global min-cost matching).
     seed: same seed, same mosaic.
     device: where FAISS searches ("auto", "cpu", "cuda").
+    order: greedy visiting order: "regret" (cells with most to lose first) or "random".
+    refine_passes: local-improvement sweeps after the greedy pass (0: none).
+    refine_seconds: ... and no new chunk of cells after this long (a time-limited result can
+        depend on the machine; a pass-limited one never does).
     """
     grid: str | None = None
     k: int = 32
@@ -36,6 +41,9 @@ class MatchOptions:
     unique: bool = False
     seed: int = 0
     device: str = "auto"
+    order: str = "regret"
+    refine_passes: int = 4
+    refine_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) and not isinstance(self.grid, bool):
@@ -51,6 +59,9 @@ class MatchOptions:
         check_int("--seed", self.seed, 0)
         check_number("--usage-penalty", self.usage_penalty, 0.0)
         choice("--device", self.device, DEVICES)
+        choice("--order", self.order, ORDERS)
+        check_int("--refine-passes", self.refine_passes, 0)
+        check_number("--refine-seconds", self.refine_seconds, 0.0)
         if self.unique:
             for flag, bad in (("--max-uses", self.max_uses > 1), ("--min-distance", bool(self.min_distance)),
                               ("--usage-penalty", self.usage_penalty > 0)):

@@ -59,10 +59,11 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         # read-only filesystem SQLite cannot make the WAL's shared-memory file: read the
         # catalog as an immutable file there (nobody can be writing to it).
         immutable = "&immutable=1" if not os.access(Path(path).parent, os.W_OK) else ""
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro{immutable}", uri=True, timeout=30,
+        # (as bytes: a folder name that is not UTF-8 is still a valid path)
+        con = sqlite3.connect(f"file:{urllib.parse.quote(os.fsencode(path))}?mode=ro{immutable}", uri=True, timeout=30,
                               check_same_thread=False)
     else:
-        con = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        con = sqlite3.connect(os.fsencode(path), timeout=30, check_same_thread=False)
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
     con.row_factory = sqlite3.Row

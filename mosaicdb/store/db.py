@@ -9,7 +9,8 @@ check), trust in the arrays (`integrity.Integrity`: checksums, verified reads) a
 Layout of a database folder:
     catalog.sqlite          tiles, sources seen, skipped inputs, settings (WAL mode)
     originals/ab/<sha256>.<ext>   full-resolution originals, content-addressed
-    features.f32            (next_id, dim) float32 Lab features, row = tile id
+    features.f32            (next_id, dim) float32 features, row = tile id (the catalog's
+                            `features_file` names it after a `mosaic db reindex`)
     thumbs_<s>.u8           (next_id, s, s, 3) uint8 square thumbnails, one file per size
     index/                  index.faiss, ids.npy, index_infos.json
     lock                    held (flock) by the one writer
@@ -26,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatabaseError, ImageError, UsageError, check_int, check_number
-from ..features import feature_dim
+from .. import feature_kinds
+from ..errors import DatabaseError, ImageError, UsageError, check_int
 from ..index import VectorIndex
 from ..io import UnsafeFile, inside, read_regular_file, write_atomic
 from . import catalog
 from .arrays import RowArray
 from .decode import DecodeOptions, open_image, square_resize
 from .indexing import IndexLifecycle
-from .integrity import Integrity
+from .integrity import _KIND_NAMES, Integrity, _kind
 from .ingest import IngestReport
 from .lock import WriteLock
 from .maintenance import CATALOG, CheckReport, Maintenance
@@ -63,15 +64,15 @@ def check_settings(meta: dict, path: Path) -> dict:
     not a crash (or a 20 GB allocation) later."""
     try:
         out = {"thumb_sizes": _validate_sizes(meta["thumb_sizes"]),
-               "feature_grid": check_int("feature_grid", meta["feature_grid"], 1, 16),
-               "mean_weight": check_number("mean_weight", meta["mean_weight"], 0.0, 1000.0),
+               "features": feature_kinds.from_meta(meta),
+               "features_file": feature_kinds.features_file(meta),
                "background": tuple(check_int("background", int(c), 0, 255) for c in meta["background"]),
                "max_pixels": check_int("max_pixels", meta["max_pixels"], 1)}
         check_int("next_id", meta["next_id"], 0, 1 << 62)
         check_int("version", meta["version"], 0)
         if len(out["background"]) != 3:
             raise UsageError("background must hold 3 values")
-    except (KeyError, TypeError, ValueError, UsageError) as e:
+    except (KeyError, TypeError, ValueError, UsageError, AttributeError) as e:
         raise DatabaseError(f"{path / CATALOG}: its settings are damaged ({e}); restore it from a copy "
                             "or rebuild the database") from None
     return out
@@ -110,33 +111,37 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         self.meta = catalog.get_meta(self._con)
         settings = check_settings(self.meta, self.path)
         self.thumb_sizes = settings["thumb_sizes"]
-        self.feature_grid = settings["feature_grid"]
-        self.mean_weight = settings["mean_weight"]
-        self.dim = feature_dim(self.feature_grid)
+        self._open_features(settings["features"])
         self.decode_options = DecodeOptions(settings["background"], settings["max_pixels"])
-        self.lock = WriteLock(self.path)
-        self._features = RowArray(self.path / "features.f32", (self.dim,), np.float32)
+        self.lock = WriteLock(self.path, on_acquire=self._reload_features)
         self._thumbs = {s: RowArray(self.path / f"thumbs_{s}.u8", (s, s, 3), np.uint8) for s in self.thumb_sizes}
         self._index: VectorIndex | None = None
+        special = self.special_problems()
+        if special:  # before anything opens them: a FIFO would block, a folder fail oddly
+            self._con.close()
+            raise DatabaseError(f"{self.path}: {special[0]}")
         self._init_integrity()
         self._read_lock = threading.Lock()  # one connection, shared by render threads
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, feature_grid: int = 4, mean_weight: float = 1.0,
+    def create(cls, path, *, thumb_sizes=DEFAULT_THUMB_SIZES, features: str = feature_kinds.DEFAULT_KIND,
+               feature_grid: int | None = None, mean_weight: float | None = None,
                background=(255, 255, 255), max_pixels: int = DecodeOptions.max_pixels) -> "TileDB":
         """A new, empty tile database folder at `path` (it must not exist, or be empty). `thumb_sizes`:
-        the square thumbnails kept per tile; features are the Lab mean (weighted `mean_weight`) plus a
-        `feature_grid` x `feature_grid` grid of Lab means; transparent pixels are composited on
+        the square thumbnails kept per tile; `features`: the feature kind (see `feature_kinds`;
+        `feature_grid` and `mean_weight` apply to `lab-grid` only); transparent pixels are composited on
         `background`; images over `max_pixels` are refused."""
         path = _as_path(path)
-        if (path / CATALOG).exists():
+        if os.path.lexists(path / CATALOG):
+            if _kind(path / CATALOG) != "file":
+                raise DatabaseError(f"{path / CATALOG} exists and is not a regular file: remove it, or choose a new "
+                                    "path for the database")
             raise DatabaseError(f"{path} is already a tile database")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise DatabaseError(f"{path} exists and is not an empty folder: choose a new path for the database")
         sizes = _validate_sizes(thumb_sizes)
-        check_int("--feature-grid", feature_grid, 1, 16)
-        check_number("--mean-weight", mean_weight, 0.0, 1000.0)
+        spec = feature_kinds.spec_for(features, feature_grid, mean_weight)
         check_int("--max-pixels", max_pixels, 1)
         try:
             background = tuple(background)
@@ -149,8 +154,8 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
 
         def write_catalog(tmp: Path) -> None:
             con = catalog.connect(tmp)
-            catalog.create(con, {"thumb_sizes": list(sizes), "feature_grid": int(feature_grid),
-                                 "mean_weight": float(mean_weight), "background": [int(c) for c in background],
+            catalog.create(con, {"thumb_sizes": list(sizes), **feature_kinds.to_meta(spec),
+                                 "background": [int(c) for c in background],
                                  "max_pixels": int(max_pixels), "created": time.time()})
             con.execute("PRAGMA journal_mode=DELETE")  # fold the WAL into the file before the rename
             con.close()
@@ -167,6 +172,11 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
     def open(cls, path, readonly: bool = False) -> "TileDB":
         """An existing database (`TileDB.create` makes a new one)."""
         path = _as_path(path)
+        for name in (CATALOG, CATALOG + "-wal", CATALOG + "-shm"):
+            kind = _kind(path / name)
+            if kind not in (None, "file"):  # a FIFO would block sqlite, a link lead it elsewhere
+                raise DatabaseError(f"{path / name} is {_KIND_NAMES[kind]}, not a regular file: a tile database's "
+                                    "catalog must be a real file inside it (restore it from a copy)")
         if not (path / CATALOG).is_file():
             what = "does not exist" if not path.exists() else "is not a tile database"
             raise DatabaseError(f"{path} {what}: create one with `mosaic db init {path}` "
@@ -197,6 +207,20 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         if self._con is not None:
             self._con.close()
             self._con = None
+
+    def _open_features(self, spec) -> None:
+        """The feature kind (checked by check_settings) and the array the catalog names."""
+        self.feature_spec = spec
+        self.dim = spec.dim
+        self._features = RowArray(self.path / feature_kinds.features_file(self.meta), (self.dim,), np.float32)
+
+    def _reload_features(self) -> None:
+        """On taking the write lock: another process may have reindexed since we opened."""
+        self._refresh()
+        spec = check_settings(self.meta, self.path)["features"]
+        if feature_kinds.features_file(self.meta) != self._features.path.name or spec != self.feature_spec:
+            self._open_features(spec)
+            self._index = None
 
     def __enter__(self):
         return self

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from ..errors import ImageError
-from ..features import lab_features, samples_per_side
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, not grey half-images
 
@@ -193,13 +192,15 @@ def make_thumbnails(img: Image.Image, sizes: tuple[int, ...]) -> list[np.ndarray
     return out
 
 
-def tile_features(thumbs: list[np.ndarray], sizes: tuple[int, ...], grid: int, mean_weight: float) -> np.ndarray:
-    """Features of a batch of tiles from their thumbnails (list over sizes of (N, s, s, 3))."""
-    s = samples_per_side(grid)
+def tile_features(thumbs: list[np.ndarray], sizes: tuple[int, ...], spec) -> np.ndarray:
+    """Features (`spec`, a mosaicdb.feature_kinds spec) of a batch of tiles from their
+    thumbnails (list over sizes of (N, s, s, 3)): the thumbnail of the spec's sample size, or
+    the largest one area-resampled to it."""
+    s = spec.samples
     if s in sizes:
         blocks = thumbs[sizes.index(s)]
     else:
         import cv2
         src = thumbs[-1]
         blocks = np.stack([cv2.resize(t, (s, s), interpolation=cv2.INTER_AREA) for t in src])
-    return lab_features(blocks, grid, mean_weight)
+    return spec(blocks)

@@ -2,14 +2,21 @@
 searching it. A mixin of `TileDB`."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
+
+log = logging.getLogger(__name__)
+
+# Tiles looked up by their own features each time a database's index is first used.
+INDEX_PROBES = 32
 
 
 class IndexLifecycle:
@@ -49,7 +56,9 @@ class IndexLifecycle:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
         self.check_rows("features", ids)
         vectors = np.asarray(self.features()[ids])
-        idx = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
+        idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
         idx.save(self.index_dir)
         self._index = idx
         return idx.infos
@@ -80,7 +89,7 @@ class IndexLifecycle:
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
         too_far = (idx.infos["kind"] == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
                   (idx.infos["kind"] == "ivf" and not 0.5 <= len(ids) / built <= 2.0)
-        if too_far or idx.infos.get("dim") != self.dim:
+        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
@@ -99,7 +108,27 @@ class IndexLifecycle:
             if self.readonly:
                 raise IndexStale(f"the index of {self.path} is out of date: run `mosaic db index {self.path}`")
             self.update_index()
-        return self.load_index()
+        idx = self.load_index()
+        if not getattr(self, "_index_probed", False):
+            if self.index_foreign(idx):
+                if self.readonly:
+                    raise IndexStale(f"the index of {self.path} does not find its own tiles (copied from another "
+                                     f"database, or damaged): run `mosaic db index --rebuild {self.path}`")
+                log.warning("the index of %s does not find its own tiles: rebuilding it", self.path)
+                self.build_index()
+                idx = self.load_index()
+            self._index_probed = True
+        return idx
+
+    def index_foreign(self, idx) -> bool:
+        """Whether `idx` fails to return a quarter or more of a few sampled tiles at their own
+        features: an index file copied from another database (same size, other vectors), or
+        ids that no longer belong to its vectors. Cheap enough for every make."""
+        ids = self.ids()
+        if not len(ids):
+            return False
+        off, n = self.index_mismatches(idx, ids, self.features(), sample=INDEX_PROBES)
+        return off * 4 > n
 
     def search(self, vectors: np.ndarray, k: int, *, exact: bool = False, device: str = "auto",
                exclude: np.ndarray | None = None):

@@ -53,8 +53,7 @@ class WorkerConfig:
     db_path: str
     link: bool
     thumb_sizes: tuple[int, ...]
-    feature_grid: int
-    mean_weight: float
+    features: object  # a mosaicdb.feature_kinds spec (frozen, picklable)
     decode: DecodeOptions
 
 
@@ -204,7 +203,7 @@ def process_chunk(chunk: list, cfg: WorkerConfig) -> ChunkResult:
         res.ok.append((src, digest, blob, w, h, fmt, prov))
     if res.ok:
         res.thumbs = [np.stack(t) for t in thumbs]
-        res.features = tile_features(res.thumbs, cfg.thumb_sizes, cfg.feature_grid, cfg.mean_weight)
+        res.features = tile_features(res.thumbs, cfg.thumb_sizes, cfg.features)
     return res
 
 

@@ -12,6 +12,7 @@ A mixin of `TileDB`.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import zlib
 
@@ -19,6 +20,27 @@ import numpy as np
 
 from ..errors import DatabaseError
 from . import catalog
+
+
+CATALOG_FILE = "catalog.sqlite"  # (maintenance.CATALOG; integrity sits below it)
+_KIND_NAMES = {"file": "a file", "dir": "a folder", "fifo": "a FIFO", "device": "a device file",
+               "socket": "a socket", "other": "a special file"}
+
+
+def _kind(p) -> str | None:
+    """What is at `p`, without following a link: file, dir, link, fifo, device, socket, other
+    (None when nothing is)."""
+    try:
+        m = os.lstat(p).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "other"
+    for kind, test in (("file", stat.S_ISREG), ("dir", stat.S_ISDIR), ("link", stat.S_ISLNK), ("fifo", stat.S_ISFIFO),
+                       ("device", stat.S_ISCHR), ("device", stat.S_ISBLK), ("socket", stat.S_ISSOCK)):
+        if test(m):
+            return kind
+    return "other"
 
 
 def crc_of(rows: np.ndarray) -> int:
@@ -45,26 +67,58 @@ class Integrity:
                 out.append(f"{arr.path.name} {what}, the catalog needs {self.next_id}")
         return out
 
+    def finite_problems(self, block: int = 1 << 16) -> list[str]:
+        """Live tiles whose features are not finite (what `db check` reports), read in blocks."""
+        ids = self.ids()
+        if not len(ids):
+            return []
+        feats, bad, first = self._features.read(self.next_id), 0, None
+        for part in np.array_split(ids, max(1, len(ids) // block)):
+            off = part[~np.isfinite(np.asarray(feats[part])).all(axis=1)]
+            bad += len(off)
+            first = off[0] if first is None and len(off) else first
+        return [f"features: {bad} tiles have non-finite features (first id {first})"] if bad else []
+
     def own_files(self) -> list:
-        """The files and folders the database itself owns (symlinks among them are refused)."""
-        return [self.path / "catalog.sqlite", self.path / "lock", self.path / "index", self.path / "originals",
-                *(a.path for a in self.arrays().values()),
-                *((self.path / "index").glob("*") if (self.path / "index").is_dir() else [])]
+        """The files and folders the database itself owns, as (path, kind) with kind "file" or
+        "dir" (links and special files among them are refused)."""
+        idx = self.path / "index"
+        files = [self.path / CATALOG_FILE, self.path / (CATALOG_FILE + "-wal"), self.path / (CATALOG_FILE + "-shm"),
+                 self.path / "lock", *(a.path for a in self.arrays().values())]
+        if _kind(idx) == "dir":
+            files += [p for p in idx.iterdir()]
+        return [(p, "file") for p in files] + [(idx, "dir"), (self.path / "originals", "dir")]
 
     def link_problems(self) -> list[str]:
-        """Own files that are symbolic links: writes through them would land outside the database."""
-        return [f"{p.relative_to(self.path)} is a symbolic link (to {os.readlink(p)}): a database's own files must "
-                "be real files inside it" for p in self.own_files() if p.is_symlink()]
+        """Own files that are symbolic links (writes through them would land outside the
+        database) or not what they should be: a FIFO, a device or a folder where a file belongs
+        would block or fail every read."""
+        out = []
+        for p, want in self.own_files():
+            kind = _kind(p)
+            if kind == "link":
+                out.append(f"{p.relative_to(self.path)} is a symbolic link (to {os.readlink(p)}): a database's "
+                           "own files must be real files inside it: remove the link")
+            elif kind not in (None, want):
+                out.append(f"{p.relative_to(self.path)} is {_KIND_NAMES[kind]}, not a regular {want}: remove it "
+                           f"(`mosaic db repair {self.path}` rebuilds what it held)")
+        return out
+
+    def special_problems(self) -> list[str]:
+        """Own files that are FIFOs, devices, sockets or folders where a file belongs: opening
+        them could block, so they are refused as soon as the database is opened."""
+        return [p for p in self.link_problems() if "symbolic link" not in p]
 
     def refuse_links(self) -> None:
         """Refuse a database whose own files (catalog, arrays, index) are symlinks or special files."""
         problems = self.link_problems()
         if problems:
-            raise DatabaseError(f"{self.path}: {problems[0]}; remove the link")
+            raise DatabaseError(f"{self.path}: {problems[0]}")
 
     def require_intact(self) -> None:
         """Refuse to write to (or read rows from) a database whose arrays are too short."""
         problems = self.link_problems() + self.size_problems()
+        problems = problems or self.finite_problems()
         if problems:
             raise DatabaseError(f"{self.path} is damaged ({problems[0]}): run `mosaic db repair {self.path}`")
 
@@ -100,6 +154,10 @@ class Integrity:
             self.con.execute("DELETE FROM checksums WHERE array = ? AND start < ? AND start + count > ?",
                              (name, stop, start))
             self.con.executemany("INSERT OR REPLACE INTO checksums VALUES (?, ?, ?, ?)", runs)
+        self.forget_verified(name)
+
+    def forget_verified(self, name: str) -> None:
+        """Drop what is known of array `name`'s runs (after its rows or checksums were replaced)."""
         self._ranges_cache = None
         with self._verify_lock:
             for cache in (self._verified_runs, self._bad_runs):

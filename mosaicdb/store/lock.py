@@ -29,10 +29,13 @@ if hasattr(os, "register_at_fork"):
 
 
 class WriteLock:
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, on_acquire=None):
+        """`on_acquire()` runs each time the lock is taken (not when re-entered): what another
+        writer changed while we did not hold it must be re-read."""
         self.path = Path(db_path) / "lock"
         self._fd = None
         self._depth = 0
+        self._on_acquire = on_acquire
 
     def __enter__(self):
         if self._depth == 0:
@@ -42,6 +45,8 @@ class WriteLock:
                 if e.errno == errno.ELOOP:
                     raise DatabaseError(f"{self.path} is a symbolic link: a database's own files must be real "
                                         "files inside it; remove the link") from None
+                if e.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
+                    raise DatabaseError(f"{self.path} is not a regular file: remove it") from None
                 raise
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
@@ -54,10 +59,16 @@ class WriteLock:
                 raise DatabaseLocked(f"database {self.path.parent} is busy: {holder} is writing to it; "
                                      "wait for it to finish or stop it") from None
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode())
+            os.write(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]})".encode("utf-8", "backslashreplace"))
             self._fd, self._pid = fd, os.getpid()
             _HELD.add(fd)
         self._depth += 1
+        if self._depth == 1 and self._on_acquire is not None:
+            try:
+                self._on_acquire()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, *exc):

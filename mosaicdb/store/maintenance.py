@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..io import inside
 from .decode import tile_features
 
@@ -45,13 +46,15 @@ class Maintenance:
             "path": str(self.path), "tiles": len(self), "by_origin": by_origin,
             "skipped_inputs": self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0],
             "linked": self.con.execute("SELECT COUNT(*) FROM tiles WHERE blob LIKE '/%'").fetchone()[0],
-            "thumb_sizes": list(self.thumb_sizes), "feature_grid": self.feature_grid, "feature_dim": self.dim,
+            "thumb_sizes": list(self.thumb_sizes), "features": feature_kinds.describe(self.feature_spec),
+            "feature_dim": self.dim,
             "bytes": {"catalog": du(self.path / CATALOG), "originals": du(self.path / "originals"),
-                      "features": du(self.path / "features.f32"),
+                      "features": du(self._features.path),
                       "thumbnails": sum(du(self.path / f"thumbs_{s}.u8") for s in self.thumb_sizes),
                       "index": du(self.index_dir)},
             "index": None if idx is None else {
                 "kind": idx.infos["kind"], "params": idx.infos["params"], "ntotal": idx.ntotal,
+                "pca_dims": int(idx.infos.get("pca_dims", 0)),
                 "recall_at_1": idx.infos["recall_at_1"], "stale": self.index_stale()},
         }
 
@@ -70,17 +73,19 @@ class Maintenance:
         if rep.problems:
             return rep
         feats = self.features()
-        bad = ids[~np.isfinite(np.asarray(feats[ids])).all(axis=1)] if len(ids) else ids
-        if len(bad):
-            rep.problems.append(f"features: {len(bad)} tiles have non-finite features (first id {bad[0]})")
+        rep.problems += self.finite_problems()
         self._check_originals(rep, deep)
         if deep:
             self._check_rows(rep, ids, feats)
         self._check_index(rep, ids, feats, deep)
         return rep
 
-    def _check_originals(self, rep: CheckReport, deep: bool) -> None:
-        referenced, missing, outside = set(), [], []
+    def original_problems(self, deep: bool = False) -> dict:
+        """Tiles whose originals lead outside their folder, are missing, or (`deep`: re-hashed)
+        changed since ingest, as lists of (tile id, blob); and files under originals/ that no
+        tile references."""
+        out = {"outside": [], "missing": [], "changed": [], "orphans": []}
+        referenced = set()
         for r in self.con.execute("SELECT * FROM tiles"):
             r = dict(r)
             p = Path(r["blob"])
@@ -88,23 +93,30 @@ class Maintenance:
             if not p.is_absolute():
                 referenced.add(str(p))
             if not inside(full, self.blob_root(r)):
-                outside.append(f"{r['id']} ({r['blob']})")
+                out["outside"].append((r["id"], r["blob"]))
             elif not full.is_file():
-                missing.append(f"{r['id']} ({full})")
+                out["missing"].append((r["id"], str(full)))
             elif deep and _sha256(full) != r["hash"]:
-                rep.problems.append(f"original of tile {r['id']} ({full}) changed since ingest (hash differs)")
-        if outside:
-            rep.problems.append(f"catalog: {len(outside)} tiles' originals lead outside their folder (tampered "
-                                f"with?), e.g. tile {outside[0]}; `mosaic db remove` them")
-        if missing:
-            rep.problems.append(f"originals: {len(missing)} missing, e.g. tile {missing[0]}")
+                out["changed"].append((r["id"], str(full)))
         orig = self.path / "originals"
         if orig.exists():
             files = [str(f.relative_to(self.path)) for f in orig.rglob("*") if f.is_file()]
-            orphans = [f for f in files if f not in referenced]
-            if orphans:
-                rep.warnings.append(f"originals: {len(orphans)} files no tile references (left by an interrupted "
-                                    "ingest or a duplicate; harmless, reused when that file is ingested again)")
+            out["orphans"] = [f for f in files if f not in referenced]
+        return out
+
+    def _check_originals(self, rep: CheckReport, deep: bool) -> None:
+        o = self.original_problems(deep)
+        rep.problems += [f"original of tile {i} ({f}) changed since ingest (hash differs)" for i, f in o["changed"]]
+        if o["outside"]:
+            i, b = o["outside"][0]
+            rep.problems.append(f"catalog: {len(o['outside'])} tiles' originals lead outside their folder (tampered "
+                                f"with?), e.g. tile {i} ({b}); `mosaic db remove` them")
+        if o["missing"]:
+            i, f = o["missing"][0]
+            rep.problems.append(f"originals: {len(o['missing'])} missing, e.g. tile {i} ({f})")
+        if o["orphans"]:
+            rep.warnings.append(f"originals: {len(o['orphans'])} files no tile references (left by an interrupted "
+                                "ingest or a duplicate; harmless, reused when that file is ingested again)")
 
     def _check_rows(self, rep: CheckReport, ids, feats) -> None:
         for name in self.arrays():
@@ -120,7 +132,7 @@ class Maintenance:
             sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
             sample = np.sort(sample)
             thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
             off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
             if off.any():
                 rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")
@@ -139,12 +151,13 @@ class Maintenance:
                                 f"`mosaic db index {self.path}` updates it (make does so automatically)")
             return
         if idx.ntotal != len(idx.ids) or not np.array_equal(idx.ids, ids):
-            rep.problems.append(f"index: holds {idx.ntotal} vectors for {len(ids)} tiles although it is "
-                                f"marked current; rebuild it with `mosaic db index --rebuild {self.path}`")
+            rep.problems.append(f"index: its ids ({idx.ntotal} vectors) are not the database's {len(ids)} tiles "
+                                "(its files were altered or copied from elsewhere); rebuild it with "
+                                f"`mosaic db index --rebuild {self.path}`")
             return
-        if deep and len(ids):
-            off, n = self.index_mismatches(idx, ids, feats)
-            if off:
+        if len(ids):
+            off, n = self.index_mismatches(idx, ids, feats, sample=2000 if deep else 32)
+            if off if deep else off * 4 > n:
                 rep.problems.append(f"index: {off} of {n} sampled tiles are not found under their own id at "
                                     f"their features; rebuild it with `mosaic db index --rebuild {self.path}`")
 

@@ -8,8 +8,9 @@
   recomputed from the thumbnails; all-black thumbnails are suspect) before their checksums are
   recorded.
 - The index is rebuilt from the features.
-- What cannot be rebuilt (the original is missing or changed) is reported, and removed with
-  `remove_unrecoverable`.
+- Every original is re-hashed: tiles whose original is missing, changed or outside its folder
+  cannot be drawn at full size and cannot be rebuilt; they are reported with the tiles whose
+  rows could not be rebuilt, and removed with `remove_unrecoverable`.
 
 A mixin of `TileDB`.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import feature_kinds
 from ..errors import DatabaseError
 from . import catalog
 from .decode import tile_features
@@ -101,6 +103,14 @@ class Repair:
                 if len(good):
                     self._build_index_from(good)
                     rep.index_rebuilt = True
+            # originals that are gone or changed while their rows are intact: nothing can bring
+            # them back, and a full-size render refuses them; say so (and remove them on request)
+            lost = self.original_problems(deep=True)
+            known = {u[0] for u in unrecoverable}
+            for key, why in (("outside", "original leads outside its folder"), ("missing", "original missing"),
+                             ("changed", "original changed since ingest")):
+                unrecoverable += [(i, f"{why} ({f})") for i, f in lost[key] if i not in known]
+            rep.unrecoverable = unrecoverable = sorted(unrecoverable)
         if unrecoverable and remove_unrecoverable:
             rep.removed = self.remove([u[0] for u in unrecoverable])
         rep.seconds = time.perf_counter() - t0
@@ -125,7 +135,7 @@ class Repair:
         feats = self.features()
         for part in np.array_split(ids, max(1, len(ids) // 4096)) if len(ids) else []:
             thumbs = [np.asarray(self.thumbs(s)[part]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_grid, self.mean_weight)
+            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
             off = np.abs(again - np.asarray(feats[part])).max(axis=1) > 1e-3
             black = ~thumbs[-1].reshape(len(part), -1).any(axis=1)
             out.append(part[off | black])
@@ -146,7 +156,7 @@ class Repair:
                 continue
             src = Source(str(i), "file", str(path), "", 0, 0, str(self.blob_root(r)))
             jobs.append((src, None, {}))
-        cfg = WorkerConfig(str(self.path), True, self.thumb_sizes, self.feature_grid, self.mean_weight,
+        cfg = WorkerConfig(str(self.path), True, self.thumb_sizes, self.feature_spec,
                            self.decode_options)
         arrays = self.arrays()
         rebuilt = []
@@ -186,6 +196,8 @@ class Repair:
         except Exception:
             options = IndexOptions()
         vectors = np.asarray(self.features()[ids])
-        new = build_index(vectors, ids, options, extra={"catalog_version": self.version, "ntotal_at_build": len(ids)})
+        new = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
+                                 "features": feature_kinds.signature(self.feature_spec)})
         new.save(self.index_dir)
         self._index = new

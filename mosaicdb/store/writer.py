@@ -21,8 +21,7 @@ from .ingest import (IngestReport, Source, WorkerConfig, chunked, enumerate_sour
 
 class TileWriter:
     def _worker_config(self, link: bool) -> WorkerConfig:
-        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_grid, self.mean_weight,
-                            self.decode_options)
+        return WorkerConfig(str(self.path), link, self.thumb_sizes, self.feature_spec, self.decode_options)
 
     def ingest(self, sources, *, link: bool = False, workers: int | None = None, progress: bool = False,
                chunk_size: int = 64, update_index: bool = True, index_options: IndexOptions | None = None) -> IngestReport:
@@ -181,18 +180,33 @@ class TileWriter:
             return len(rows)
 
     def resolve_refs(self, refs=(), source_prefix: str | None = None) -> np.ndarray:
-        """Tile ids named by `refs` (ids, or hash prefixes of >= 8 hex digits) and by a source
-        file/folder/archive prefix, sorted and distinct; ids that are not in the database are
-        dropped."""
+        """Tile ids named by `refs` (ids, or hash prefixes of >= 8 hex digits; `id:N` and
+        `hash:PREFIX` say which, and a number that is both a live id and a hash prefix must) and
+        by a source file/folder/archive prefix, sorted and distinct; ids that are not in the
+        database are dropped."""
         ids, hashes = [], []
+        live = self.ids()
         for t in map(str, refs):
-            if t.isdigit():
-                if int(t) < (1 << 62):  # larger numbers are no tile's id
-                    ids.append(int(t))
-            elif len(t) >= 8 and all(c in "0123456789abcdefABCDEF" for c in t):
-                hashes.append(t)
+            kind, _, value = t.partition(":") if t[:3] in ("id:", "has") else ("", "", t)
+            is_hash = len(value) >= 8 and all(c in "0123456789abcdefABCDEF" for c in value)
+            if kind == "id" or (not kind and value.isdigit()):
+                if not value.isdigit():
+                    raise UsageError(f"{t!r}: an id is a whole number")
+                as_id = int(value) < (1 << 62) and bool(np.isin(int(value), live))
+                if not kind and is_hash and len(self.find(hashes=[value])):
+                    if as_id:  # both a live tile's id and the start of another's hash
+                        raise UsageError(f"{t!r} is both tile id {int(value)} and the start of a tile's hash: write "
+                                         f"id:{value} or hash:{value}")
+                    hashes.append(value)
+                elif int(value) < (1 << 62):  # larger numbers are no tile's id
+                    ids.append(int(value))
+            elif kind == "hash" or (not kind and is_hash):
+                if not is_hash:
+                    raise UsageError(f"{t!r}: a hash prefix has at least 8 hex digits")
+                hashes.append(value)
             else:
-                raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits")
+                raise UsageError(f"{t!r} is neither a tile id nor a hash prefix of at least 8 hex digits "
+                                 "(write id:N or hash:PREFIX to say which)")
         if not list(refs) and not source_prefix:
             raise UsageError("name tiles (ids or hash prefixes) or give a source path")
         found = set(self.find(hashes=hashes, source_prefix=source_prefix).tolist())

@@ -1,0 +1,211 @@
+"""Feature kinds: how a tile and a target cell become the vector that matching compares.
+
+Every kind is one function of an (N, S, S, 3) uint8 block of samples, used for tiles (their
+S-px thumbnail) and target cells (the target area-resampled to S px per cell) alike, so the
+same pixels always give the same vector. A database records its kind in the catalog
+(`feature_kind`, `feature_params`); databases made before kinds existed are `lab-grid`.
+
+- ``rgb-pyramid`` (the default): the cell's block means at 1x1, 2x2, 4x4 and 8x8 in sRGB, level
+  p scaled by sqrt(w_p)/p, so that the squared distance between two vectors is
+  3 * sum_p w_p * MSE_p, where MSE_p is the mean squared sRGB difference (0-255 levels) of the
+  two blocks seen at p x p. The metrics a mosaic is judged by (PSNR/SSIM at 64 px, Gaussian-
+  pyramid MSE) are MSEs of sRGB pixels at a few scales, so this cost measures what they measure.
+  The index stores these 255 numbers reduced by a PCA fitted on the pool (see index/).
+- ``lab-pyramid``: the same pyramid in CIE Lab (perceptual: distances in Lab units).
+- ``lab-grid``: the original 51-d feature, Lab mean (weighted) + a g x g grid of Lab means.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import UsageError, check_int, check_number, choice
+from .features import feature_dim, lab_features, rgb_to_lab, samples_per_side
+
+# PCA output dims for the pyramid kinds, and the smallest pool it is fitted on (below it the
+# index searches the full vectors, which is exact and cheap at that size).
+PCA_DIMS = 48
+PCA_MIN_TILES = 1024
+
+
+@dataclass(frozen=True)
+class LabGrid:
+    """Lab mean * mean_weight * grid + a grid x grid grid of Lab means (51-d at grid 4)."""
+    grid: int = 4
+    mean_weight: float = 1.0
+    kind = "lab-grid"
+    pca_dims = 0
+
+    @property
+    def samples(self) -> int:
+        return samples_per_side(self.grid)
+
+    @property
+    def dim(self) -> int:
+        return feature_dim(self.grid)
+
+    @property
+    def cost_divisor(self) -> float:
+        """Squared distance / this = mean squared difference per number (the historical RMS cost)."""
+        return float(self.dim)
+
+    def __call__(self, blocks: np.ndarray) -> np.ndarray:
+        return lab_features(blocks, self.grid, self.mean_weight)
+
+    def params(self) -> dict:
+        return {"grid": self.grid, "mean_weight": self.mean_weight}
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """Block means of the samples at each level p (p x p, p dividing `samples`), weighted."""
+    space: str = "rgb"
+    levels: tuple = ((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0))
+    samples: int = 16
+    pca_dims: int = PCA_DIMS
+
+    @property
+    def kind(self) -> str:
+        return f"{self.space}-pyramid"
+
+    @property
+    def dim(self) -> int:
+        return 3 * sum(p * p for p, _ in self.levels)
+
+    @property
+    def cost_divisor(self) -> float:
+        """Squared distance / this = sum_p w_p MSE_p / sum_p w_p: a weighted mean squared
+        difference, so sqrt of it is in the colour space's units (sRGB levels, or Lab)."""
+        return 3.0 * sum(w for _, w in self.levels)
+
+    def __call__(self, blocks: np.ndarray) -> np.ndarray:
+        blocks = _check_blocks(blocks, self.samples)
+        n, s = blocks.shape[0], self.samples
+        x = blocks.astype(np.float32) if self.space == "rgb" else rgb_to_lab(blocks)
+        halves = {s: x}  # 2x2 means of 2x2 means: one pass over the samples for every level
+        while s % 2 == 0 and s > 1 and s // 2 >= min(p for p, _ in self.levels):
+            x = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) * np.float32(0.25)
+            s //= 2
+            halves[s] = x
+        out = np.empty((n, self.dim), np.float32)
+        at = 0
+        for p, w in self.levels:
+            if p in halves:
+                means = halves[p]
+            else:
+                q = self.samples // p
+                means = halves[self.samples].reshape(n, p, q, p, q, 3).mean(axis=(2, 4), dtype=np.float32)
+            out[:, at:at + 3 * p * p] = means.reshape(n, -1) * np.float32(np.sqrt(w) / p)
+            at += 3 * p * p
+        return out
+
+    def params(self) -> dict:
+        return {"space": self.space, "levels": [list(lv) for lv in self.levels], "samples": self.samples,
+                "pca_dims": self.pca_dims}
+
+
+FeatureSpec = LabGrid | Pyramid
+
+KINDS = {
+    "rgb-pyramid": Pyramid("rgb"),
+    "lab-pyramid": Pyramid("lab"),
+    "lab-grid": LabGrid(),
+}
+DEFAULT_KIND = "rgb-pyramid"
+# the names reindex gives (a catalog is untrusted input: its file names stay in the folder)
+_FEATURES_FILE = re.compile(r"features(\.[a-z]+-[a-z]+\.[0-9]{1,9})?\.f32")
+
+
+def _check_blocks(blocks, s: int) -> np.ndarray:
+    blocks = np.asarray(blocks)
+    if blocks.dtype != np.uint8 or blocks.ndim != 4 or blocks.shape[1:] != (s, s, 3):
+        raise ValueError(f"features need uint8 (N, {s}, {s}, 3) blocks, got {blocks.dtype} {blocks.shape}")
+    return blocks
+
+
+def spec_for(kind: str, grid: int | None = None, mean_weight: float | None = None) -> FeatureSpec:
+    """The spec of a kind named on the command line (grid/mean weight apply to lab-grid only)."""
+    spec = choice("feature kind", kind, KINDS)
+    if isinstance(spec, LabGrid):
+        spec = LabGrid(spec.grid if grid is None else check_int("--feature-grid", grid, 1, 16),
+                       spec.mean_weight if mean_weight is None else
+                       check_number("--mean-weight", mean_weight, 0.0, 1000.0))
+    elif grid is not None or mean_weight is not None:
+        raise UsageError(f"--feature-grid and --mean-weight apply to --features lab-grid, not {kind}")
+    return spec
+
+
+def to_meta(spec: FeatureSpec) -> dict:
+    """Catalog settings of a spec (lab-grid keeps its historical keys, which old code reads)."""
+    meta = {"feature_kind": spec.kind, "feature_params": spec.params()}
+    if isinstance(spec, LabGrid):
+        meta.update(feature_grid=spec.grid, mean_weight=spec.mean_weight)
+    return meta
+
+
+def from_meta(meta: dict) -> FeatureSpec:
+    """The spec a database was built with; no `feature_kind` means a database from before kinds.
+    A catalog is untrusted: anything out of range is a ValueError (the caller names the file)."""
+    kind = meta.get("feature_kind", "lab-grid")
+    if kind == "lab-grid":
+        grid, weight = check_int("feature_grid", meta["feature_grid"], 1, 16), meta["mean_weight"]
+        return LabGrid(grid, check_number("mean_weight", weight, 0.0, 1000.0))
+    if kind not in KINDS:
+        raise ValueError(f"unknown feature kind {kind!r} (made by a newer mosaicdb?)")
+    p = meta["feature_params"]
+    levels = tuple((int(a), float(b)) for a, b in p["levels"])
+    s = int(p["samples"])
+    if not levels or len(levels) > 8 or not 1 <= s <= 64 or p["space"] not in ("rgb", "lab") \
+            or any(a < 1 or s % a or not 0 <= b <= 1000 for a, b in levels):
+        raise ValueError(f"bad feature_params {p}")
+    spec = Pyramid(str(p["space"]), levels, s, check_int("pca_dims", p["pca_dims"], 0, 4096))
+    if f"{spec.kind}" != kind:
+        raise ValueError(f"feature_kind {kind!r} does not match its params")
+    return spec
+
+
+def signature(spec: FeatureSpec) -> str:
+    """Identifies what the stored vectors mean: an index built on another signature is rebuilt."""
+    return json.dumps({"kind": spec.kind, **spec.params()}, sort_keys=True)
+
+
+def describe(spec: FeatureSpec) -> dict:
+    return {"kind": spec.kind, "dim": spec.dim, **asdict(spec)}
+
+
+def features_file(meta: dict) -> str:
+    """The feature array's file name in the database folder (`mosaic db reindex` writes a new
+    one and switches the catalog to it in one commit)."""
+    name = meta.get("features_file", "features.f32")
+    if not isinstance(name, str) or not _FEATURES_FILE.fullmatch(name):
+        raise ValueError(f"features_file {name!r} is not a features file name")
+    return name
+
+
+def index_pca_dims(spec: FeatureSpec, n_tiles: int) -> int:
+    """Dims of the PCA an index over `n_tiles` of these features applies (0: none)."""
+    if spec.pca_dims and spec.pca_dims < spec.dim and n_tiles >= PCA_MIN_TILES:
+        return int(spec.pca_dims)
+    return 0
+
+
+def index_outdated(infos: dict, spec: FeatureSpec, n_tiles: int) -> bool:
+    """Whether an index (its infos) must be rebuilt rather than updated in place for a pool of
+    `n_tiles` with these features: other features, or a PCA fitted on a pool half or twice
+    the size of today's (a PCA basis is refitted only by a rebuild)."""
+    if infos.get("dim") != spec.dim:
+        return True
+    sig = infos.get("features")
+    if sig is None:  # built before feature kinds: 51-d-style lab-grid vectors
+        if spec.kind != "lab-grid":
+            return True
+    elif sig != signature(spec):
+        return True
+    has, want = int(infos.get("pca_dims", 0)), index_pca_dims(spec, n_tiles)
+    if has != want:
+        return True
+    built = max(int(infos.get("ntotal_at_build", n_tiles)), 1)
+    return bool(has) and not 0.5 <= n_tiles / built <= 2.0
