@@ -196,7 +196,7 @@ def speed(pool, model: Path, target: Path, grid: int, steps_list) -> dict:
                                     "mse": {k: float(v.mean()) for k, v in r.errors.items()}}
     pool.ensure_index()
     t0 = time.perf_counter()
-    cd = cell_data(img, g, pool.feature_grid, pool.mean_weight)
+    cd = cell_data(img, g, pool.feature_spec)
     match(pool, cd, g, MatchOptions(grid=str(grid)))
     wall = time.perf_counter() - t0
     out["retrieval_match"] = {"wall_s": round(wall, 3), "cells_per_s": round(len(cells) / wall, 1)}

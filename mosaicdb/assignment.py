@@ -126,6 +126,14 @@ class SavedAssignment:
         return int(self.tile_ids.shape[1])
 
 
+ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
+
+
+def is_assignment(path) -> bool:
+    """Whether `path` names a saved assignment (OUT.mosaic.json or .npz)."""
+    return str(path).endswith(ASSIGNMENT_SUFFIXES)
+
+
 def sidecar_paths(out) -> tuple[Path, Path]:
     """OUT.mosaic.json and OUT.mosaic.npz for an output OUT."""
     out = Path(out)

@@ -68,15 +68,17 @@ class BatchOptions:
 class BatchRunner:
     """Opens what a batch needs once (`with BatchRunner(...) as run:`), then `run.make(targets,
     outs)`. Errors in the database or options surface on entry, before any output exists.
-    `maker(db)` builds another maker than `Maker` (the autoencoder's), on the local executor."""
+    `maker(db)` builds another maker than the plain `Maker` (the autoencoder's, or one for
+    recursive mosaics), on the local executor only; `maker_option` names it in that refusal."""
 
     def __init__(self, db_path, match_opts: MatchOptions, render_opts: RenderOptions,
-                 options: BatchOptions = BatchOptions(), *, progress: bool = False, hybrid=None, maker=None):
+                 options: BatchOptions = BatchOptions(), *, progress: bool = False, hybrid=None, maker=None,
+                 maker_option: str | None = None):
         if not isinstance(options, BatchOptions):
             raise UsageError(f"BatchRunner(options=...) takes a BatchOptions, got {type(options).__name__}")
         options.check_generation(hybrid is not None)
         if maker is not None and options.executor != "local":
-            raise UsageError("--autoencoder runs with --executor local only: drop one of them")
+            raise UsageError(f"{maker_option or '--autoencoder'} runs with --executor local only: drop one of them")
         self.db_path = Path(db_path).resolve()
         self.mopts, self.ropts, self.options = match_opts, render_opts, options
         self.progress, self.hybrid = progress, hybrid

@@ -18,12 +18,8 @@ from .store import TileDB
 from .store.db import open_for_assignment
 from .store.decode import image_size
 
-ASSIGNMENT_SUFFIXES = (".mosaic.json", ".mosaic.npz")
-
-
-def is_assignment(path) -> bool:
-    """Whether `path` names a saved assignment (OUT.mosaic.json or .npz)."""
-    return str(path).endswith(ASSIGNMENT_SUFFIXES)
+ASSIGNMENT_SUFFIXES = asg.ASSIGNMENT_SUFFIXES
+is_assignment = asg.is_assignment
 
 
 def open_db(saved: asg.SavedAssignment, db=None, fallback=None) -> TileDB:

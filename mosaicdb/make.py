@@ -110,10 +110,12 @@ class Maker:
     Options are validated when they are made (before any target is decoded); with a print size
     in `render` and no grid in `match`, the grid follows from the size. `hybrid`
     (`generate.hybrid.Hybrid`) swaps generated tiles into the cells the pool serves worst.
+    `recursive` (`recursive.RecursiveOptions`): every cell becomes its tile's sub-mosaic, that
+    many times over, in one output whose cells are `tile_px` wide (refused beyond 65536 px).
     """
 
     def __init__(self, db, match_opts: MatchOptions | None = None, render_opts: RenderOptions | None = None,
-                 progress: bool = False, hybrid=None):
+                 progress: bool = False, hybrid=None, recursive=None):
         for what, value, cls in (("match_opts", match_opts, MatchOptions), ("render_opts", render_opts, RenderOptions)):
             if value is not None and not isinstance(value, cls):
                 raise UsageError(f"Maker({what}=...) takes a {cls.__name__}, got {type(value).__name__}")
@@ -125,6 +127,7 @@ class Maker:
         self.mopts = mopts
         self.progress = progress
         self.hybrid = hybrid
+        self.recursive = recursive if recursive is not None and recursive.depth else None
         db.ensure_index()
 
     def make(self, target_path, out=None) -> MakeResult:
@@ -141,10 +144,14 @@ class Maker:
             asg.check_sidecars_free(out)
         target = load_target(target_path)
         grid = make_grid(*target.size, self.mopts.grid_spec)
-        ropts, warnings = self.ropts.for_grid(grid.cols, grid.rows)
+        zoom = self.recursive.zoom if self.recursive else 1   # the output's cells are the leaves
+        ropts, warnings = self.ropts.for_grid(grid.cols * zoom, grid.rows * zoom)
+        if self.recursive:
+            from .recursive.flatten import check_static_size
+            check_static_size(grid.cols, grid.rows, ropts.px, self.recursive)
         if out is not None:
-            check_space(out, plan_output(out, grid.cols, grid.rows, ropts))
-        elif grid.cells * ropts.px ** 2 > IN_MEMORY_MAX_PIXELS:
+            check_space(out, plan_output(out, grid.cols * zoom, grid.rows * zoom, ropts))
+        elif grid.cells * zoom ** 2 * ropts.px ** 2 > IN_MEMORY_MAX_PIXELS:
             raise UsageError(f"a {grid.cols}x{grid.rows} mosaic at {ropts.px} px per cell is too large to return "
                              "in memory: give an output file (out=...) or a smaller tile_px")
         if grid.cell_px < 1:
@@ -169,6 +176,8 @@ class Maker:
         if self.hybrid is not None:
             saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, ropts,
                                                  self.progress)
+        if self.recursive:
+            saved = self._flatten(saved, ropts)
         saved.meta = replace(saved.meta, tiles_digest=self.db.tiles_digest(saved.tile_ids))
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
@@ -191,6 +200,12 @@ class Maker:
             group.temp(mpath).write_text(json.dumps(metrics, indent=2))
             group.commit(order=[jpath])
         return MakeResult(str(target_path), out, jpath, mpath, metrics, warnings, metrics["seconds"], saved)
+
+    def _flatten(self, saved, ropts):
+        from .recursive.flatten import flatten
+        from .recursive.submosaic import SubMosaics
+        subs = SubMosaics(self.db, saved, ropts, self.recursive)
+        return flatten(subs, saved, self.progress)
 
     def _metrics(self, saved, image, ropts, warnings, generated=None) -> dict:
         """Metrics, or a record of why they could not be computed: the mosaic itself is fine."""

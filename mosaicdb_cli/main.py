@@ -1,22 +1,37 @@
 """The `mosaic` console script."""
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from mosaicdb import __version__
 
-from .autoencoder import autoencoder_group
 from .common import EXIT_BROKEN_PIPE, MosaicGroup, install_signal_handlers, quiet_broken_pipe, root_epilog, setup_logging
-from .db import db_group
-from .demo import demo_cmd
-from .generate import generate_group
-from .make import eval_cmd, make_cmd, render_cmd
-from .plan import plan_cmd
-from .print_cmd import print_cmd
-from .serve import serve_cmd
+
+# command -> (module, attribute): each command's module (and the library stack behind it) is
+# imported only when that command runs, so `mosaic serve` starts without the matcher's numba
+# or the generator's imports
+COMMANDS = {"db": ("db", "db_group"), "make": ("make", "make_cmd"), "render": ("make", "render_cmd"),
+            "eval": ("make", "eval_cmd"), "demo": ("demo", "demo_cmd"), "generate": ("generate", "generate_group"),
+            "autoencoder": ("autoencoder", "autoencoder_group"),
+            "plan": ("plan", "plan_cmd"), "print": ("print_cmd", "print_cmd"), "serve": ("serve", "serve_cmd")}
 
 
-@click.group(cls=MosaicGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=root_epilog())
+class LazyGroup(MosaicGroup):
+    """The root group, loading each command's module on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(f".{module}", __package__), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=root_epilog())
 @click.version_option(__version__, prog_name="mosaic")
 @click.option("--debug", is_flag=True, help="Show the traceback of system errors (disk, permissions) too.")
 @click.option("-v", "--verbose", is_flag=True, help="Log details (the library's debug log) to stderr.")
@@ -35,16 +50,6 @@ def cli(debug, verbose, quiet):
     setup_logging(verbose)
 
 
-cli.add_command(db_group)
-cli.add_command(make_cmd)
-cli.add_command(render_cmd)
-cli.add_command(eval_cmd)
-cli.add_command(demo_cmd)
-cli.add_command(generate_group)
-cli.add_command(autoencoder_group)
-cli.add_command(plan_cmd)
-cli.add_command(print_cmd)
-cli.add_command(serve_cmd)
 
 
 def main() -> None:

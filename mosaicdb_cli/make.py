@@ -11,9 +11,12 @@ from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
 from mosaicdb.match.options import MatchOptions
 from mosaicdb.render.codecs import CODECS
+from mosaicdb.recursive import RecursiveOptions
+from mosaicdb.recursive.options import DEFAULT_GRID
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.units import human_bytes, parse_bytes
 
+from . import generate as _generate  # noqa: F401  (first: cells.py builds on generate's options, which import it back)
 from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
 from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
@@ -79,6 +82,11 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
+@click.option("--recursive", "depth", type=int, default=0, show_default=True,
+              help="Every tile becomes a mosaic of itself from the same pool, this many times over (refused beyond "
+                   "65536 px; to zoom deeper use `mosaic serve OUT.mosaic.json --recursive N`).")
+@click.option("--recursive-grid", type=int, default=DEFAULT_GRID, show_default=True,
+              help="Cells across each sub-mosaic (a power of two).")
 @render_options
 @output_options
 @hybrid_options
@@ -93,9 +101,9 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, order,
-             refine_passes, refine_seconds, device, tile_px, color, color_strength, quality, codec, ome, dpi,
-             print_size, workers, cache, executor, ray_address, ray_cpus, actors, cpus_per_actor, quiet, as_json,
-             **generate_kw):
+             refine_passes, refine_seconds, device, tile_px, depth, recursive_grid, color, color_strength, quality,
+             codec, ome, dpi, print_size, workers, cache, executor, ray_address, ray_cpus, actors, cpus_per_actor,
+             quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -109,6 +117,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     \b
         mosaic make --db tiles.db photo.jpg --out mosaic.jpg --grid 128 --min-distance 3 --color mean
         mosaic make --db tiles.db photo.jpg --out print.tif --print-size 120cm --dpi 300 --grid 256
+        mosaic make --db tiles.db photo.jpg --out rec.tif --grid 32 --tile-px 32 --recursive 1 --recursive-grid 16
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
         mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
         mosaic make --db /shared/tiles.db /shared/photos/ --out /shared/mosaics --grid 128 --executor ray --ray-address auto
@@ -122,22 +131,33 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
                          refine_seconds=refine_seconds)
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     ropts = RenderOptions(**{k: v for k, v in given.items() if v is not None})
+    recursive = RecursiveOptions(depth=depth, grid=recursive_grid)
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
     if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
         raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
                          "is decoded (add --hybrid to mix in retrieved ones)")
+    if auto is not None and recursive.depth:
+        raise UsageError("--recursive matches every tile's sub-mosaic from the pool; with --autoencoder every cell is "
+                         "decoded: drop one of them")
     bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors,
                          cpus_per_actor=cpus_per_actor)
     bopts.check_generation(bool(generate_kw["generate_worst"]) or generate_kw["generate_above"] is not None)
     hybrid = hybrid_from_cli(generate_kw)
-    maker = None
+    maker, maker_option = None, None
     if auto is not None:
         def maker(db):
             from mosaicdb.autoencoder.make import AutoMaker
             return AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        maker_option = "--autoencoder"
+    elif recursive.depth:
+        def maker(db):
+            from mosaicdb.make import Maker
+            return Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
+        maker_option = "--recursive"
     results = []
-    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid, maker=maker) as runner:
+    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid, maker=maker,
+                     maker_option=maker_option) as runner:
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)

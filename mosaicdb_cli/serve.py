@@ -6,7 +6,9 @@ import webbrowser
 
 import click
 
+from mosaicdb.recursive.options import DEFAULT_GRID, MAX_DEPTH
 from mosaicdb.serve import Viewer, host_warning, make_server
+from mosaicdb.serve.rendered import DEFAULT_CACHE
 
 from .common import echo, given_db, json_option, saved_db_option
 
@@ -24,24 +26,38 @@ from .common import echo, given_db, json_option, saved_db_option
 @click.option("--osd-dir", type=click.Path(file_okay=False), default=None, envvar="MOSAICDB_OPENSEADRAGON",
               show_envvar=True, help="OpenSeadragon's build folder [default: the copy installed with mosaicdb, "
                                      "else node_modules/ of a mosaicdb checkout].")
+@click.option("--cache", default=DEFAULT_CACHE, show_default=True,
+              help="Rendered tiles kept in memory: a size (256M, 1G) or a number of tiles (5000t).")
+@click.option("--recursive", "depth", default=0, show_default=True, type=int,
+              help=f"Below the mosaic's deepest level, every tile turns into a mosaic of itself, this many "
+                   f"times over (0-{MAX_DEPTH}); sub-mosaics are matched on first view and cached in DB/recursive/.")
+@click.option("--recursive-grid", default=DEFAULT_GRID, show_default=True, type=int,
+              help="Cells across each sub-mosaic (a power of two).")
+@click.option("--tile-px", type=int, default=None,
+              help="Pixels per cell when serving an assignment [default: as it was saved].")
 @json_option
-def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, as_json):
-    """Serve MOSAIC (.tif, .dzi, .png/.jpg) as a zoomable page; click a tile to see its original.
+def serve_cmd(mosaic, host, port, allow_hosts, db_path, no_open, osd_dir, cache, depth, recursive_grid, tile_px,
+              as_json):
+    """Serve MOSAIC (.tif, .dzi, .png/.jpg or .mosaic.json) as a zoomable page; click a tile for its origin.
 
     Reads the assignment saved beside MOSAIC (MOSAIC.mosaic.json/.npz) and its tile database;
-    tiles of a pyramidal TIFF are sent straight from the file. Stop with Ctrl-C. With --json,
-    the first line on stdout is the server's address and the mosaic's size, as JSON.
+    tiles of a pyramidal TIFF are sent straight from the file. Given the assignment itself, no
+    image is needed: every tile is rendered on request (and kept, up to --cache). Stop with
+    Ctrl-C. With --json, the first line on stdout is the server's address and the mosaic's
+    size, as JSON.
 
     Example:
 
     \b
         mosaic serve print.tif
+        mosaic serve mosaic.mosaic.json --recursive 2 --cache 512M
         mosaic serve mosaic.jpg --port 0 --no-open
     """
     warning = host_warning(host)
     if warning:
         echo(f"warning: {warning}", err=True)
-    viewer = Viewer(mosaic, **given_db(), osd_dir=osd_dir)
+    viewer = Viewer(mosaic, **given_db(), osd_dir=osd_dir, cache=cache, recursive=depth,
+                    recursive_grid=recursive_grid, tile_px=tile_px)
     try:
         httpd = make_server(viewer, host, port, allow_hosts=allow_hosts)
         if as_json:

@@ -20,7 +20,7 @@ RANK = {
     "store": 4,
     "match": 5,
     "render": 6,
-    "printing": 7, "serve": 7, "generate": 7,
+    "printing": 7, "serve": 7, "generate": 7, "recursive": 7,
     "make": 8,
     "jobs": 9, "demo": 9, "autoencoder": 9, "batch": 9,
 }

@@ -17,8 +17,8 @@ from mosaicdb import TileDB
 def commands(group: click.Command, path=("mosaic",)):
     yield " ".join(path), group
     if isinstance(group, click.Group):
-        for name, sub in sorted(group.commands.items()):
-            yield from commands(sub, path + (name,))
+        for name in sorted(group.list_commands(None)):   # the root loads its commands lazily
+            yield from commands(group.get_command(None, name), path + (name,))
 
 
 ALL = dict(commands(cli))

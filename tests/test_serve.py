@@ -99,6 +99,7 @@ def mosaics(tmp_path_factory):
         asg.save(out, saved)
         outs[name] = out
     db.close()
+    outs["assignment"] = root / "m.mosaic.json"   # no image: every tile rendered on request
     return {"root": root, "db": root / "tiles.db", "saved": saved, "gen_id": gen_id, "bmp_id": bmp_id, **outs}
 
 
@@ -129,6 +130,12 @@ class Served:
         self.httpd.server_close()
         self.viewer.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 @pytest.fixture(scope="session")
 def server(mosaics):
@@ -150,6 +157,15 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def exact_level(full: np.ndarray, s: int) -> np.ndarray:
+    """DZI level of scale 1/s: pixel (i, j) is the mean of full-size pixels [i*s, (i+1)*s) x
+    [j*s, (j+1)*s) that exist (the last row and column of a level may be partial)."""
+    h, w = -(-full.shape[0] // s), -(-full.shape[1] // s)
+    pad = np.full((h * s, w * s, 3), np.nan)
+    pad[:full.shape[0], :full.shape[1]] = full
+    return np.rint(np.nanmean(pad.reshape(h, s, w, s, 3), axis=(1, 3))).astype(np.uint8)
+
+
 def block_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of 16 x 16 block means (the whole tile's mean for tiny tiles):
     JPEG (stored, then served) loses the noise of noisy tiles, and its 2x2 chroma subsampling
@@ -163,7 +179,7 @@ def block_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(pa - pb).mean())
 
 
-@pytest.mark.parametrize("kind", ["tiff", "ome", "zstd", "dzi", "png"])
+@pytest.mark.parametrize("kind", ["tiff", "ome", "zstd", "dzi", "png", "assignment"])
 def test_every_level_tile_is_a_jpeg_of_the_right_size_and_pixels(mosaics, kind):
     """Every DZI level (1 x 1 up to full size), every tile: a valid JPEG cropped at the edges,
     whose pixels match the mosaic resampled to that level."""
@@ -180,7 +196,10 @@ def test_every_level_tile_is_a_jpeg_of_the_right_size_and_pixels(mosaics, kind):
         assert top == 10
         n = 0
         for lv, (w, h) in levels.items():
-            ref = full if (w, h) == (W, H) else cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
+            if kind == "assignment":   # rendered from the cells: exact DZI geometry, edge pixels partial
+                ref = exact_level(full, 2 ** (top - lv))
+            else:                      # the stored sources' small levels are resized whole
+                ref = full if (w, h) == (W, H) else cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
             for row in range(-(-h // 256)):
                 for col in range(-(-w // 256)):
                     status, headers, data = s.get(f"/mosaic_files/{lv}/{col}_{row}.jpeg")

@@ -44,9 +44,10 @@ def open_or_create(path: Path, pool, tile_px: int) -> TileDB:
     if (path / "catalog.sqlite").exists():
         return TileDB.open(path)
     sizes = tuple(s for s in pool.thumb_sizes if s <= tile_px) or (min(pool.thumb_sizes),)
-    return TileDB.create(path, thumb_sizes=sizes, feature_grid=pool.feature_grid,
-                         mean_weight=pool.mean_weight, background=tuple(pool.decode_options.background),
-                         max_pixels=pool.decode_options.max_pixels)
+    spec = pool.feature_spec  # the pool's feature kind: the hybrid compares both by it
+    lab_grid = {"feature_grid": spec.grid, "mean_weight": spec.mean_weight} if spec.kind == "lab-grid" else {}
+    return TileDB.create(path, thumb_sizes=sizes, features=spec.kind, **lab_grid,
+                         background=tuple(pool.decode_options.background), max_pixels=pool.decode_options.max_pixels)
 
 
 def png_bytes(tile: np.ndarray) -> bytes:

@@ -124,7 +124,7 @@ class AutoMaker:
         ae_path = Path(self.auto.ae_db) if self.auto.ae_db else aedb.default_path(out, self.model.path)
         with aedb.open_or_create(ae_path, self.pool, self.model.arch.size) as ae:
             t1 = time.perf_counter()
-            cells = cell_data(target.image, grid, ae.feature_grid, ae.mean_weight)
+            cells = cell_data(target.image, grid, ae.feature_spec)
             retrieved, match_meta = None, None
             if self.auto.hybrid:
                 retrieved, match_meta, w = self._retrieve(target, grid, cells, ae)
@@ -176,8 +176,8 @@ class AutoMaker:
     def _retrieve(self, target, grid, cells, ae):
         """The pool's assignment for the grid (the usual matcher and repeat control)."""
         from ..match.matcher import match
-        same = (ae.feature_grid, ae.mean_weight) == (self.pool.feature_grid, self.pool.mean_weight)
-        pcells = cells if same else cell_data(target.image, grid, self.pool.feature_grid, self.pool.mean_weight)
+        same = ae.feature_spec == self.pool.feature_spec
+        pcells = cells if same else cell_data(target.image, grid, self.pool.feature_spec)
         res = match(self.pool, pcells, grid, self.mopts)
         return res.assignment.tile_ids, res.options.to_json(), res.warnings
 

@@ -17,25 +17,54 @@ JPEG_ABOVE_PIXELS = 4_000_000   # converted originals: PNG up to this size, JPEG
 
 
 class MosaicAPI:
-    """Cell and original look-ups for one saved assignment and its (read-only) tile database."""
+    """Cell and original look-ups for one saved assignment and its (read-only) tile database;
+    with `subs` (recursive.SubMosaics), also for the cells of its tiles' sub-mosaics."""
 
-    def __init__(self, saved: SavedAssignment, db, width: int, height: int):
-        self.saved, self.db = saved, db
+    def __init__(self, saved: SavedAssignment, db, width: int, height: int, subs=None):
+        self.saved, self.db, self.subs = saved, db, subs
         self.width, self.height = width, height
         self.allowed = set(np.unique(saved.tile_ids).tolist())
 
+    @property
+    def depth(self) -> int:
+        return self.subs.opts.depth if self.subs is not None else 0
+
     def info(self) -> dict:
         target = self.saved.meta.target
-        return {"width": self.width, "height": self.height, "cols": self.saved.cols, "rows": self.saved.rows,
-                "distinct_tiles": len(self.allowed), "db": str(self.db.path),
-                "target": target.path if target is not None else None,
-                "mean_distance": float(self.saved.cost.mean())}
+        out = {"width": self.width, "height": self.height, "cols": self.saved.cols, "rows": self.saved.rows,
+               "distinct_tiles": len(self.allowed), "db": str(self.db.path),
+               "target": target.path if target is not None else None,
+               "mean_distance": float(self.saved.cost.mean())}
+        if self.subs is not None:
+            out["recursive"] = {"depth": self.depth, "grid": self.subs.opts.grid,
+                                "tile_px": self.width // (self.saved.cols * self.subs.opts.zoom)}
+        return out
 
     def cell(self, row: int, col: int) -> dict:
-        if not (0 <= row < self.saved.rows and 0 <= col < self.saved.cols):
-            raise BadRequest(f"cell ({row}, {col}) is outside the {self.saved.rows} x {self.saved.cols} grid")
-        tid = int(self.saved.tile_ids[row, col])
-        out = {"row": row, "col": col, "tile_id": tid, "distance": round(float(self.saved.cost[row, col]), 3),
+        """The tile in cell (row, col) of the mosaic, and where it came from."""
+        return self.cell_path([(row, col)])
+
+    def cell_path(self, steps: list[tuple[int, int]]) -> dict:
+        """The tile at a path of cells: (row, col) in the mosaic, then (row, col) in that tile's
+        sub-mosaic, and so on; the deepest is described in full, every step in `path`."""
+        if len(steps) - 1 > self.depth:
+            raise NotFound(f"depth {len(steps) - 1} is beyond this mosaic's recursion (--recursive {self.depth})")
+        saved, path, tid = self.saved, [], None
+        for i, (row, col) in enumerate(steps):
+            if i:
+                saved = self.subs.node(tid).cells.saved
+            if not (0 <= row < saved.rows and 0 <= col < saved.cols):
+                where = "the" if i == 0 else f"tile {tid}'s sub-mosaic's"
+                raise BadRequest(f"cell ({row}, {col}) is outside {where} {saved.rows} x {saved.cols} grid")
+            tid = int(saved.tile_ids[row, col])
+            path.append({"row": row, "col": col, "tile_id": tid, "distance": round(float(saved.cost[row, col]), 3)})
+        out = self._describe(saved, *steps[-1])
+        out.update(path=path, depth=len(steps) - 1)
+        return out
+
+    def _describe(self, saved: SavedAssignment, row: int, col: int) -> dict:
+        tid = int(saved.tile_ids[row, col])
+        out = {"row": row, "col": col, "tile_id": tid, "distance": round(float(saved.cost[row, col]), 3),
                "original_url": f"/tile/{tid}/original"}
         rows = self.db.tiles([tid])
         if not rows:
@@ -53,7 +82,7 @@ class MosaicAPI:
     def original(self, tile_id: int) -> tuple[bytes, str]:
         """The original of a tile of this mosaic, decoded and encoded again (PNG, or JPEG when
         large): never a file's bytes as stored, so nothing but an image can come out."""
-        if tile_id not in self.allowed:
+        if tile_id not in self.allowed and not (self.subs is not None and self.subs.shown(tile_id)):
             raise NotFound(f"tile {tile_id} is not in this mosaic")
         try:
             img = self.db.load_original(tile_id)

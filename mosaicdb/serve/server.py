@@ -1,9 +1,12 @@
 """The viewer's HTTP server: standard library ThreadingHTTPServer, a fixed set of routes.
 
     /, /static/viewer.{js,css}, /osd/...      the page and OpenSeadragon (held in memory)
-    /mosaic.dzi, /mosaic_files/L/C_R.jpeg     DeepZoom description and tiles (tilesource.py)
-    /api/info, /api/cell/ROW/COL              the grid; the tile placed in a cell (api.py)
-    /tile/ID/original                         a tile's original, for tiles of this mosaic only
+    /mosaic.dzi, /mosaic_files/L/C_R.jpeg     DeepZoom description and tiles (tilesource.py, or
+                                              rendered.py for an assignment and --recursive)
+    /api/info, /api/cell/ROW/COL[/R/C...]     the grid; the tile placed in a cell, or in a cell of
+                                              its sub-mosaic, and so on (api.py)
+    /tile/ID/original                         a tile's original, for tiles of this mosaic (and of
+                                              its sub-mosaics shown so far) only
 
 Nothing in a URL becomes a filesystem path. Paths with '..', '%', '\\' or '//' are 404 before
 routing; unknown routes 404; malformed or out-of-range numbers 400. Every request must be
@@ -28,8 +31,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import assignment as asg
 from ..errors import MosaicError, UsageError
+from ..recursive.options import DEFAULT_GRID, RecursiveOptions
+from ..render.cells import CellRenderer, PixelCache
+from ..render.options import RenderOptions
+from ..render.region import Node
 from .api import MosaicAPI
 from .assets import load_assets
+from .rendered import DEFAULT_CACHE, RenderedSource, parse_cache
 from .sources import open_source
 from .tilesource import BadRequest, NotFound, RequestError, parse_int
 
@@ -38,10 +46,11 @@ log = logging.getLogger(__name__)
 SAFE_PATH = re.compile(r"/[A-Za-z0-9_./-]*")
 TILE_ROUTE = re.compile(r"/mosaic_files/([^/]*)/([^/]*)")
 TILE_NAME = re.compile(r"([^_]*)_([^.]*)\.([a-z]{3,4})")
-CELL_ROUTE = re.compile(r"/api/cell/([^/]*)/([^/]*)")
+CELL_ROUTE = re.compile(r"/api/cell/([^/]*/[^/]*(?:/[^/]*/[^/]*)*)")
 ORIGINAL_ROUTE = re.compile(r"/tile/([^/]*)/original")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 TOKEN_COOKIE = "mosaic_token"
+PIXEL_CACHE_BYTES = 256 << 20   # decoded originals kept by a rendered source (tiles above the thumbnails)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -65,27 +74,63 @@ def host_warning(host: str) -> str | None:
 
 
 class Viewer:
-    """Everything one served mosaic needs: its tile source, assignment, database and assets."""
+    """Everything one served mosaic needs: its tile source, assignment, database and assets.
 
-    def __init__(self, mosaic, *, db=None, db_fallback=None, osd_dir=None):
+    `mosaic`: an output (.tif/.dzi/.png/.jpg, served as stored) or a saved assignment
+    (OUT.mosaic.json: every tile rendered on request). `recursive` (depth) and `recursive_grid`:
+    below the mosaic's deepest level each tile's area becomes a mosaic of that tile. `cache`:
+    the rendered tiles kept ('256M', '5000t'); `tile_px`: cell size of a rendered mosaic
+    (default: as saved)."""
+
+    def __init__(self, mosaic, *, db=None, db_fallback=None, osd_dir=None, cache: str = DEFAULT_CACHE,
+                 recursive: int = 0, recursive_grid: int = DEFAULT_GRID, tile_px: int | None = None):
         from ..store.db import open_for_assignment
-        self.assets = load_assets(osd_dir)          # first: the cheapest failure to report
-        self.source = open_source(mosaic)
+        rec = RecursiveOptions(depth=recursive, grid=recursive_grid)   # options first: nothing read yet
+        parse_cache(cache)
+        self.assets = load_assets(osd_dir)          # then the cheapest failure to report
+        rendered = asg.is_assignment(mosaic)
+        stored = None if rendered else open_source(mosaic)
+        db_ = None
         try:
             saved = asg.load(mosaic)
-            self.db = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, db_fallback,
-                                          digest=saved.meta.tiles_digest)
+            db_ = open_for_assignment(saved.meta.db, saved.meta.db_uuid, saved.tile_ids, db, db_fallback,
+                                      digest=saved.meta.tiles_digest)
             cols, rows = saved.cols, saved.rows
-            w, h = self.source.width, self.source.height
-            if w % cols or h % rows or w // cols != h // rows:
-                self.db.close()
-                raise UsageError(f"{mosaic} is {w}x{h} px, which is not the {cols}x{rows} grid of its "
-                                 "assignment: serve the output the assignment was saved with")
+            if stored is not None:
+                w, h = stored.width, stored.height
+                if w % cols or h % rows or w // cols != h // rows:
+                    raise UsageError(f"{mosaic} is {w}x{h} px, which is not the {cols}x{rows} grid of its "
+                                     "assignment: serve the output the assignment was saved with")
+                if rec.depth and stored.format != "jpeg":
+                    raise UsageError(f"--recursive needs JPEG tiles; {mosaic} has {stored.format}: serve its "
+                                     "assignment (.mosaic.json) instead")
+                tile_px = w // cols
+            self.source = self._source(mosaic, saved, db_, rec, cache, tile_px, stored)
         except BaseException:
-            self.source.close()
+            if stored is not None:
+                stored.close()
+            if db_ is not None:
+                db_.close()
             raise
-        self.api = MosaicAPI(saved, self.db, w, h)
+        self.db = db_
+        self.api = MosaicAPI(saved, self.db, self.source.width, self.source.height, getattr(self.source, "subs", None))
         self.mosaic = Path(mosaic)
+
+    @staticmethod
+    def _source(mosaic, saved, db, rec, cache, tile_px, stored):
+        """The stored source as it is, or a rendered one (an assignment, or any recursion)."""
+        if stored is not None and not rec.depth:
+            return stored
+        ropts = RenderOptions.from_saved(saved.meta.render, source=str(mosaic), tile_px=tile_px)
+        T = ropts.px
+        big = tuple(t for t in (T, T // 2) if t > max(db.thumb_sizes))
+        pixels = PixelCache(db, big, min(ropts.cache_bytes, PIXEL_CACHE_BYTES))
+        node = Node(CellRenderer(db, saved, ropts, cache=pixels))
+        subs = None
+        if rec.depth:
+            from ..recursive.submosaic import SubMosaics   # the matcher: only when recursing
+            subs = SubMosaics(db, saved, ropts, rec, pixel_cache=pixels)
+        return RenderedSource(mosaic, node, T, cache=cache, subs=subs, stored=stored)
 
     def close(self) -> None:
         """Close the mosaic's file and the tile database."""
@@ -115,8 +160,9 @@ class Viewer:
             return self.source.tile(level, col, row, name.group(3)), self.source.content_type, "data"
         m = CELL_ROUTE.fullmatch(path)
         if m:
-            row, col = parse_int(m.group(1), "row"), parse_int(m.group(2), "column")
-            return _json(self.api.cell(row, col)), "application/json", "data"
+            parts = m.group(1).split("/")
+            steps = [(parse_int(parts[i], "row"), parse_int(parts[i + 1], "column")) for i in range(0, len(parts), 2)]
+            return _json(self.api.cell_path(steps)), "application/json", "data"
         m = ORIGINAL_ROUTE.fullmatch(path)
         if m:
             body, ctype = self.api.original(parse_int(m.group(1), "tile id"))

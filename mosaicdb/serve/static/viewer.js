@@ -1,5 +1,7 @@
 // The mosaicdb viewer: OpenSeadragon on /mosaic.dzi, and a side panel for the cell under a
 // click (or under the pointer once a cell is large on screen), filled from /api/cell/ROW/COL.
+// With --recursive, a cell zoomed far enough is drawn as its tile's own mosaic: a click then
+// names the path /api/cell/ROW/COL/SUBROW/SUBCOL/... down to the depth on screen.
 // Text from the database (paths, prompts) is only ever set as textContent.
 (function () {
   "use strict";
@@ -19,8 +21,10 @@
 
   async function start() {
     const info = await getJSON("/api/info");
+    const rec = info.recursive || null;
     $("mosaic-summary").textContent =
-      `${info.cols} × ${info.rows} cells, ${info.width} × ${info.height} px, ${info.distinct_tiles} distinct tiles`;
+      `${info.cols} × ${info.rows} cells, ${info.width} × ${info.height} px, ${info.distinct_tiles} distinct tiles` +
+      (rec ? `; zoom in: every tile is a ${rec.grid} × ${rec.grid} mosaic of itself, ${rec.depth} level(s) deep` : "");
     const viewer = OpenSeadragon({
       id: "viewer",
       prefixUrl: "/osd/images/",
@@ -36,32 +40,56 @@
     highlight.className = "cell-highlight";
     let shown = null, pending = 0;
 
+    // How many times the cells on screen are subdivided: the server draws a cell as its
+    // sub-mosaic on levels where it is wider than tile_px, and OpenSeadragon shows a level
+    // whose pixels are at most 2 screen pixels.
+    function visibleDepth() {
+      if (!rec) return 0;
+      let c = cellScreenPx() * (window.devicePixelRatio || 1) / 2, d = 0;
+      while (c > rec.tile_px && d < rec.depth) { c /= rec.grid; d += 1; }
+      return d;
+    }
+
     function cellAt(pixel) {
       const p = viewer.viewport.viewerElementToImageCoordinates(pixel);
-      const col = Math.floor(p.x / cellW), row = Math.floor(p.y / cellH);
+      let w = cellW, h = cellH;
+      let col = Math.floor(p.x / w), row = Math.floor(p.y / h);
       if (col < 0 || row < 0 || col >= info.cols || row >= info.rows) return null;
-      return { row, col };
+      const path = [{ row, col }];
+      let x0 = col * w, y0 = row * h;
+      for (let d = visibleDepth(); d > 0; d--) {
+        w /= rec.grid; h /= rec.grid;
+        col = Math.min(rec.grid - 1, Math.max(0, Math.floor((p.x - x0) / w)));
+        row = Math.min(rec.grid - 1, Math.max(0, Math.floor((p.y - y0) / h)));
+        path.push({ row, col });
+        x0 += col * w; y0 += row * h;
+      }
+      return { path, rect: [x0, y0, w, h] };
     }
 
     function cellScreenPx() {
       return cellW * viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
     }
 
+    function deepestScreenPx() {
+      return cellScreenPx() / Math.pow(rec ? rec.grid : 1, visibleDepth());
+    }
+
     async function show(cell) {
-      const key = `${cell.row},${cell.col}`;
+      const key = cell.path.map((p) => `${p.row},${p.col}`).join("/");
       if (key === shown) return;
       shown = key;
       const ticket = ++pending;
       let d;
       try {
-        d = await getJSON(`/api/cell/${cell.row}/${cell.col}`);
+        d = await getJSON("/api/cell/" + cell.path.map((p) => `${p.row}/${p.col}`).join("/"));
       } catch (e) {
         showError(String(e.message || e));
         return;
       }
       if (ticket !== pending) return;  // a newer cell was asked for meanwhile
       fill(d);
-      const rect = viewer.viewport.imageToViewportRectangle(cell.col * cellW, cell.row * cellH, cellW, cellH);
+      const rect = viewer.viewport.imageToViewportRectangle(...cell.rect);
       if (viewer.getOverlayById(highlight)) viewer.updateOverlay(highlight, rect);
       else viewer.addOverlay({ element: highlight, location: rect });
       document.body.dataset.cell = key;
@@ -72,7 +100,9 @@
       $("error").hidden = true;
       $("tile").hidden = false;
       $("tile-id").textContent = String(d.tile_id);
-      $("cell-pos").textContent = `row ${d.row}, column ${d.col}`;
+      $("cell-pos").textContent = `row ${d.row}, column ${d.col}` + (d.depth ? ` of tile ${d.path[d.depth - 1].tile_id}'s mosaic` : "");
+      $("tile-path").textContent = ["mosaic"].concat((d.path || []).map(
+        (p) => `tile ${p.tile_id} (row ${p.row}, column ${p.col})`)).join(" → ");
       $("tile-distance").textContent = `${d.distance.toFixed(2)} (Lab RMS)`;
       $("tile-origin").textContent = d.origin || "";
       $("tile-source").textContent = d.source || "";
@@ -108,7 +138,7 @@
     new OpenSeadragon.MouseTracker({
       element: viewer.canvas,
       moveHandler: (e) => {
-        if (cellScreenPx() < HOVER_CELL_PX) return;
+        if (deepestScreenPx() < HOVER_CELL_PX) return;
         clearTimeout(hoverTimer);
         hoverTimer = setTimeout(() => {
           const cell = cellAt(e.position);
