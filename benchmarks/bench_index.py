@@ -24,6 +24,8 @@ Further --replica-noise values add more 1M pools (default: also 25%, a less clus
 
     python benchmarks/bench_index.py                          # ingest + everything (~10 min)
     python benchmarks/bench_index.py --db /tmp/bench/db50k    # reuse a database
+    python benchmarks/bench_index.py --db /work/cache/mosaicdb-1m/tiles-1000000.db --big-pool 0 \
+        --nlist-real 1024,4096 --nprobe 8,16,32                 # issue 17: the real 1M pool
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import common  # noqa: E402
 
 NAME = "bench_index"
 GOAL_SECONDS_1M = 20.0
+GOAL_SECONDS_1M_17 = 10.0   # issue 17, on the real 1M pool of benchmarks/pool_1m.py
 GOAL_RECALL = 0.98
 
 
@@ -348,7 +351,15 @@ def main(argv=None) -> int:
         "pools": {},
     }
     if not args.skip_real:
-        results["pools"]["real"] = bench_pool("real", real, queries, kodak, args, exact_subset=args.queries)
+        # a real pool of a million (--db of benchmarks/pool_1m.py) is timed exactly on a subset, as "1m" is
+        results["pools"]["real"] = bench_pool("real", real, queries, kodak, args,
+                                              exact_subset=args.queries if len(real) <= 200_000 else args.exact_subset)
+        if len(real) >= 950_000:  # issue 17: the real million-tile pool
+            d = results["pools"]["real"]["default"]
+            results["goal_issue17_real_1m"] = {
+                "goal": f"<= {GOAL_SECONDS_1M_17:g} s at recall@1 >= {GOAL_RECALL}", "search_seconds": d["search_seconds"],
+                "recall_at_1": d["recall_at_1"],
+                "met": bool(d["recall_at_1"] >= GOAL_RECALL and d["search_seconds"] <= GOAL_SECONDS_1M_17)}
         common.write_results(args.out, NAME, results)  # partial results, in case the big pool is interrupted
     for j, noise in enumerate(args.replica_noise if args.big_pool else []):
         name = "1m" if j == 0 else f"1m_noise{noise:g}"

@@ -4,6 +4,8 @@ explained and re-rendered without matching."""
 from __future__ import annotations
 
 import json
+import os
+import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,12 +164,25 @@ def check_sidecars_free(out) -> None:
                          "choose another output name")
 
 
+def created_time() -> float:
+    """Now, or SOURCE_DATE_EPOCH when it is set (the reproducible-builds convention): with it,
+    the same request writes byte-identical assignment files wherever it runs."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is None:
+        return time.time()
+    try:
+        return float(int(epoch))
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH={epoch!r} is not a whole number of seconds: unset it or fix it") from None
+
+
 def write_into(group: AtomicFiles, out, a: SavedAssignment) -> tuple[Path, Path]:
     """Write the assignment of output `out` under temporary names of `group` (renamed into place
     when the group commits, together with the output itself)."""
     jpath, npath = sidecar_paths(out)
     meta = {"format_version": FORMAT_VERSION, **a.meta.to_json()}
     with open(group.temp(npath), "wb") as f:
+        # members stamped 1980-01-01 by zipfile, so the same arrays give the same bytes
         np.savez_compressed(f, tile_ids=a.tile_ids, cost=a.cost, target_mean=a.target_mean,
                             target_std=a.target_std)
     group.temp(jpath).write_text(json.dumps(meta, indent=2))

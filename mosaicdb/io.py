@@ -56,9 +56,11 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def write_atomic(path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)`, then rename `tmp` to `path`; the temporary is removed on failure."""
-    with AtomicFiles() as group:
+def write_atomic(path, write: Callable[[Path], object], *, sweep: bool = True) -> Path:
+    """Call `write(tmp)`, then rename `tmp` to `path`; the temporary is removed on failure.
+    `sweep=False` skips looking for stale temporaries beside `path` (a listing of its folder):
+    for writers of many files into big folders that sweep them once beforehand."""
+    with AtomicFiles(sweep=sweep) as group:
         write(group.temp(path))
         group.commit()
     return Path(path)
@@ -81,9 +83,10 @@ class AtomicFiles:
     ['a.txt', 'b.txt']
     """
 
-    def __init__(self):
+    def __init__(self, *, sweep: bool = True):
         self._temps: dict[Path, Path] = {}   # final -> temporary, in the order they were asked for
         self.committed = False
+        self._sweep = sweep
 
     def temp(self, final, folder: bool = False) -> Path:
         """The temporary path to write `final` under (the same one each time it is asked),
@@ -91,7 +94,8 @@ class AtomicFiles:
         are removed first."""
         final = Path(final)
         if final not in self._temps:
-            sweep_stale(final.parent if str(final.parent) else ".")
+            if self._sweep:
+                sweep_stale(final.parent if str(final.parent) else ".")
             self._temps[final] = create_exclusive(temp_path(final), folder)
         return self._temps[final]
 

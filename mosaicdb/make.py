@@ -175,7 +175,7 @@ class Maker:
             target=asg.TargetInfo(target.path, target.sha256, target.size),
             match=res.options.to_json(), render=ropts.to_json(),
             output=str(out.resolve()) if out is not None else "",
-            widened_cells=res.assignment.widened_cells, created=time.time())
+            widened_cells=res.assignment.widened_cells, created=asg.created_time())
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std)
         generated = None
         if self.hybrid is not None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from mosaicdb import TileDB
 from mosaicdb.color import COLOR_MODES
 from mosaicdb.errors import MosaicError, UsageError
 from mosaicdb.jobs import render_file
@@ -92,11 +91,19 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @output_options
 @hybrid_options
 @autoencoder_make_options
+@click.option("--executor", default="local", show_default=True,
+              help="Where targets run: local (this process), or ray (actors that each open the database once; extra `ray`).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto or ray://head:10001) instead of "
+                                                  "starting a local one; the database must be at the same path on every node.")
+@click.option("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")
+@click.option("--actors", type=int, default=None, help="Ray actors [default: the cluster's CPUs, at most one per target].")
+@click.option("--cpus-per-actor", type=int, default=1, show_default=True, help="Ray CPUs each actor reserves.")
 @quiet_option
 @json_option
 def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_penalty, unique, seed, order,
              refine_passes, refine_seconds, device, tile_px, depth, recursive_grid, color, color_strength, quality,
-             codec, ome, dpi, print_size, workers, cache, quiet, as_json, **generate_kw):
+             codec, ome, dpi, print_size, workers, cache, executor, ray_address, ray_cpus, actors, cpus_per_actor,
+             quiet, as_json, **generate_kw):
     """Make photomosaics of TARGETS (images or folders) from the tiles in --db.
 
     Writes OUT, OUT's assignment (OUT.mosaic.json/.npz, for `mosaic render`) and its metrics
@@ -113,8 +120,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         mosaic make --db tiles.db photo.jpg --out rec.tif --grid 32 --tile-px 32 --recursive 1 --recursive-grid 16
         mosaic make --db tiles.db photo.jpg --out m.png --grid 16 --generate-worst 8 --generate-model ./sdxl-turbo --generate-prompt "a dog"
         mosaic make --db tiles.db photo.jpg --out m.jpg --grid 64 --autoencoder cifar-ae --hybrid
+        mosaic make --db /shared/tiles.db /shared/photos/ --out /shared/mosaics --grid 128 --executor ray --ray-address auto
     """
-    from mosaicdb.make import Maker, expand_targets, make_batch, output_paths  # the matching stack: only for make
+    from mosaicdb.batch import BatchOptions, BatchRunner  # the matching stack: only for make
+    from mosaicdb.make import expand_targets, output_paths
     ae_kw, generate_kw = split_autoencoder_options(generate_kw)
     auto = auto_options(**ae_kw)
     mopts = MatchOptions(grid=grid, k=k, min_distance=min_distance, max_uses=max_uses, usage_penalty=usage_penalty,
@@ -131,19 +140,29 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     if auto is not None and recursive.depth:
         raise UsageError("--recursive matches every tile's sub-mosaic from the pool; with --autoencoder every cell is "
                          "decoded: drop one of them")
+    bopts = BatchOptions(executor=executor, ray_address=ray_address, ray_cpus=ray_cpus, actors=actors,
+                         cpus_per_actor=cpus_per_actor)
+    bopts.check_generation(bool(generate_kw["generate_worst"]) or generate_kw["generate_above"] is not None)
     hybrid = hybrid_from_cli(generate_kw)
-    results = []
-    with TileDB.open(db_path) as db:
-        if auto is not None:
+    maker, maker_option = None, None
+    if auto is not None:
+        def maker(db):
             from mosaicdb.autoencoder.make import AutoMaker
-            maker = AutoMaker(db, mopts, ropts, auto, progress=not quiet)
-        else:
-            maker = Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
+            return AutoMaker(db, mopts, ropts, auto, progress=not quiet)
+        maker_option = "--autoencoder"
+    elif recursive.depth:
+        def maker(db):
+            from mosaicdb.make import Maker
+            return Maker(db, mopts, ropts, progress=not quiet, hybrid=hybrid, recursive=recursive)
+        maker_option = "--recursive"
+    results = []
+    with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid, maker=maker,
+                     maker_option=maker_option) as runner:
         # only once the database and options passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
         failed = []
-        for t, r in make_batch(maker, paths, outs):
+        for t, r in runner.make(paths, outs):
             if isinstance(r, MosaicError):
                 failed.append(t)
                 echo(f"error: {t}: {r}", err=True)

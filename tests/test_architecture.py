@@ -22,7 +22,7 @@ RANK = {
     "render": 6,
     "printing": 7, "serve": 7, "generate": 7, "recursive": 7,
     "make": 8,
-    "jobs": 9, "demo": 9, "autoencoder": 9,
+    "jobs": 9, "demo": 9, "autoencoder": 9, "batch": 9,
 }
 
 

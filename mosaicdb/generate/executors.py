@@ -71,6 +71,22 @@ def _bound_worker_class(spec: WorkerSpec):
     return RayTileWorker
 
 
+def init_ray(ray, ray_address: str | None, ray_cpus: int | None) -> bool:
+    """Join the cluster at `ray_address`, or start a local instance of `ray_cpus` CPUs (all by
+    default), unless Ray is already up. True when this call started it (the caller shuts it down)."""
+    if ray.is_initialized():
+        return False
+    kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        if ray_address:
+            ray.init(address=ray_address, **kw)
+        else:
+            ray.init(num_cpus=ray_cpus or os.cpu_count() or 1, **kw)
+    except ConnectionError as e:
+        raise UsageError(f"--ray-address {ray_address}: cannot join the Ray cluster ({e})") from None
+    return True
+
+
 class RayExecutor:
     name = "ray"
 
@@ -78,17 +94,7 @@ class RayExecutor:
                  workers: int | None = None, **_):
         self.ray = deps.ray()
         self.workers = workers
-        self._started = False
-        if not self.ray.is_initialized():
-            kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-            try:
-                if ray_address:
-                    self.ray.init(address=ray_address, **kw)
-                else:
-                    self.ray.init(num_cpus=ray_cpus or os.cpu_count() or 1, **kw)
-            except ConnectionError as e:
-                raise UsageError(f"--ray-address {ray_address}: cannot join the Ray cluster ({e})") from None
-            self._started = True
+        self._started = init_ray(self.ray, ray_address, ray_cpus)
         if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Ray Data logs every execution at INFO
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = self.ray.data.DataContext.get_current()

@@ -55,7 +55,17 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         d, ids = rerank(db.features(), cells.features, d, ids, k)
     t2 = time.perf_counter()
 
+    widen_seconds = [0.0, 0]  # time in widening searches and their count: part of "assign"
+
     def widen(which: np.ndarray, k2: int, exclude: np.ndarray):
+        tw = time.perf_counter()
+        try:
+            return _widen(which, k2, exclude)
+        finally:
+            widen_seconds[0] += time.perf_counter() - tw
+            widen_seconds[1] += 1
+
+    def _widen(which: np.ndarray, k2: int, exclude: np.ndarray):
         q = cells.features[which]
         if len(excl):
             exclude = np.union1d(exclude, excl)
@@ -73,7 +83,8 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
     t3 = time.perf_counter()
-    return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2})
+    return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2,
+                                           "widen_search": widen_seconds[0], "widen_calls": widen_seconds[1]})
 
 
 # Up to this many excluded ids, search k + that many and drop them: a FAISS selector makes a

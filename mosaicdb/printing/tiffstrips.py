@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +48,14 @@ def compression_spec(name: str):
 def rows_per_strip(width: int) -> int:
     """Rows of a ~256 KB strip (at least one)."""
     return max(1, STRIP_BYTES // (width * 3))
+
+
+def timed_encode(rows: np.ndarray, compression: str) -> tuple[bytes, float]:
+    """`encode_strip` and the CPU seconds it took in the thread that ran it (unlike wall
+    time, not inflated by other load on the machine)."""
+    t0 = time.thread_time()
+    data = encode_strip(rows, compression)
+    return data, time.thread_time() - t0
 
 
 def encode_strip(rows: np.ndarray, compression: str) -> bytes:
@@ -86,6 +95,8 @@ class StripTiffWriter:
         self._fill = 0
         self._rows_in = 0
         self._pending: deque = deque()
+        self.encode_seconds = 0.0   # CPU seconds, summed over the threads that encoded
+        self.write_seconds = 0.0    # writing strips and the directory, and the final fsync
         self.offsets: list[int] = []
         self.counts: list[int] = []
         self.bigtiff = None
@@ -115,13 +126,15 @@ class StripTiffWriter:
 
     def _submit(self, strip: np.ndarray) -> None:
         if self.pool is None:
-            self._write(encode_strip(strip, self.compression))
+            self._write(timed_encode(strip, self.compression))
             return
-        self._pending.append(self.pool.submit(encode_strip, strip, self.compression))
+        self._pending.append(self.pool.submit(timed_encode, strip, self.compression))
         while len(self._pending) > self.max_pending:
             self._write(self._pending.popleft().result())
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, encoded: tuple[bytes, float]) -> None:
+        data, self.encode_seconds = encoded[0], self.encode_seconds + encoded[1]
+        t0 = time.perf_counter()
         self._f.write(data)
         self.offsets.append(self._pos)
         self.counts.append(len(data))
@@ -129,6 +142,7 @@ class StripTiffWriter:
         if self._pos & 1:  # keep every offset on a word boundary
             self._f.write(b"\0")
             self._pos += 1
+        self.write_seconds += time.perf_counter() - t0
 
     # ---- directory ----------------------------------------------------------------------------
     def _entries(self, big: bool) -> list[tuple[int, int, int, bytes]]:
@@ -199,9 +213,11 @@ class StripTiffWriter:
         assert f.tell() == end
         f.seek(0)
         f.write(b"II+\0" + struct.pack("<HHQ", 8, 0, ifd) if big else b"II*\0" + struct.pack("<I", ifd))
+        t0 = time.perf_counter()
         f.flush()
         os.fsync(f.fileno())
         f.close()
+        self.write_seconds += time.perf_counter() - t0
         self.bigtiff = big
         return {"bytes": end, "bigtiff": big, "strips": len(self.offsets), "rowsperstrip": self.rps}
 

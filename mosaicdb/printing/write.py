@@ -22,17 +22,47 @@ from .tiffstrips import CLASSIC_MAX, StripTiffWriter
 MANIFEST_VERSION = 1
 
 
-def _ordered_bands(canvas, edges, x0, x1, pool, inflight: int):
+class StageClock:
+    """Seconds per stage of a print: render_cpu and encode_cpu are CPU seconds summed over the
+    worker threads that did them; write (strips, directories, fsync) and wait (for a band) are
+    wall seconds of the writing thread."""
+
+    def __init__(self):
+        self.render_cpu = self.encode_cpu = self.write = self.wait = 0.0
+
+    def timed_band(self, canvas, *args):
+        t0 = time.thread_time()
+        out = canvas.band(*args)
+        self.render_cpu += time.thread_time() - t0  # one += at a time under the GIL
+        return out
+
+    def add_writer(self, w: StripTiffWriter) -> None:
+        self.encode_cpu += w.encode_seconds
+        self.write += w.write_seconds
+
+    def to_json(self) -> dict:
+        return {k: round(getattr(self, k), 3) for k in ("render_cpu", "encode_cpu", "write", "wait")}
+
+
+def _ordered_bands(canvas, edges, x0, x1, pool, inflight: int, clock: StageClock):
     """Yield (y0, y1, pixels [y0, y1) x [x0, x1)) in order, rendering up to `inflight` bands ahead."""
     pending = []
+
+    def result(f):
+        t0 = time.perf_counter()
+        r = f.result()
+        clock.wait += time.perf_counter() - t0
+        return r
+
     try:
         for e in edges:
-            pending.append((e, pool.submit(canvas.band, *e, x0, x1)))
+            pending.append((e, pool.submit(clock.timed_band, canvas, *e, x0, x1)))
             if len(pending) > inflight:
                 (y0, y1), f = pending.pop(0)
-                yield y0, y1, f.result()
-        for (y0, y1), f in pending:
-            yield y0, y1, f.result()
+                yield y0, y1, result(f)
+        while pending:
+            (y0, y1), f = pending.pop(0)
+            yield y0, y1, result(f)
     finally:
         for _, f in pending:
             f.cancel()
@@ -40,7 +70,8 @@ def _ordered_bands(canvas, edges, x0, x1, pool, inflight: int):
 
 def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = False, target=None,
                 plan: PrintPlan | None = None, assignment_path: str | None = None) -> dict:
-    """Render `saved` as print file(s) under `out`; returns the manifest (also written)."""
+    """Render `saved` as print file(s) under `out`; returns the manifest (also written), plus
+    `stage_seconds` (render/encode CPU seconds, write/wait seconds; not in the file)."""
     plan = plan or plan_print(db, saved, opts, out, name, target=target)
     check_free_space(plan.outputs.folder, plan.est_total, "the print", free=plan.free_bytes)
     g, lay, outs = plan.geometry, plan.layout, plan.outputs
@@ -56,13 +87,14 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
     software = f"mosaicdb {__version__}"
     pool = ThreadPoolExecutor(workers, thread_name_prefix="print")
     passes = stripes(g, lay, band_bytes)
+    clock = StageClock()
     bar = progress_bar(progress, sum(g.height * (x1 - x0) for x0, x1, _ in passes), f"print {outs.base}", unit="px",
                        unit_scale=True, smoothing=0.05)
     ok = False
     try:
         for sx0, sx1, idx in passes:
             edges = band_edges(g, band_bytes, sx1 - sx0)
-            for y0, y1, band in _ordered_bands(plan.canvas, edges, sx0, sx1, pool, workers + 1):
+            for y0, y1, band in _ordered_bands(plan.canvas, edges, sx0, sx1, pool, workers + 1, clock):
                 for i in idx:
                     p = lay.panels[i]
                     if p.y1 <= y0 or p.y0 >= y1 or i in written:
@@ -76,6 +108,7 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
                     w.add_rows(band[a - y0:b - y0, p.x0 - sx0:p.x1 - sx0])
                     if b == p.y1:
                         written[i] = w.close()
+                        clock.add_writer(w)
                         del writers[i]
                 bar.update((y1 - y0) * (sx1 - sx0))
         bar.close()
@@ -104,6 +137,8 @@ def write_print(db, saved, opts, out, name: str = "print", *, progress: bool = F
         manifest = _manifest(plan, written, extras, warnings, time.perf_counter() - t0, assignment_path, saved)
         group.temp(outs.manifest).write_text(json.dumps(manifest, indent=2))
         group.commit(order=[outs.manifest])
+        # returned, not written: the manifest file stays the same from run to run but for `seconds`
+        manifest["stage_seconds"] = {**clock.to_json(), "workers": workers}
         ok = True
     finally:
         bar.close()

@@ -165,7 +165,8 @@ def _write_blob(db_path: str, rel: str, data: bytes) -> None:
     if os.path.exists(dest):
         return
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    write_atomic(dest, lambda tmp: tmp.write_bytes(data))
+    # no sweep per file (a listing of a folder of thousands): the writer sweeps originals/ first
+    write_atomic(dest, lambda tmp: tmp.write_bytes(data), sweep=False)
 
 
 _zip_cache: dict[str, tuple[int, zipfile.ZipFile]] = {}  # path -> (mtime_ns it was opened at, zip)

@@ -67,18 +67,26 @@ class TileWriter:
             return report
 
     def add_images(self, images, *, origin: str = "generated", progress: bool = False,
-                   update_index: bool = True) -> IngestReport:
-        """Add in-memory images: an iterable of (bytes, name, provenance dict). Used by generators."""
+                   update_index: bool = True, workers: int = 1, chunk_size: int = 64) -> IngestReport:
+        """Add in-memory images: an iterable of (bytes, name, provenance dict), read lazily. Used
+        by generators. `workers` > 1 decodes in that many processes (this one stays the writer)."""
         self._writable()
+        workers = check_int("workers", workers, 0, 256)
+        chunk_size = check_int("chunk_size", chunk_size, 1, 1 << 16)
         with self.lock:
             self.require_intact()
+            self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
             cfg = self._worker_config(False)
-            from .ingest import process_chunk
             jobs = (_in_memory_job(item) for item in images)
-            for chunk in chunked(jobs, 64):
-                self._commit_chunk(process_chunk(chunk, cfg), origin, report)
+            bar = _bar(progress, None, "add")
+            try:
+                for chunk, res in run_chunks(chunked(jobs, chunk_size), cfg, workers):
+                    self._commit_chunk(res, origin, report)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
             if update_index and report.added:
                 self._update_index_locked(None)
             report.seconds = time.perf_counter() - t0

@@ -1,0 +1,198 @@
+"""Where a batch of `make` targets runs: `local` (one `Maker` in this process) or `ray` (Ray
+actors, each opening the database read-only and loading its index once, then making the
+targets it is handed; local Ray or a cluster).
+
+Both executors yield (target, MakeResult or the ImageError/MatchError it failed with) in the
+order of the targets, and write the same files: matching and rendering do not depend on the
+process they run in. Ray actors write their outputs themselves, so on a cluster the database
+and the output folder must be at the same path on every node (shared storage, or the database
+copied to each node at that path).
+
+>>> opts = BatchOptions(executor="ray", ray_cpus=2)               # doctest: +SKIP
+>>> with BatchRunner("tiles.db", MatchOptions(grid="128"), RenderOptions(), opts) as run:  # doctest: +SKIP
+...     results = dict(run.make(targets, outs))   # target -> MakeResult (or its error)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import ImageError, MatchError, MosaicError, UsageError, check_int, choice
+from .generate import deps
+from .generate.executors import _mosaic_cause, init_ray
+from .make import Maker, check_batch, make_batch
+from .match.options import MatchOptions
+from .progress import progress_bar
+from .render.options import RenderOptions
+from .store import TileDB
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = {"local": "local", "ray": "ray"}
+FORWARDED_ENV = ("SOURCE_DATE_EPOCH",)   # what makes outputs reproducible must reach the actors
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """executor: local or ray; ray_address: join this Ray cluster (else a local instance with
+    ray_cpus CPUs, default all); actors: how many (default: the cluster's CPUs divided by
+    cpus_per_actor, at most one per target); cpus_per_actor: Ray CPUs each actor reserves (its
+    render/encode threads are still --workers, the node's CPU count by default)."""
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_cpus: int | None = None
+    actors: int | None = None
+    cpus_per_actor: int = 1
+
+    def __post_init__(self):
+        choice("--executor", self.executor, EXECUTORS)
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise UsageError("--ray-address takes a Ray address, e.g. auto or ray://head:10001")
+        if self.ray_cpus is not None:
+            check_int("--ray-cpus", self.ray_cpus, 1, 4096)
+        if self.actors is not None:
+            check_int("--actors", self.actors, 1, 4096)
+        check_int("--cpus-per-actor", self.cpus_per_actor, 1, 1024)
+        if self.executor == "local" and (self.ray_address or self.ray_cpus or self.actors):
+            raise UsageError("--ray-address, --ray-cpus and --actors need --executor ray")
+
+    def check_generation(self, asked: bool) -> None:
+        """Generated cells (`make --generate-worst`) run locally only."""
+        if asked and self.executor != "local":
+            raise UsageError("--generate-worst/--generate-above run with --executor local only (each Ray actor "
+                             "would load the diffusion model): drop one of them")
+
+
+class BatchRunner:
+    """Opens what a batch needs once (`with BatchRunner(...) as run:`), then `run.make(targets,
+    outs)`. Errors in the database or options surface on entry, before any output exists.
+    `maker(db)` builds another maker than the plain `Maker` (the autoencoder's, or one for
+    recursive mosaics), on the local executor only; `maker_option` names it in that refusal."""
+
+    def __init__(self, db_path, match_opts: MatchOptions, render_opts: RenderOptions,
+                 options: BatchOptions = BatchOptions(), *, progress: bool = False, hybrid=None, maker=None,
+                 maker_option: str | None = None):
+        if not isinstance(options, BatchOptions):
+            raise UsageError(f"BatchRunner(options=...) takes a BatchOptions, got {type(options).__name__}")
+        options.check_generation(hybrid is not None)
+        if maker is not None and options.executor != "local":
+            raise UsageError(f"{maker_option or '--autoencoder'} runs with --executor local only: drop one of them")
+        self.db_path = Path(db_path).resolve()
+        self.mopts, self.ropts, self.options = match_opts, render_opts, options
+        self.progress, self.hybrid = progress, hybrid
+        self._make_maker = maker  # db -> an object with .make(target, out) (e.g. AutoMaker), local only
+        self._db = self._maker = None
+        self._ray = None
+        self._ray_started = False
+
+    def __enter__(self) -> "BatchRunner":
+        try:
+            self._db = TileDB.open(self.db_path)
+            # the index is brought up to date here, once: actors open the database read-only
+            if self._make_maker is not None:
+                self._maker = self._make_maker(self._db)
+            else:
+                self._maker = Maker(self._db, self.mopts, self.ropts, progress=self.progress, hybrid=self.hybrid)
+            if self.options.executor == "ray":
+                self.mopts = self._maker.mopts  # the grid resolved from a print size, as local does
+                self._db.close()
+                self._db = self._maker = None
+                self._ray = deps.ray()
+                self._ray_started = init_ray(self._ray, self.options.ray_address, self.options.ray_cpus)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = self._maker = None
+        if self._ray_started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._ray_started = False
+
+    def make(self, targets, outs):
+        """Yield (target, MakeResult or ImageError/MatchError) per target, in order; a target
+        that fails to read or match does not stop the others (unless it is the only one)."""
+        targets, outs = [Path(t) for t in targets], [Path(o) for o in outs]
+        if len(targets) != len(outs):
+            raise UsageError(f"{len(targets)} targets but {len(outs)} output paths")
+        if self._maker is not None:
+            yield from make_batch(self._maker, targets, outs)
+            return
+        if self._ray is None:
+            raise UsageError("BatchRunner.make is called inside `with BatchRunner(...) as run:`")
+        check_batch(targets, outs)
+        yield from self._make_on_ray(targets, outs)
+
+    def _make_on_ray(self, targets: list[Path], outs: list[Path]):
+        ray = self._ray
+        per = self.options.cpus_per_actor
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n = max(1, min(self.options.actors or max(1, cpus // per), len(targets)))
+        actor_cls = ray.remote(num_cpus=per)(_MakerActor)
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if env:  # a cluster's workers do not inherit the driver's environment
+            actor_cls = actor_cls.options(runtime_env={"env_vars": env})
+        actors = [actor_cls.remote(str(self.db_path), self.mopts, self.ropts) for _ in range(n)]
+        log.info("making %d targets on %d Ray actors (%d CPU each)", len(targets), n, per)
+        # absolute paths: an actor's working folder is not ours
+        jobs = [(str(t.resolve()), str(o.resolve())) for t, o in zip(targets, outs)]
+        pool = ray.util.ActorPool(actors)
+        bar = progress_bar(self.progress, len(jobs), "make", unit="target")
+        try:
+            for (t, _), (kind, value) in zip(jobs, pool.map(lambda a, job: a.make.remote(*job), jobs)):
+                bar.update(1)
+                if kind == "error" and len(targets) == 1:
+                    raise value
+                yield Path(t), value
+        except Exception as e:
+            # Ray re-raises an actor's error as a subclass of it whose message holds the remote traceback
+            cause = _mosaic_cause(getattr(e, "cause", None) or e)
+            if cause is not None:
+                raise cause from None
+            raise
+        finally:
+            bar.close()
+            for a in actors:
+                ray.kill(a)
+            _drain(pool)
+
+
+def _drain(pool) -> None:
+    """Collect what killed actors left pending: an uncollected failed task is logged as an
+    "unhandled error" when Ray drops it."""
+    while pool.has_next():
+        try:
+            pool.get_next_unordered()
+        except Exception:  # noqa: BLE001 - actors killed on purpose, or the error already raised
+            pass
+
+
+class _MakerActor:
+    """One Ray actor: the database (memory-mapped rows) and its index opened once, a Maker
+    reused for every target it is handed."""
+
+    def __init__(self, db_path: str, mopts: MatchOptions, ropts: RenderOptions):
+        # an error here would reach the driver as a bare ActorDiedError: keep it for the first task
+        self.failed: MosaicError | None = None
+        try:
+            self.db = TileDB.open(db_path, readonly=True)
+            self.maker = Maker(self.db, mopts, ropts)
+        except MosaicError as e:
+            self.failed = e
+
+    def make(self, target: str, out: str):
+        if self.failed is not None:
+            raise self.failed
+        try:
+            r = self.maker.make(target, out)
+        except (ImageError, MatchError) as e:
+            return "error", e
+        return "ok", replace(r, saved=None, image=None)  # the driver needs the summary, not the arrays

@@ -1,0 +1,222 @@
+"""`mosaic make --executor ray`: targets spread over Ray actors (a local 2-CPU instance) write
+exactly the files the local executor writes; errors in actors reach the user as one line."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clirun import invoke_cli
+from PIL import Image
+
+from mosaicdb.batch import BatchOptions, BatchRunner
+from mosaicdb.errors import DatabaseError, MissingDependency, UsageError
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def batch_targets(shared_data, tmp_path_factory) -> list[Path]:
+    """10 targets: 5 Kodak photographs and 5 crops of them (small, so 10 runs stay quick),
+    and one file that is not an image."""
+    d = tmp_path_factory.mktemp("targets")
+    kodak = sorted((shared_data / "targets" / "kodak").glob("*.png"))[:5]
+    for i, p in enumerate(kodak):
+        im = Image.open(p).convert("RGB")
+        im.resize((192, 128)).save(d / f"k{i}.png")
+        w, h = im.size
+        im.crop((w // 4, h // 4, w // 4 + 160, h // 4 + 160)).save(d / f"crop{i}.jpg", quality=92)
+    (d / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return sorted(d.iterdir())
+
+
+def made_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file a make run wrote except the metrics (they hold timings)."""
+    return {p.name: sha(p) for p in sorted(folder.iterdir()) if not p.name.endswith(".metrics.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own settings
+def test_ray_and_local_executors_write_identical_files(cifar_ingest, batch_targets, tmp_path, monkeypatch):
+    pytest.importorskip("ray.data", reason="the Ray executor needs Ray: pip install 'mosaicdb[ray]'")
+    import ray
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # `created` in the assignments
+    db = cifar_ingest[0]
+    runs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / "out"  # the same path for both: assignments record it
+        extra = ["--ray-cpus", 2] if executor == "ray" else []
+        res = invoke_cli("make", "--db", db, *batch_targets, "--out", out, "--grid", 24, "--tile-px", 8,
+                         "--min-distance", 2, "--executor", executor, *extra, "-q", code=1)
+        # the broken target fails alone, with its name; the other ten are made
+        assert res.stderr.strip().splitlines() == [
+            f"error: {batch_targets[-1]}: " + res.stderr.split(f"error: {batch_targets[-1]}: ")[1].splitlines()[0],
+            "Error: 1 of 11 targets failed (see above); the others were made"], res.stderr
+        assert "zz-broken" in res.stderr and res.stdout.split() == [str(out / f"{t.stem}.jpg") for t in batch_targets[:-1]]
+        runs[executor] = made_files(out)
+        out.rename(tmp_path / executor)
+    assert not ray.is_initialized()  # the runner shut down the instance it started
+    assert len(runs["local"]) == 10 * 3
+    assert runs["ray"] == runs["local"]
+    # and they are real mosaics of different targets, not one file ten times
+    assert len({h for n, h in runs["local"].items() if n.endswith(".mosaic.npz")}) == 10
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A 2-CPU Ray instance for the library-level tests (the runner joins it, not stops it)."""
+    ray = pytest.importorskip("ray", reason="the Ray executor needs Ray: pip install 'mosaicdb[ray]'")
+    pytest.importorskip("ray.data")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own settings
+def test_an_actor_that_cannot_open_the_database_says_why(cifar_ingest, batch_targets, local_ray, tmp_path):
+    """A node without the database (here: it vanished after the driver checked it) is a
+    DatabaseError naming it, not Ray's wrapped traceback."""
+    db = tmp_path / "copy.db"
+    shutil.copytree(cifar_ingest[0], db)
+    opts = BatchOptions(executor="ray", actors=2)
+    with BatchRunner(db, MatchOptions(grid="8"), RenderOptions(tile_px=4), opts) as run:
+        shutil.rmtree(db)
+        with pytest.raises(DatabaseError) as e:
+            list(run.make(batch_targets[:2], [tmp_path / "a.jpg", tmp_path / "b.jpg"]))
+    assert str(e.value).startswith(f"{db.resolve()} does not exist") and "\n" not in str(e.value)
+    assert type(e.value) is DatabaseError
+    assert local_ray.is_initialized()  # joined, so left running
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own settings
+def test_more_targets_than_actors_come_back_in_order(cifar_ingest, batch_targets, local_ray, tmp_path):
+    opts = BatchOptions(executor="ray", actors=2)
+    targets = batch_targets[:6]
+    outs = [tmp_path / f"{t.stem}.jpg" for t in targets]
+    with BatchRunner(cifar_ingest[0], MatchOptions(grid="8"), RenderOptions(tile_px=4), opts) as run:
+        results = list(run.make(targets, outs))
+    assert [t for t, _ in results] == [t.resolve() for t in targets]
+    assert [r.output for _, r in results] == [o.resolve() for o in outs]
+    assert all(o.exists() and r.saved is None for (_, r), o in zip(results, outs))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(executor="dask"), ["--executor", "local", "ray"]),
+    (dict(executor="local", ray_address="auto"), ["--ray-address", "--executor ray"]),
+    (dict(executor="local", actors=2), ["--actors", "--executor ray"]),
+    (dict(executor="ray", actors=0), ["--actors"]),
+    (dict(executor="ray", ray_cpus=-1), ["--ray-cpus"]),
+    (dict(executor="ray", cpus_per_actor=0), ["--cpus-per-actor"]),
+    (dict(executor="ray", ray_address=" "), ["--ray-address"]),
+])
+def test_batch_options_are_checked_when_made(kw, words):
+    with pytest.raises(UsageError) as e:
+        BatchOptions(**kw)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_cli_refuses_ray_options_without_the_ray_executor(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--ray-address", "auto",
+                     code=2)
+    assert res.stderr.strip().splitlines() == ["Error: --ray-address, --ray-cpus and --actors need --executor ray"]
+    assert not (tmp_path / "o.jpg").exists()
+
+
+def test_cli_refuses_generate_worst_on_ray(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "ray",
+                     "--generate-worst", 2, "--generate-model", tmp_path, "--generate-prompt", "x", code=2)
+    assert "--generate-worst" in res.stderr and "--executor local" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_missing_ray_names_the_extra(synthetic_db, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # import ray.data now raises ImportError
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    with pytest.raises(MissingDependency) as e:
+        with BatchRunner(synthetic_db.path, MatchOptions(grid="4"), RenderOptions(), BatchOptions(executor="ray")):
+            pass
+    assert "pip install 'mosaicdb[ray]'" in str(e.value)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "ray", code=1)
+    assert "pip install 'mosaicdb[ray]'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# ---- assignment files are reproducible --------------------------------------------------------
+def test_assignment_files_do_not_depend_on_the_clock(synthetic_db, tmp_path, monkeypatch):
+    """`created` follows SOURCE_DATE_EPOCH (and .npz members carry a fixed stamp): the same
+    assignment saved at two times gives the same bytes."""
+    import time
+
+    from mosaicdb import assignment as asg
+    from test_pyramid import random_assignment
+    saved = random_assignment(synthetic_db, 12, 9, seed=4)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    digests = []
+    for i, clock in enumerate((1.0e9, 1.6e9)):
+        monkeypatch.setattr(time, "time", lambda c=clock: c)
+        saved.meta = replace(saved.meta, created=asg.created_time())
+        jpath, npath = asg.save(tmp_path / f"m{i}.png", saved)
+        digests.append((sha(npath), jpath.read_text().replace(f"m{i}.png", "")))
+    assert digests[0] == digests[1]
+    back = asg.load(tmp_path / "m0.mosaic.json")
+    assert back.meta.created == 1.7e9
+    for name in ("tile_ids", "cost", "target_mean", "target_std"):
+        a, b = getattr(back, name), getattr(saved, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("value", ["soon", "1.5", ""])
+def test_a_bad_source_date_epoch_is_a_usage_error(value, monkeypatch):
+    from mosaicdb.assignment import created_time
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", value)
+    with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
+        created_time()
+
+
+def test_cli_lists_the_executors_for_an_unknown_one(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "dask", code=2)
+    line = res.stderr.strip()
+    assert "\n" not in line and "--executor" in line and "local" in line and "ray" in line
+
+
+def test_cli_checks_cpus_per_actor(synthetic_db, tmp_path):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", "--executor", "ray",
+                     "--cpus-per-actor", 0, code=2)
+    assert "--cpus-per-actor" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.jpg").exists()
+
+
+def test_another_maker_runs_locally_only(synthetic_db, tmp_path):
+    with pytest.raises(UsageError, match="--autoencoder"):
+        BatchRunner(synthetic_db.path, MatchOptions(), RenderOptions(), BatchOptions(executor="ray"),
+                    maker=lambda db: None)
+    made = []
+
+    class Recorder:
+        def make(self, target, out):
+            made.append((target, out))
+            return "done"
+
+    with BatchRunner(synthetic_db.path, MatchOptions(grid="4"), RenderOptions(), maker=lambda db: Recorder()) as run:
+        got = list(run.make([tmp_path / "a.png"], [tmp_path / "a.jpg"]))
+    assert got == [(tmp_path / "a.png", "done")] and made == [(tmp_path / "a.png", tmp_path / "a.jpg")]
