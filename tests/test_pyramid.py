@@ -223,7 +223,7 @@ def test_peak_memory_flat_from_8192_to_16384(synthetic_db, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, sig):
-    n = 192  # 49152^2: far too long to finish before the signal, and never written in full
+    n = 320  # 81920^2 canvas at 256 px: far too long to finish before the signal
     saved = random_assignment(synthetic_db, n, n, seed=5)
     out = tmp_path / "killed.tif"
     asg.save(out, saved)
@@ -234,8 +234,8 @@ def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, s
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".killed.tif") for p in tmp_path.iterdir()):
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.02)
+    time.sleep(0.1)
     assert proc.poll() is None, "render finished before it could be interrupted: make it bigger"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
