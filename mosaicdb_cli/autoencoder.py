@@ -107,7 +107,7 @@ def autoencoder_make_options(f):
                      help="With --autoencoder: per cell, the closer of the decoded tile and the retrieved one."),
         click.option("--ae-db", "ae_db", default=None, type=click.Path(file_okay=False),
                      help="Tile database for decoded tiles [default: MODEL-NAME.tiles.db beside --out]; --db is never written."),
-        click.option("--ae-steps", "ae_steps", default=2, show_default=True, help="Adam steps refining each cell's code."),
+        click.option("--ae-steps", "ae_steps", default=1, show_default=True, help="Adam steps refining each cell's code (more: closer tiles, slower)."),
         click.option("--ae-color-fit/--no-ae-color-fit", "ae_color_fit", default=True, show_default=True,
                      help="Per-cell least-squares colour fit of each decoded tile."),
     ]
