@@ -211,3 +211,23 @@ def synthetic_db(synthetic_tiles, tmp_path_factory):
     d = TileDB.open(d.path, readonly=True)
     yield d
     d.close()
+
+
+def start_render_to_interrupt(saved, out: Path, *extra: str, **popen):
+    """`mosaic render` of `saved` (written beside `out`) to `out` in a subprocess, returned once
+    its temporary output exists (so a signal now lands mid-render)."""
+    import subprocess
+    import sys
+    import time
+    from mosaicdb import assignment as asg
+    asg.save(out, saved)
+    proc = subprocess.Popen([sys.executable, "-m", "mosaicdb", "render", str(asg.sidecar_paths(out)[0]), "--out",
+                             str(out), "-q", "--color", "mean", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(f".{out.name}") for p in out.parent.iterdir()):
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert proc.poll() is None, "render finished before it could be interrupted: make it bigger"
+    return proc
+

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from clirun import invoke_cli
-from conftest import synthetic_image, write_synthetic
+from conftest import start_render_to_interrupt, synthetic_image, write_synthetic
 from mosaicdb import TileDB
 from mosaicdb import assignment as asg
 from mosaicdb.errors import DatabaseError, MosaicError, UsageError
@@ -283,8 +283,9 @@ def test_a_worker_that_dies_costs_its_file_not_the_run(tmp_path, monkeypatch):
         assert db.check().ok
 
 
-def serve_beyond_loopback(db40, target, tmp_path, **kw):
-    """A running server bound to 0.0.0.0 (port chosen by the system), and its viewer."""
+def serve_beyond_loopback(db40, target, tmp_path, host="0.0.0.0", **kw):
+    """A running server bound to `host` (0.0.0.0 by default; port chosen by the system) on a
+    fresh mosaic, and its viewer."""
     from mosaicdb.serve import Viewer, make_server, serve_in_thread
     from mosaicdb.serve.assets import find_openseadragon
     try:
@@ -293,7 +294,7 @@ def serve_beyond_loopback(db40, target, tmp_path, **kw):
         pytest.skip("OpenSeadragon is not installed: run `npm ci` (or `make`)")
     m = make(db40, target, tmp_path / "m.png")
     viewer = Viewer(m.output)
-    httpd = make_server(viewer, "0.0.0.0", 0, **kw)
+    httpd = make_server(viewer, host, 0, **kw)
     serve_in_thread(httpd)
     return httpd, viewer
 
@@ -334,14 +335,7 @@ def test_terminate_leaves_no_temporaries(synthetic_db, tmp_path, sig):
     from test_pyramid import random_assignment
     saved = random_assignment(synthetic_db, 320, 320, seed=5)
     out = tmp_path / "big.tif"
-    asg.save(out, saved)
-    proc = subprocess.Popen(MOSAIC + ["render", str(asg.sidecar_paths(out)[0]), "--out", str(out), "-q",
-                                      "--color", "mean"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".big.tif") for p in tmp_path.iterdir()):
-        time.sleep(0.02)
-    time.sleep(0.1)
-    assert proc.poll() is None, "render finished before it could be signalled: make it bigger"
+    proc = start_render_to_interrupt(saved, out)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig and "Terminated" in err and "Traceback" not in err
@@ -679,17 +673,7 @@ def test_python_api_misuse_more(db40, tmp_path):
 # ---- second hostile pass (issue 11b) -------------------------------------------------------------------
 def serve_on_loopback(db40, target, tmp_path):
     """A running loopback server (port chosen by the system) on a fresh mosaic, and its viewer."""
-    from mosaicdb.serve import Viewer, make_server, serve_in_thread
-    from mosaicdb.serve.assets import find_openseadragon
-    try:
-        find_openseadragon()
-    except MosaicError:
-        pytest.skip("OpenSeadragon is not installed: run `npm ci` (or `make`)")
-    m = make(db40, target, tmp_path / "m.png")
-    viewer = Viewer(m.output)
-    httpd = make_server(viewer, "127.0.0.1", 0)
-    serve_in_thread(httpd)
-    return httpd, viewer
+    return serve_beyond_loopback(db40, target, tmp_path, host="127.0.0.1")
 
 
 @pytest.mark.parametrize("command", ["render", "plan"])

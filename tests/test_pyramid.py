@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import cv2
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 from clirun import invoke_cli
+from conftest import start_render_to_interrupt
 
 from mosaicdb import assignment as asg
 from mosaicdb.errors import RenderError, UsageError
@@ -226,17 +226,8 @@ def test_killed_render_leaves_no_file_under_final_name(synthetic_db, tmp_path, s
     n = 320  # 81920^2 canvas at 256 px: far too long to finish before the signal
     saved = random_assignment(synthetic_db, n, n, seed=5)
     out = tmp_path / "killed.tif"
-    asg.save(out, saved)
-    proc = subprocess.Popen([sys.executable, "-m", "mosaicdb", "render",
-                             str(asg.sidecar_paths(out)[0]), "--out", str(out), "--color", "mean", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            # a shell's background job (as CI may run us) inherits SIGINT ignored
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".killed.tif") for p in tmp_path.iterdir()):
-        time.sleep(0.02)
-    time.sleep(0.1)
-    assert proc.poll() is None, "render finished before it could be interrupted: make it bigger"
+    # a shell's background job (as CI may run us) inherits SIGINT ignored
+    proc = start_render_to_interrupt(saved, out, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0

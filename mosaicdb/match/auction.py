@@ -202,38 +202,12 @@ def requeue_slack(indptr, tile, cost, outside, price, owner, choice, eps, queue)
     return nq
 
 
-@numba.njit(cache=True, nogil=True)
 def add_arcs(indptr, tile, cost, cells, new_tile, new_cost):
     """A new CSR graph: the old one plus, for each cells[r], the row new_tile[r] (ids < 0
     skipped). A tile may then appear twice in a segment: every kernel here allows for that."""
-    n = indptr.shape[0] - 1
-    extra = np.zeros(n, np.int64)
-    for r in range(cells.shape[0]):
-        for b in range(new_tile.shape[1]):
-            if new_tile[r, b] >= 0:
-                extra[cells[r]] += 1
-    out_ptr = np.empty(n + 1, np.int64)
-    out_ptr[0] = 0
-    for i in range(n):
-        out_ptr[i + 1] = out_ptr[i] + (indptr[i + 1] - indptr[i]) + extra[i]
-    out_tile = np.empty(out_ptr[n], tile.dtype)
-    out_cost = np.empty(out_ptr[n], cost.dtype)
-    fill = np.empty(n, np.int64)
-    for i in range(n):
-        s = out_ptr[i]
-        for a in range(indptr[i], indptr[i + 1]):
-            out_tile[s] = tile[a]
-            out_cost[s] = cost[a]
-            s += 1
-        fill[i] = s
-    for r in range(cells.shape[0]):
-        i = cells[r]
-        for b in range(new_tile.shape[1]):
-            if new_tile[r, b] >= 0:
-                out_tile[fill[i]] = new_tile[r, b]
-                out_cost[fill[i]] = new_cost[r, b]
-                fill[i] += 1
-    return out_ptr, out_tile, out_cost
+    width = new_tile.shape[1]
+    return add_pairs(indptr, tile, cost, np.repeat(np.asarray(cells, np.int64), width),
+                     np.ascontiguousarray(new_tile).reshape(-1), np.ascontiguousarray(new_cost).reshape(-1))
 
 
 @numba.njit(cache=True, nogil=True)

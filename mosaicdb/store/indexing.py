@@ -55,6 +55,10 @@ class IndexLifecycle:
         if len(ids) == 0:
             raise EmptyDatabase(f"{self.path} has no tiles: add some with `mosaic db ingest {self.path} FOLDER`")
         self.check_rows("features", ids)
+        return self._index_of(ids, options)
+
+    def _index_of(self, ids: np.ndarray, options: IndexOptions) -> dict:
+        """Build, save and keep the index of the tiles `ids` (their rows already trusted)."""
         vectors = np.asarray(self.features()[ids])
         idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
                           extra={"catalog_version": self.version, "ntotal_at_build": len(ids),

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import feature_kinds
 from ..errors import DatabaseError
 from . import catalog
 from .decode import tile_features
@@ -189,15 +188,10 @@ class Repair:
         return len(ids)
 
     def _build_index_from(self, ids: np.ndarray) -> None:
-        from ..index import IndexOptions, build_index
+        from ..index import IndexOptions
         idx = self.load_index()
         try:
             options = IndexOptions(**idx.infos.get("options", {})) if idx is not None else IndexOptions()
         except Exception:
             options = IndexOptions()
-        vectors = np.asarray(self.features()[ids])
-        new = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
-                          extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
-                                 "features": feature_kinds.signature(self.feature_spec)})
-        new.save(self.index_dir)
-        self._index = new
+        self._index_of(ids, options)
