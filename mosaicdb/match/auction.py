@@ -21,6 +21,16 @@ OPEN = -2
 
 
 @numba.njit(cache=True, nogil=True)
+def ring_push(queue, head, count, n, value):
+    """Append `value` to the ring buffer queue[:n] holding `count` items from `head`; returns the new count."""
+    tail = head + count
+    if tail >= n:
+        tail -= n
+    queue[tail] = value
+    return count + 1
+
+
+@numba.njit(cache=True, nogil=True)
 def run_auction(indptr, tile, cost, outside, price, owner, choice, paid, queue, n_queue, eps, max_bids):
     """Let the first `n_queue` cells of `queue` (all with choice FREE) bid until none is FREE,
     or until `max_bids` bids (a price war; then some cells are left FREE). `paid[i]` becomes the
@@ -66,11 +76,7 @@ def run_auction(indptr, tile, cost, outside, price, owner, choice, paid, queue, 
         bids += 1
         if prev >= 0:
             choice[prev] = FREE
-            tail = head + count
-            if tail >= n:
-                tail -= n
-            queue[tail] = prev
-            count += 1
+            count = ring_push(queue, head, count, n, prev)
     return bids
 
 
@@ -159,11 +165,7 @@ def run_reverse(rptr, rcell, rarc, cost, outside, price, owner, choice, paid, ep
         if old >= 0:
             owner[old] = -1
             if price[old] > 0.0:
-                tail = head + count
-                if tail >= n_tiles:
-                    tail -= n_tiles
-                queue[tail] = old
-                count += 1
+                count = ring_push(queue, head, count, n_tiles, old)
     return moves
 
 
