@@ -183,6 +183,14 @@ def synthetic_copy(synthetic_tiles, tmp_path) -> Path:
     return dest
 
 
+def first_images(folder: Path, n: int, dest: Path) -> Path:
+    """A private folder `dest` holding copies of the first `n` images of `folder` (sorted)."""
+    dest.mkdir()
+    for f in sorted(folder.iterdir())[:n]:
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
 @pytest.fixture
 def new_db(tmp_path):
     """`new_db(**TileDB.create options)` -> a new empty TileDB under tmp_path (closed at teardown)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import pytest
 
 import mosaicdb
 from clirun import invoke_cli
+from conftest import first_images
 from mosaicdb_cli.main import cli
 from mosaicdb import TileDB
 
@@ -60,11 +60,7 @@ def test_version():
 @pytest.fixture
 def images(synthetic_tiles, tmp_path) -> Path:
     """60 of the synthetic images in a private folder."""
-    dest = tmp_path / "images"
-    dest.mkdir()
-    for f in sorted(synthetic_tiles.iterdir())[:60]:
-        shutil.copy(f, dest / f.name)
-    return dest
+    return first_images(synthetic_tiles, 60, tmp_path / "images")
 
 
 def test_db_workflow(images, tmp_path):

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clirun import invoke_cli
+from conftest import first_images
 from mosaicdb import assignment as asg
 from mosaicdb.store.db import TileDB
 from mosaicdb_cli import common
@@ -79,11 +80,7 @@ def test_every_command_has_json(name):
 
 @pytest.fixture
 def images(synthetic_tiles, tmp_path) -> Path:
-    dest = tmp_path / "images"
-    dest.mkdir()
-    for f in sorted(synthetic_tiles.iterdir())[:40]:
-        shutil.copy(f, dest / f.name)
-    return dest
+    return first_images(synthetic_tiles, 40, tmp_path / "images")
 
 
 def test_db_commands_json(images, tmp_path):

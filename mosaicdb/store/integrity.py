@@ -115,10 +115,13 @@ class Integrity:
         if problems:
             raise DatabaseError(f"{self.path}: {problems[0]}")
 
-    def require_intact(self) -> None:
-        """Refuse to write to (or read rows from) a database whose arrays are too short."""
+    def require_intact(self, writing: bool = False) -> None:
+        """Refuse to read rows from a database whose own files are links or whose arrays are too
+        short; `writing` (once per write, not per read) also refuses non-finite features, as
+        `db check` does."""
         problems = self.link_problems() + self.size_problems()
-        problems = problems or self.finite_problems()
+        if writing and not problems:
+            problems = self.finite_problems()
         if problems:
             raise DatabaseError(f"{self.path} is damaged ({problems[0]}): run `mosaic db repair {self.path}`")
 
@@ -191,7 +194,9 @@ class Integrity:
         ids = self.ids() if ids is None else np.unique(np.asarray(ids, dtype=np.int64))
         if not len(ids):
             return ids
-        self.require_intact()
+        if self._intact_version != self.version:  # once per catalog version, not per rendered block
+            self.require_intact()
+            self._intact_version = self.version
         starts, counts, crcs = self._ranges(name)
         if not len(starts):
             return ids[:0]
@@ -224,6 +229,7 @@ class Integrity:
                                 f"so they cannot be drawn or searched: run `mosaic db repair {self.path}`")
 
     def _init_integrity(self) -> None:
+        self._intact_version = None
         self._verify_lock = threading.Lock()
         self._verified_runs: dict = {}
         self._bad_runs: dict = {}

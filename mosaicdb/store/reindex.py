@@ -108,7 +108,7 @@ def reindex(db, kind: str, *, grid: int | None = None, mean_weight: float | None
     db._writable()
     t0 = time.perf_counter()
     with db.lock:  # (taking it re-reads the catalog's features)
-        db.require_intact()
+        db.require_intact(writing=True)
         db.sweep_temporaries()
         db.check_rows(f"thumbs_{_source_size(db, spec)}", db.ids())  # damaged thumbnails: repair first
         previous = db.feature_spec.kind

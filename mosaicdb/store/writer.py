@@ -36,7 +36,7 @@ class TileWriter:
             raise UsageError(f"ingest takes paths (files, folders, zip/tar archives), got {sources!r}")
         workers = (os.cpu_count() or 1) if workers is None else check_int("--workers", workers, 0, 256)
         with self.lock:
-            self.require_intact()
+            self.require_intact(writing=True)
             self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
@@ -74,7 +74,7 @@ class TileWriter:
         workers = check_int("workers", workers, 0, 256)
         chunk_size = check_int("chunk_size", chunk_size, 1, 1 << 16)
         with self.lock:
-            self.require_intact()
+            self.require_intact(writing=True)
             self.sweep_temporaries()
             report = IngestReport()
             t0 = time.perf_counter()
@@ -159,7 +159,7 @@ class TileWriter:
         except (TypeError, ValueError, OverflowError):
             raise UsageError(f"tile ids must be whole numbers, got {ids!r}") from None
         with self.lock:
-            self.require_intact()
+            self.require_intact(writing=True)
             rows = self.tiles(ids)
             if not rows:
                 return 0
