@@ -35,7 +35,7 @@ from . import catalog
 from .arrays import RowArray
 from .decode import DecodeOptions, open_image, square_resize
 from .indexing import IndexLifecycle
-from .integrity import _KIND_NAMES, Integrity, _kind
+from .integrity import KIND_NAMES, Integrity, file_kind
 from .ingest import IngestReport
 from .lock import WriteLock
 from .maintenance import CATALOG, CheckReport, Maintenance
@@ -134,7 +134,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         `background`; images over `max_pixels` are refused."""
         path = _as_path(path)
         if os.path.lexists(path / CATALOG):
-            if _kind(path / CATALOG) != "file":
+            if file_kind(path / CATALOG) != "file":
                 raise DatabaseError(f"{path / CATALOG} exists and is not a regular file: remove it, or choose a new "
                                     "path for the database")
             raise DatabaseError(f"{path} is already a tile database")
@@ -176,9 +176,9 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         """An existing database (`TileDB.create` makes a new one)."""
         path = _as_path(path)
         for name in (CATALOG, CATALOG + "-wal", CATALOG + "-shm"):
-            kind = _kind(path / name)
+            kind = file_kind(path / name)
             if kind not in (None, "file"):  # a FIFO would block sqlite, a link lead it elsewhere
-                raise DatabaseError(f"{path / name} is {_KIND_NAMES[kind]}, not a regular file: a tile database's "
+                raise DatabaseError(f"{path / name} is {KIND_NAMES[kind]}, not a regular file: a tile database's "
                                     "catalog must be a real file inside it (restore it from a copy)")
         if not (path / CATALOG).is_file():
             what = "does not exist" if not path.exists() else "is not a tile database"

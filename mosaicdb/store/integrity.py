@@ -23,11 +23,11 @@ from . import catalog
 
 
 CATALOG_FILE = "catalog.sqlite"  # (maintenance.CATALOG; integrity sits below it)
-_KIND_NAMES = {"file": "a file", "dir": "a folder", "fifo": "a FIFO", "device": "a device file",
+KIND_NAMES = {"file": "a file", "dir": "a folder", "fifo": "a FIFO", "device": "a device file",
                "socket": "a socket", "other": "a special file"}
 
 
-def _kind(p) -> str | None:
+def file_kind(p) -> str | None:
     """What is at `p`, without following a link: file, dir, link, fifo, device, socket, other
     (None when nothing is)."""
     try:
@@ -85,7 +85,7 @@ class Integrity:
         idx = self.path / "index"
         files = [self.path / CATALOG_FILE, self.path / (CATALOG_FILE + "-wal"), self.path / (CATALOG_FILE + "-shm"),
                  self.path / "lock", *(a.path for a in self.arrays().values())]
-        if _kind(idx) == "dir":
+        if file_kind(idx) == "dir":
             files += [p for p in idx.iterdir()]
         return [(p, "file") for p in files] + [(idx, "dir"), (self.path / "originals", "dir")]
 
@@ -95,12 +95,12 @@ class Integrity:
         would block or fail every read."""
         out = []
         for p, want in self.own_files():
-            kind = _kind(p)
+            kind = file_kind(p)
             if kind == "link":
                 out.append(f"{p.relative_to(self.path)} is a symbolic link (to {os.readlink(p)}): a database's "
                            "own files must be real files inside it: remove the link")
             elif kind not in (None, want):
-                out.append(f"{p.relative_to(self.path)} is {_KIND_NAMES[kind]}, not a regular {want}: remove it "
+                out.append(f"{p.relative_to(self.path)} is {KIND_NAMES[kind]}, not a regular {want}: remove it "
                            f"(`mosaic db repair {self.path}` rebuilds what it held)")
         return out
 
