@@ -106,7 +106,8 @@ def render_one(assignment: str, out: str, tile_px: int, color: str, quality: int
     wall = time.perf_counter() - t0
     return {"wall_seconds": round(wall, 2), "cpu_seconds": round(cpu_seconds()["self"] - c0, 2), "bytes": w["bytes"], "levels": w["levels"], "tiles": w["tiles"],
             "original_decodes": w["original_decodes"], "reused_tile_bytes": w["reused_tile_bytes"],
-            "original_cache_mb": round(w["original_cache_bytes"] / 2 ** 20, 1), "peak_rss_mb": vm_hwm_mb()}
+            "original_cache_mb": round(w["original_cache_bytes"] / 2 ** 20, 1),
+            "spill_mb": round(w["spill_bytes"] / 2 ** 20, 1), "peak_rss_mb": vm_hwm_mb()}
 
 
 def encode_floor(pool: list[Path], pixels: int, quality: int, workers: int) -> dict:
@@ -200,7 +201,8 @@ def main() -> None:
             print(f"{cells}^2 cells x {tile_px} px = {r['size']}^2, --color {color}: {r['wall_seconds']} s "
                   f"(floor {floor['seconds']} s, ratio {r['ratio_to_floor']}; CPU {r['cpu_seconds']} s, "
                   f"floor {floor['cpu_seconds']} s, ratio {r['cpu_ratio_to_floor']}), peak RSS {r['peak_rss_mb']} MB "
-                  f"(decoded originals {r['original_cache_mb']} MB), {r['bytes'] / 1e9:.2f} GB, load {before}",
+                  f"(resized originals {r['original_cache_mb']} MB in memory, {r['spill_mb']} MB spilled, "
+                  f"{r['original_decodes']} decodes), {r['bytes'] / 1e9:.2f} GB, load {before}",
                   flush=True)
             out.unlink(missing_ok=True)
         results = {"tiles": len(pool), "tile_source_px": TILE_SRC_PX, "scale": a.scale, "quality": a.quality,

@@ -24,8 +24,9 @@ from .common import echo, db_option, echo_json, given_db, info, json_option, qui
 
 def output_options(f):
     """Pyramid/print options shared by make, render and plan (None: the default, or as saved)."""
-    f = click.option("--cache", default=None, help="Memory for decoded originals (tiles larger than the biggest "
-                                                   "thumbnail) [default: 512M].")(f)
+    f = click.option("--cache", default=None, help="Memory for tiles resized from their originals (cells larger than "
+                                                   "the biggest thumbnail); the rest are kept in a temporary file "
+                                                   "in $TMPDIR [default: 16M].")(f)
     f = click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")(f)
     f = click.option("--print-size", default=None,
                      help="Physical size, e.g. 120cm (long side), 48in or 120x80cm: with --dpi fixes the pixels.")(f)

@@ -43,7 +43,8 @@ def print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, ov
 @print_options
 @render_options
 @click.option("--workers", type=int, default=None, help="Render/encode threads [default: CPU count].")
-@click.option("--cache", default=None, help="Memory for decoded originals (cells larger than the biggest thumbnail) [default: 512M].")
+@click.option("--cache", default=None, help="Memory for tiles resized from their originals (cells larger than the biggest thumbnail); "
+              "the rest are kept in a temporary file in $TMPDIR [default: 16M].")
 @quiet_option
 @json_option
 def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, panel_width, panel_grid, overlap, proof,

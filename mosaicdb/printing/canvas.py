@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..render.cells import CellRenderer, PixelCache
+from ..render.spill import SpillFile
 from ..render.options import RenderOptions
 from .geometry import Geometry
 
@@ -57,7 +58,7 @@ class PrintCanvas:
     def __init__(self, db, saved, g: Geometry, opts: RenderOptions, *, target=None, convert=None):
         self.g = g
         big = (g.cell_px,) if g.cell_px > max(db.thumb_sizes) else ()
-        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes))
+        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes, SpillFile()))
         self.rmap, self.cmap = g.row_map(), g.col_map()
         self.convert = convert
 

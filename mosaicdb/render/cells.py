@@ -5,7 +5,8 @@ from `CellRenderer.paint`, so every output agrees with every other at the same c
 Memory does not depend on how many cells are drawn: a request is painted a slice of cell rows
 at a time (about CHUNK_BYTES), tiles are laid out first and recoloured in place
 (`color.recolor_grid`), and nothing is kept per cell. What is kept is per *tile*, bounded:
-decoded originals (`PixelCache`, --cache) and each tile's colour statistics at each size drawn
+tiles resized from their originals (`PixelCache`: a small --cache LRU in memory, the rest in
+an unlinked spill file on disk) and each tile's colour statistics at each size drawn
 (`StatsCache`)."""
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..io import read_input
 from ..match.grid import MAX_TARGET_BYTES, Grid, load_target, resample_cells
 from ..store.decode import square_resize
 from .options import RenderOptions
+from .spill import SpillFile
 from .tiles import box_reduce
 
 BLEND_MAX_BYTES = 64 << 20  # the target resampled for blending stays below this
@@ -69,6 +71,11 @@ class OnceLRU:
         """Bytes held now (by `sizeof`)."""
         return self._bytes
 
+    def _evict(self) -> None:
+        while self._bytes > self.budget and len(self._lru) > 1:
+            _, old = self._lru.popitem(last=False)
+            self._bytes -= self.sizeof(old)
+
     def get_or_make(self, key, make):
         while True:
             with self._lock:
@@ -87,42 +94,63 @@ class OnceLRU:
                 self.made += 1
                 self._lru[key] = value
                 self._bytes += self.sizeof(value)
-                while self._bytes > self.budget and len(self._lru) > 1:
-                    _, old = self._lru.popitem(last=False)
-                    self._bytes -= self.sizeof(old)
+                self._evict()
             return value
         finally:
             with self._lock:
                 del self._inflight[key]
             ev.set()
 
+    def offer(self, key, value) -> None:
+        """Keep `value` under `key` if nothing is there yet (a by-product of making another key)."""
+        with self._lock:
+            if key in self._lru or key in self._inflight:
+                return
+            self._lru[key] = value
+            self._bytes += self.sizeof(value)
+            self._evict()
+
 
 class PixelCache:
-    """Tile pixels for sizes above the largest thumbnail: each original is decoded once and every
-    size the render needs is made from that decode (each straight from the original, so a tile
-    looks the same whichever level asked first), kept in a byte-bounded LRU."""
+    """Tile pixels for sizes above the largest thumbnail. An original is decoded once and every size
+    the render needs is made from that decode (each straight from the original, so a tile looks
+    the same whichever level asked first). The resized tiles are kept in a small byte-bounded LRU
+    (`budget`, --cache) in front of a `SpillFile` on disk, so memory does not grow with the cell
+    size and an original is decoded again only when the spill file is full or unusable."""
 
-    def __init__(self, db, sizes: tuple[int, ...], budget: int = 512 << 20):
+    def __init__(self, db, sizes: tuple[int, ...], budget: int = 16 << 20, spill: SpillFile | None = None):
         self.db = db
         self.sizes = tuple(sorted(set(sizes), reverse=True))
-        self._lru = OnceLRU(budget, lambda d: sum(a.nbytes for a in d.values()))
-
-    @property
-    def decodes(self) -> int:
-        return self._lru.made
+        self._lru = OnceLRU(budget, lambda a: a.nbytes)
+        self.spill = spill if spill is not None else SpillFile(0)
+        self._count = threading.Lock()
+        self.decodes = 0
 
     @property
     def nbytes(self) -> int:
+        """Bytes held in memory now."""
         return self._lru.nbytes
 
     def get(self, tile_id: int, size: int) -> np.ndarray:
-        sizes = self.sizes if size in self.sizes else (size,)
-
         def make():
+            kept = self.spill.get((tile_id, size))
+            if kept is not None:
+                return kept
             img = self.db.load_original(tile_id)
-            return {s: np.asarray(square_resize(img, s)) for s in sizes}
+            with self._count:
+                self.decodes += 1
+            made = {s: np.asarray(square_resize(img, s)) for s in (self.sizes if size in self.sizes else (size,))}
+            for s, a in made.items():
+                self.spill.put((tile_id, s), a)
+                if s != size:
+                    self._lru.offer((tile_id, s), a)
+            return made[size]
 
-        return self._lru.get_or_make((tile_id, sizes), make)[size]
+        return self._lru.get_or_make((tile_id, size), make)
+
+    def close(self) -> None:
+        """Drop the spill file (it is unlinked already: this only frees the disk sooner)."""
+        self.spill.close()
 
 
 class StatsCache:

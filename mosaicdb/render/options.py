@@ -26,7 +26,8 @@ class RenderOptions:
     ome: TIFF reduced levels as SubIFDs instead of pages.
     dpi: resolution written to the file; print_size: a physical size ("120cm", "120x80cm")
         that, with dpi (default 300), fixes the pixels per cell for a given grid (`for_grid`).
-    workers: render/encode threads (0: CPU count); cache_bytes: decoded-original cache.
+    workers: render/encode threads (0: CPU count); cache_bytes: memory for tiles resized
+        from their originals (the rest go to a spill file on disk, `render.spill`).
     """
     tile_px: int | None = None
     color: str = "none"
@@ -37,7 +38,7 @@ class RenderOptions:
     dpi: float | None = None
     print_size: str | None = None
     workers: int = 0
-    cache_bytes: int = 512 << 20
+    cache_bytes: int = 16 << 20
 
     def __post_init__(self) -> None:
         if self.tile_px is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
     codec = get_codec(ropts.codec, ropts.quality)
     pyr = PyramidRenderer(db, saved, ropts, stop=TILE if plan.kind == "tiff" else 1, target=target)
     bar = progress_bar(progress, pyr.total_tiles, f"render {path.name}", unit="tile", smoothing=0.05)
-    with bar:
+    with bar, closing(pyr.cells.cache):
         if plan.kind == "tiff":
             from .tiff import write_pyramid_tiff
             write_pyramid_tiff(pyr, group.temp(path), codec, ome=ropts.ome, dpi=ropts.dpi, on_tile=bar.update)
@@ -161,7 +162,8 @@ def write_output(db, saved, path, ropts: RenderOptions, target=None, progress: b
             size = group.temp(path).stat().st_size + sum(f.stat().st_size for f in files.rglob("*") if f.is_file())
     return {"kind": plan.kind, "path": str(path), "bytes": size, "seconds": time.perf_counter() - t0,
             "levels": plan.levels, "tiles": plan.tiles, "original_decodes": pyr.cells.cache.decodes,
-            "original_cache_bytes": pyr.cells.cache.nbytes, "reused_tile_bytes": pyr.bytes_cache.hits}
+            "original_cache_bytes": pyr.cells.cache.nbytes, "spill_bytes": pyr.cells.cache.spill.nbytes,
+            "reused_tile_bytes": pyr.bytes_cache.hits}
 
 
 def render_saved(db, saved, out, ropts: RenderOptions, progress: bool = False) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import RenderError
 from .cells import CellRenderer, OnceLRU, PixelCache
+from .spill import SpillFile
 from .layout import TILE
 from .options import RenderOptions
 
@@ -79,7 +80,7 @@ class PyramidRenderer:
         self.saved, self.T = saved, opts.px
         self.levels, self.small_px = plan_levels(saved.cols, saved.rows, self.T, stop)
         big = tuple(lv.cell_px for lv in self.levels if lv.cell_px and lv.cell_px > max(db.thumb_sizes))
-        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes))
+        self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes, SpillFile()))
         self.reuse = opts.color == "none"
         self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by tile id
         self.workers = opts.resolved_workers()

@@ -33,6 +33,7 @@ from .. import assignment as asg
 from ..errors import MosaicError, UsageError
 from ..recursive.options import DEFAULT_GRID, RecursiveOptions
 from ..render.cells import CellRenderer, PixelCache
+from ..render.spill import SpillFile
 from ..render.options import RenderOptions
 from ..render.region import Node
 from .api import MosaicAPI
@@ -124,7 +125,7 @@ class Viewer:
         ropts = RenderOptions.from_saved(saved.meta.render, source=str(mosaic), tile_px=tile_px)
         T = ropts.px
         big = tuple(t for t in (T, T // 2) if t > max(db.thumb_sizes))
-        pixels = PixelCache(db, big, min(ropts.cache_bytes, PIXEL_CACHE_BYTES))
+        pixels = PixelCache(db, big, min(ropts.cache_bytes, PIXEL_CACHE_BYTES), SpillFile())
         node = Node(CellRenderer(db, saved, ropts, cache=pixels))
         subs = None
         if rec.depth:
