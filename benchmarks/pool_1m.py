@@ -1,6 +1,6 @@
 """A million-tile benchmark database, built once from the shared CIFAR-10 sheets and Noto emoji
 by deterministic augmentation, through the library (`TileDB.add_images`): real images, real
-thumbnails, real features. Cached outside the repository; reruns resume where a run stopped.
+thumbnails, real features (the default kind; a pool built before it is reindexed). Cached outside the repository; reruns resume where a run stopped.
 
 Bases (53,926): the 50,000 CIFAR-10 tiles in sheet order, then the 3,926 emoji in zip order.
 Tile i is base i % 53,926, variant i // 53,926. Variant 0 is the base as it is (the CIFAR tile
@@ -35,6 +35,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from mosaicdb.feature_kinds import DEFAULT_KIND
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -188,19 +190,36 @@ def ensure_pool(n: int, cache: Path = DEFAULT_CACHE, data: Path | None = None, s
     db = TileDB.open(db_path) if TileDB.exists(db_path) else TileDB.create(db_path, thumb_sizes=THUMB_SIZES)
     with db:
         start = resume_point(db)
-        log(f"{db_path}: {len(db)} tiles, adding {start}..{n - 1}")
         bases = Bases(data)
-        rep = db.add_images(tiles(bases, start, n, seed), origin="augmented", update_index=False,
-                            workers=workers or os.cpu_count() or 1, chunk_size=256, progress=True)
+        added = duplicates = skipped = 0
+        # augmentation sometimes repeats an image (the store keeps one copy): the sequence
+        # continues past n until the pool holds n distinct tiles
+        while len(db) < n:
+            first = resume_point(db)
+            log(f"{db_path}: {len(db)} tiles, adding {first}..{first + n - len(db) - 1}")
+            rep = db.add_images(tiles(bases, first, first + n - len(db), seed), origin="augmented",
+                                update_index=False, workers=workers or os.cpu_count() or 1, chunk_size=256,
+                                progress=True)
+            added, duplicates, skipped = added + rep.added, duplicates + rep.duplicates, skipped + rep.skipped
+            if rep.added == 0:
+                break
         add_s = time.perf_counter() - t0
-        log(f"added {rep.added} ({rep.duplicates} duplicates, {rep.skipped} skipped) in {add_s:.0f} s")
+        log(f"added {added} ({duplicates} duplicates, {skipped} skipped) in {add_s:.0f} s")
+        reindex_s = None
+        if db.feature_spec.kind != DEFAULT_KIND:      # a pool built before today's default features
+            from mosaicdb.store.reindex import reindex
+            log(f"{db_path}: features {db.feature_spec.kind} -> {DEFAULT_KIND}")
+            t1 = time.perf_counter()
+            reindex(db, DEFAULT_KIND, progress=True, update_index=False)
+            reindex_s = round(time.perf_counter() - t1, 1)
         t1 = time.perf_counter()
         infos = db.build_index()
         index_s = time.perf_counter() - t1
-        rec = {"recipe": RECIPE, "seed": seed, "tiles_requested": n, "tiles": len(db), "complete": len(db) >= n - rep.duplicates,
-               "resumed_from": start, "added_this_run": rep.added, "duplicates": rep.duplicates, "skipped": rep.skipped,
+        rec = {"recipe": RECIPE, "seed": seed, "tiles_requested": n, "tiles": len(db), "complete": len(db) >= n,
+               "features": db.feature_spec.kind, "feature_dim": db.feature_spec.dim, "reindex_seconds": reindex_s,
+               "resumed_from": start, "added_this_run": added, "duplicates": duplicates, "skipped": skipped,
                "thumb_sizes": list(THUMB_SIZES), "bases": len(bases), "add_seconds": round(add_s, 1),
-               "add_tiles_per_s": round(rep.added / max(add_s, 1e-9), 1), "index_seconds": round(index_s, 1),
+               "add_tiles_per_s": round(added / max(add_s, 1e-9), 1), "index_seconds": round(index_s, 1),
                "index": {k: infos.get(k) for k in ("kind", "params", "recall_at_1", "build_seconds")},
                "cpu_seconds": common.cpu_since(c0), "loadavg_before": la0, "loadavg_after": common.loadavg(),
                "disk": {p.name: common.disk_usage(p) for p in sorted(db_path.iterdir())
