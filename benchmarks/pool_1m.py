@@ -180,7 +180,7 @@ def ensure_pool(n: int, cache: Path = DEFAULT_CACHE, data: Path | None = None, s
         if rec.get("recipe") != RECIPE or rec.get("seed") != seed:
             raise SystemExit(f"{db_path} was built with recipe {rec.get('recipe')} seed {rec.get('seed')}, "
                              f"not {RECIPE}/{seed}: delete {db_path} and {rec_path} to rebuild it")
-        if rec.get("complete"):
+        if rec.get("complete") and rec.get("features") == DEFAULT_KIND:
             return db_path
     data = data or common.data_dir(None)
     cache.mkdir(parents=True, exist_ok=True)

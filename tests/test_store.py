@@ -670,3 +670,25 @@ def test_features_of_ingested_tile_match_rgb_to_lab(tmp_path, new_db):
     lab = rgb_to_lab(colour)
     np.testing.assert_allclose(f[:3], lab * 4 * 0.5, atol=1e-3)
     np.testing.assert_allclose(f[3:].reshape(-1, 3), np.tile(lab, (16, 1)), atol=1e-3)
+
+
+def test_ids_are_kept_per_catalog_version_and_see_another_writer(tmp_path):
+    """`ids()` is read once per catalog version (a million ids cost ~1 s to read), read-only, and
+    a change made through another handle (another process) is seen on the next call."""
+    folder = tmp_path / "few"
+    write_synthetic(folder, 12, seed=5)
+    with TileDB.create(tmp_path / "t.db") as w:
+        w.ingest([folder], workers=1)
+    reader = TileDB.open(tmp_path / "t.db", readonly=True)
+    try:
+        ids = reader.ids()
+        assert reader.ids() is ids and not ids.flags.writeable
+        with TileDB.open(tmp_path / "t.db") as w:
+            w.remove([int(ids[3])])
+        now = reader.ids()
+        assert now.tolist() == [i for i in ids.tolist() if i != ids[3]]
+        ask = [int(ids[0]), int(ids[3]), int(ids[3]), 10 ** 6, -1, int(ids[-1])]
+        assert reader.missing(ask).tolist() == [-1, int(ids[3]), 10 ** 6]
+        assert reader.missing([]).tolist() == []
+    finally:
+        reader.close()

@@ -36,7 +36,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted).
     `exclude`: tile ids never to place (e.g. the tile a recursive sub-mosaic is made of)."""
     excl = np.unique(np.asarray([] if exclude is None else exclude, dtype=np.int64))
-    excl = excl[np.isin(excl, db.ids())]   # only live tiles shrink the pool
+    excl = np.setdiff1d(excl, db.missing(excl), assume_unique=True)   # only live tiles shrink the pool
     n_tiles = len(db) - len(excl)
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     t0 = time.perf_counter()

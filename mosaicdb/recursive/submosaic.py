@@ -79,7 +79,7 @@ def valid_cached(db, saved: asg.SavedAssignment, tid: int, key: str, grid: int) 
         return f"it is {saved.cols}x{saved.rows} cells, not {grid}x{grid}"
     if (saved.tile_ids == tid).any():
         return "it holds the tile it is made of"
-    if not np.isin(saved.tile_ids, db.ids()).all():
+    if len(db.missing(saved.tile_ids)):
         return "it draws tiles the database no longer holds"
     if saved.meta.tiles_digest != db.tiles_digest(saved.tile_ids):
         return "its tiles' content differs from the database's"

@@ -34,7 +34,7 @@ STATS_ENTRIES = 1 << 15     # (tile, size) colour statistics kept: ~10 MB at mos
 
 
 def check_tiles_present(db, tile_ids: np.ndarray) -> None:
-    gone = np.setdiff1d(np.unique(tile_ids), db.ids())
+    gone = db.missing(tile_ids)
     if len(gone):
         raise RenderError(f"{len(gone)} tiles of this assignment are no longer in {db.path} (e.g. id {gone[0]}): "
                           "run `mosaic make` again")
