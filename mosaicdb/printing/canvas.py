@@ -67,7 +67,8 @@ class PrintCanvas:
         return self.cells.paint(self.rmap[R0:R1], self.cmap[C0:C1], self.g.cell_px)
 
     def band(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
-        """Canvas pixels [y0, y1) x [x0, x1): (y1 - y0, x1 - x0, 3) uint8, in the output profile."""
+        """Canvas pixels [y0, y1) x [x0, x1): (y1 - y0, x1 - x0, 3) uint8 (a view when the band
+        is whole cell rows), in the output profile."""
         g, t = self.g, self.g.cell_px
         off = g.offset
         x1 = g.width if x1 is None else x1
@@ -75,6 +76,13 @@ class PrintCanvas:
         R0, R1 = Y0 // t, -(-Y1 // t)
         X0, X1 = x0 + off, x1 + off
         Cs, Ce = X0 // t, -(-X1 // t)
+        if (R1 - R0) * (Ce - Cs) * t * t <= 2 * (y1 - y0) * (x1 - x0):
+            # the band's whole cells are not much more than the band (always, but at the canvas'
+            # edges, when bands are whole cell rows): painted in one piece and returned as a view
+            # instead of painted in chunks and copied; its strips are encoded straight from it
+            block = self.cells.paint(self.rmap[R0:R1], self.cmap[Cs:Ce], t)
+            out = block[Y0 - R0 * t:Y1 - R0 * t, X0 - Cs * t:X1 - Cs * t]
+            return self.convert(out) if self.convert else out
         step = max(1, CHUNK_BYTES // ((R1 - R0) * t * t * 3))
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         for C0 in range(Cs, Ce, step):

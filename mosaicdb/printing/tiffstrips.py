@@ -1,7 +1,7 @@
 """A flat, single-image, 8-bit RGB TIFF written strip by strip, for print shops' RIPs.
 
 Strips are encoded as rows arrive (in worker threads when a pool is given) and written in
-order, so memory holds a strip or two, never the image. The file starts with 16 reserved
+order, so memory holds the strips in flight, never the image. The file starts with 16 reserved
 bytes and its IFD goes at the end (as libtiff does): whether it is classic TIFF or BigTIFF is
 decided when it is closed, from its actual size, so classic TIFF is used whenever the
 compressed file fits under 4 GB and no pixel is ever rendered twice to find out.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
+from isal import isal_zlib
 
 from ..errors import UsageError, choice
 
@@ -30,12 +31,24 @@ MAX_SIDE = 2 ** 32 - 1      # ImageWidth/ImageLength are LONG
 HEADER = 16          # reserved at the start: room for either header
 STRIP_BYTES = 256 << 10
 
+DEFLATE_LEVEL = 1
+
+
+def deflate_encode(data: np.ndarray) -> bytes:
+    """Adobe Deflate (TIFF compression 8: a zlib stream) by Intel's ISA-L at level 1. On mosaic
+    prints with the horizontal predictor it runs ~5x as fast as LZW and ~2.5x libdeflate's
+    fastest level for ~45% fewer bytes than LZW; zlib level 6 (libtiff's default) saves under
+    1% more at a twentieth of the speed (README, "Print")."""
+    return isal_zlib.compress(data, DEFLATE_LEVEL)
+
+
 # name -> (TIFF Compression value, uses the horizontal predictor, encoder of predicted bytes)
 COMPRESSIONS = {
-    "none": (1, False, None),
+    "deflate": (8, True, deflate_encode),
     "lzw": (5, True, imagecodecs.lzw_encode),
-    "deflate": (8, True, lambda b: imagecodecs.deflate_encode(b, level=6)),
+    "none": (1, False, None),
 }
+DEFAULT_COMPRESSION = "deflate"
 
 _SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED, _LONG8 = 3, 4, 5, 2, 7, 16
 _TYPE_SIZE = {_SHORT: 2, _LONG: 4, _RATIONAL: 8, _ASCII: 1, _UNDEFINED: 1, _LONG8: 8}
@@ -61,10 +74,9 @@ def timed_encode(rows: np.ndarray, compression: str) -> tuple[bytes, float]:
 def encode_strip(rows: np.ndarray, compression: str) -> bytes:
     """One strip's bytes: raw, or horizontal-predicted then LZW/Deflate encoded."""
     _, predict, enc = compression_spec(compression)
-    rows = np.ascontiguousarray(rows)
     if enc is None:
-        return rows.tobytes()
-    d = np.empty_like(rows)
+        return rows.tobytes()   # C order, from any view
+    d = np.empty(rows.shape, np.uint8)    # one pass straight from the (possibly strided) rows
     d[:, 0] = rows[:, 0]
     np.subtract(rows[:, 1:], rows[:, :-1], out=d[:, 1:])  # uint8 wraps: TIFF predictor 2
     return enc(d)
@@ -106,15 +118,21 @@ class StripTiffWriter:
 
     # ---- data -------------------------------------------------------------------------------
     def add_rows(self, rows: np.ndarray) -> None:
-        """Append (n, width, 3) uint8 rows (any view; they are copied)."""
+        """Append (n, width, 3) uint8 rows (any view). Whole strips inside `rows` are encoded
+        straight from it, not copied: the caller must not change `rows` afterwards (the print
+        renders a fresh array for every band)."""
         n = rows.shape[0]
-        if rows.shape[1:] != (self.width, 3):
-            raise ValueError(f"rows of shape {rows.shape[1:]} for a {self.width} px wide RGB image")
+        if rows.shape[1:] != (self.width, 3) or rows.dtype != np.uint8:
+            raise ValueError(f"rows of {rows.dtype} {rows.shape[1:]} for a {self.width} px wide 8-bit RGB image")
         if self._rows_in + n > self.height:
             raise ValueError("more rows than the image has")
         self._rows_in += n
         i = 0
         while i < n:
+            if self._fill == 0 and n - i >= self.rps:  # only strips that span two calls are copied
+                self._submit(rows[i:i + self.rps])
+                i += self.rps
+                continue
             take = min(self.rps - self._fill, n - i)
             self._buf[self._fill:self._fill + take] = rows[i:i + take]
             self._fill += take
