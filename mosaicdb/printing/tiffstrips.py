@@ -30,6 +30,9 @@ CLASSIC_MAX = 2 ** 32 - 1   # bytes a classic TIFF can address
 MAX_SIDE = 2 ** 32 - 1      # ImageWidth/ImageLength are LONG
 HEADER = 16          # reserved at the start: room for either header
 STRIP_BYTES = 256 << 10
+# raw bytes of strips per encoding task: ISA-L encodes a strip in well under a millisecond, so one
+# task per strip would spend a good part of it in the pool's and the GIL's hand-offs
+BATCH_BYTES = 2 << 20
 
 DEFLATE_LEVEL = 1
 
@@ -63,11 +66,11 @@ def rows_per_strip(width: int) -> int:
     return max(1, STRIP_BYTES // (width * 3))
 
 
-def timed_encode(rows: np.ndarray, compression: str) -> tuple[bytes, float]:
-    """`encode_strip` and the CPU seconds it took in the thread that ran it (unlike wall
-    time, not inflated by other load on the machine)."""
+def timed_encode(strips: list, compression: str) -> tuple[list[bytes], float]:
+    """`encode_strip` of each strip, and the CPU seconds they took in the thread that ran them
+    (unlike wall time, not inflated by other load on the machine)."""
     t0 = time.thread_time()
-    data = encode_strip(rows, compression)
+    data = [encode_strip(rows, compression) for rows in strips]
     return data, time.thread_time() - t0
 
 
@@ -103,6 +106,8 @@ class StripTiffWriter:
         self.rps = rowsperstrip or rows_per_strip(width)
         self.dpi, self.icc, self.software = dpi, icc, software
         self.pool, self.max_pending = pool, max(1, max_pending)
+        self.batch = max(1, BATCH_BYTES // (self.rps * width * 3))   # strips per encoding task
+        self._batch: list = []
         self._buf = np.empty((self.rps, width, 3), np.uint8)
         self._fill = 0
         self._rows_in = 0
@@ -143,23 +148,32 @@ class StripTiffWriter:
                 self._fill = 0
 
     def _submit(self, strip: np.ndarray) -> None:
-        if self.pool is None:
-            self._write(timed_encode(strip, self.compression))
+        self._batch.append(strip)
+        if len(self._batch) >= self.batch:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
             return
-        self._pending.append(self.pool.submit(timed_encode, strip, self.compression))
+        if self.pool is None:
+            self._write(timed_encode(batch, self.compression))
+            return
+        self._pending.append(self.pool.submit(timed_encode, batch, self.compression))
         while len(self._pending) > self.max_pending:
             self._write(self._pending.popleft().result())
 
-    def _write(self, encoded: tuple[bytes, float]) -> None:
-        data, self.encode_seconds = encoded[0], self.encode_seconds + encoded[1]
+    def _write(self, encoded: tuple[list[bytes], float]) -> None:
+        strips, self.encode_seconds = encoded[0], self.encode_seconds + encoded[1]
         t0 = time.perf_counter()
-        self._f.write(data)
-        self.offsets.append(self._pos)
-        self.counts.append(len(data))
-        self._pos += len(data)
-        if self._pos & 1:  # keep every offset on a word boundary
-            self._f.write(b"\0")
-            self._pos += 1
+        for data in strips:
+            self._f.write(data)
+            self.offsets.append(self._pos)
+            self.counts.append(len(data))
+            self._pos += len(data)
+            if self._pos & 1:  # keep every offset on a word boundary
+                self._f.write(b"\0")
+                self._pos += 1
         self.write_seconds += time.perf_counter() - t0
 
     # ---- directory ----------------------------------------------------------------------------
@@ -210,6 +224,7 @@ class StripTiffWriter:
         if self._fill:
             self._submit(self._buf[:self._fill].copy())
             self._fill = 0
+        self._submit_batch()
         while self._pending:
             self._write(self._pending.popleft().result())
         _, _, classic_end = self._layout(False, self._pos)
@@ -243,6 +258,7 @@ class StripTiffWriter:
         for fut in self._pending:
             fut.cancel()
         self._pending.clear()
+        self._batch.clear()
         if not self._f.closed:
             self._f.close()
         self.path.unlink(missing_ok=True)
