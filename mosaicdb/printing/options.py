@@ -15,9 +15,8 @@ class PrintOptions:
     """What a print looks like on paper and on disk.
 
     size: "120x80cm" (width x height) or "120cm" (the long side); dpi: the print resolution.
-    compression: strip compression (deflate | lzw | none, with the horizontal predictor; never
-        JPEG); icc: an RGB output
-        profile to convert into and embed (None: sRGB).
+    compression: strip compression, with the horizontal predictor (deflate | lzw | none; never
+        JPEG); icc: an RGB output profile to convert into and embed (None: sRGB).
     bleed: mosaic beyond the trim on every side; panel_width / panels: split into panels
         (widest panel, or exactly COLSxROWS) sharing `overlap`; proof: a JPEG proof too.
     buffer_bytes: rendered rows in flight.

@@ -38,10 +38,10 @@ DEFLATE_LEVEL = 1
 
 
 def deflate_encode(data: np.ndarray) -> bytes:
-    """Adobe Deflate (TIFF compression 8: a zlib stream) by Intel's ISA-L at level 1. On mosaic
-    prints with the horizontal predictor it runs ~5x as fast as LZW and ~2.5x libdeflate's
-    fastest level for ~45% fewer bytes than LZW; zlib level 6 (libtiff's default) saves under
-    1% more at a twentieth of the speed (README, "Print")."""
+    """Adobe Deflate (TIFF compression 8: a zlib stream) by Intel's ISA-L at level 1. On a mosaic
+    print with the horizontal predictor it runs 4.9x as fast as LZW and 2.4x libdeflate's
+    fastest level, into 38% fewer bytes than LZW; zlib level 6 (libtiff's default) saves 1%
+    more at an eighteenth of the speed (benchmarks/bench_print_codecs.py)."""
     return isal_zlib.compress(data, DEFLATE_LEVEL)
 
 
