@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from mosaicdb.jobs import PrintJob, plan_file
+from mosaicdb.printing.tiffstrips import DEFAULT_COMPRESSION
 from mosaicdb.units import human_bytes
 
 from .common import echo, echo_json, given_db, json_option, quiet_option, saved_db_option, warn_all
@@ -45,7 +46,7 @@ def plan_cmd(source, out, grid, tile_px, quality, codec, ome, dpi, print_size, w
         mosaic plan mosaic.mosaic.json --print --size 5.5m --dpi 300 --panel-width 1.2m --overlap 2cm --out panels/
     """
     if for_print or size or icc or panel_width or panel_grid or proof or bleed != "0" or overlap != "0" \
-            or compression != "lzw":
+            or compression != DEFAULT_COMPRESSION:
         render = render_fields(None, None, None, quality, None, None, None, None, workers, cache)
         fields = print_fields(size or print_size, dpi or 300, compression, icc, bleed, panel_width, panel_grid,
                               overlap, proof, buffer)

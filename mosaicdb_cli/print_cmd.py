@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from mosaicdb.jobs import PrintJob
+from mosaicdb.printing.tiffstrips import COMPRESSIONS, DEFAULT_COMPRESSION
 from mosaicdb.units import human_bytes, parse_bytes
 
 from .common import echo, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
@@ -23,8 +24,9 @@ def print_options(f):
                      help="Mosaic content beyond the trim on every side, e.g. 10mm.")(f)
     f = click.option("--icc", default=None, type=click.Path(dir_okay=False),
                      help="RGB output ICC profile: pixels are converted from sRGB into it and it is embedded [default: sRGB].")(f)
-    f = click.option("--compression", type=click.Choice(["lzw", "deflate", "none"]), default="lzw", show_default=True,
-                     help="Strip compression (with the horizontal predictor); never JPEG.")(f)
+    f = click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default=DEFAULT_COMPRESSION,
+                     show_default=True, help="Strip compression, with the horizontal predictor: deflate (Adobe "
+                     "Deflate, fastest and smallest), lzw (for a RIP that reads nothing else) or none; never JPEG.")(f)
     return f
 
 

@@ -24,13 +24,14 @@ for a in "$@"; do
 done
 
 # in the pipeline's order; quick-mode arguments of each (every benchmarks/bench_*.py must be here)
-ORDER=(bench_ingest bench_index bench_search_db bench_match bench_match_vs_main bench_quality bench_unique bench_many bench_render bench_print bench_serve bench_generate bench_generative bench_automosaic)
+ORDER=(bench_ingest bench_index bench_search_db bench_match bench_match_vs_main bench_quality bench_unique bench_many bench_render bench_print bench_print_codecs bench_serve bench_generate bench_generative bench_automosaic)
 declare -A QUICK=(
   [bench_ingest]="--limit 5000"
   [bench_index]="--limit 10000 --big-pool 0 --queries 8192 --kodak-queries 1024"
   [bench_match]="--grid 64x64 --small-grid 32x32 --bf-cells 256 --naive-cells 4 --repeat 1"
   [bench_render]="--tiles 300 --sizes 4096 8192"
-  [bench_print]="--tiles 300 --scale 0.1"
+  [bench_print]="--tiles 300 --scale 0.1 --repeat 1"
+  [bench_print_codecs]="--quick"
   [bench_generate]="--palette-size 4 --per-colour 2 --repeat 1"
   [bench_unique]="--quick"
   [bench_many]="--quick"

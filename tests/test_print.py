@@ -109,7 +109,7 @@ def test_bleed_is_reflected_mosaic_content(synthetic_db, saved12, tmp_path):
     g, _ = make_geometry(14, 10, (20 / 2.54, None), 100, 2 / 2.54)
     t, b = g.cell_px, g.bleed_px
     assert (t, b, g.bleed_cells) == (56, 78, 2)
-    got = check_print_file(tmp_path / "b.tif", g, "lzw")
+    got = check_print_file(tmp_path / "b.tif", g, tiffstrips.DEFAULT_COMPRESSION)
     assert got.shape == (10 * t + 2 * b, 14 * t + 2 * b, 3)
     assert m["trim_box_px"] == [b, b, b + 14 * t, b + 10 * t] and m["bleed_box_px"] == [0, 0, got.shape[1], got.shape[0]]
     assert m["bleed"]["px"] == b and abs(m["bleed"]["mm"] - 20) < 0.2
@@ -149,7 +149,7 @@ def test_panels_tile_the_print_exactly(synthetic_db, saved12, tmp_path, how):
     g, _ = make_geometry(14, 10, (24 / 2.54, None), 80, 5 / 25.4)
     for p in m["panels"]:
         x0, y0, x1, y1 = p["box_px"]
-        px = check_print_file(folder / p["name"], g, "lzw")
+        px = check_print_file(folder / p["name"], g, tiffstrips.DEFAULT_COMPRESSION)
         assert px.shape == (y1 - y0, x1 - x0, 3) and p["size_px"] == [x1 - x0, y1 - y0]
         assert max(px.shape[:2]) <= PANEL_MAX_SIDE and p["bytes"] < 2 ** 32 and not p["bigtiff"]
         assert p["size_mm"][0] == pytest.approx((x1 - x0) / m["dpi"] * 25.4, abs=0.01)
@@ -257,7 +257,7 @@ def test_icc_profile_is_embedded_and_pixels_converted(synthetic_db, saved12, tmp
     out.mkdir()
     m = write_print(synthetic_db, saved12, P(size="10cm", dpi=100, icc=str(lin), workers=2), out / "l.tif")
     g, _ = make_geometry(14, 10, (10 / 2.54, None), 100, 0)
-    got = check_print_file(out / "l.tif", g, "lzw", icc=lin.read_bytes())
+    got = check_print_file(out / "l.tif", g, tiffstrips.DEFAULT_COMPRESSION, icc=lin.read_bytes())
     assert m["profile"]["name"] == "linear test RGB" and m["profile"]["source"] == str(lin)
     ref = reference_canvas(synthetic_db, saved12, g)
     tr = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(srgb_bytes())), ImageCms.ImageCmsProfile(str(lin)),
@@ -268,7 +268,7 @@ def test_icc_profile_is_embedded_and_pixels_converted(synthetic_db, saved12, tmp
     same = tmp_path / "srgb.icc"
     same.write_bytes(srgb_bytes())
     write_print(synthetic_db, saved12, P(size="10cm", dpi=100, icc=str(same)), out / "s.tif")
-    np.testing.assert_array_equal(check_print_file(out / "s.tif", g, "lzw"), ref)
+    np.testing.assert_array_equal(check_print_file(out / "s.tif", g, tiffstrips.DEFAULT_COMPRESSION), ref)
 
 
 # ---- bad input ---------------------------------------------------------------------------------

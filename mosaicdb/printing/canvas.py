@@ -2,8 +2,9 @@
 
 A band is whole rows of cells when they fit its byte budget, so each cell is drawn once;
 otherwise a slice of one cell row (its cells are then drawn once per slice: `plan` says so).
-Within a band, cells are drawn a bounded number of columns at a time, so the working set
-depends on the budgets, never on the print's size."""
+A band of whole cell rows is painted in one piece and handed on as a view (its strips are
+encoded straight from it); a slice of a cell row is drawn a bounded number of columns at a time.
+Either way the working set depends on the budgets, never on the print's size."""
 from __future__ import annotations
 
 import numpy as np
@@ -66,15 +67,36 @@ class PrintCanvas:
         """Extended-grid cells [R0, R1) x [C0, C1) composed into one image."""
         return self.cells.paint(self.rmap[R0:R1], self.cmap[C0:C1], self.g.cell_px)
 
+    def _cells(self, y0: int, y1: int, x0: int, x1: int) -> tuple[int, int, int, int]:
+        """Extended-grid cell rows [R0, R1) and columns [C0, C1) under canvas [y0, y1) x [x0, x1)."""
+        t, off = self.g.cell_px, self.g.offset
+        return (y0 + off) // t, -(-(y1 + off) // t), (x0 + off) // t, -(-(x1 + off) // t)
+
     def band(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
-        """Canvas pixels [y0, y1) x [x0, x1): (y1 - y0, x1 - x0, 3) uint8, in the output profile."""
-        g, t = self.g, self.g.cell_px
-        off = g.offset
-        x1 = g.width if x1 is None else x1
-        Y0, Y1 = y0 + off, y1 + off
-        R0, R1 = Y0 // t, -(-Y1 // t)
-        X0, X1 = x0 + off, x1 + off
-        Cs, Ce = X0 // t, -(-X1 // t)
+        """Canvas pixels [y0, y1) x [x0, x1): (y1 - y0, x1 - x0, 3) uint8 (a view when the band
+        is whole cell rows), in the output profile."""
+        x1 = self.g.width if x1 is None else x1
+        R0, R1, C0, C1 = self._cells(y0, y1, x0, x1)
+        # a band of whole cell rows has at most twice its pixels in whole cells (more only when it
+        # is a slice of a cell row, or cut by the bleed): it is painted in one piece and returned
+        # as a view, and its strips are encoded straight from it; else a bounded number of cell
+        # columns at a time, copied into the band
+        whole = (R1 - R0) * (C1 - C0) * self.g.cell_px ** 2 <= 2 * (y1 - y0) * (x1 - x0)
+        out = (self.band_in_one_piece if whole else self.band_in_chunks)(y0, y1, x0, x1)
+        return self.convert(out) if self.convert else out
+
+    def band_in_one_piece(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Canvas pixels [y0, y1) x [x0, x1) as a view of all the cells under them, painted at once."""
+        t, off = self.g.cell_px, self.g.offset
+        R0, R1, C0, C1 = self._cells(y0, y1, x0, x1)
+        block = self.cell_block(R0, R1, C0, C1)
+        return block[y0 + off - R0 * t:y1 + off - R0 * t, x0 + off - C0 * t:x1 + off - C0 * t]
+
+    def band_in_chunks(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Canvas pixels [y0, y1) x [x0, x1), painted CHUNK_BYTES of cells at a time."""
+        t, off = self.g.cell_px, self.g.offset
+        R0, R1, Cs, Ce = self._cells(y0, y1, x0, x1)
+        Y0, Y1, X0, X1 = y0 + off, y1 + off, x0 + off, x1 + off
         step = max(1, CHUNK_BYTES // ((R1 - R0) * t * t * 3))
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         for C0 in range(Cs, Ce, step):
@@ -82,4 +104,4 @@ class PrintCanvas:
             img = self.cell_block(R0, R1, C0, C1)
             xa, xb = max(X0, C0 * t), min(X1, C1 * t)
             out[:, xa - X0:xb - X0] = img[Y0 - R0 * t:Y1 - R0 * t, xa - C0 * t:xb - C0 * t]
-        return self.convert(out) if self.convert else out
+        return out

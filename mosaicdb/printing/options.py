@@ -7,7 +7,7 @@ from ..errors import UsageError, check_int, check_number, choice
 from ..render.options import RenderOptions
 from ..units import parse_length, parse_print_size
 from .geometry import parse_panel_grid
-from .tiffstrips import COMPRESSIONS
+from .tiffstrips import COMPRESSIONS, DEFAULT_COMPRESSION
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -15,8 +15,8 @@ class PrintOptions:
     """What a print looks like on paper and on disk.
 
     size: "120x80cm" (width x height) or "120cm" (the long side); dpi: the print resolution.
-    compression: strip compression (none | lzw | deflate; never JPEG); icc: an RGB output
-        profile to convert into and embed (None: sRGB).
+    compression: strip compression, with the horizontal predictor (deflate | lzw | none; never
+        JPEG); icc: an RGB output profile to convert into and embed (None: sRGB).
     bleed: mosaic beyond the trim on every side; panel_width / panels: split into panels
         (widest panel, or exactly COLSxROWS) sharing `overlap`; proof: a JPEG proof too.
     buffer_bytes: rendered rows in flight.
@@ -26,7 +26,7 @@ class PrintOptions:
     """
     size: str
     dpi: float = 300.0
-    compression: str = "lzw"
+    compression: str = DEFAULT_COMPRESSION
     icc: str | None = None
     bleed: str = "0"
     panel_width: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,26 +133,32 @@ def tile_resolution(db, saved, g: Geometry) -> tuple[dict, list[str]]:
     return info, warnings
 
 
-def sample_encoding(canvas: PrintCanvas, compression: str, blocks: int = 6, cells: int = 16) -> tuple[float, float]:
+def sample_encoding(canvas: PrintCanvas, compression: str, blocks: int = 6, cells: int = 16,
+                    workers: int = 1) -> tuple[float, float]:
     """(compressed / raw bytes, seconds per raw byte on one thread) of a few blocks of cells
-    spread over the mosaic, drawn and encoded as the print will be."""
+    spread over the mosaic, drawn and encoded as the print will be, on `workers` threads (the
+    tiles they decode stay in the renderer's cache for the print itself)."""
     g = canvas.g
     k = g.bleed_cells
     rs = np.unique(np.linspace(k, k + g.rows - 1, min(blocks, g.rows)).round().astype(int))
-    raw = enc = 0
-    t0 = time.perf_counter()
     rng = np.random.default_rng(0)
-    for R in rs:
-        n = min(cells, g.cols)
-        C0 = k + int(rng.integers(0, g.cols - n + 1))
-        img = canvas.cell_block(int(R), int(R) + 1, C0, C0 + n)
+    n = min(cells, g.cols)
+    starts = [(int(R), k + int(rng.integers(0, g.cols - n + 1))) for R in rs]
+    rps = rows_per_strip(g.width)
+
+    def sample(start) -> tuple[int, int, float]:
+        t0 = time.thread_time()
+        R, C0 = start
+        img = canvas.cell_block(R, R + 1, C0, C0 + n)
         if canvas.convert:
             img = canvas.convert(img)
-        rps = rows_per_strip(g.width)
-        for y in range(0, img.shape[0], rps):
-            enc += len(encode_strip(img[y:y + rps], compression))
-        raw += img.nbytes
-    return enc / raw, (time.perf_counter() - t0) / raw
+        enc = sum(len(encode_strip(img[y:y + rps], compression)) for y in range(0, img.shape[0], rps))
+        return img.nbytes, enc, time.thread_time() - t0
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="print-sample") as pool:
+        done = list(pool.map(sample, starts))
+    raw, enc, cpu = (sum(x) for x in zip(*done))
+    return enc / raw, cpu / raw
 
 
 def plan_print(db, saved, opts: PrintOptions, out, name: str = "print", *, sample: bool = True,
@@ -169,7 +176,7 @@ def plan_print(db, saved, opts: PrintOptions, out, name: str = "print", *, sampl
     workers = opts.resolved_workers()
     band_bytes = band_budget(opts)
     canvas = PrintCanvas(db, saved, g, opts.render, target=target, convert=converter(profile))
-    ratio, sec_per_byte = (sample_encoding(canvas, opts.compression) if sample else (1.0, 0.0))
+    ratio, sec_per_byte = (sample_encoding(canvas, opts.compression, workers=workers) if sample else (1.0, 0.0))
     if opts.compression == "none":
         ratio = 1.0
     est = [p_.width * p_.height * 3 * ratio * (1.02 if opts.compression != "none" else 1) + HEADER_BYTES

@@ -1,6 +1,7 @@
 """Write a print: one pass over the canvas, top to bottom, in bands rendered by worker
 threads; each band feeds every panel it crosses (so overlaps cost no extra rendering), the
-proof/layout reducers, and nothing else. Panel files are opened when the pass reaches them
+proof/layout reducers, and nothing else. The same threads encode the strips, straight from the
+bands; this thread only hands rows on and writes encoded strips in order. Panel files are opened when the pass reaches them
 and closed when it leaves them. Every output is written under a temporary name; all are
 renamed into place only when all have been written, and removed on any failure or Ctrl-C."""
 from __future__ import annotations
