@@ -302,3 +302,40 @@ def test_cli_make_orient(synthetic_db, tmp_path):
                      "--orient", "mirror", "--recursive", "1", "--recursive-grid", "4", code=2)
     assert "--recursive" in res.output and "--orient" in res.output
     assert "--orient" in invoke_cli("make", "--help", code=0).output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("color", ["none", "meanstd"])
+def test_every_pyramid_level_is_turned(synthetic_db, tmp_path, color):
+    import cv2
+    import tifffile
+    from mosaicdb.render.output import render_saved
+    from mosaicdb.render.pyramid import plan_levels
+    cols, rows, tile_px = 90, 50, 12   # levels at 12 and 6 px per cell, then resampled ones
+    saved = _with_turns(random_assignment(synthetic_db, cols, rows, seed=3), 9)
+    render_saved(synthetic_db, saved, tmp_path / "p.tif", RenderOptions(tile_px=tile_px, codec="deflate", color=color))
+    levels, small_px = plan_levels(cols, rows, tile_px)
+    assert len(levels) >= 3 and any(lv.cell_px is None for lv in levels)
+    with tifffile.TiffFile(tmp_path / "p.tif") as tf:
+        for lv, page in zip(levels, tf.pages):
+            t = lv.cell_px or small_px
+            ref = ref_paint_turned(synthetic_db, saved, range(rows), range(cols), t, color, 0.5, None)
+            if lv.cell_px is None and ref.shape[:2] != (lv.height, lv.width):
+                ref = cv2.resize(ref, (lv.width, lv.height), interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(page.asarray(), ref, err_msg=f"level {lv.index}")
+
+
+def test_print_with_bleed_is_turned(synthetic_db, tmp_path):
+    import tifffile
+    from mosaicdb.printing import PrintOptions, write_print
+    from mosaicdb.printing.geometry import make_geometry
+    saved = _with_turns(random_assignment(synthetic_db, 10, 7, seed=9), 2)
+    opts = PrintOptions(size="10cm", dpi=100, bleed="6mm", compression="deflate", buffer_bytes=1 << 18,
+                        render=RenderOptions(color="mean", workers=2))
+    m = write_print(synthetic_db, saved, opts, tmp_path / "out", "mos")
+    g, _ = make_geometry(10, 7, (10 / 2.54, None), 100, 6 / 25.4)
+    ext = ref_paint_turned(synthetic_db, saved, g.row_map(), g.col_map(), g.cell_px, "mean", 0.5, None)
+    canvas = ext[g.offset:g.offset + g.height, g.offset:g.offset + g.width]
+    (p,) = m["panels"]
+    x0, y0, x1, y1 = p["box_px"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / p["name"]), canvas[y0:y1, x0:x1])
