@@ -225,6 +225,8 @@ class Maker:
             m = {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
         if generated is not None:  # --generate-worst: which cells, fidelity before/after
             m["generated"] = generated
+        if saved.orient is not None:  # --orient: cells per orientation code 0-7
+            m["orientations"] = np.bincount(saved.orient.ravel(), minlength=8).tolist()
         return m
 
     @staticmethod

@@ -296,6 +296,8 @@ def test_cli_make_orient(synthetic_db, tmp_path):
     saved = asg.load(out)
     assert json.loads((tmp_path / "m.mosaic.json").read_text())["match"]["orient"] == "all"
     assert saved.orient is not None and saved.orient.max() <= 7
+    counts = json.loads((tmp_path / "m.metrics.json").read_text())["orientations"]
+    assert counts == np.bincount(saved.orient.ravel(), minlength=8).tolist()
     res = invoke_cli("make", "--db", synthetic_db.path, target, "--out", out, "--orient", "sideways", code=2)
     assert "--orient" in res.output and "mirror" in res.output
     res = invoke_cli("make", "--db", synthetic_db.path, target, "--out", tmp_path / "r.png", "--grid", "4",
