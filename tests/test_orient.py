@@ -341,3 +341,18 @@ def test_print_with_bleed_is_turned(synthetic_db, tmp_path):
     (p,) = m["panels"]
     x0, y0, x1, y1 = p["box_px"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / p["name"]), canvas[y0:y1, x0:x1])
+
+
+def test_stacked_and_separate_searches_agree(synthetic_db, monkeypatch):
+    """The turns searched in one stacked call or one call each give the same mosaic."""
+    import mosaicdb.match.oriented as oriented
+    rng = np.random.default_rng(6)
+    img = rng.integers(0, 256, (9 * S, 11 * S, 3), dtype=np.uint8)
+    grid = make_grid(11 * S, 9 * S, "11x9")
+    data = cell_data(img, grid, synthetic_db.feature_spec)
+    opts = MatchOptions(grid="11x9", min_distance=1, max_uses=2, orient="all")
+    a = match(synthetic_db, data, grid, opts).assignment
+    monkeypatch.setattr(oriented, "_STACK_ROWS", 1)
+    b = match(synthetic_db, data, grid, opts).assignment
+    np.testing.assert_array_equal(a.tile_ids, b.tile_ids)
+    np.testing.assert_array_equal(a.orient, b.orient)

@@ -3,7 +3,8 @@
 A feature kind's vector turns with the tile as a permutation of its entries (feature_kinds:
 `orient_permutation`), so the distance from a cell q to tile f turned by o is
 |q - f[perm_o]| = |q[inv_o] - f| with inv_o the inverse permutation: each orientation is one
-search of the existing index with the cell's permuted vector. The results are merged into the
+search of the existing index with the cell's permuted vector (the turns of a small grid stacked
+into one call). The results are merged into the
 k nearest *distinct* tiles of each cell, each at its best orientation's distance, so the
 assignment (greedy, regret, refinement, --unique) sees ordinary candidate lists, and repeat
 control counts a tile however it is turned. Once tiles are placed, `best_orientations` gives
@@ -18,6 +19,10 @@ import numpy as np
 Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]   # queries -> (squared L2, ids)
 
 _CHUNK = 8192   # cells per step of best_orientations: bounds the gathered feature rows
+# Query rows per search call: the turns of a small grid go in one call (FAISS is faster per query
+# on big batches, and a widening search builds its index of unused tiles once), a big grid's one
+# turn at a time (65,536 cells x 8 turns x 255 floats would be 535 MB).
+_STACK_ROWS = 32768
 
 
 def query_permutations(spec, codes) -> list[np.ndarray]:
@@ -31,8 +36,15 @@ def oriented_search(search: Search, queries: np.ndarray, k: int, inverse_perms) 
     nearest distinct tiles (ascending squared distance, -1 / inf padded)."""
     if len(inverse_perms) == 1 and np.array_equal(inverse_perms[0], np.arange(queries.shape[1])):
         return search(queries)
-    found = [search(np.ascontiguousarray(queries[:, inv])) for inv in inverse_perms]
-    return merge_distinct(np.concatenate([d for d, _ in found], 1), np.concatenate([i for _, i in found], 1), k)
+    n = len(queries)
+    per_call = max(1, _STACK_ROWS // max(n, 1))
+    dists, ids = [], []
+    for s in range(0, len(inverse_perms), per_call):
+        group = inverse_perms[s:s + per_call]
+        d, i = search(np.concatenate([queries[:, inv] for inv in group]).astype(np.float32, copy=False))
+        dists += [d[j * n:(j + 1) * n] for j in range(len(group))]
+        ids += [i[j * n:(j + 1) * n] for j in range(len(group))]
+    return merge_distinct(np.concatenate(dists, 1), np.concatenate(ids, 1), k)
 
 
 def merge_distinct(dist: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
