@@ -356,3 +356,10 @@ def test_stacked_and_separate_searches_agree(synthetic_db, monkeypatch):
     b = match(synthetic_db, data, grid, opts).assignment
     np.testing.assert_array_equal(a.tile_ids, b.tile_ids)
     np.testing.assert_array_equal(a.orient, b.orient)
+
+
+def test_autoencoder_refuses_orient(synthetic_db, tmp_path):
+    from mosaicdb.autoencoder.make import AutoMaker
+    from mosaicdb.autoencoder.options import AutoOptions
+    with pytest.raises(UsageError, match="--orient all.*--autoencoder"):
+        AutoMaker(synthetic_db, MatchOptions(orient="all"), None, AutoOptions(model=str(tmp_path / "none")))
