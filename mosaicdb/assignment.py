@@ -118,8 +118,14 @@ class SavedAssignment:
     def __post_init__(self) -> None:
         if isinstance(self.meta, dict):   # the JSON form, as saved
             self.meta = AssignmentMeta.from_json(self.meta)
-        if self.orient is not None and not np.asarray(self.orient).any():
-            self.orient = None   # all as stored: the same assignment, the same files and renders
+        if self.orient is not None:
+            turn = np.asarray(self.orient)
+            if turn.shape != np.shape(self.tile_ids) or turn.dtype.kind not in "iu" or turn.min(initial=0) < 0 \
+                    or turn.max(initial=0) > 7:
+                raise ValueError(f"orient must be codes 0-7 shaped like tile_ids {np.shape(self.tile_ids)}, "
+                                 f"got {turn.dtype} {turn.shape}")
+            # all as stored: the same assignment, the same files and renders
+            self.orient = turn.astype(np.uint8) if turn.any() else None
 
     @property
     def rows(self) -> int:
