@@ -298,6 +298,13 @@ def test_cli_make_orient(synthetic_db, tmp_path):
     assert saved.orient is not None and saved.orient.max() <= 7
     counts = json.loads((tmp_path / "m.metrics.json").read_text())["orientations"]
     assert counts == np.bincount(saved.orient.ravel(), minlength=8).tolist()
+    # `mosaic render` of the saved assignment draws the same turned tiles as make did
+    invoke_cli("render", tmp_path / "m.mosaic.json", "--out", tmp_path / "r.png", "-q", code=0)
+    made = np.asarray(Image.open(out).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "r.png").convert("RGB")), made)
+    unturned = asg.SavedAssignment(saved.meta, saved.tile_ids, saved.cost, saved.target_mean, saved.target_std)
+    from mosaicdb.render.rows import render_array
+    assert (render_array(synthetic_db, unturned, RenderOptions()) != made).any()
     res = invoke_cli("make", "--db", synthetic_db.path, target, "--out", out, "--orient", "sideways", code=2)
     assert "--orient" in res.output and "mirror" in res.output
     res = invoke_cli("make", "--db", synthetic_db.path, target, "--out", tmp_path / "r.png", "--grid", "4",
