@@ -105,11 +105,12 @@ class Clock:
 
 
 # ---- methods -----------------------------------------------------------------------------------
-def run_ours(db, image, grid, min_distance: int, max_uses: int, k: int) -> dict:
+def run_ours(db, image, grid, min_distance: int, max_uses: int, k: int, orient: str = "none") -> dict:
     from mosaicdb.match.grid import cell_data
     from mosaicdb.match.matcher import match
     from mosaicdb.match.options import MatchOptions
-    opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", k=k, min_distance=min_distance, max_uses=max_uses)
+    turns = {"orient": orient} if orient != "none" else {}   # bench_match_vs_main runs code from before --orient
+    opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", k=k, min_distance=min_distance, max_uses=max_uses, **turns)
     with Clock() as c:
         t0 = time.perf_counter()
         cells = cell_data(image, grid, db.feature_spec)
@@ -121,11 +122,11 @@ def run_ours(db, image, grid, min_distance: int, max_uses: int, k: int) -> dict:
     split = {"cell_features": t1 - t0, "search": sec["search"], "widen_search": sec["widen_search"],
              "greedy_and_refinement": sec["assign"] - sec["widen_search"], "index_load": sec["index_load"]}
     split["python_overhead"] = c.seconds - sum(split.values())
-    return {"tile_ids": a.tile_ids, "cells": cells, "cost_mean": float(a.cost.mean()),
+    return {"tile_ids": a.tile_ids, "orient": getattr(a, "orient", None), "cells": cells, "cost_mean": float(a.cost.mean()),
             "seconds": {"cell_features": t1 - t0, **sec}, "split": split,
             "split_fraction": {k: v / c.seconds for k, v in split.items()}, "match_seconds": c.seconds,
             "cpu_seconds": c.cpu, "widened_cells": a.widened_cells,
-            "options": {"k": k, "min_distance": min_distance, "max_uses": max_uses}}
+            "options": {"k": k, "min_distance": min_distance, "max_uses": max_uses, "orient": orient}}
 
 
 def run_mean_colour(db, image, grid) -> dict:
@@ -227,7 +228,7 @@ def best_of(n: int, fn) -> dict:
 
 
 # ---- scoring -----------------------------------------------------------------------------------
-def score(db, tile_ids: np.ndarray, target_crop: np.ndarray, grid) -> dict:
+def score(db, tile_ids: np.ndarray, target_crop: np.ndarray, grid, orient=None) -> dict:
     from mosaicdb import assignment as asg
     from mosaicdb.evaluate import evaluate
     from mosaicdb.render.options import RenderOptions
@@ -235,7 +236,8 @@ def score(db, tile_ids: np.ndarray, target_crop: np.ndarray, grid) -> dict:
     rows, cols = tile_ids.shape
     z = np.zeros((rows, cols, 3), np.float32)
     saved = asg.SavedAssignment({"grid": {"cols": cols, "rows": rows, "crop": list(grid.crop)}},
-                                np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z)
+                                np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z,
+                                *([] if orient is None else [orient]))
     mosaic = render_array(db, saved, RenderOptions(tile_px=RENDER_PX))
     m = evaluate(target_crop, mosaic, rows, cols, saved.tile_ids)
     return {"psnr64": m["psnr64"], "ssim64": m["ssim64"], "psnr_cell": m["psnr_cell"],
@@ -243,11 +245,11 @@ def score(db, tile_ids: np.ndarray, target_crop: np.ndarray, grid) -> dict:
 
 
 def summarise(r: dict, cells: int, db, crop, grid) -> dict:
-    out = {k: v for k, v in r.items() if k not in ("tile_ids", "cells") and not k.startswith("_")}
+    out = {k: v for k, v in r.items() if k not in ("tile_ids", "cells", "orient") and not k.startswith("_")}
     out["cells"] = cells
     out["us_per_cell"] = round(1e6 * r["match_seconds"] / cells, 3)
     if "tile_ids" in r:
-        out.update(score(db, r["tile_ids"], crop, grid))
+        out.update(score(db, r["tile_ids"], crop, grid, r.get("orient")))
     return _round(out)
 
 
@@ -312,8 +314,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per method on each grid (the fastest is reported)")
     ap.add_argument("--out", default=str(common.default_out(NAME)))
+    ap.add_argument("--orients", default="", help="also time `ours` (min-distance 3, max-uses 8) with these --orient "
+                                                  "values, e.g. mirror,all [default: none]")
     ap.add_argument("--quick", action="store_true", help="one timed run per method, 128 brute-force cells")
     args = ap.parse_args()
+    args.orients = [o for o in args.orients.split(",") if o]
     if args.quick:
         args.repeat, args.bf_cells, args.naive_cells = 1, 128, 4
 
@@ -349,8 +354,10 @@ def main() -> None:
             methods: dict = {}
             print(f"\n{label} grid {spec}: {grid.cols}x{grid.rows} = {grid.cells:,} cells of {grid.cell_px:g} px "
                   f"(crop {grid.crop})", flush=True)
-            for name, md, mu in (("ours", 3, 8), ("ours_no_repeat", 0, 0)):
-                res = best_of(args.repeat, lambda: run_ours(db, target.image, grid, md, mu, args.k))
+            ours = [("ours", 3, 8, "none"), ("ours_no_repeat", 0, 0, "none")]
+            ours += [(f"ours_orient_{o}", 3, 8, o) for o in args.orients]   # --orient: 2x / 8x the search
+            for name, md, mu, orient in ours:
+                res = best_of(args.repeat, lambda: run_ours(db, target.image, grid, md, mu, args.k, orient))
                 methods[name] = summarise(res, grid.cells, db, crop, grid)
                 print(f"  {name}: {res['match_seconds']:.2f} s, widened {res['widened_cells']}, "
                       f"PSNR@64 {methods[name]['psnr64']:.2f}; split "

@@ -18,6 +18,9 @@ PSNR per cell, repeat statistics):
                       issue 12, which `--order random --refine-passes 0` still runs)
   features <mode>     rgb-pyramid database, random-order greedy, no refinement
   ours <mode>         rgb-pyramid database, the defaults: regret order + refinement
+  ours <mode> orient mirror / all
+                      the same with `--orient mirror` (a tile or its mirror image) and `--orient
+                      all` (the 8 flips and quarter turns); `--orients` picks which ([mirror,all])
 
 Modes: --min-distance 0 (free), 2 (the default), 3, --max-uses 40 (--min-distance 0), --unique
 (only where the pool has at least as many tiles as cells). Pixel L2 and --unique take seconds
@@ -37,6 +40,7 @@ at 64 cells.
     python benchmarks/bench_quality.py --quick         # 4 targets, 64 cells, no pixel L2 (~2 min)
     python benchmarks/bench_quality.py --pools cifar2,emoji --grids 64
     python benchmarks/bench_quality.py --sweep         # the feature choices
+    python benchmarks/bench_quality.py --grids 64 --no-pixel-l2 --no-crops --no-today --targets kodim01,kodim03
 """
 from __future__ import annotations
 
@@ -128,18 +132,19 @@ class FiveByFive:
         return self.ids[nn[:, 0]].reshape(grid.rows, grid.cols)
 
 
-def run_ours(db, image, grid, mode: dict, order: str, refine_passes: int) -> dict:
+def run_ours(db, image, grid, mode: dict, order: str, refine_passes: int, orient: str = "none") -> dict:
     from mosaicdb.match.grid import cell_data
     from mosaicdb.match.matcher import match
     from mosaicdb.match.options import MatchOptions
-    opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", order=order, refine_passes=refine_passes, **mode)
+    opts = MatchOptions(grid=f"{grid.cols}x{grid.rows}", order=order, refine_passes=refine_passes, orient=orient,
+                        **mode)
     t0 = time.perf_counter()
     cells = cell_data(image, grid, db.feature_spec)
     res = match(db, cells, grid, opts)
     seconds = time.perf_counter() - t0
     a = res.assignment
     ref = a.stats.get("refine", {})
-    return {"tile_ids": a.tile_ids, "match_seconds": seconds, "mean_cost": float(a.cost.mean()),
+    return {"tile_ids": a.tile_ids, "orient": a.orient, "match_seconds": seconds, "mean_cost": float(a.cost.mean()),
             "widened_cells": a.widened_cells,
             "total_cost_before_refine": ref.get("total_cost_before"), "total_cost_after_refine": ref.get("total_cost_after"),
             "refine_moves": ref.get("reassigned", 0) + ref.get("swapped", 0), "refine_seconds": ref.get("seconds")}
@@ -151,22 +156,21 @@ def timed(fn, *args) -> dict:
     return {"tile_ids": ids, "match_seconds": time.perf_counter() - t0}
 
 
-def draw(db, tile_ids: np.ndarray, grid, px: int) -> np.ndarray:
-    """The mosaic of `tile_ids` from the database's thumbnails, colour transfer off."""
+def draw(db, tile_ids: np.ndarray, grid, px: int, orient=None) -> np.ndarray:
+    """The mosaic of `tile_ids` (turned by `orient`) from the database's thumbnails, colour transfer off."""
     from mosaicdb import assignment as asg
     from mosaicdb.render.options import RenderOptions
     from mosaicdb.render.rows import render_array
     rows, cols = tile_ids.shape
     z = np.zeros((rows, cols, 3), np.float32)
     saved = asg.SavedAssignment({"grid": {"cols": cols, "rows": rows, "crop": list(grid.crop)}},
-                                np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z)
+                                np.ascontiguousarray(tile_ids, dtype=np.int64), z[..., 0], z, z, orient)
     return render_array(db, saved, RenderOptions(tile_px=px))
 
 
-def score(db, tile_ids: np.ndarray, crop: np.ndarray, grid) -> dict:
-    from mosaicdb import assignment as asg
+def score(db, tile_ids: np.ndarray, crop: np.ndarray, grid, orient=None) -> dict:
     from mosaicdb.evaluate import evaluate
-    m = evaluate(crop, draw(db, tile_ids, grid, RENDER_PX), *tile_ids.shape, tile_ids)
+    m = evaluate(crop, draw(db, tile_ids, grid, RENDER_PX, orient), *tile_ids.shape, tile_ids)
     rep = m["repeats"]
     return {"psnr64": m["psnr64"], "ssim64": m["ssim64"], "psnr_cell": m["psnr_cell"],
             "pyramid_mse_e3": [1e3 * m["pyramid_mse"][k] for k in "1234"],
@@ -201,16 +205,19 @@ def run_pool(args, data, work, pool: str, targets: list[Path]) -> dict:
             for mode, fields in MODES.items():
                 if fields.get("unique") and (n_tiles < grid.cells or grid.cells > args.slow_max_cells):
                     continue  # --unique needs at least as many tiles as cells (and minutes per target)
-                runs[f"today {mode}"] = run_ours(old, target.image, grid, fields, "random", 0)
-                if mode != "unique" and mode != "md0":  # order and refinement act on constraints only
-                    runs[f"features {mode}"] = run_ours(new, target.image, grid, fields, "random", 0)
+                if args.today:
+                    runs[f"today {mode}"] = run_ours(old, target.image, grid, fields, "random", 0)
+                    if mode != "unique" and mode != "md0":  # order and refinement act on constraints only
+                        runs[f"features {mode}"] = run_ours(new, target.image, grid, fields, "random", 0)
                 runs[f"ours {mode}"] = run_ours(new, target.image, grid, fields, "regret", 4)
+                for orient in args.orients:
+                    runs[f"ours {mode} orient {orient}"] = run_ours(new, target.image, grid, fields, "regret", 4, orient)
             scored = {}
             for name, r in runs.items():
-                ids = r.pop("tile_ids")
-                scored[name] = {**r, **score(new, ids, crop, grid)}
+                ids, turn = r.pop("tile_ids"), r.pop("orient", None)
+                scored[name] = {**r, **score(new, ids, crop, grid, turn)}
                 if args.crops and n == args.crop_grid and path.stem in CROP_TARGETS:
-                    r["_ids"] = ids
+                    r["_ids"] = (ids, turn)
             if args.crops and n == args.crop_grid and path.stem in CROP_TARGETS:
                 save_crops(new, target.image, grid, {k: v.pop("_ids") for k, v in runs.items() if "_ids" in v},
                            work_out=args.crop_dir, name=f"{pool}-{path.stem}-{n}")
@@ -245,9 +252,10 @@ def means(per_target: dict) -> dict:
     return out
 
 
-def goals(m: dict) -> dict:
+def goals(m: dict, suffix: str = "") -> dict:
+    """The issue's goals for the `ours` rows (`suffix`: e.g. " orient all", those rows instead)."""
     base = m.get("5x5 rgb (free)")
-    free, md3, default = m.get("ours md0"), m.get("ours md3"), m.get("ours md2 (default)")
+    free, md3, default = m.get("ours md0" + suffix), m.get("ours md3" + suffix), m.get("ours md2 (default)" + suffix)
     if not (base and free and md3 and default):
         return {}
     return {
@@ -259,6 +267,15 @@ def goals(m: dict) -> dict:
         "md3_psnr64_vs_5x5_free": {"ours": md3["psnr64"], "goal_min": base["psnr64"], "met": md3["psnr64"] >= base["psnr64"]},
         "default_ssim64": {"ours": default["ssim64"], "goal_min": 0.80, "met": default["ssim64"] >= 0.80},
     }
+
+
+def match_time_ratios(means_by_grid: dict) -> dict:
+    """Match seconds of each `ours <mode> orient X` row over its `ours <mode>` row (same run)."""
+    out = {}
+    for grid, methods in means_by_grid.items():
+        out[grid] = {name: round(m["match_seconds"] / methods[name.rsplit(" orient ", 1)[0]]["match_seconds"], 2)
+                     for name, m in methods.items() if " orient " in name}
+    return out
 
 
 def table(means_by_grid: dict, pool: str) -> str:
@@ -292,7 +309,8 @@ def save_crops(db, image, grid, ids_by_method: dict, work_out: Path, name: str) 
     at 32 px per cell (the thumbnails' own size)."""
     import cv2
     from PIL import Image, ImageDraw
-    show = [m for m in ("5x5 rgb (free)", "today md2 (default)", "ours md2 (default)", "today md3", "ours md3")
+    show = [m for m in ("5x5 rgb (free)", "today md2 (default)", "ours md0", "ours md0 orient all", "ours md2 (default)",
+                        "ours md2 (default) orient mirror", "ours md2 (default) orient all", "today md3", "ours md3")
             if m in ids_by_method]
     l, t, r, b = grid.crop
     crop = image[t:b, l:r]
@@ -303,8 +321,9 @@ def save_crops(db, image, grid, ids_by_method: dict, work_out: Path, name: str) 
             small = cv2.resize(crop, (grid.cols * 8, grid.rows * 8), interpolation=cv2.INTER_AREA)
             big = cv2.resize(crop, (grid.cols * 32, grid.rows * 32), interpolation=cv2.INTER_CUBIC)
         else:
-            small = draw(db, ids_by_method[label], grid, 8)
-            big = draw(db, ids_by_method[label], grid, 32)
+            ids, turn = ids_by_method[label]
+            small = draw(db, ids, grid, 8, turn)
+            big = draw(db, ids, grid, 32, turn)
         big = big[cr * 32:(cr + 8) * 32, cc * 32:(cc + 12) * 32]
         panels_small.append((label, small))
         panels_big.append((label, big))
@@ -426,8 +445,12 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="measure the feature choices instead")
     ap.add_argument("--no-crops", dest="crops", action="store_false")
     ap.add_argument("--crop-grid", type=int, default=64)
+    ap.add_argument("--orients", default="mirror,all", help="--orient values measured besides none ('' for none)")
+    ap.add_argument("--no-today", dest="today", action="store_false",
+                    help="skip the 'today' and 'features' rows (the code before issue 12)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.orients = [o for o in args.orients.split(",") if o]
     args.grids = [64] if args.quick else [int(g) for g in args.grids.split(",")]
     if args.quick:
         args.pixel_l2 = False
@@ -456,6 +479,9 @@ def main() -> None:
         else:
             res = run_pool(args, data, work, pool, targets)
             res["goals"] = {g: goals(m) for g, m in res["means"].items()}
+            for o in args.orients:
+                res[f"goals orient {o}"] = {g: goals(m, f" orient {o}") for g, m in res["means"].items()}
+            res["match_time_vs_none"] = match_time_ratios(res["means"])
             results["pools"][pool] = res
             tables.append(table(res["means"], pool))
     results["seconds"] = round(time.perf_counter() - t0, 1)
@@ -465,9 +491,12 @@ def main() -> None:
     print("\n" + results["table_markdown"])
     if not args.sweep:
         for pool, res in results["pools"].items():
-            for g, gl in res["goals"].items():
-                for k, v in gl.items():
-                    print(f"{pool} {g}: {k}: {v}")
+            for which in ["goals"] + [f"goals orient {o}" for o in args.orients]:
+                for g, gl in res[which].items():
+                    for k, v in gl.items():
+                        print(f"{pool} {g}: {which}: {k}: {v}")
+            for g, ratios in res["match_time_vs_none"].items():
+                print(f"{pool} {g}: match time with orientations / without: {ratios}")
         print(f"crops: {args.crop_dir}")
     print(f"loadavg start {results['loadavg_start']}, end {results['loadavg_end']}; wrote {path}")
 

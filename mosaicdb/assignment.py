@@ -1,6 +1,7 @@
 """An assignment saved beside its output: OUT.mosaic.json (grid, target, options, database)
-and OUT.mosaic.npz (tile ids, distances, target cell colour statistics), so any output can be
-explained and re-rendered without matching."""
+and OUT.mosaic.npz (tile ids, distances, target cell colour statistics, and each tile's turn
+when any is turned: `orient`, absent = all as stored), so any output can be explained and
+re-rendered without matching."""
 from __future__ import annotations
 
 import json
@@ -112,10 +113,19 @@ class SavedAssignment:
     cost: np.ndarray         # (rows, cols) float32
     target_mean: np.ndarray  # (rows, cols, 3) float32
     target_std: np.ndarray   # (rows, cols, 3) float32
+    orient: np.ndarray | None = None   # (rows, cols) uint8 orientation codes 0-7 (mosaicdb.orient); None: all 0
 
     def __post_init__(self) -> None:
         if isinstance(self.meta, dict):   # the JSON form, as saved
             self.meta = AssignmentMeta.from_json(self.meta)
+        if self.orient is not None:
+            turn = np.asarray(self.orient)
+            if turn.shape != np.shape(self.tile_ids) or turn.dtype.kind not in "iu" or turn.min(initial=0) < 0 \
+                    or turn.max(initial=0) > 7:
+                raise ValueError(f"orient must be codes 0-7 shaped like tile_ids {np.shape(self.tile_ids)}, "
+                                 f"got {turn.dtype} {turn.shape}")
+            # all as stored: the same assignment, the same files and renders
+            self.orient = turn.astype(np.uint8) if turn.any() else None
 
     @property
     def rows(self) -> int:
@@ -183,8 +193,9 @@ def write_into(group: AtomicFiles, out, a: SavedAssignment) -> tuple[Path, Path]
     meta = {"format_version": FORMAT_VERSION, **a.meta.to_json()}
     with open(group.temp(npath), "wb") as f:
         # members stamped 1980-01-01 by zipfile, so the same arrays give the same bytes
+        turned = {} if a.orient is None else {"orient": np.asarray(a.orient, np.uint8)}
         np.savez_compressed(f, tile_ids=a.tile_ids, cost=a.cost, target_mean=a.target_mean,
-                            target_std=a.target_std)
+                            target_std=a.target_std, **turned)
     group.temp(jpath).write_text(json.dumps(meta, indent=2))
     return jpath, npath
 
@@ -227,6 +238,7 @@ def load(path) -> SavedAssignment:
 
 # the arrays of a rows x cols assignment: (dtype kinds allowed, trailing shape, itemsize at most)
 _ARRAYS = {"tile_ids": ("iu", (), 8), "cost": ("f", (), 8), "target_mean": ("f", (3,), 8), "target_std": ("f", (3,), 8)}
+_OPTIONAL = {"orient": ("u", (), 1)}   # absent in files made before orientations, and when no tile is turned
 
 
 def _load_arrays(npath: Path, rows: int, cols: int) -> dict:
@@ -237,28 +249,33 @@ def _load_arrays(npath: Path, rows: int, cols: int) -> dict:
         with zipfile.ZipFile(npath) as z:
             for info in z.infolist():
                 name = info.filename.removesuffix(".npy")
-                if name in _ARRAYS:
-                    _, tail, item = _ARRAYS[name]
+                if name in _ARRAYS or name in _OPTIONAL:
+                    _, tail, item = {**_ARRAYS, **_OPTIONAL}[name]
                     limit = rows * cols * int(np.prod(tail or (1,))) * item + 4096
                     if info.file_size > limit:
                         raise UsageError(f"{bad}: {name} is {info.file_size:,} bytes, more than a {cols}x{rows} "
                                          f"grid needs; run `mosaic make` again")
         with np.load(npath, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _ARRAYS}
+            arrays.update({k: z[k] for k in _OPTIONAL if k in z.files})
     except UsageError:
         raise
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"{bad} ({e}); run `mosaic make` again") from None
-    for name, (kinds, tail, _) in _ARRAYS.items():
-        a = arrays[name]
-        if a.dtype.kind not in kinds or a.shape != (rows, cols, *tail):
-            want = "whole numbers (tile ids)" if kinds == "iu" else "floating-point numbers"
+    for name, (kinds, tail, item) in {**_ARRAYS, **_OPTIONAL}.items():
+        a = arrays.get(name)
+        if a is None:
+            continue
+        if a.dtype.kind not in kinds or a.shape != (rows, cols, *tail) or a.dtype.itemsize > item:
+            want = {"iu": "whole numbers (tile ids)", "u": "uint8 orientation codes"}.get(kinds, "floating-point numbers")
             raise UsageError(f"{bad}: {name} is {a.dtype} of shape {a.shape}, expected {want} of shape "
                              f"{(rows, cols, *tail)} for its grid; run `mosaic make` again")
         if kinds == "f" and not np.isfinite(a).all():
             raise UsageError(f"{bad}: {name} holds non-finite values; run `mosaic make` again")
     if (arrays["tile_ids"] < 0).any() or arrays["tile_ids"].max(initial=0) > 2 ** 62:
         raise UsageError(f"{bad}: negative tile ids; run `mosaic make` again")
+    if "orient" in arrays and arrays["orient"].max(initial=0) > 7:
+        raise UsageError(f"{bad}: orient holds codes above 7 (there are 8 orientations); run `mosaic make` again")
     arrays["tile_ids"] = arrays["tile_ids"].astype(np.int64)
     arrays["cost"] = arrays["cost"].astype(np.float32)
     for k in ("target_mean", "target_std"):

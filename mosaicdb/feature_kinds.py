@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import UsageError, check_int, check_number, choice
 from .features import feature_dim, lab_features, rgb_to_lab, samples_per_side
+from .orient import block_permutation
 
 # PCA output dims for the pyramid kinds, and the smallest pool it is fitted on (below it the
 # index searches the full vectors, which is exact and cheap at that size).
@@ -54,6 +55,10 @@ class LabGrid:
 
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         return lab_features(blocks, self.grid, self.mean_weight)
+
+    def orient_permutation(self, o: int) -> np.ndarray:
+        """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
+        return np.concatenate([np.arange(3), 3 + block_permutation(self.grid, o)])
 
     def params(self) -> dict:
         return {"grid": self.grid, "mean_weight": self.mean_weight}
@@ -101,6 +106,15 @@ class Pyramid:
             out[:, at:at + 3 * p * p] = means.reshape(n, -1) * np.float32(np.sqrt(w) / p)
             at += 3 * p * p
         return out
+
+    def orient_permutation(self, o: int) -> np.ndarray:
+        """`perm` with features(turned by o) == features[:, perm]: every level's p x p blocks turn
+        with the pixels (the 1 x 1 mean stays)."""
+        parts, at = [], 0
+        for p, _ in self.levels:
+            parts.append(at + block_permutation(p, o))
+            at += 3 * p * p
+        return np.concatenate(parts)
 
     def params(self) -> dict:
         return {"space": self.space, "levels": [list(lv) for lv in self.levels], "samples": self.samples,

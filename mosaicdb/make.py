@@ -131,6 +131,9 @@ class Maker:
         self.progress = progress
         self.hybrid = hybrid
         self.recursive = recursive if recursive is not None and recursive.depth else None
+        if self.recursive and mopts.orient != "none":
+            raise UsageError(f"--recursive with --orient {mopts.orient}: the sub-mosaics would have to be turned "
+                             "with their tiles, which is not supported; drop one of them")
         db.ensure_index()
 
     def make(self, target_path, out=None) -> MakeResult:
@@ -176,7 +179,8 @@ class Maker:
             match=res.options.to_json(), render=ropts.to_json(),
             output=str(out.resolve()) if out is not None else "",
             widened_cells=res.assignment.widened_cells, created=asg.created_time())
-        saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std)
+        saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std,
+                                    res.assignment.orient)
         generated = None
         if self.hybrid is not None:
             saved, generated = self.hybrid.apply(self.db, saved, target, grid, cells.features, ropts,
@@ -221,6 +225,8 @@ class Maker:
             m = {"psnr64": None, "ssim64": None, "repeats": None, "evaluation_error": str(e)}
         if generated is not None:  # --generate-worst: which cells, fidelity before/after
             m["generated"] = generated
+        if saved.orient is not None:  # --orient: cells per orientation code 0-7
+            m["orientations"] = np.bincount(saved.orient.ravel(), minlength=8).tolist()
         return m
 
     @staticmethod

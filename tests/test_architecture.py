@@ -14,7 +14,7 @@ PKG = ROOT / "mosaicdb"
 # A stage may import its own rank and below; ARCHITECTURE.md shows the same table.
 RANK = {
     "_version": 0, "errors": 0,
-    "units": 1, "features": 1, "feature_kinds": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
+    "units": 1, "orient": 1, "features": 1, "feature_kinds": 1, "color": 1, "evaluate": 1, "srgb": 1, "progress": 1,
     "io": 2,
     "assignment": 3, "index": 3,
     "store": 4,

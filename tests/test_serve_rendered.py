@@ -388,3 +388,36 @@ def test_cli_bad_options_exit_2_in_one_line(made, args, words):
     from clirun import invoke_cli
     res = invoke_cli("serve", str(made["json"]), "--no-open", *args, code=2)
     assert words in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_turned_tiles_are_served_turned(made, tmp_path):
+    """--orient: a whole-cell level tile is cached per (tile, turn), drawn turned, and the
+    cell panel says how the tile is turned; recursion below a turned mosaic is refused."""
+    from mosaicdb.orient import orient_pixels
+    saved = made["saved"]
+    tid = int(saved.tile_ids[0, 0])
+    ids = saved.tile_ids.copy()
+    ids[0, :4] = tid
+    turn = np.zeros(ids.shape, np.uint8)
+    turn[0, 1], turn[0, 2], turn[0, 3] = 1, 5, 1
+    out = tmp_path / "turned.png"
+    asg.save(out, asg.SavedAssignment(saved.meta, ids, saved.cost, saved.target_mean, saved.target_std, turn))
+    s = Served(tmp_path / "turned.mosaic.json", tile_px=256)
+    try:
+        top = s.viewer.source.max_level
+        px = [decode_jpeg(s.get(f"/mosaic_files/{top}/{c}_0.jpeg")[2]) for c in range(4)]
+        plain = CellRenderer(s.viewer.db, saved, RenderOptions(tile_px=256)).region(0, 1, 0, 1, 256)
+        for c, o in enumerate((0, 1, 5, 1)):
+            assert block_error(px[c], np.ascontiguousarray(orient_pixels(plain, o))) < 4, c
+        assert block_error(px[0], px[1]) > 4
+        assert s.viewer.source.cache.made == 3     # (tile, 0), (tile, 1), (tile, 5)
+        cell = json.loads(s.get("/api/cell/0/2")[2])
+        assert cell["orientation"] == {"code": 5, "name": "turned a quarter turn clockwise"}
+        assert "orientation" not in json.loads(s.get("/api/cell/0/0")[2])
+    finally:
+        s.close()
+    meta = json.loads((tmp_path / "turned.mosaic.json").read_text())
+    meta["match"]["orient"] = "all"
+    (tmp_path / "turned.mosaic.json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="--orient all.*--recursive"):
+        Served(tmp_path / "turned.mosaic.json", recursive=1)

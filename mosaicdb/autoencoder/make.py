@@ -92,6 +92,9 @@ class AutoMaker:
         mopts = match_opts or MatchOptions()
         if mopts.grid is None:
             mopts = replace(mopts, grid=self.ropts.grid_for_print() or DEFAULT_GRID)
+        if mopts.orient != "none":
+            raise UsageError(f"--orient {mopts.orient} turns retrieved tiles; --autoencoder decodes a tile for "
+                             "each cell (its retrieved tiles are kept as stored): drop --orient")
         self.pool, self.mopts, self.auto, self.progress = db, mopts, auto, progress
         self.model = load_model(auto.model)
         self.fitter = Fitter(self.model, auto)

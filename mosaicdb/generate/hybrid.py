@@ -91,7 +91,10 @@ class Hybrid:
         meta = replace(saved.meta, extra={**saved.meta.extra, "generated_cells": {
             "run": plan.run, "cells": report["cells"],
             "provenance": {k: v for k, v in plan.common_provenance().items() if k != "pipeline"}}})
-        new = SavedAssignment(meta, tile_ids, cost, saved.target_mean, saved.target_std)
+        orient = None if saved.orient is None else saved.orient.copy()
+        if orient is not None:
+            orient[rows, cols] = 0   # a tile generated for its cell is drawn as made
+        new = SavedAssignment(meta, tile_ids, cost, saved.target_mean, saved.target_std, orient)
         seconds["total"] = time.perf_counter() - t0
         report.update(run=plan.run, tile_ids=[int(ids[c]) for c in cells],
                       distance_before=[round(float(saved.cost[c]), 3) for c in cells],

@@ -42,6 +42,7 @@ class Assignment:
     widened_cells: int     # cells whose tile came from beyond their first k candidates
     stats: dict = field(default_factory=dict)    # greedy mode: order, refinement, total cost
     report: dict = field(default_factory=dict)   # unique mode: total cost, lower bound, stages
+    orient: np.ndarray | None = None             # (rows, cols) uint8 turn of each tile (mosaicdb.orient); None: all 0
 
 
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,

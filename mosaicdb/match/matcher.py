@@ -11,6 +11,7 @@ import numpy as np
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
+from .oriented import best_orientations, oriented_search, query_permutations
 from .rerank import RERANK_FACTOR, index_is_approximate, rerank
 from .unused import search_unused, use_exact
 
@@ -49,10 +50,16 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         return np.sqrt(np.maximum(d, 0.0) / divisor).astype(np.float32)
 
     approximate = index_is_approximate(index)
-    d, ids = _search_without(index, cells.features, min(n_tiles, k * RERANK_FACTOR) if approximate else k, excl,
-                             opts.device)
-    if approximate:  # the best by the exact cost
-        d, ids = rerank(db.features(), cells.features, d, ids, k)
+    spec, codes = db.feature_spec, opts.orient_codes
+    turns = query_permutations(spec, codes)   # each orientation: the cells' vectors permuted
+
+    def first_search(q):
+        d, ids = _search_without(index, q, min(n_tiles, k * RERANK_FACTOR) if approximate else k, excl, opts.device)
+        if approximate:  # the best by the exact cost
+            d, ids = rerank(db.features(), q, d, ids, k)
+        return d, ids
+
+    d, ids = oriented_search(first_search, cells.features, k, turns)
     t2 = time.perf_counter()
 
     widen_seconds = [0.0, 0]  # time in widening searches and their count: part of "assign"
@@ -66,22 +73,28 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
             widen_seconds[1] += 1
 
     def _widen(which: np.ndarray, k2: int, exclude: np.ndarray):
-        q = cells.features[which]
         if len(excl):
             exclude = np.union1d(exclude, excl)
         k2 = min(k2, n_tiles)
-        if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
-            dd, ii = search_unused(db.features(), index.ids, q, k2, exclude)
-            return ii, to_cost(dd)
-        if index.infos["kind"] != "ivf":
-            dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
-        else:
-            dd, ii = _wide_ivf_search(index, q, k2, exclude)
-        if approximate:
-            dd, ii = rerank(db.features(), q, dd, ii, k2)
+
+        def search(q):
+            if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
+                return search_unused(db.features(), index.ids, q, k2, exclude)
+            if index.infos["kind"] != "ivf":
+                dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
+            else:
+                dd, ii = _wide_ivf_search(index, q, k2, exclude)
+            if approximate:
+                dd, ii = rerank(db.features(), q, dd, ii, k2)
+            return dd, ii
+
+        dd, ii = oriented_search(search, cells.features[which], k2, turns)
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
+    if codes != (0,):  # each placed tile at its best turn, exactly, from the full vectors
+        turn, sq = best_orientations(db.features(), cells.features, a.tile_ids, spec, codes)
+        a.orient, a.cost = turn.reshape(grid.rows, grid.cols), to_cost(sq).reshape(grid.rows, grid.cols)
     t3 = time.perf_counter()
     return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2,
                                            "widen_search": widen_seconds[0], "widen_calls": widen_seconds[1]})

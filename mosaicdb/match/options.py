@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..errors import EmptyDatabase, MatchError, UsageError, check_int, check_number, choice
+from ..orient import DEFAULT_ORIENT, codes
 from .grid import parse_grid
 
 DEFAULT_GRID = "64"
@@ -32,6 +33,8 @@ class MatchOptions:
     refine_passes: local-improvement sweeps after the greedy pass (0: none).
     refine_seconds: ... and no new chunk of cells after this long (a time-limited result can
         depend on the machine; a pass-limited one never does).
+    orient: which turns of a tile a cell may take: "none" (as stored), "mirror" (or its
+        left-right mirror image), "all" (the 8 flips and quarter turns); see mosaicdb.orient.
     """
     grid: str | None = None
     k: int = 32
@@ -44,6 +47,7 @@ class MatchOptions:
     order: str = "regret"
     refine_passes: int = 4
     refine_seconds: float = 10.0
+    orient: str = DEFAULT_ORIENT
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) and not isinstance(self.grid, bool):
@@ -62,6 +66,7 @@ class MatchOptions:
         choice("--order", self.order, ORDERS)
         check_int("--refine-passes", self.refine_passes, 0)
         check_number("--refine-seconds", self.refine_seconds, 0.0)
+        codes(self.orient)
         if self.unique:
             for flag, bad in (("--max-uses", self.max_uses > 1), ("--min-distance", bool(self.min_distance)),
                               ("--usage-penalty", self.usage_penalty > 0)):
@@ -72,9 +77,17 @@ class MatchOptions:
     def grid_spec(self) -> str:
         return self.grid if self.grid is not None else DEFAULT_GRID
 
+    @property
+    def orient_codes(self) -> tuple[int, ...]:
+        return codes(self.orient)
+
     def to_json(self) -> dict:
-        """The options as JSON (saved in the assignment)."""
-        return asdict(self)
+        """The options as JSON (saved in the assignment). `orient` only when it is not the
+        default, so the files (and the recursive cache keys hashing them) stay as they were."""
+        d = asdict(self)
+        if d["orient"] == DEFAULT_ORIENT:
+            del d["orient"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "MatchOptions":

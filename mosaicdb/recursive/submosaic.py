@@ -42,8 +42,13 @@ NODE_CACHE_BYTES = 256 << 20     # sub-assignments kept in memory (~150 KB each 
 
 
 def sub_match_options(parent: dict | None, grid: int) -> MatchOptions:
-    """The mosaic's own match options, on a grid x grid sub-mosaic."""
-    return replace(MatchOptions.from_json(parent or {}), grid=f"{grid}x{grid}")
+    """The mosaic's own match options, on a grid x grid sub-mosaic. A mosaic whose tiles may be
+    turned (--orient) is refused: each sub-mosaic would have to turn with its tile."""
+    mopts = MatchOptions.from_json(parent or {})
+    if mopts.orient != "none":
+        raise UsageError(f"this mosaic was matched with --orient {mopts.orient}: its tiles are turned, and "
+                         "recursive sub-mosaics are not; serve it without --recursive, or make it without --orient")
+    return replace(mopts, grid=f"{grid}x{grid}")
 
 
 def cache_key(db, tile: dict, mopts: MatchOptions, grid: int) -> str:

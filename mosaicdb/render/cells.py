@@ -22,6 +22,7 @@ from ..color import affine_params, blend_grid, cell_grid_view, recolor_grid, str
 from ..errors import RenderError
 from ..io import read_input
 from ..match.grid import MAX_TARGET_BYTES, Grid, load_target, resample_cells
+from ..orient import orient_each, orient_pixels
 from ..store.decode import square_resize
 from .options import RenderOptions
 from .spill import SpillFile
@@ -261,19 +262,32 @@ class CellRenderer:
         uniq, inv = np.unique(ids, return_inverse=True)
         inv = inv.reshape(ids.shape)
         pix = self._distinct(uniq, t)
+        drawn, at = pix, inv   # cell (r, c) draws drawn[at[r, c]]
+        turn = None if self.saved.orient is None else self.saved.orient[cells]
+        if turn is not None and turn.any():
+            drawn, at = _turned(pix, inv, turn)
         cells_view = cell_grid_view(img, t)
-        if isinstance(pix, np.ndarray):
-            cells_view[...] = pix[inv].swapaxes(1, 2)
+        if isinstance(drawn, np.ndarray):
+            cells_view[...] = drawn[at].swapaxes(1, 2)
         else:  # a few big tiles: each copied once, straight from the cache into place
-            for (r, c), j in np.ndenumerate(inv):
-                cells_view[r, :, c] = pix[j]
+            for (r, c), j in np.ndenumerate(at):
+                cells_view[r, :, c] = drawn[j]
         if self.recolor == "blend":
             blend_grid(img, self._blend_image(rows, cols, t), self.strength)
-        elif self.recolor is not None:
+        elif self.recolor is not None:   # a tile's colour statistics do not depend on its turn
             mu_t, sd_t = self.stats.get(uniq, pix, t)
             a, b = affine_params(self.recolor, self.strength, mu_t[inv], sd_t[inv],
                                  self.saved.target_mean[cells], self.saved.target_std[cells])
             recolor_grid(img, t, a, b)
+
+    def cell_tile(self, row: int, col: int, t: int) -> np.ndarray:
+        """(t, t, 3) pixels of cell (row, col)'s tile as drawn there (turned), before colour transfer."""
+        a = self.tiles(np.array([self.saved.tile_ids[row, col]]), t)[0]
+        return np.ascontiguousarray(orient_pixels(a, self.turn(row, col)))
+
+    def turn(self, row: int, col: int) -> int:
+        """Cell (row, col)'s orientation code (mosaicdb.orient; 0: as stored)."""
+        return 0 if self.saved.orient is None else int(self.saved.orient[row, col])
 
     def paint(self, rows, cols, t: int, out: np.ndarray | None = None) -> np.ndarray:
         """The cells at rows x cols (index arrays into the assignment's grid, repeats allowed: a
@@ -304,3 +318,13 @@ class CellRenderer:
         """Cells [r0, r1) x [c0, c1) at t px each: (r1-r0, c1-c0, t, t, 3) uint8, colour applied."""
         img = self.region(r0, r1, c0, c1, t)
         return np.ascontiguousarray(img.reshape(r1 - r0, t, c1 - c0, t, 3).swapaxes(1, 2))
+
+
+def _turned(pix, inv: np.ndarray, turn: np.ndarray):
+    """The distinct (tile, orientation) pairs of a slice of cells: their pixels (an array, or a
+    list of views for big tiles) and each cell's index into them."""
+    keys, at = np.unique(inv.astype(np.int64) * 8 + turn, return_inverse=True)
+    src, codes = keys // 8, keys % 8
+    if isinstance(pix, np.ndarray):
+        return orient_each(pix[src], codes), at.reshape(inv.shape)
+    return [orient_pixels(pix[i], o) for i, o in zip(src.tolist(), codes.tolist())], at.reshape(inv.shape)

@@ -82,7 +82,7 @@ class PyramidRenderer:
         big = tuple(lv.cell_px for lv in self.levels if lv.cell_px and lv.cell_px > max(db.thumb_sizes))
         self.cells = CellRenderer(db, saved, opts, target, PixelCache(db, big, opts.cache_bytes, SpillFile()))
         self.reuse = opts.color == "none"
-        self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by tile id
+        self.bytes_cache = OnceLRU(128 << 20, len)  # encoded tiles by (tile id, orientation)
         self.workers = opts.resolved_workers()
         self._small = None
         self._resampled: tuple[int, np.ndarray] | None = None   # (level index, pixels): one at a time
@@ -124,9 +124,9 @@ class PyramidRenderer:
         if self.reuse and lv.cell_px == TILE:
             out = []
             for tx in range(tx0, tx1):
-                tid = int(self.saved.tile_ids[ty, tx])
+                key = (int(self.saved.tile_ids[ty, tx]), self.cells.turn(ty, tx))
                 out.append(self.bytes_cache.get_or_make(
-                    tid, lambda tid=tid: encode(self.cells.tiles(np.array([tid]), TILE)[0])))
+                    key, lambda ty=ty, tx=tx: encode(self.cells.cell_tile(ty, tx, TILE))))
             return out
         if lv.cell_px is None:
             pix = self._small_level(lv)[y0:y1, x0:x1]

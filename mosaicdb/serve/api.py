@@ -9,6 +9,7 @@ import numpy as np
 
 from ..assignment import SavedAssignment
 from ..errors import DatabaseError
+from ..orient import describe as orient_name
 from .tilesource import NotFound, BadRequest
 
 GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
@@ -72,6 +73,9 @@ class MosaicAPI:
         tid = int(saved.tile_ids[row, col])
         out = {"row": row, "col": col, "tile_id": tid, "distance": round(float(saved.cost[row, col]), 3),
                "original_url": f"/tile/{tid}/original"}
+        turn = 0 if saved.orient is None else int(saved.orient[row, col])
+        if turn:
+            out["orientation"] = {"code": turn, "name": orient_name(turn)}
         rows = self.db.tiles([tid])
         if not rows:
             out["missing"] = f"tile {tid} is no longer in the database"

@@ -83,8 +83,9 @@ class RenderedSource(TileSource):
         c = self.cell_px(level)
         x0, y0, x1, y1 = self.tile_box(level, col, row)
         if self.reuse and c == TILE and c <= self.T:   # one whole cell: the same bytes wherever that tile is
-            tid = self.node.tile_id(y0 // TILE, x0 // TILE)
-            return self.cache.get_or_make(("tile", tid), lambda: self._render(level, col, row))
+            r, c0 = y0 // TILE, x0 // TILE
+            key = ("tile", self.node.tile_id(r, c0), self.node.cells.turn(r, c0))   # a turned tile: other bytes
+            return self.cache.get_or_make(key, lambda: self._render(level, col, row))
         return self.cache.get_or_make((level, col, row), lambda: self._render(level, col, row))
 
     def _render(self, level: int, col: int, row: int) -> bytes:

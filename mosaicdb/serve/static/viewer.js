@@ -104,6 +104,8 @@
       $("tile-path").textContent = ["mosaic"].concat((d.path || []).map(
         (p) => `tile ${p.tile_id} (row ${p.row}, column ${p.col})`)).join(" → ");
       $("tile-distance").textContent = `${d.distance.toFixed(2)} (Lab RMS)`;
+      document.querySelectorAll(".tile-turn").forEach((el) => { el.hidden = !d.orientation; });
+      $("tile-turn").textContent = d.orientation ? `${d.orientation.name} (the original is shown as stored)` : "";
       $("tile-origin").textContent = d.origin || "";
       $("tile-source").textContent = d.source || "";
       $("tile-size").textContent = d.width ? `original ${d.width} × ${d.height} px, ${d.format}` : "";
