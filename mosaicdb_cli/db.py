@@ -8,6 +8,7 @@ from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.feature_kinds import DEFAULT_KIND, KINDS
 from mosaicdb.index import IndexOptions
 from mosaicdb.index.faiss_index import KINDS as INDEX_KINDS
+from mosaicdb.index.ivfpq import REFINE_FACTOR
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
 from mosaicdb.units import human_bytes, parse_bytes
 
@@ -107,7 +108,7 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 @click.option("--nprobe", default=0, help="IVF lists probed per query [default: tuned to --target-recall].")
 @click.option("--pq-m", default=0, help="ivfpq: bytes of code per vector, a divisor of the index's dims [default: dims/2].")
 @click.option("--refine-factor", default=0,
-              help="ivfpq: candidates re-ranked by exact distance per result wanted [default: 4].")
+              help=f"ivfpq: candidates re-ranked by exact distance per result wanted [default: {REFINE_FACTOR}].")
 @click.option("--target-recall", default=0.99, show_default=True, help="recall@1 against exact search that nprobe tuning aims for.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if an up-to-date index exists.")
 @quiet_option

@@ -9,7 +9,6 @@ index on a machine without a GPU, so it is never called without that check).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
+from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 from .refine import rerank
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
@@ -83,26 +83,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if ngpu > 0 else "cpu"
     return device
-
-
-def default_nlist(n: int) -> int:
-    want = 4 * math.sqrt(max(n, 1))
-    return int(min(16384, max(64, 2 ** round(math.log2(want)))))
-
-
-def midpoint_queries(vectors: np.ndarray, m: int, rng) -> np.ndarray:
-    """Queries for tuning nprobe: midpoints of random pairs of pool vectors. They lie inside the
-    data's distribution but on no pool vector, like target cells. (Pool vectors themselves, or
-    leave-one-out, are found trivially when the pool holds near-duplicates; on CIFAR features
-    and on a 10x-replicated pool, midpoint recall tracks held-out-tile recall within 0.01.)"""
-    pairs = rng.integers(0, len(vectors), size=(min(m, len(vectors)), 2))
-    return np.ascontiguousarray(0.5 * (vectors[pairs[:, 0]] + vectors[pairs[:, 1]]), dtype=np.float32)
-
-
-def recall_at_1(found_d: np.ndarray, exact_d: np.ndarray) -> float:
-    """Share of queries whose first result is as near as the exact nearest vector (distances,
-    not ids, so exact ties and duplicate vectors count as found)."""
-    return float((found_d <= exact_d * (1 + 1e-5) + 1e-6).mean())
 
 
 def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int):
@@ -282,7 +262,10 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
                                  "(row = tile id) when ids are not 0..n-1")
             whole = np.ascontiguousarray(vectors, dtype=np.float32)
             rows = lambda: whole  # noqa: E731
-        return ivfpq.build_ivfpq(rows, ids, opts, pca_dims, extra)
+        index, infos, ids, rng = ivfpq.build_ivfpq(rows, ids, opts, pca_dims, extra)
+        vi = VectorIndex(index, infos, ids, rows=rows)
+        ivfpq.tune_nprobe(vi, rows(), ids, opts, rng)
+        return vi
     if vectors is None:
         vectors = rows()[ids]
     faiss = _faiss()
