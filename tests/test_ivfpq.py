@@ -213,6 +213,7 @@ def cifar_copy(cifar_ingest, tmp_path):
     return dest
 
 
+@pytest.mark.slow
 def test_db_index_kind_ivfpq_cli(cifar_copy, run_cli, shared_data, tmp_path):
     res = run_cli("db", "index", cifar_copy, "--kind", "ivfpq", "--json", code=0)
     infos = json.loads(res.output)
@@ -235,6 +236,7 @@ def test_db_index_kind_ivfpq_cli(cifar_copy, run_cli, shared_data, tmp_path):
     assert "--ivf-ram-max" in bad
 
 
+@pytest.mark.slow
 def test_auto_switches_to_ivfpq_past_the_ram_budget(cifar_copy, cifar_files):
     budget = 2050 * (4 * 48 + 8)  # IVF-Flat over 48 PCA dims: 200 bytes a vector
     with TileDB.open(cifar_copy) as db:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -111,6 +112,18 @@ def exact_knn(rows: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, ch
     return best_d, best_i
 
 
+@contextmanager
+def omp_threads(n: int):
+    """FAISS's OpenMP thread count set to n for the duration."""
+    import faiss
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
 def _train_sample(rows, ids: np.ndarray, n_train: int, rng) -> np.ndarray:
     pick = ids if n_train >= len(ids) else np.sort(rng.choice(ids, n_train, replace=False))
     return gather(rows, pick)
@@ -135,19 +148,27 @@ def build_ivfpq(rows_of, ids: np.ndarray, opts, pca_dims: int = 0, extra: dict |
     rng = np.random.default_rng(opts.seed)
     n_train = min(n, max(TRAIN_PER_LIST * nlist, TRAIN_MIN))
     train = _train_sample(rows, ids, n_train, rng)
-    quantizer = faiss.IndexFlatL2(d_in)
-    ivf = faiss.IndexIVFPQ(quantizer, d_in, nlist, m, NBITS)
-    # Training the sub-quantizers at FAISS's defaults took 36-48 s on 50,000 vectors here
-    # (k-means of 2-dim points through BLAS); these settings take a tenth of that.
-    ivf.cp.seed = ivf.pq.cp.seed = opts.seed
-    ivf.cp.niter = ivf.pq.cp.niter = KMEANS_ITER
-    ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_PER_CENTROID
-    index = ivf
-    if d_in != d:
-        index = faiss.IndexPreTransform(faiss.PCAMatrix(d, d_in, 0, False), ivf)
     t_train = time.perf_counter()
-    index.train(train)
+    pca = None
+    if d_in != d:
+        pca = faiss.PCAMatrix(d, d_in, 0, False)  # no whitening: distances stay (truncated) L2
+        pca.train(train)
+        train = pca.apply(train)
+    quantizer = faiss.IndexFlatL2(d_in)
+    coarse = faiss.Clustering(d_in, nlist)
+    coarse.seed, coarse.niter = opts.seed, KMEANS_ITER
+    coarse.train(train, quantizer)  # BLAS-sized work: all threads
+    ivf = faiss.IndexIVFPQ(quantizer, d_in, nlist, m, NBITS)
+    ivf.pq.cp.seed, ivf.pq.cp.niter = opts.seed, KMEANS_ITER
+    ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_PER_CENTROID
+    ivf.pq.cp.min_points_per_centroid = 1  # small pools train on what they have (FAISS would print a warning)
+    # The sub-quantizers are M k-means of 2-3 dim points: tiny steps whose OpenMP barriers cost
+    # 5-8x on a shared machine (2,000 vectors: 2.5 s on one thread, 12-17 s on two with other
+    # jobs running), so they train on one thread. (The coarse quantizer is already trained.)
+    with omp_threads(1):
+        ivf.train(train)
     train = None
+    index = faiss.IndexPreTransform(pca, ivf) if pca is not None else ivf
     train_s = time.perf_counter() - t_train
     for s in range(0, n, CHUNK):
         part = ids[s:s + CHUNK]
