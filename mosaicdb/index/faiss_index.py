@@ -19,7 +19,6 @@ from ..errors import DeviceError, MosaicError, UsageError, check_int, check_numb
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
 from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
-from .refine import rerank
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
@@ -170,7 +169,7 @@ class VectorIndex:
         for s in range(0, n, batch):
             d, i = index.search(queries[s:s + batch], inner_k, params=params)
             if rows is not None:
-                d, i = rerank(rows, queries[s:s + batch], d, i, k)
+                d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
             dist[s:s + batch], ids[s:s + batch] = d, i
         if params is not None:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
@@ -237,6 +236,13 @@ class VectorIndex:
                 AttributeError, RecursionError, UnsafeFile):
             return None
         return cls(index, infos, ids, rows=rows)
+
+
+def _rerank():
+    """The refine kernel, imported when first needed: numba stays out of processes that only
+    render (tests/test_render_cells.py)."""
+    from .refine import rerank
+    return rerank
 
 
 def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions = IndexOptions(),

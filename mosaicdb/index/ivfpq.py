@@ -20,7 +20,6 @@ from dataclasses import asdict
 import numpy as np
 
 from ..errors import UsageError
-from .refine import rerank
 from .tuning import default_nlist as ivf_nlist, midpoint_queries, recall_at_1
 
 log = logging.getLogger(__name__)
@@ -215,6 +214,7 @@ def tune_nprobe(vi, rows, ids: np.ndarray, opts, rng) -> None:
     on CIFAR pyramids: what the PCA drops reorders them, which no nprobe can change. Recall
     over the full vectors of realistic queries is measured by benchmarks/bench_index.py.)"""
     import faiss
+    from .refine import rerank
     ivf = faiss.extract_index_ivf(vi.index)
     nlist = int(ivf.nlist)
     pairs = np.sort(rng.choice(ids, size=(min(opts.recall_sample, len(ids)), 2)), axis=None)
