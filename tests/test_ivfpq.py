@@ -193,7 +193,8 @@ def test_defaults_chosen():
     assert ivfpq.choose_m(48) == 24 and ivfpq.choose_m(51) == 17 and ivfpq.choose_m(255) == 85
     assert ivfpq.default_nlist(10_000_000) == ivfpq.NLIST_MAX and ivfpq.default_nlist(100_000) == 1024
     assert ivfpq.shortlist(32, 4) == 128 and ivfpq.shortlist(1, 4) == ivfpq.SHORTLIST_MIN
-    assert ivfpq.pq_bytes(10_000_000, 24, 4096, 48) < 2 << 30 < ivfpq.flat_bytes(10_000_000, 48) + (1 << 30)
+    ram = ivfpq.pq_bytes(10_000_000, 24, 4096, 48)
+    assert ram == 10_000_000 * (24 + 16) + 4096 * 48 * 4 + 4096 * 24 * 256 * 4 and ram < 2 << 30
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -8,7 +8,8 @@ memory-mapped features). FAISS's own IndexRefineFlat would keep a second full co
 vector in RAM, which is what this kind exists to avoid.
 
 Building never holds more than a training sample and one chunk of vectors at a time; nprobe
-is tuned, after the refine, against exact search over the full vectors (chunked brute force).
+is tuned against what the index would return with exact lists and codes: the exact shortlist
+in the space it searches (chunked brute force), refined the same way.
 """
 from __future__ import annotations
 
@@ -46,8 +47,11 @@ def flat_bytes(n: int, dim: int) -> int:
 
 
 def pq_bytes(n: int, m: int, nlist: int, dim: int) -> int:
-    """RAM of an IVF-PQ index: codes + ids + coarse centroids (the PCA and PQ tables are small)."""
-    return int(n) * (int(m) * NBITS // 8 + ID_BYTES) + int(nlist) * int(dim) * 4
+    """RAM of an IVF-PQ index: codes, ids (FAISS's and VectorIndex's sorted copy), coarse
+    centroids and FAISS's precomputed per-list distance tables (nlist x M x 256 floats; the
+    PCA and the sub-quantizer centroids are a few hundred KB)."""
+    ksub = 1 << NBITS
+    return int(n) * (int(m) * NBITS // 8 + 2 * ID_BYTES) + int(nlist) * int(dim) * 4 + int(nlist) * int(m) * ksub * 4
 
 
 def resolve_kind(kind: str, n: int, dim: int, flat_max: int, ivf_ram_max: int) -> str:
