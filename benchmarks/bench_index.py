@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     pq.add_argument("--pq-m", type=_ints, default=_ints("0"), help="sub-quantizers, one build each (0: the default)")
     pq.add_argument("--pq-nlist", type=int, default=0, help="IVF lists (0: the default)")
     pq.add_argument("--pq-nprobe", type=_ints, default=_ints("8,16,32,64"), help="nprobe values swept on the exact sample")
-    pq.add_argument("--pq-refine", type=_ints, default=_ints("8,2,4,16"),
+    pq.add_argument("--pq-refine", type=_ints, default=_ints("64,8,16,32"),
                     help="refine factors swept; the first is the one built (and searched for all queries)")
     pq.add_argument("--keep-pool", action="store_true", help="keep the pool file under --tmp for the next run")
     args = ap.parse_args(argv)

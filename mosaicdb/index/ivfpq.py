@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 NBITS = 8                # bits per sub-quantizer code: 256 centroids, one byte
 DIMS_PER_CODE = 2        # default M = d / 2: one byte per two dimensions (see README, Index)
-REFINE_FACTOR = 8        # default shortlist = refine_factor x k (see README, Index)
+# Default shortlist = refine_factor x k. On 10M vectors (45,000 real ones x ~222 jittered copies:
+# a query's neighbours are near-identical copies the codes cannot order), at nprobe 32, recall@10
+# was 0.697 / 0.855 / 0.945 / 0.968 at x8 / x16 / x32 / x64 for 456 / 442 / 417 / 381 queries
+# per CPU-second: the scan of the lists costs far more than reading the shortlist's rows.
+REFINE_FACTOR = 64
 PLATEAU = 0.005          # nprobe tuning stops when doubling nprobe gains less recall than this
 SHORTLIST_MIN = 16       # a k = 1 search still refines from this many candidates
 SHORTLIST_MAX = 8192
