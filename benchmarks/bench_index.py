@@ -26,6 +26,12 @@ Further --replica-noise values add more 1M pools (default: also 25%, a less clus
     python benchmarks/bench_index.py --db /tmp/bench/db50k    # reuse a database
     python benchmarks/bench_index.py --db /work/cache/mosaicdb-1m/tiles-1000000.db --big-pool 0 \
         --nlist-real 1024,4096 --nprobe 8,16,32                 # issue 17: the real 1M pool
+
+IVF-PQ mode (issue 17; benchmarks/index_pq.py says what it measures): only the ivfpq index kind,
+with its refine step, on --pq-pool replicated real vectors in a memory-mapped file under --tmp:
+
+    python benchmarks/bench_index.py --pq-pool 10000000 --db /tmp/bench/db50k   # 10M vectors
+    python benchmarks/bench_index.py --pq-pool 10000000 --quick                 # 1M instead
 """
 from __future__ import annotations
 
@@ -278,7 +284,21 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="time each index search N times, keep the fastest")
     ap.add_argument("--skip-real", action="store_true", help="only the large pool(s)")
     ap.add_argument("--seed", type=int, default=0)
+    pq = ap.add_argument_group("IVF-PQ mode (benchmarks/index_pq.py)")
+    pq.add_argument("--pq-pool", type=int, default=0, help="vectors in the IVF-PQ pool; runs only that mode")
+    pq.add_argument("--quick", action="store_true", help="with --pq-pool: 1,000,000 vectors and 8,192 queries")
+    pq.add_argument("--exact-sample", type=int, default=1000, help="queries searched exactly (recall truth, baseline)")
+    pq.add_argument("--pq-m", type=_ints, default=_ints("0"), help="sub-quantizers, one build each (0: the default)")
+    pq.add_argument("--pq-nlist", type=int, default=0, help="IVF lists (0: the default)")
+    pq.add_argument("--pq-nprobe", type=_ints, default=_ints("8,16,32,64"), help="nprobe values swept on the exact sample")
+    pq.add_argument("--pq-refine", type=_ints, default=_ints("64,8,16,32"),
+                    help="refine factors swept; the first is the one built (and searched for all queries)")
+    pq.add_argument("--keep-pool", action="store_true", help="keep the pool file under --tmp for the next run")
     args = ap.parse_args(argv)
+    if args.pq_pool and args.quick:
+        args.pq_pool, args.queries = min(args.pq_pool, 1_000_000), 8192
+    if args.pq_pool and args.out == common.default_out(NAME):
+        args.out = common.default_out(NAME + "_ivfpq" + ("_quick" if args.quick else ""))
     data = common.data_dir(args.data)
     import faiss
     if args.threads:
@@ -298,6 +318,12 @@ def main(argv=None) -> int:
     sd = real.std(axis=0).astype(np.float32)
     base = held[rng.integers(0, len(held), size=args.queries)]
     queries = (base + rng.normal(0.0, args.jitter, base.shape).astype(np.float32) * sd).astype(np.float32)
+    if args.pq_pool:
+        import index_pq
+        res = index_pq.run(args, real, queries, {**fsrc, "dim": dim})
+        res["peak_rss"] = common.peak_rss_mb()
+        print(f"wrote {common.write_results(args.out, NAME, {'ivfpq': res})}")
+        return 0
     grid = int(round(np.sqrt((dim - 3) / 3)))
     kodak = kodak_cell_features(data, grid, args.kodak_queries, rng) if args.kodak_queries else None
 

@@ -7,7 +7,10 @@ from mosaicdb import TileDB
 from mosaicdb.errors import DatabaseError, UsageError
 from mosaicdb.feature_kinds import DEFAULT_KIND, KINDS
 from mosaicdb.index import IndexOptions
+from mosaicdb.index.faiss_index import KINDS as INDEX_KINDS
+from mosaicdb.index.ivfpq import REFINE_FACTOR
 from mosaicdb.store.db import DEFAULT_THUMB_SIZES
+from mosaicdb.units import human_bytes, parse_bytes
 
 from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option, warn_all
 
@@ -95,16 +98,23 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 
 @db_group.command("index")
 @db_argument
-@click.option("--kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
-              help="auto: exact search up to --flat-max tiles, IVF beyond.")
+@click.option("--kind", type=click.Choice(list(INDEX_KINDS)), default="auto", show_default=True,
+              help="auto: exact search up to --flat-max tiles, IVF-Flat while it fits --ivf-ram-max, "
+                   "IVF-PQ (compressed codes, refined by exact distances) beyond.")
 @click.option("--flat-max", default=20_000, show_default=True, help="Largest pool searched exactly with kind auto.")
-@click.option("--nlist", default=0, help="IVF lists [default: ~4*sqrt(tiles)].")
+@click.option("--ivf-ram-max", default="1G", show_default=True,
+              help="With kind auto, IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids).")
+@click.option("--nlist", default=0, help="IVF lists [default: ~4*sqrt(tiles); ivfpq: at most 4096].")
 @click.option("--nprobe", default=0, help="IVF lists probed per query [default: tuned to --target-recall].")
+@click.option("--pq-m", default=0, help="ivfpq: bytes of code per vector, a divisor of the index's dims [default: dims/2].")
+@click.option("--refine-factor", default=0,
+              help=f"ivfpq: candidates re-ranked by exact distance per result wanted [default: {REFINE_FACTOR}].")
 @click.option("--target-recall", default=0.99, show_default=True, help="recall@1 against exact search that nprobe tuning aims for.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if an up-to-date index exists.")
 @quiet_option
 @json_option
-def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, as_json):
+def index_cmd(db, kind, flat_max, ivf_ram_max, nlist, nprobe, pq_m, refine_factor, target_recall, rebuild, quiet,
+              as_json):
     """Build or update the FAISS index of DB and measure its recall.
 
     Example:
@@ -112,14 +122,16 @@ def index_cmd(db, kind, flat_max, nlist, nprobe, target_recall, rebuild, quiet, 
     \b
         mosaic db index tiles.db --target-recall 0.995
     """
-    opts = IndexOptions(kind=kind, flat_max=flat_max, nlist=nlist, nprobe=nprobe, target_recall=target_recall)
+    opts = IndexOptions(kind=kind, flat_max=flat_max, ivf_ram_max=parse_bytes(ivf_ram_max, "--ivf-ram-max"),
+                        nlist=nlist, nprobe=nprobe, pq_m=pq_m, refine_factor=refine_factor, target_recall=target_recall)
     with TileDB.open(db) as d:
         infos = d.index(opts, rebuild=rebuild)
     if as_json:
         echo_json(infos)
     else:
         p = ", ".join(f"{k}={v}" for k, v in infos["params"].items())
-        echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors, "
+        ram = f", {human_bytes(infos['ram_bytes'])} in RAM" if "ram_bytes" in infos else ""
+        echo(f"Index: {infos['kind']}{' (' + p + ')' if p else ''}, {infos['ntotal']} vectors{ram}, "
                    f"recall@1 {infos['recall_at_1']:.3f}, built in {infos['build_seconds']:.2f} s.")
 
 

@@ -1,14 +1,14 @@
 """FAISS mechanics: choose an index by pool size, measure its recall, persist it, search it.
 
 Small pools use exact search (IndexFlatL2); large ones IVF-Flat with nlist ~ 4*sqrt(n)
-and the smallest nprobe whose recall@1 against exact search on a sample reaches the target.
+and the smallest nprobe whose recall@1 against exact search on a sample reaches the target;
+pools whose IVF-Flat vectors would pass a RAM budget IVF-PQ with an exact refine (ivfpq.py).
 GPU is used only when faiss reports one (`index_cpu_to_all_gpus` silently returns an empty
 index on a machine without a GPU, so it is never called without that check).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,21 +17,32 @@ import numpy as np
 
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
+from . import ivfpq
+from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
 MAX_INFOS_BYTES = 16 << 20  # index_infos.json (a database is untrusted input: bounded before reading)
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
-KINDS = ("auto", "flat", "ivf")
+KINDS = ("auto", "flat", "ivf", "ivfpq")
+BUILT_KINDS = KINDS[1:]
+# auto builds IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids): 1 GiB is
+# ~5.3M tiles at the 48 PCA dims of the pyramid features (see README, Index)
+IVF_RAM_MAX = 1 << 30
 DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
-    """How the index is built: kind (auto: exact up to flat_max tiles, IVF beyond), IVF lists
-    and probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), device."""
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF-Flat while its
+    vectors fit ivf_ram_max bytes, IVF-PQ beyond), IVF lists and probes (0: chosen, nprobe
+    tuned to target_recall on recall_sample queries), IVF-PQ sub-quantizers and refine
+    shortlist factor (0: chosen), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
+    ivf_ram_max: int = IVF_RAM_MAX  # bytes of IVF-Flat vectors + ids past which auto builds IVF-PQ
+    pq_m: int = 0                   # ivfpq sub-quantizers (bytes per vector); 0: dims / 2
+    refine_factor: int = 0          # ivfpq: candidates refined per result; 0: ivfpq.REFINE_FACTOR
     nlist: int = 0                  # 0: ~4*sqrt(n), a power of two in [64, 16384]
     nprobe: int = 0                 # 0: tuned to reach target_recall
     target_recall: float = 0.99
@@ -45,6 +56,9 @@ class IndexOptions:
         if check_number("--target-recall", self.target_recall, 0, 1) == 0:
             raise UsageError("--target-recall must be in (0, 1]")
         check_int("--flat-max", self.flat_max, 0)
+        check_int("--ivf-ram-max", self.ivf_ram_max, 0)
+        check_int("--pq-m", self.pq_m, 0, 4096)
+        check_int("--refine-factor", self.refine_factor, 0, 1024)
         check_int("--nlist", self.nlist, 0, 1 << 20)
         check_int("--nprobe", self.nprobe, 0, 1 << 20)
         check_int("recall_sample", self.recall_sample, 1)
@@ -70,26 +84,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def default_nlist(n: int) -> int:
-    want = 4 * math.sqrt(max(n, 1))
-    return int(min(16384, max(64, 2 ** round(math.log2(want)))))
-
-
-def _midpoint_queries(vectors: np.ndarray, m: int, rng) -> np.ndarray:
-    """Queries for tuning nprobe: midpoints of random pairs of pool vectors. They lie inside the
-    data's distribution but on no pool vector, like target cells. (Pool vectors themselves, or
-    leave-one-out, are found trivially when the pool holds near-duplicates; on CIFAR features
-    and on a 10x-replicated pool, midpoint recall tracks held-out-tile recall within 0.01.)"""
-    pairs = rng.integers(0, len(vectors), size=(min(m, len(vectors)), 2))
-    return np.ascontiguousarray(0.5 * (vectors[pairs[:, 0]] + vectors[pairs[:, 1]]), dtype=np.float32)
-
-
-def _recall(found_d: np.ndarray, exact_d: np.ndarray) -> float:
-    """Share of queries whose first result is as near as the exact nearest vector (distances,
-    not ids, so exact ties and duplicate vectors count as found)."""
-    return float((found_d <= exact_d * (1 + 1e-5) + 1e-6).mean())
-
-
 def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int):
     faiss = _faiss()
     flat = faiss.IndexFlatL2(vectors.shape[1])
@@ -100,17 +94,25 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
 
 # Excluded ids from which search() tests membership in a bitmap rather than a hash set.
 BITMAP_FROM = 1024
+# Candidates (queries x shortlist) refined per batch of an ivfpq search: bounds its memory.
+REFINE_ENTRIES = 1 << 23  # 96 MB of candidates; 4,096 queries a batch at k = 32 x 64
 
 
 class VectorIndex:
     """A FAISS index over tile features whose ids are tile ids, plus its infos."""
 
-    def __init__(self, index, infos: dict, ids: np.ndarray):
+    def __init__(self, index, infos: dict, ids: np.ndarray, rows=None):
         self.index = index
         self.infos = infos
         self.ids = ids
+        self.rows = rows  # () -> full vectors by tile id (row = id): what the ivfpq kind refines from
         self._search_index = None
         self._search_device = None
+
+    @property
+    def refines(self) -> bool:
+        """Whether search() ranks a shortlist by exact distances over the full vectors."""
+        return self.infos.get("kind") == "ivfpq"
 
     @property
     def ntotal(self) -> int:
@@ -137,6 +139,14 @@ class VectorIndex:
         n = len(queries)
         dist = np.empty((n, k), np.float32)
         ids = np.empty((n, k), np.int64)
+        inner_k, batch, rows = k, SEARCH_BATCH, None
+        if self.refines:
+            if self.rows is None:
+                raise UsageError("an ivfpq index refines from the tiles' full vectors: load it with "
+                                 "VectorIndex.load(folder, rows=db.features)")
+            rows = self.rows()
+            inner_k = ivfpq.shortlist(k, int(self.infos["params"]["refine_factor"]))
+            batch = max(1, min(SEARCH_BATCH, REFINE_ENTRIES // inner_k))
         params = None
         if exclude is not None and len(exclude):
             faiss = _faiss()
@@ -149,16 +159,18 @@ class VectorIndex:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
             else:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
-            if self.infos.get("kind") == "ivf":
+            if self.infos.get("kind") in ("ivf", "ivfpq"):
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
                 params = faiss.SearchParameters(sel=sel)
             index = self.index  # GPU indexes take no selectors
         else:
             index = self._for_search(device)
-        for s in range(0, n, SEARCH_BATCH):
-            d, i = index.search(queries[s:s + SEARCH_BATCH], k, params=params)
-            dist[s:s + SEARCH_BATCH], ids[s:s + SEARCH_BATCH] = d, i
+        for s in range(0, n, batch):
+            d, i = index.search(queries[s:s + batch], inner_k, params=params)
+            if rows is not None:
+                d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
+            dist[s:s + batch], ids[s:s + batch] = d, i
         if params is not None:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
@@ -198,15 +210,16 @@ class VectorIndex:
             group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
-    def load(cls, folder: Path) -> "VectorIndex | None":
-        """The index saved in `folder`, or None when it is missing, unreadable or half-saved."""
+    def load(cls, folder: Path, rows=None) -> "VectorIndex | None":
+        """The index saved in `folder`, or None when it is missing, unreadable or half-saved.
+        `rows`: () -> the full vectors by tile id, which an ivfpq index refines from."""
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
         try:
             infos = json.loads(read_regular_file(folder / "index_infos.json", MAX_INFOS_BYTES))
             ids = np.load(folder / "ids.npy", allow_pickle=False)
             if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
-                    and infos.get("kind") in ("flat", "ivf") and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                    and infos.get("kind") in BUILT_KINDS and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
             index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
@@ -217,26 +230,54 @@ class VectorIndex:
                 if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
                     return None
                 ivf.nprobe = nprobe
+            elif infos["kind"] == "ivfpq" and not ivfpq.check_loaded(index, infos, ids, rows):
+                return None
         except (OSError, json.JSONDecodeError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, KeyError,
                 AttributeError, RecursionError, UnsafeFile):
             return None
-        return cls(index, infos, ids)
+        return cls(index, infos, ids, rows=rows)
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = IndexOptions(), extra: dict | None = None,
-                pca_dims: int = 0) -> VectorIndex:
+def _rerank():
+    """The refine kernel, imported when first needed: numba stays out of processes that only
+    render (tests/test_render_cells.py)."""
+    from .refine import rerank
+    return rerank
+
+
+def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions = IndexOptions(),
+                extra: dict | None = None, pca_dims: int = 0, *, rows=None) -> VectorIndex:
     """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,).
 
     `pca_dims` > 0: a PCA to that many dims, fitted here on the pool, is part of the index
     (FAISS IndexPreTransform): vectors and queries stay full-size, the index projects them.
+    `rows`: () -> the full vectors by tile id (row = id), e.g. a database's memory-mapped
+    features; `vectors` may then be None (they are rows()[ids]). The ivfpq kind needs them (it
+    refines from them, and reads them a chunk at a time instead of all at once); without them
+    it may use `vectors` only when ids are 0..n-1.
     """
+    ids = np.asarray(ids)
+    n = len(ids)
+    d = int(vectors.shape[1] if vectors is not None else rows().shape[1])
+    d_in = pca_dims if 0 < pca_dims < d else d  # what the inner index stores
+    kind = ivfpq.resolve_kind(opts.kind, n, d_in, opts.flat_max, opts.ivf_ram_max)
+    if kind == "ivfpq":
+        if rows is None:
+            if not np.array_equal(ids, np.arange(n)):
+                raise UsageError("the ivfpq index refines from the full vectors by tile id: pass rows= "
+                                 "(row = tile id) when ids are not 0..n-1")
+            whole = np.ascontiguousarray(vectors, dtype=np.float32)
+            rows = lambda: whole  # noqa: E731
+        index, infos, ids, rng = ivfpq.build_ivfpq(rows, ids, opts, pca_dims, extra)
+        vi = VectorIndex(index, infos, ids, rows=rows)
+        ivfpq.tune_nprobe(vi, rows(), ids, opts, rng)
+        return vi
+    if vectors is None:
+        vectors = rows()[ids]
     faiss = _faiss()
     t0 = time.perf_counter()
-    n, d = vectors.shape
-    kind = opts.kind if opts.kind != "auto" else ("flat" if n <= opts.flat_max else "ivf")
     rng = np.random.default_rng(opts.seed)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    d_in = pca_dims if 0 < pca_dims < d else d  # what the inner index stores
     params: dict = {}
     if kind == "ivf":
         nlist = opts.nlist or default_nlist(n)
@@ -260,7 +301,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
     build_s = time.perf_counter() - t0
     recall, tuning = 1.0, []
     if n:
-        q = _midpoint_queries(vectors, opts.recall_sample, rng)
+        q = midpoint_queries(vectors, opts.recall_sample, rng)
         # recall of the index against exact search in the space it searches (after the PCA)
         space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
         exact = exact_search(space(vectors), ids, space(q), 1)[0][:, 0]
@@ -270,14 +311,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
                 nprobe = min(nprobe, params["nlist"])
                 ivf.nprobe = nprobe
                 t1 = time.perf_counter()
-                recall = _recall(index.search(q, 1)[0][:, 0], exact)
+                recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
                     break
             params["nprobe"] = int(ivf.nprobe)
         else:
-            recall = _recall(index.search(q, 1)[0][:, 0], exact)
+            recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
     infos = {
         "kind": kind, "params": params, "dim": int(d), "pca_dims": int(d_in if pca is not None else 0),
         "ntotal": int(index.ntotal),
@@ -285,7 +326,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, opts: IndexOptions = Index
         "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
-    return VectorIndex(index, infos, np.sort(ids.astype(np.int64)))
+    return VectorIndex(index, infos, np.sort(ids.astype(np.int64)), rows=rows)
 
 
 def _utf8(path) -> bool:

@@ -12,6 +12,7 @@ from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
+from ..index.ivfpq import resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,14 @@ class IndexLifecycle:
         """Bring the index up to date and return its infos: built from scratch when `rebuild`
         or when `options` fix its kind or parameters, updated in place otherwise."""
         opts = options or IndexOptions()
-        if rebuild or opts.kind != "auto" or opts.nlist or opts.nprobe:
+        if rebuild or opts.kind != "auto" or opts.nlist or opts.nprobe or opts.pq_m or opts.refine_factor:
             return self.build_index(opts)
         return self.update_index(opts)
 
     def load_index(self) -> VectorIndex | None:
         """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
-            self._index = VectorIndex.load(self.index_dir)
+            self._index = VectorIndex.load(self.index_dir, rows=self.features)
         return self._index
 
     def index_stale(self) -> bool:
@@ -59,10 +60,11 @@ class IndexLifecycle:
 
     def _index_of(self, ids: np.ndarray, options: IndexOptions) -> dict:
         """Build, save and keep the index of the tiles `ids` (their rows already trusted)."""
-        vectors = np.asarray(self.features()[ids])
-        idx = build_index(vectors, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
+        # rows, not a copy of the vectors: the ivfpq kind reads them a chunk at a time and
+        # refines its searches from them
+        idx = build_index(None, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
                           extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
-                                 "features": feature_kinds.signature(self.feature_spec)})
+                                 "features": feature_kinds.signature(self.feature_spec)}, rows=self.features)
         idx.save(self.index_dir)
         self._index = idx
         return idx.infos
@@ -91,8 +93,10 @@ class IndexLifecycle:
         if idx is None or len(ids) == 0:
             return self._build_index_locked(options) if len(ids) else {}
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
-        too_far = (idx.infos["kind"] == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
-                  (idx.infos["kind"] == "ivf" and not 0.5 <= len(ids) / built <= 2.0)
+        kind = idx.infos["kind"]
+        too_far = (kind == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
+                  (kind in ("ivf", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
+                  (kind == "ivf" and options.kind == "auto" and self._auto_kind(options, len(ids)) == "ivfpq")
         if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
@@ -103,6 +107,11 @@ class IndexLifecycle:
         idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
         idx.save(self.index_dir)
         return idx.infos
+
+    def _auto_kind(self, options: IndexOptions, n: int) -> str:
+        """The kind `auto` builds for n tiles of this database's features."""
+        dims = feature_kinds.index_pca_dims(self.feature_spec, n) or self.dim
+        return resolve_kind("auto", n, dims, options.flat_max, options.ivf_ram_max)
 
     def ensure_index(self) -> VectorIndex:
         """The index, brought up to date first if the catalog changed since it was built."""

@@ -1,0 +1,62 @@
+"""Exact squared distances from queries to the full stored vectors of their candidates, and the
+re-rank of candidate lists by them.
+
+Shared by the index (the IVF-PQ kind refines its shortlist with them) and the matcher (which
+re-ranks the candidates of a PCA index the same way). The vectors are read by tile id from an
+array whose row is the tile id, typically the database's memory-mapped features, so no copy of
+them is kept in RAM.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+# float32 with fastmath lets numba vectorise the sum: 3x faster than float64 (the gather of
+# candidate rows is the cost), relative error ~1e-7 of a distance.
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _exact_sq(feats, queries, ids, out):
+    n, k = ids.shape
+    rows = feats.shape[0]
+    dim = queries.shape[1]
+    for i in numba.prange(n):
+        q = queries[i]
+        for j in range(k):
+            t = ids[i, j]
+            if t < 0:
+                continue  # no candidate: keep the index's filler distance
+            if t >= rows:
+                out[i, j] = np.inf  # an id past the rows (a damaged index file): never a near tile
+                continue
+            f = feats[t]
+            s = np.float32(0.0)
+            for c in range(dim):
+                x = q[c] - f[c]
+                s += x * x
+            out[i, j] = s
+
+
+def exact_distances(feats: np.ndarray, queries: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Squared distances from each query to the full vectors of its candidates `ids` (rows of
+    `feats`, row = tile id); entries of -1 keep their value in `dist`, ids past the last row
+    get inf."""
+    out = np.array(dist, dtype=np.float32, copy=True)
+    if ids.size:
+        _exact_sq(np.asarray(feats), np.ascontiguousarray(queries, dtype=np.float32),
+                  np.ascontiguousarray(ids, dtype=np.int64), out)
+    return out
+
+
+def rerank(feats: np.ndarray, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray,
+           keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `keep` candidates of each row nearest by exact distance, ascending (ties by the
+    index's order, so the result is deterministic), with those distances."""
+    exact = exact_distances(feats, queries, ids, dist)
+    exact[ids < 0] = np.inf  # missing candidates go last
+    order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
+    d = np.take_along_axis(exact, order, axis=1)
+    i = np.take_along_axis(ids, order, axis=1)
+    missing = i < 0
+    if missing.any():
+        d[missing] = np.take_along_axis(dist, order, axis=1)[missing]
+    return d, i
