@@ -251,3 +251,27 @@ def test_auto_switches_to_ivfpq_past_the_ram_budget(cifar_copy, cifar_files):
         idx = db.load_index()
         assert idx.infos["kind"] == "ivfpq" and idx.ntotal == 2090 and "updated_at" in idx.infos
         assert not np.isin(db.search(np.asarray(db.features()[:10]), 3)[1], np.arange(10)).any()
+
+
+def test_the_index_self_probe_accepts_a_tile_ranked_below_its_near_copies():
+    """An approximate index over near-copies may rank a copy above the tile itself: the probe
+    that tells a foreign index (store/maintenance.py) must not count that as a mismatch, or an
+    IVF-PQ index over such a pool would be rebuilt on every first use; a wrong id still counts."""
+    from mosaicdb.store.db import TileDB
+
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(40, 6)).astype(np.float32)
+    ids = np.arange(40)
+
+    class NearCopyFirst:   # each tile comes back second, after its neighbour id
+        def search(self, q, k, device="cpu"):
+            own = np.array([int(np.argmin(np.abs(feats - v).sum(1))) for v in q])
+            got = np.stack([(own + 1) % 40, own] + [(own + j) % 40 for j in range(2, k)], 1)
+            return np.zeros(got.shape, np.float32), got
+
+    class Shifted:         # an index whose ids belong to other vectors
+        def search(self, q, k, device="cpu"):
+            return NearCopyFirst().search(q, k)[0], (NearCopyFirst().search(q, k)[1] + 7) % 40
+
+    assert TileDB.index_mismatches(None, NearCopyFirst(), ids, feats, sample=40, k=2) == (0, 40)
+    assert TileDB.index_mismatches(None, Shifted(), ids, feats, sample=40, k=2) == (40, 40)
