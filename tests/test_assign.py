@@ -104,6 +104,7 @@ def reference_greedy(rows, cols, pool: Pool, k: int, opts: MatchOptions):
     uses: dict[int, int] = {}
     pending = list(np.random.default_rng(opts.seed).permutation(n))
     ids, dist = pool.candidates(k)
+    first_k = k
     rows_of = {cell: (ids[cell], dist[cell]) for cell in pending}
     while True:
         stuck = []
@@ -125,7 +126,8 @@ def reference_greedy(rows, cols, pool: Pool, k: int, opts: MatchOptions):
             return grid
         if k >= pool.n_tiles:
             return None
-        k = min(k * 4, pool.n_tiles)
+        # the widening schedule: 2k or the (2r+1)^2 window the first time, then 4x
+        k = min(max(2 * k, (2 * opts.min_distance + 1) ** 2) if k == first_k else k * 4, pool.n_tiles)
         # widened searches skip tiles already used up by --max-uses (one chunk: grids here are small)
         exhausted = [t for t, u in uses.items() if opts.max_uses and u >= opts.max_uses]
         wid, wdist = pool.knn(np.array(stuck), k, np.array(exhausted, dtype=np.int64))
@@ -264,7 +266,7 @@ def test_identical_cells_force_widening():
     a = run(6, 6, pool, 1, opts)
     check_valid(a, 6, 6, pool, opts)
     assert a.widened_cells > 0
-    assert pool.widen_calls[0] == (a.widened_cells, 4)
+    assert pool.widen_calls[0] == (a.widened_cells, 9)   # the 3x3 window of --min-distance 1
 
 
 def test_widening_handles_padded_candidates_and_gapped_ids():
