@@ -465,3 +465,30 @@ def test_cli_serves_until_stopped(mosaics):
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_ctrl_c_stops_the_server_with_a_browser_connection_still_open(mosaics):
+    """A browser keeps its HTTP/1.1 connections open: Ctrl-C must not wait for them to time out
+    (30 s) before `mosaic serve` exits."""
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "mosaicdb", "serve", str(mosaics["tiff"]), "--port", "0", "--no-open"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + p.stderr.read() if p.poll() is not None else line
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)   # keep-alive, left open
+        c.request("GET", "/mosaic.dzi")
+        assert c.getresponse().read()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=20)
+        assert p.returncode == 130 and "Interrupted" in err, err
+        assert time.monotonic() - t0 < 5
+        c.close()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

@@ -150,8 +150,10 @@ def test_demo_and_serve_from_the_wheel(fresh_venv, dists, tmp_path):
     made = json.loads(run([mosaic, "demo", "--out", "demo-out", "--tiles", "300", "--grid", "24", "--json"],
                           cwd=tmp_path, env=env).stdout)
     assert (tmp_path / "demo-out" / "mosaic.jpg").is_file() and made["cells"] > 0
+    # PYTHONFAULTHANDLER: if it ever fails to stop, SIGABRT makes it print where it is stuck
     proc = subprocess.Popen([str(mosaic), "serve", "demo-out/mosaic.jpg", "--no-open", "--port", "0", "--json"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.poll() is not None else "no output"
@@ -171,8 +173,9 @@ def test_demo_and_serve_from_the_wheel(fresh_venv, dists, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(30)
+            _, err = proc.communicate(timeout=30)   # reads both pipes: a full one cannot block it
         except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 130 and "Interrupted" in proc.stderr.read()
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"mosaic serve did not stop on SIGINT within 30 s:\n{err[-6000:]}") from None
+    assert proc.returncode == 130 and "Interrupted" in err
