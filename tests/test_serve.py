@@ -473,7 +473,9 @@ def test_ctrl_c_stops_the_server_with_a_browser_connection_still_open(mosaics):
     import signal
     import time
     p = subprocess.Popen([sys.executable, "-m", "mosaicdb", "serve", str(mosaics["tiff"]), "--port", "0", "--no-open"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a shell's background job (as CI may run us) inherits SIGINT ignored
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = p.stdout.readline()
         assert "http://127.0.0.1:" in line, line + p.stderr.read() if p.poll() is not None else line

@@ -153,7 +153,9 @@ def test_demo_and_serve_from_the_wheel(fresh_venv, dists, tmp_path):
     # PYTHONFAULTHANDLER: if it ever fails to stop, SIGABRT makes it print where it is stuck
     proc = subprocess.Popen([str(mosaic), "serve", "demo-out/mosaic.jpg", "--no-open", "--port", "0", "--json"],
                             cwd=tmp_path, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (as CI may run us) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.poll() is not None else "no output"
