@@ -47,24 +47,6 @@ def target_cells(db, data: Path, names: list[str], per_side: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def exact_topk(feats, queries: np.ndarray, k: int, chunk: int = 131072) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest rows of `feats` (row = tile id) by squared L2, the pool scanned in chunks."""
-    import faiss
-    n = feats.shape[0]
-    best_d = np.full((len(queries), k), np.inf, np.float32)
-    best_i = np.full((len(queries), k), -1, np.int64)
-    for s in range(0, n, chunk):
-        block = np.ascontiguousarray(np.asarray(feats[s:s + chunk]), dtype=np.float32)
-        flat = faiss.IndexFlatL2(block.shape[1])
-        flat.add(block)
-        d, i = flat.search(queries, k)
-        d_all = np.concatenate([best_d, d], 1)
-        i_all = np.concatenate([best_i, i + s], 1)
-        o = np.argsort(d_all, axis=1, kind="stable")[:, :k]
-        best_d, best_i = np.take_along_axis(d_all, o, 1), np.take_along_axis(i_all, o, 1)
-    return best_d, best_i
-
-
 def matcher_search(db, index, queries: np.ndarray, k: int):
     """(distances, ids) as `match` gets its first candidates."""
     from mosaicdb.match.rerank import RERANK_FACTOR, index_is_approximate, rerank
@@ -113,6 +95,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.queries, a.exact_queries, a.repeat = 8192, 512, 1
     from mosaicdb import TileDB
+    from mosaicdb.index.ivfpq import exact_knn
     data = common.data_dir(a.data)
     if a.db is None:
         import pool_1m
@@ -128,7 +111,7 @@ def main(argv=None) -> int:
         sub = q[:a.exact_queries]
         print(f"{a.db}: {len(db):,} tiles, index {index.infos['kind']} {index.infos.get('params')} "
               f"pca {index.infos.get('pca_dims')}, loaded in {load_s:.2f} s; {len(q):,} queries", flush=True)
-        ex_w, ex_c, (ex_d, ex_i) = timed(lambda: exact_topk(db.features(), sub, a.k), 1)
+        ex_w, ex_c, (ex_d, ex_i) = timed(lambda: exact_knn(db.features(), db.ids(), sub, a.k), 1)
         exact = {"queries": len(sub), "seconds": round(ex_w, 2), "cpu_seconds": round(ex_c, 2),
                  "seconds_scaled_to_all": round(ex_w * len(q) / len(sub), 1)}
         print(f"exact: {len(sub)} queries {ex_w:.1f} s -> all {exact['seconds_scaled_to_all']} s", flush=True)

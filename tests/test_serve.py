@@ -166,6 +166,16 @@ def exact_level(full: np.ndarray, s: int) -> np.ndarray:
     return np.rint(np.nanmean(pad.reshape(h, s, w, s, 3), axis=(1, 3))).astype(np.uint8)
 
 
+def assert_level_tiles(s, level: int, w: int, h: int, ref: np.ndarray, tol: float) -> None:
+    """Every 256 px tile the server `s` gives at `level` (w x h) is `ref`'s (JPEG-close)."""
+    for row in range(-(-h // 256)):
+        for col in range(-(-w // 256)):
+            status, _, data = s.get(f"/mosaic_files/{level}/{col}_{row}.jpeg")
+            px = decode_jpeg(data)
+            exp = ref[row * 256:(row + 1) * 256, col * 256:(col + 1) * 256]
+            assert status == 200 and px.shape == exp.shape and block_error(px, exp) < tol, (level, col, row)
+
+
 def block_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of 16 x 16 block means (the whole tile's mean for tiny tiles):
     JPEG (stored, then served) loses the noise of noisy tiles, and its 2x2 chroma subsampling
@@ -253,13 +263,7 @@ def test_a_tiff_without_a_pyramid_gets_every_level_on_demand(mosaics, tmp_path):
     try:
         top, levels = dzi_levels(600, 400)
         for lv, (w, h) in levels.items():
-            ref = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            for row in range(-(-h // 256)):
-                for col in range(-(-w // 256)):
-                    status, _, data = s.get(f"/mosaic_files/{lv}/{col}_{row}.jpeg")
-                    px = decode_jpeg(data)
-                    exp = ref[row * 256:(row + 1) * 256, col * 256:(col + 1) * 256]
-                    assert status == 200 and px.shape == exp.shape and block_error(px, exp) < 6, (lv, col, row)
+            assert_level_tiles(s, lv, w, h, cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), 6)
         assert not s.viewer.source.is_passthrough(top, 0, 0)  # zlib tiles are re-encoded
     finally:
         s.close()

@@ -26,7 +26,7 @@ from mosaicdb.render.cells import CellRenderer
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.render.region import Node, draw
 from mosaicdb.serve.rendered import parse_cache
-from test_serve import Served, block_error, decode_jpeg, exact_level, pytestmark  # noqa: F401 (mark)
+from test_serve import Served, assert_level_tiles, block_error, decode_jpeg, exact_level, pytestmark  # noqa: F401 (mark)
 
 COLS, ROWS, T, G = 6, 4, 64, 4
 
@@ -65,13 +65,7 @@ def test_assignment_is_served_like_its_image(made):
         top, lv = levels(COLS * T, ROWS * T)
         assert s.viewer.source.kind == "rendered" and s.viewer.source.max_level == top
         for level, (w, h) in lv.items():
-            ref = exact_level(full, 2 ** (top - level))
-            for row in range(-(-h // 256)):
-                for col in range(-(-w // 256)):
-                    status, _, data = s.get(f"/mosaic_files/{level}/{col}_{row}.jpeg")
-                    px = decode_jpeg(data)
-                    exp = ref[row * 256:(row + 1) * 256, col * 256:(col + 1) * 256]
-                    assert status == 200 and px.shape == exp.shape and block_error(px, exp) < 4, (level, col, row)
+            assert_level_tiles(s, level, w, h, exact_level(full, 2 ** (top - level)), 4)
         assert json.loads(s.get("/api/info")[2])["cols"] == COLS
         assert s.get(f"/mosaic_files/{top + 1}/0_0.jpeg")[0] == 400   # no recursion: nothing below
     finally:
