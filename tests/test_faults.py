@@ -59,6 +59,16 @@ def make(db_path, target, out, **kw):
         return Maker(db, MatchOptions(grid="12", min_distance=0), RenderOptions(tile_px=8, **kw)).make(target, out)
 
 
+def test_row_checksums_are_zlibs_crc32():
+    """Databases written with zlib's CRC-32 stay valid: the fast checksum must be the same function."""
+    import zlib
+
+    from mosaicdb.store.integrity import crc_of
+    rows = np.random.default_rng(0).integers(0, 256, (7, 3, 5), dtype=np.uint8)
+    for a in (rows, rows[:1], rows[::2], rows[:0]):
+        assert crc_of(a) == zlib.crc32(np.ascontiguousarray(a).tobytes()) & 0xFFFFFFFF
+
+
 # ---- 1. a damaged database is never "repaired" into black tiles -----------------------------------
 @pytest.mark.parametrize("damage", ["truncate", "delete", "zero-rows"])
 def test_damaged_arrays_are_refused_detected_and_repaired(db40, target, tmp_path, damage):
