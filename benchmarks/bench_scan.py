@@ -33,6 +33,7 @@ from bench_tuner_queries import exact_first, real_cells  # noqa: E402
 
 NAME = "bench_scan"
 BATCH = 8192
+_ALIVE = []
 
 
 def codes_index(kind: str, quantizer, nlist: int, dim: int):
@@ -44,7 +45,7 @@ def codes_index(kind: str, quantizer, nlist: int, dim: int):
     else:
         qt = {"sq8": faiss.ScalarQuantizer.QT_8bit, "fp16": faiss.ScalarQuantizer.QT_fp16}[kind]
         index = faiss.IndexIVFScalarQuantizer(q, dim, nlist, qt, faiss.METRIC_L2)
-    index.keep_quantizer = q  # the IVF holds a raw pointer to it: Python keeps it alive
+    _ALIVE.append(q)  # the IVF holds a raw pointer to it: Python keeps it alive
     return index
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
+from .listorder import search_in_list_order
 from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
@@ -166,11 +167,17 @@ class VectorIndex:
             index = self.index  # GPU indexes take no selectors
         else:
             index = self._for_search(device)
-        for s in range(0, n, batch):
-            d, i = index.search(queries[s:s + batch], inner_k, params=params)
-            if rows is not None:
-                d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
-            dist[s:s + batch], ids[s:s + batch] = d, i
+        if self.infos.get("kind") in ("ivf", "ivfpq") and index is self.index:
+            # on the CPU, IVF lists are scanned with the queries in list order (listorder.py)
+            finish = None if rows is None else (lambda qs, d, i: _rerank()(rows, qs, d, i, k))
+            dist, ids = search_in_list_order(index, queries, inner_k, params=params, batch=batch,
+                                             finish=finish, k_out=k)
+        else:
+            for s in range(0, n, batch):
+                d, i = index.search(queries[s:s + batch], inner_k, params=params)
+                if rows is not None:
+                    d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
+                dist[s:s + batch], ids[s:s + batch] = d, i
         if params is not None:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
