@@ -7,8 +7,8 @@ the full stored vectors) against exact search on the full vectors, for:
 
 - midpoint: midpoints of random pairs of pool vectors (what the tuner uses today);
 - loo: leave-one-out, a pool vector as the query and its nearest *other* tile as the truth;
-- shifted: a tile's feature recomputed from its largest thumbnail shifted by up to 3/32 of its
-  side, lightly blurred (mosaicdb.index.tuning.shifted_queries): a near-copy of a tile;
+- shifted: a tile's feature recomputed from its largest thumbnail shifted by 1-3 px (crop and
+  resize back to the feature's sample size), plus a little blur: a near-copy of a tile;
 - real: cells of the shared photographs (Kodak + wikimedia_pd, grids of 32, 64 and 128 across,
   computed as make computes them with `cell_data`), a random sample of them.
 
@@ -48,9 +48,19 @@ def real_cells(db, data: Path, grids=GRIDS) -> np.ndarray:
 
 
 def shifted_queries(db, ids: np.ndarray, rng) -> np.ndarray:
-    """The tuner's near-copies (mosaicdb.index.tuning.shifted_queries) of tiles drawn from `ids`."""
-    from mosaicdb.index.tuning import shifted_queries as near_copies
-    return near_copies(db.thumbs(max(db.thumb_sizes)), ids, db.feature_spec, len(ids), rng)
+    """Features of tiles' largest thumbnails shifted by 1-3 px and lightly blurred."""
+    import cv2
+    size = max(db.thumb_sizes)
+    thumbs = db.thumbs(size)
+    s = db.feature_spec.samples
+    blocks = np.empty((len(ids), s, s, 3), np.uint8)
+    for j, t in enumerate(ids):
+        img = np.asarray(thumbs[t])
+        dx, dy = rng.integers(-3, 4, size=2) * size // 32
+        crop = img[max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)]
+        crop = cv2.GaussianBlur(crop, (3, 3), 0.6)
+        blocks[j] = cv2.resize(crop, (s, s), interpolation=cv2.INTER_AREA)
+    return db.feature_spec(blocks)
 
 
 def make_search(index, rows, q: np.ndarray, k: int, drop: np.ndarray | None):

@@ -19,8 +19,7 @@ from ..errors import DeviceError, MosaicError, UsageError, check_int, check_numb
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
 from .listorder import search_in_list_order
-from .tuning import (MIDPOINT_QUERIES, SHIFTED_QUERIES, TUNE_SHORTLIST, default_nlist,  # noqa: F401  (public here too)
-                     midpoint_queries, recall_at_1)
+from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
@@ -254,8 +253,7 @@ def _rerank():
 
 
 def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions = IndexOptions(),
-                extra: dict | None = None, pca_dims: int = 0, *, rows=None,
-                queries: np.ndarray | None = None) -> VectorIndex:
+                extra: dict | None = None, pca_dims: int = 0, *, rows=None) -> VectorIndex:
     """Build, tune and measure an index over `vectors` (n, d) with tile `ids` (n,).
 
     `pca_dims` > 0: a PCA to that many dims, fitted here on the pool, is part of the index
@@ -264,8 +262,6 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     features; `vectors` may then be None (they are rows()[ids]). The ivfpq kind needs them (it
     refines from them, and reads them a chunk at a time instead of all at once); without them
     it may use `vectors` only when ids are 0..n-1.
-    `queries`: the queries nprobe is tuned on (tuning.shifted_queries of the tiles' thumbnails,
-    which a database passes); None: midpoints of random pairs of pool vectors.
     """
     ids = np.asarray(ids)
     n = len(ids)
@@ -281,7 +277,7 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
             rows = lambda: whole  # noqa: E731
         index, infos, ids, rng = ivfpq.build_ivfpq(rows, ids, opts, pca_dims, extra)
         vi = VectorIndex(index, infos, ids, rows=rows)
-        ivfpq.tune_nprobe(vi, rows(), ids, opts, rng, queries)
+        ivfpq.tune_nprobe(vi, rows(), ids, opts, rng)
         return vi
     if vectors is None:
         vectors = rows()[ids]
@@ -312,61 +308,32 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     build_s = time.perf_counter() - t0
     recall, tuning = 1.0, []
     if n:
-        q = np.ascontiguousarray(queries if queries is not None else midpoint_queries(vectors, opts.recall_sample, rng),
-                                 dtype=np.float32)
-        first = _FirstAsMatched(index, vectors, ids, q, pca)
+        q = midpoint_queries(vectors, opts.recall_sample, rng)
+        # recall of the index against exact search in the space it searches (after the PCA)
+        space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
+        exact = exact_search(space(vectors), ids, space(q), 1)[0][:, 0]
         if kind == "ivf":
             candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
             for nprobe in candidates:
                 nprobe = min(nprobe, params["nlist"])
                 ivf.nprobe = nprobe
                 t1 = time.perf_counter()
-                recall = recall_at_1(first(), first.exact)
+                recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
                     break
             params["nprobe"] = int(ivf.nprobe)
         else:
-            recall = recall_at_1(first(), first.exact)
+            recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
     infos = {
         "kind": kind, "params": params, "dim": int(d), "pca_dims": int(d_in if pca is not None else 0),
         "ntotal": int(index.ntotal),
         "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
-        "recall_queries": SHIFTED_QUERIES if queries is not None else MIDPOINT_QUERIES,
-        "recall_against": (f"the exact {TUNE_SHORTLIST} nearest in the index's PCA space, the first of them by the "
-                           f"full vectors (the index's {TUNE_SHORTLIST} re-ranked the same way)") if pca is not None
-        else "exact search", "tuning": tuning,
+        "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
     return VectorIndex(index, infos, np.sort(ids.astype(np.int64)), rows=rows)
-
-
-class _FirstAsMatched:
-    """Distance of the first candidate a query gets as the matcher uses the index: with a PCA,
-    the index's TUNE_SHORTLIST nearest re-ranked by the full vectors; without one, its nearest.
-    `exact`: the same for exact search (in the index's space, so only what the index's
-    approximation loses is measured, not what the PCA drops)."""
-
-    def __init__(self, index, vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, pca):
-        self.index, self.vectors, self.q, self.pca = index, vectors, q, pca
-        self.k = min(TUNE_SHORTLIST, len(ids)) if pca is not None else 1
-        self.sorter = np.argsort(ids, kind="stable")
-        self.sorted_ids = ids[self.sorter]
-        space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
-        d, pos = exact_search(space(vectors), np.arange(len(ids)), space(q), self.k)
-        self.exact = self._first(d, pos)
-
-    def _first(self, d: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        if self.pca is None:
-            return d[:, 0]
-        return _rerank()(self.vectors, self.q, d, pos, 1)[0][:, 0]
-
-    def __call__(self) -> np.ndarray:
-        d, found = self.index.search(self.q, self.k)
-        at = np.clip(np.searchsorted(self.sorted_ids, found), 0, len(self.sorted_ids) - 1)
-        pos = np.where(found >= 0, self.sorter[at], -1)  # tile ids -> rows of `vectors`
-        return self._first(d, pos)
 
 
 def _utf8(path) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..errors import UsageError
-from .tuning import SHIFTED_QUERIES, default_nlist as ivf_nlist, midpoint_queries, recall_at_1
+from .tuning import default_nlist as ivf_nlist, midpoint_queries, recall_at_1
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def index_space(index):
     return apply
 
 
-def tune_nprobe(vi, rows, ids: np.ndarray, opts, rng, queries: np.ndarray | None = None) -> None:
+def tune_nprobe(vi, rows, ids: np.ndarray, opts, rng) -> None:
     """Set the smallest nprobe whose recall@1 reaches opts.target_recall on midpoint queries,
     or past which doubling it gains less than PLATEAU (opts.nprobe when given), recording the
     tuning in vi.infos. The plateau is where the codes, not the lists probed, limit recall: on
@@ -225,12 +225,8 @@ def tune_nprobe(vi, rows, ids: np.ndarray, opts, rng, queries: np.ndarray | None
     from .refine import rerank
     ivf = faiss.extract_index_ivf(vi.index)
     nlist = int(ivf.nlist)
-    if queries is None:
-        pairs = np.sort(rng.choice(ids, size=(min(opts.recall_sample, len(ids)), 2)), axis=None)
-        q = midpoint_queries(gather(rows, pairs), len(pairs) // 2, rng)
-    else:  # the database's (tuning.shifted_queries)
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        vi.infos["recall_queries"] = SHIFTED_QUERIES
+    pairs = np.sort(rng.choice(ids, size=(min(opts.recall_sample, len(ids)), 2)), axis=None)
+    q = midpoint_queries(gather(rows, pairs), len(pairs) // 2, rng)
     t0 = time.perf_counter()
     ed, ei = exact_knn(rows, ids, q, shortlist(1, int(vi.infos["params"]["refine_factor"])),
                        transform=index_space(vi.index))

@@ -13,7 +13,6 @@ from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
 from ..index.ivfpq import resolve_kind
-from ..index.tuning import shifted_queries
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +64,7 @@ class IndexLifecycle:
         # refines its searches from them
         idx = build_index(None, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
                           extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
-                                 "features": feature_kinds.signature(self.feature_spec)}, rows=self.features,
-                          queries=self._tuning_queries(ids, options))
-        idx.save(self.index_dir)
-        self._index = idx
-        return idx.infos
-
-    def _tuning_queries(self, ids: np.ndarray, options: IndexOptions) -> np.ndarray:
-        """Near-copies of tiles from their largest thumbnails (index.tuning.shifted_queries),
-        which predict the recall of target cells better than midpoints of pool vectors."""
-        rng = np.random.default_rng(options.seed + 1)  # not the stream the index samples with
-        return shifted_queries(self.thumbs(max(self.thumb_sizes)), ids, self.feature_spec,
-                               options.recall_sample, rng)
-
-    def _unused(self):
+                                 "features": feature_kinds.signature(self.feature_spec)}, rows=self.features)
         idx.save(self.index_dir)
         self._index = idx
         return idx.infos
