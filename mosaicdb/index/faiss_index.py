@@ -28,10 +28,11 @@ SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k querie
 KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
-# ivf16: half-float vectors behind a PCA to at most this many dims (not the features' 48): on
-# the 1M pool, 65,536 real cells at nprobe 32 in 4.3 CPU-s against 11.6 for ivf (8.5 in list
-# order) at recall@1 0.9985 against 0.998 after the exact re-rank; on 50,000 tiles the matcher's
-# mean cost +0.035 % (benchmarks/bench_scan.py, README: Index)
+# ivf16 (only when asked for): half-float vectors behind a PCA to at most this many dims (not
+# the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 7.0 CPU-s against 13.5
+# for ivf (8.6 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
+# 0.755 of the exact 32 (ivf: 0.884); on 50,000 tiles the matcher's mean cost +0.035 %
+# (benchmarks/bench_search_db.py, bench_scan.py; README: Index)
 IVF16_PCA_DIMS = 24
 # auto builds IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids): 1 GiB is
 # ~5.3M tiles at the 48 PCA dims of the pyramid features (see README, Index)
@@ -41,8 +42,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
-    """How the index is built: kind (auto: exact up to flat_max tiles, IVF with half-float
-    vectors (ivf16) while IVF-Flat's would fit ivf_ram_max bytes, IVF-PQ beyond), IVF lists and probes (0: chosen, nprobe
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF-Flat while its
+    vectors fit ivf_ram_max bytes, IVF-PQ beyond; ivf16 only when asked for), IVF lists and probes (0: chosen, nprobe
     tuned to target_recall on recall_sample queries), IVF-PQ sub-quantizers and refine
     shortlist factor (0: chosen), device."""
     kind: str = "auto"
