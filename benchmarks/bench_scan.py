@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from bench_tuner_queries import exact_first, real_cells  # noqa: E402
+from bench_tuner_queries import exact_first, ivf_index, real_cells  # noqa: E402
 
 NAME = "bench_scan"
 BATCH = 8192
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     runs = []
     with TileDB.open(a.db, readonly=True) as db:
-        saved = db.ensure_index()
+        saved = ivf_index(db)
         ivf = faiss.extract_index_ivf(saved.index)
         tuned, nlist = int(ivf.nprobe), int(ivf.nlist)
         pca = faiss.downcast_VectorTransform(saved.index.chain.at(0))
