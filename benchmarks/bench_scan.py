@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from bench_tuner_queries import exact_first, ivf_index, real_cells  # noqa: E402
+import common
+from bench_tuner_queries import exact_first, ivf_index, real_cells
 
 NAME = "bench_scan"
 BATCH = 8192
@@ -69,6 +69,7 @@ def build(kind, quantizer, nlist, pca, rows, ids, rng, train_n=65536):
 def search(index, pca, rows, q, shortlist, k, nprobe, list_order=True):
     """k nearest by exact cost among the shortlist the codes give (as make gets them)."""
     import faiss
+
     from mosaicdb.index.listorder import search_in_list_order
     from mosaicdb.index.refine import rerank
     index.nprobe = nprobe
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.queries, a.exact_queries, a.repeat, a.kinds, a.shortlist, a.pca_dims = 8192, 512, 1, "fp16", "32", "32"
     import faiss
+
     from mosaicdb import TileDB
     faiss.omp_set_num_threads(2)
     data = common.data_dir(a.data)
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
         print(f"{a.db}: {len(ids):,} tiles, nlist {nlist}, tuned nprobe {tuned}, {len(q):,} real cells", flush=True)
 
         def record(label, kind, nprobe, shortlist, fn, extra=None):
-            w, c, (d, i) = measure(fn, a.repeat)
+            w, c, (d, _i) = measure(fn, a.repeat)
             n = len(sub)
             r1 = float((d[:n, 0] <= truth * (1 + 1e-5) + 1e-6).mean())
             r = {"setting": label, "kind": kind, "nprobe": nprobe, "shortlist": shortlist, "seconds": round(w, 3),
@@ -165,9 +167,9 @@ def main(argv=None) -> int:
 
         for nprobe in [int(x) for x in a.baseline_nprobe.split(",")]:
             record(f"ivf-flat nprobe {nprobe}, FAISS query order (before 17e)", "ivf", nprobe, a.k,
-                   lambda: search(ivf, pca, rows, q, a.k, a.k, nprobe, list_order=False), {"pca_dims": pca.d_out})
+                   lambda p=nprobe: search(ivf, pca, rows, q, a.k, a.k, p, list_order=False), {"pca_dims": pca.d_out})
             record(f"ivf-flat nprobe {nprobe}, list order", "ivf", nprobe, a.k,
-                   lambda: search(ivf, pca, rows, q, a.k, a.k, nprobe), {"pca_dims": pca.d_out})
+                   lambda p=nprobe: search(ivf, pca, rows, q, a.k, a.k, p), {"pca_dims": pca.d_out})
         spaces = [(pca, ivf.quantizer, [k for k in a.kinds.split(",") if k])]
         for dims in [int(x) for x in a.pca_dims.split(",") if x]:
             t0 = time.perf_counter()
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
                 for nprobe in [int(x) for x in a.nprobe.split(",")]:
                     for sl in [int(x) for x in a.shortlist.split(",")]:
                         record(f"{label} nprobe {nprobe} shortlist {sl}", kind, nprobe, sl,
-                               lambda: search(index, space, rows, q, sl, a.k, nprobe),
+                               lambda x=index, s=space, n=sl, p=nprobe: search(x, s, rows, q, n, a.k, p),
                                {"pca_dims": space.d_out, "build_seconds": round(bw, 1),
                                 "build_cpu_seconds": round(bc, 1)})
                 del index

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 NAME = "bench_tuner_queries"
 GRIDS = (32, 64, 128)
@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.queries, a.nprobe = 500, "4,16,64"
     import faiss
+
     from mosaicdb import TileDB
     from mosaicdb.index.ivfpq import index_space
     from mosaicdb.index.tuning import midpoint_queries, recall_at_1

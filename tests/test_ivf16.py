@@ -9,11 +9,11 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from mosaicdb import TileDB  # noqa: E402
-from mosaicdb.index import IndexOptions, VectorIndex, build_index  # noqa: E402
-from mosaicdb.index.faiss_index import IVF16_PCA_DIMS  # noqa: E402
-from mosaicdb.index.refine import rerank  # noqa: E402
-from mosaicdb.match.rerank import index_is_approximate  # noqa: E402
+from mosaicdb import TileDB
+from mosaicdb.index import IndexOptions, VectorIndex, build_index
+from mosaicdb.index.faiss_index import IVF16_PCA_DIMS
+from mosaicdb.index.refine import rerank
+from mosaicdb.match.rerank import index_is_approximate
 
 D, PCA = 64, 48
 
@@ -69,8 +69,8 @@ def test_recall_and_tuning_on_a_seeded_pool():
     if len(infos["tuning"]) > 1:  # the smallest nprobe that reaches the aim
         assert infos["tuning"][-2]["recall_at_1"] < 0.99
     q = pool(1000, seed=3)
-    d, i = matched(vi, by_id, q, 32)
-    ed, ei = brute(v, ids, q, 1)
+    _d, i = matched(vi, by_id, q, 32)
+    _ed, ei = brute(v, ids, q, 1)
     assert (i[:, 0] == ei[:, 0]).mean() >= 0.95
 
 

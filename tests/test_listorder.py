@@ -6,8 +6,8 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from mosaicdb.index import IndexOptions, build_index  # noqa: E402
-from mosaicdb.index.listorder import search_in_list_order  # noqa: E402
+from mosaicdb.index import IndexOptions, build_index
+from mosaicdb.index.listorder import search_in_list_order
 
 N, D = 6000, 24
 
@@ -47,8 +47,8 @@ def test_params_select_and_probe(ivf_index):
     banned = np.ascontiguousarray(ids[::3], dtype=np.int64)
     sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(banned), faiss.swig_ptr(banned)))
     params = faiss.SearchParametersIVF(sel=sel, nprobe=16)
-    d, i = search_in_list_order(vi.index, q, 10, params=params, batch=128)
-    ed, ei = faiss_order(vi.index, q, 10, params=params)
+    _d, i = search_in_list_order(vi.index, q, 10, params=params, batch=128)
+    _ed, ei = faiss_order(vi.index, q, 10, params=params)
     np.testing.assert_array_equal(i, ei)
     assert not np.isin(i, banned).any()
     plain = search_in_list_order(vi.index, q, 10, batch=128)[1]
@@ -56,7 +56,7 @@ def test_params_select_and_probe(ivf_index):
 
 
 def test_finish_applied_per_batch_in_given_order(ivf_index):
-    vi, pool, ids = ivf_index
+    vi, _pool, _ids = ivf_index
     q = clustered(200, 3)
     seen = []
 
@@ -64,7 +64,7 @@ def test_finish_applied_per_batch_in_given_order(ivf_index):
         seen.append(len(qs))
         return d[:, :2] + qs[:, :1] * 0, i[:, :2]  # the queries handed over are the batch's own
 
-    d, i = search_in_list_order(vi.index, q, 6, batch=64, finish=finish, k_out=2)
+    _d, i = search_in_list_order(vi.index, q, 6, batch=64, finish=finish, k_out=2)
     assert sum(seen) == 200 and max(seen) <= 64
     np.testing.assert_array_equal(i, faiss_order(vi.index, q, 6)[1][:, :2])
 
@@ -76,6 +76,6 @@ def test_vector_index_search_uses_it_and_matches(ivf_index, monkeypatch):
     real = faiss_index.search_in_list_order
     monkeypatch.setattr(faiss_index, "search_in_list_order", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q = clustered(500, 4)
-    d, i = vi.search(q, 7, device="cpu")
+    _d, i = vi.search(q, 7, device="cpu")
     assert calls
     np.testing.assert_array_equal(i, faiss_order(vi.index, q, 7)[1])

@@ -43,9 +43,9 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
     """How the index is built: kind (auto: exact up to flat_max tiles, IVF-Flat while its
-    vectors fit ivf_ram_max bytes, IVF-PQ beyond; ivf16 only when asked for), IVF lists and probes (0: chosen, nprobe
-    tuned to target_recall on recall_sample queries), IVF-PQ sub-quantizers and refine
-    shortlist factor (0: chosen), device."""
+    vectors fit ivf_ram_max bytes, IVF-PQ beyond; ivf16 only when asked for), IVF lists and
+    probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), IVF-PQ
+    sub-quantizers and refine shortlist factor (0: chosen), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
     ivf_ram_max: int = IVF_RAM_MAX  # bytes of IVF-Flat vectors + ids past which auto builds IVF-PQ
@@ -240,8 +240,9 @@ class VectorIndex:
                 return None  # files from different saves (a kill between the renames): rebuild
             if infos["kind"] in IVF_KINDS:
                 ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
-                if (infos["kind"] == "ivf16") != isinstance(_faiss().downcast_index(ivf), _faiss().IndexIVFScalarQuantizer):
-                    return None
+                half = isinstance(_faiss().downcast_index(ivf), _faiss().IndexIVFScalarQuantizer)
+                if half != (infos["kind"] == "ivf16"):
+                    return None  # infos that do not say what the file holds
                 nprobe = infos["params"].get("nprobe", ivf.nprobe)
                 if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
                     return None

@@ -13,6 +13,7 @@ scans a slice of the sorted queries per thread.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 
@@ -39,6 +40,7 @@ def search_in_list_order(index, queries: np.ndarray, k: int, *, params=None, bat
     `finish(queries, d, i) -> (d, i)`: applied to each round's results (e.g. an exact re-rank
     down to `k_out` columns)."""
     import faiss
+
     from .ivfpq import index_space
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(queries)
@@ -71,7 +73,7 @@ def search_in_list_order(index, queries: np.ndarray, k: int, *, params=None, bat
             xs, cls, cds = x[rows], cl[rows], cd[rows]
             cuts = np.linspace(0, len(rows), min(threads, len(rows)) + 1).astype(int)
             parts = [tuple(np.ascontiguousarray(a[lo:hi]) for a in (xs, cls, cds))
-                     for lo, hi in zip(cuts[:-1], cuts[1:])]
+                     for lo, hi in pairwise(cuts)]
             found = list(pool.map(scan, parts))  # FAISS releases the GIL: one slice per core
             d = np.concatenate([f[0] for f in found])
             i = np.concatenate([f[1] for f in found])
