@@ -29,10 +29,10 @@ KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
 # ivf16 (only when asked for): half-float vectors behind a PCA to at most this many dims (not
-# the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 7.0 CPU-s against 13.5
-# for ivf (8.6 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
-# 0.755 of the exact 32 (ivf: 0.884); on 50,000 tiles the matcher's mean cost +0.035 %
-# (benchmarks/bench_search_db.py, bench_scan.py; README: Index)
+# the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 4.4 CPU-s against 12.5
+# for ivf (8.2 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
+# 0.755 of the exact 32 (ivf: 0.884), and its tuner chose nprobe 64 (7.0 CPU-s); on 50,000
+# tiles the matcher's mean cost +0.035 % (benchmarks/bench_search_db.py, bench_scan.py; README)
 IVF16_PCA_DIMS = 24
 # auto builds IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids): 1 GiB is
 # ~5.3M tiles at the 48 PCA dims of the pyramid features (see README, Index)

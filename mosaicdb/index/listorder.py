@@ -5,7 +5,8 @@ photograph's cells row by row, a shuffled benchmark) every query reads its lists
 at a million tiles that traffic bounds the scan: 65,536 queries x 32 lists x ~244 vectors x
 192 bytes is ~100 GB. Taken in the order of their nearest list, neighbouring queries probe
 mostly the same lists while they are still in cache: the scan of 65,536 real cells against
-the 1M pool (nprobe 32) went from 9.3 to 5.7 CPU-s, same results (issue 17, bench_search_db).
+the 1M pool (nprobe 32, the scan alone on one thread) went from 9.3 to 5.7 CPU-s, same results;
+the whole search as make runs it from 12.5 to 8.2 CPU-s (issue 17e, bench_search_db).
 
 The coarse assignment is computed once here and given to FAISS (`search_preassigned`), which
 scans a slice of the sorted queries per thread.
