@@ -47,11 +47,18 @@ def target_cells(db, data: Path, names: list[str], per_side: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def matcher_search(db, index, queries: np.ndarray, k: int):
-    """(distances, ids) as `match` gets its first candidates."""
+def faiss_order_search(index, queries: np.ndarray, k: int):
+    """The search before issue 17e on an ivf index: FAISS's own search, the queries in the
+    order given (the baseline of the list-order scan)."""
+    return index.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def matcher_search(db, index, queries: np.ndarray, k: int, search=None):
+    """(distances, ids) as `match` gets its first candidates (`search`: another search than
+    the index's own, same signature)."""
     from mosaicdb.match.rerank import RERANK_FACTOR, index_is_approximate, rerank
     approximate = index_is_approximate(index)
-    d, i = index.search(queries, k * RERANK_FACTOR if approximate else k, device="cpu")
+    d, i = (search or index.search)(queries, k * RERANK_FACTOR if approximate else k, device="cpu")
     if approximate:
         d, i = rerank(db.features(), queries, d, i, k)
     return d, i
@@ -87,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=32, help="candidates per cell (mosaic make's -k)")
     ap.add_argument("--exact-queries", type=int, default=2048)
     ap.add_argument("--nprobe", default="8,16,32,64", help="other nprobe values to measure (IVF indexes)")
+    ap.add_argument("--also-kind", default="ivf16",
+                    help="also build an index of this kind over the database's features (in memory, never "
+                         "saved: the database is only read) and measure it the same way ('' to skip)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help="8,192 queries, 512 exact, one run each; without --db the 20,000-tile pool")
@@ -116,8 +126,8 @@ def main(argv=None) -> int:
                  "seconds_scaled_to_all": round(ex_w * len(q) / len(sub), 1)}
         print(f"exact: {len(sub)} queries {ex_w:.1f} s -> all {exact['seconds_scaled_to_all']} s", flush=True)
 
-        def run(label: str) -> dict:
-            w, c, (d, i) = timed(lambda: matcher_search(db, index, q, a.k), a.repeat)
+        def run(label: str, search=None) -> dict:
+            w, c, (d, i) = timed(lambda: matcher_search(db, index, q, a.k, search), a.repeat)
             r = {"setting": label, "seconds": round(w, 2), "cpu_seconds": round(c, 2),
                  "queries_per_s": round(len(q) / w), **recall(d, i, ex_d, ex_i),
                  "speedup_vs_exact": round(exact["seconds_scaled_to_all"] / w, 1), "loadavg": common.loadavg()}
@@ -127,18 +137,54 @@ def main(argv=None) -> int:
             return r
 
         runs = [run("as the database chose")]
-        if index.infos["kind"] == "ivf":
-            import faiss
+        base = None
+        import faiss
+        if index.infos["kind"] in ("ivf", "ivf16", "ivfpq"):
             ivf = faiss.extract_index_ivf(index.index)
             chosen = int(ivf.nprobe)
             for nprobe in [int(x) for x in a.nprobe.split(",") if x]:
+                ivf.nprobe = nprobe
                 if nprobe != chosen:
-                    ivf.nprobe = nprobe
                     runs.append(run(f"nprobe {nprobe}"))
+                if index.infos["kind"] == "ivf":  # the same nprobe, FAISS's own query order
+                    runs.append(run(f"nprobe {nprobe}, FAISS query order (before 17e)",
+                                    lambda qs, k, device: faiss_order_search(index, qs, k)))
             ivf.nprobe = chosen
+            base = next((r for r in runs if r["setting"] == f"nprobe {chosen}, FAISS query order (before 17e)"), None)
+            for r in runs:
+                if base is not None:
+                    r["speedup_vs_faiss_order_at_chosen_nprobe"] = round(base["seconds"] / r["seconds"], 2)
+                    r["cpu_ratio_vs_faiss_order_at_chosen_nprobe"] = round(base["cpu_seconds"] / r["cpu_seconds"], 2)
+        other = None
+        if a.also_kind and a.also_kind != index.infos["kind"]:
+            from mosaicdb import feature_kinds
+            from mosaicdb.index import IndexOptions, build_index
+            c0, t0 = common.cpu_seconds(), time.perf_counter()
+            ids = db.ids()
+            built = build_index(None, ids, IndexOptions(kind=a.also_kind),
+                                pca_dims=feature_kinds.index_pca_dims(db.feature_spec, len(ids)), rows=db.features)
+            other = {k: built.infos.get(k) for k in ("kind", "params", "dim", "pca_dims", "recall_at_1", "tuning")}
+            other.update(build_seconds=round(time.perf_counter() - t0, 1),
+                         build_cpu_seconds=round(common.cpu_since(c0)["self"], 1))
+            print(f"built {a.also_kind}: {other['params']} pca {other['pca_dims']} in {other['build_seconds']} s",
+                  flush=True)
+            index, saved = built, index
+            runs.append(run(f"{a.also_kind} as tuned (built here)"))
+            bivf = faiss.extract_index_ivf(built.index)
+            tuned = int(bivf.nprobe)
+            for nprobe in [int(x) for x in a.nprobe.split(",") if x]:
+                if nprobe != tuned and built.infos["kind"] != "ivfpq":
+                    bivf.nprobe = nprobe
+                    runs.append(run(f"{a.also_kind} nprobe {nprobe} (built here)"))
+            bivf.nprobe = tuned
+            index = saved
+            for r in runs:
+                if base is not None and "speedup_vs_faiss_order_at_chosen_nprobe" not in r:
+                    r["speedup_vs_faiss_order_at_chosen_nprobe"] = round(base["seconds"] / r["seconds"], 2)
+                    r["cpu_ratio_vs_faiss_order_at_chosen_nprobe"] = round(base["cpu_seconds"] / r["cpu_seconds"], 2)
         n_tiles = len(db)
         infos = {k: index.infos.get(k) for k in ("kind", "params", "dim", "pca_dims", "recall_at_1")}
-    res = {"db": a.db, "tiles": n_tiles, "index": infos, "index_load_seconds": round(load_s, 2),
+    res = {"db": a.db, "tiles": n_tiles, "index": infos, "also_built": other, "index_load_seconds": round(load_s, 2),
            "queries": len(q), "k": a.k, "targets": a.targets, "exact": exact, "runs": runs,
            "goal": {"seconds": GOAL_SECONDS, "recall_at_1": GOAL_RECALL, "met_as_chosen": runs[0]["meets_goal"]},
            "loadavg_before": la0, "loadavg_after": common.loadavg()}

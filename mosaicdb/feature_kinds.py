@@ -218,7 +218,9 @@ def index_outdated(infos: dict, spec: FeatureSpec, n_tiles: int) -> bool:
             return True
     elif sig != signature(spec):
         return True
-    has, want = int(infos.get("pca_dims", 0)), index_pca_dims(spec, n_tiles)
+    # an index kind may reduce further than the features ask (ivf16): it records what they asked
+    has = int(infos.get("features_pca_dims", infos.get("pca_dims", 0)))
+    want = index_pca_dims(spec, n_tiles)
     if has != want:
         return True
     built = max(int(infos.get("ntotal_at_build", n_tiles)), 1)

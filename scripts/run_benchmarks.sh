@@ -24,7 +24,7 @@ for a in "$@"; do
 done
 
 # in the pipeline's order; quick-mode arguments of each (every benchmarks/bench_*.py must be here)
-ORDER=(bench_ingest bench_index bench_search_db bench_match bench_match_vs_main bench_quality bench_unique bench_many bench_render bench_print bench_print_codecs bench_serve bench_generate bench_generative bench_automosaic)
+ORDER=(bench_ingest bench_index bench_search_db bench_tuner_queries bench_scan bench_match bench_match_vs_main bench_quality bench_unique bench_many bench_render bench_print bench_print_codecs bench_serve bench_generate bench_generative bench_automosaic)
 declare -A QUICK=(
   [bench_ingest]="--limit 5000"
   [bench_index]="--limit 10000 --big-pool 0 --queries 8192 --kodak-queries 1024"
@@ -36,6 +36,8 @@ declare -A QUICK=(
   [bench_unique]="--quick"
   [bench_many]="--quick"
   [bench_search_db]="--quick"
+  [bench_tuner_queries]="--quick"
+  [bench_scan]="--quick"
   [bench_match_vs_main]="--quick"
   [bench_quality]="--quick"
   [bench_generative]="--quick"

@@ -18,14 +18,22 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
+from .listorder import search_in_list_order
 from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
 MAX_INFOS_BYTES = 16 << 20  # index_infos.json (a database is untrusted input: bounded before reading)
 SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k queries a call
-KINDS = ("auto", "flat", "ivf", "ivfpq")
+KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
+IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
+# ivf16 (only when asked for): half-float vectors behind a PCA to at most this many dims (not
+# the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 4.4 CPU-s against 12.5
+# for ivf (8.2 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
+# 0.755 of the exact 32 (ivf: 0.884), and its tuner chose nprobe 64 (7.0 CPU-s); on 50,000
+# tiles the matcher's mean cost +0.035 % (benchmarks/bench_search_db.py, bench_scan.py; README)
+IVF16_PCA_DIMS = 24
 # auto builds IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids): 1 GiB is
 # ~5.3M tiles at the 48 PCA dims of the pyramid features (see README, Index)
 IVF_RAM_MAX = 1 << 30
@@ -35,9 +43,9 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
     """How the index is built: kind (auto: exact up to flat_max tiles, IVF-Flat while its
-    vectors fit ivf_ram_max bytes, IVF-PQ beyond), IVF lists and probes (0: chosen, nprobe
-    tuned to target_recall on recall_sample queries), IVF-PQ sub-quantizers and refine
-    shortlist factor (0: chosen), device."""
+    vectors fit ivf_ram_max bytes, IVF-PQ beyond; ivf16 only when asked for), IVF lists and
+    probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), IVF-PQ
+    sub-quantizers and refine shortlist factor (0: chosen), device."""
     kind: str = "auto"
     flat_max: int = 20_000          # pools up to this size get exact search
     ivf_ram_max: int = IVF_RAM_MAX  # bytes of IVF-Flat vectors + ids past which auto builds IVF-PQ
@@ -159,18 +167,24 @@ class VectorIndex:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
             else:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
-            if self.infos.get("kind") in ("ivf", "ivfpq"):
+            if self.infos.get("kind") in (*IVF_KINDS, "ivfpq"):
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
                 params = faiss.SearchParameters(sel=sel)
             index = self.index  # GPU indexes take no selectors
         else:
             index = self._for_search(device)
-        for s in range(0, n, batch):
-            d, i = index.search(queries[s:s + batch], inner_k, params=params)
-            if rows is not None:
-                d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
-            dist[s:s + batch], ids[s:s + batch] = d, i
+        if self.infos.get("kind") in (*IVF_KINDS, "ivfpq") and index is self.index:
+            # on the CPU, IVF lists are scanned with the queries in list order (listorder.py)
+            finish = None if rows is None else (lambda qs, d, i: _rerank()(rows, qs, d, i, k))
+            dist, ids = search_in_list_order(index, queries, inner_k, params=params, batch=batch,
+                                             finish=finish, k_out=k)
+        else:
+            for s in range(0, n, batch):
+                d, i = index.search(queries[s:s + batch], inner_k, params=params)
+                if rows is not None:
+                    d, i = _rerank()(rows, queries[s:s + batch], d, i, k)
+                dist[s:s + batch], ids[s:s + batch] = d, i
         if params is not None:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
@@ -224,8 +238,11 @@ class VectorIndex:
             index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
                 return None  # files from different saves (a kill between the renames): rebuild
-            if infos["kind"] == "ivf":
+            if infos["kind"] in IVF_KINDS:
                 ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
+                half = isinstance(_faiss().downcast_index(ivf), _faiss().IndexIVFScalarQuantizer)
+                if half != (infos["kind"] == "ivf16"):
+                    return None  # infos that do not say what the file holds
                 nprobe = infos["params"].get("nprobe", ivf.nprobe)
                 if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
                     return None
@@ -261,6 +278,9 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     d = int(vectors.shape[1] if vectors is not None else rows().shape[1])
     d_in = pca_dims if 0 < pca_dims < d else d  # what the inner index stores
     kind = ivfpq.resolve_kind(opts.kind, n, d_in, opts.flat_max, opts.ivf_ram_max)
+    features_pca = int(d_in if d_in != d else 0)  # the PCA the features ask for (feature_kinds)
+    if kind == "ivf16" and d_in != d:
+        d_in = min(d_in, IVF16_PCA_DIMS)
     if kind == "ivfpq":
         if rows is None:
             if not np.array_equal(ids, np.arange(n)):
@@ -279,11 +299,15 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     rng = np.random.default_rng(opts.seed)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     params: dict = {}
-    if kind == "ivf":
+    if kind in IVF_KINDS:
         nlist = opts.nlist or default_nlist(n)
         nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per list
         quantizer = faiss.IndexFlatL2(d_in)
-        index = ivf = faiss.IndexIVFFlat(quantizer, d_in, nlist, faiss.METRIC_L2)
+        if kind == "ivf":
+            index = ivf = faiss.IndexIVFFlat(quantizer, d_in, nlist, faiss.METRIC_L2)
+        else:
+            index = ivf = faiss.IndexIVFScalarQuantizer(quantizer, d_in, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                        faiss.METRIC_L2)
         train_n = min(n, 64 * nlist)
         ivf.cp.seed = opts.seed
         params = {"nlist": nlist, "trained_on": int(train_n)}
@@ -295,7 +319,7 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     if d_in != d:
         pca = faiss.PCAMatrix(d, d_in, 0, False)  # no whitening: distances stay (truncated) L2
         index = faiss.IndexPreTransform(pca, index)
-    if kind == "ivf" or pca is not None:
+    if kind in IVF_KINDS or pca is not None:
         index.train(train)
     index.add_with_ids(vectors, ids.astype(np.int64))
     build_s = time.perf_counter() - t0
@@ -304,14 +328,15 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
         q = midpoint_queries(vectors, opts.recall_sample, rng)
         # recall of the index against exact search in the space it searches (after the PCA)
         space = (lambda x: pca.apply(x)) if pca is not None else (lambda x: x)
-        exact = exact_search(space(vectors), ids, space(q), 1)[0][:, 0]
-        if kind == "ivf":
+        first = _FirstFound(index, space(vectors), ids, q, space(q), exact_distances=kind == "ivf16")
+        exact = first.exact
+        if kind in IVF_KINDS:
             candidates = [opts.nprobe] if opts.nprobe else [1, 2, 4, 8, 16, 32, 64, 128, 256]
             for nprobe in candidates:
                 nprobe = min(nprobe, params["nlist"])
                 ivf.nprobe = nprobe
                 t1 = time.perf_counter()
-                recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
+                recall = recall_at_1(first(), exact)
                 tuning.append({"nprobe": nprobe, "recall_at_1": recall,
                                "ms_per_1k_queries": 1000 * (time.perf_counter() - t1) / len(q) * 1000})
                 if recall >= opts.target_recall or nprobe >= params["nlist"]:
@@ -321,12 +346,38 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
             recall = recall_at_1(index.search(q, 1)[0][:, 0], exact)
     infos = {
         "kind": kind, "params": params, "dim": int(d), "pca_dims": int(d_in if pca is not None else 0),
+        "features_pca_dims": features_pca,
         "ntotal": int(index.ntotal),
         "build_seconds": round(build_s, 3), "recall_at_1": recall, "recall_sample": int(min(opts.recall_sample, n)),
         "recall_queries": "midpoints of random pairs of pool vectors", "tuning": tuning,
         "options": asdict(opts), "faiss_version": faiss.__version__, "built_at": time.time(), **(extra or {}),
     }
     return VectorIndex(index, infos, np.sort(ids.astype(np.int64)), rows=rows)
+
+
+class _FirstFound:
+    """Distance to the first result of the index for each tuning query, and (`exact`) to the
+    first of exact search in the space the index searches. With `exact_distances` (ivf16,
+    whose distances come from half floats) both are recomputed from the float vectors, so a
+    query counts as found when the index returns its nearest vector, not off by rounding."""
+
+    def __init__(self, index, space_vectors, ids, q, space_q, exact_distances: bool):
+        self.index, self.sv, self.q, self.sq, self.recompute = index, space_vectors, q, space_q, exact_distances
+        self.sorter = np.argsort(ids, kind="stable")
+        self.sorted_ids = ids[self.sorter]
+        d, i = exact_search(space_vectors, ids, space_q, 1)
+        self.exact = self._distance(d[:, 0], i[:, 0])
+
+    def _distance(self, d: np.ndarray, found: np.ndarray) -> np.ndarray:
+        if not self.recompute:
+            return d
+        at = np.clip(np.searchsorted(self.sorted_ids, found), 0, len(self.sorted_ids) - 1)
+        diff = self.sq.astype(np.float64) - self.sv[self.sorter[at]]
+        return np.where(found >= 0, (diff * diff).sum(axis=1), np.inf).astype(np.float32)
+
+    def __call__(self) -> np.ndarray:
+        d, i = self.index.search(self.q, 1)
+        return self._distance(d[:, 0], i[:, 0])
 
 
 def _utf8(path) -> bool:

@@ -60,7 +60,9 @@ def pq_bytes(n: int, m: int, nlist: int, dim: int) -> int:
 
 def resolve_kind(kind: str, n: int, dim: int, flat_max: int, ivf_ram_max: int) -> str:
     """The kind `auto` stands for: exact up to flat_max vectors, IVF-Flat while its vectors fit
-    ivf_ram_max bytes, IVF-PQ beyond. Any other kind is itself."""
+    ivf_ram_max bytes, IVF-PQ beyond. Any other kind is itself. (ivf16 is not chosen by auto:
+    at 1M tiles it tuned to nprobe 64, 1.8x fewer CPU-s than ivf before list order, and its 32
+    candidates held 0.755 of the exact 32 against ivf's 0.884; README, Index.)"""
     if kind != "auto":
         return kind
     if n <= flat_max:

@@ -17,6 +17,8 @@ RERANK_FACTOR = 1  # candidates searched per candidate kept, when the index is a
 
 
 def index_is_approximate(index) -> bool:
-    """Whether the index's distances differ from the full vectors' (a PCA in front of it, and
-    no refine step of its own: the IVF-PQ kind returns exact distances already)."""
-    return int(index.infos.get("pca_dims", 0) or 0) > 0 and not index.refines
+    """Whether the index's distances differ from the full vectors' (a PCA in front of it, or
+    half-float vectors (ivf16), and no refine step of its own: the IVF-PQ kind returns exact
+    distances already)."""
+    reduced = int(index.infos.get("pca_dims", 0) or 0) > 0 or index.infos.get("kind") == "ivf16"
+    return reduced and not index.refines

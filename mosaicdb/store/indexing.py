@@ -95,8 +95,9 @@ class IndexLifecycle:
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
         kind = idx.infos["kind"]
         too_far = (kind == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
-                  (kind in ("ivf", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
-                  (kind == "ivf" and options.kind == "auto" and self._auto_kind(options, len(ids)) == "ivfpq")
+                  (kind in ("ivf", "ivf16", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
+                  (kind in ("ivf", "ivf16") and options.kind == "auto"
+                   and self._auto_kind(options, len(ids)) == "ivfpq")
         if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
