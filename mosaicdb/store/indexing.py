@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
-from ..index.ivfpq import resolve_kind
+from ..index.ivfpq import MIN_VECTORS, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class IndexLifecycle:
     def load_index(self) -> VectorIndex | None:
         """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
-            self._index = VectorIndex.load(self.index_dir, rows=self.features)
+            self._index = VectorIndex.load(self.index_dir, rows=self.features, dim=self.dim)
         return self._index
 
     def index_stale(self) -> bool:
@@ -85,7 +86,7 @@ class IndexLifecycle:
         idx = self.load_index()
         if idx is not None and options is None:
             try:
-                options = IndexOptions(**idx.infos.get("options", {}))
+                options = self._saved_options_that_fit(IndexOptions(**idx.infos.get("options", {})))
             except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
                 idx = None
         options = options or IndexOptions()
@@ -107,6 +108,16 @@ class IndexLifecycle:
         idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
         idx.save(self.index_dir)
         return idx.infos
+
+    def _saved_options_that_fit(self, options: IndexOptions) -> IndexOptions:
+        """The options an index was built with, to rebuild it after the pool changed; an ivfpq
+        index over a pool that shrank below what ivfpq trains on becomes kind auto (nobody asked
+        for ivfpq now: refusing would fail `db remove` or `make` with an option never given)."""
+        if options.kind == "ivfpq" and len(self) < MIN_VECTORS:
+            log.warning("%s has %d tiles now, too few for its ivfpq index: rebuilding it as kind auto",
+                        self.path, len(self))
+            return replace(options, kind="auto", pq_m=0, refine_factor=0, nlist=0, nprobe=0)
+        return options
 
     def _auto_kind(self, options: IndexOptions, n: int) -> str:
         """The kind `auto` builds for n tiles of this database's features."""
