@@ -88,6 +88,9 @@ def output_paths(targets: list[Path], out: Path, fmt_suffix: str) -> list[Path]:
         return [out]
     if out.suffix and not out.is_dir():
         raise UsageError(f"--out {out}: several targets need a folder for --out, not a file name")
+    if not out.is_dir() and (out.exists() or out.is_symlink()):  # a file, /dev/null, a dangling link
+        raise UsageError(f"--out {out} exists and is not a folder: give a folder for the outputs"
+                         + ("" if len(targets) > 1 else ", or a file name with an image suffix (e.g. .jpg)"))
     names, paths = set(), []
     for t in targets:
         stem, n = t.stem, 1
