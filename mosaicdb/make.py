@@ -17,7 +17,7 @@ import numpy as np
 from . import assignment as asg
 from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles, check_regular_file, refuse_overwriting_input
+from .io import AtomicFiles, check_regular_file, refuse_inside, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
@@ -151,6 +151,7 @@ class Maker:
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
+            refuse_inside([out], self.db.path)
             refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
             asg.check_sidecars_free(out)
         target = load_target(target_path)
