@@ -210,10 +210,9 @@ class VectorIndex:
             group.commit(order=[folder / "index_infos.json"])
 
     @classmethod
-    def load(cls, folder: Path, rows=None, dim: int | None = None) -> "VectorIndex | None":
+    def load(cls, folder: Path, rows=None) -> "VectorIndex | None":
         """The index saved in `folder`, or None when it is missing, unreadable or half-saved.
-        `rows`: () -> the full vectors by tile id, which an ivfpq index refines from; `dim`: the
-        vectors' dimension (an index over others is no usable index: FAISS asserts on search)."""
+        `rows`: () -> the full vectors by tile id, which an ivfpq index refines from."""
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
         try:
@@ -223,8 +222,6 @@ class VectorIndex:
                     and infos.get("kind") in BUILT_KINDS and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
             index = read_faiss(folder / "index.faiss")
-            if dim is not None and index.d != dim:
-                return None  # built for other features than the catalog names (it was edited)
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
                 return None  # files from different saves (a kill between the renames): rebuild
             if infos["kind"] == "ivf":

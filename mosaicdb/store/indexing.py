@@ -37,13 +37,14 @@ class IndexLifecycle:
     def load_index(self) -> VectorIndex | None:
         """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
-            self._index = VectorIndex.load(self.index_dir, rows=self.features, dim=self.dim)
+            self._index = VectorIndex.load(self.index_dir, rows=self.features)
         return self._index
 
     def index_stale(self) -> bool:
-        """Whether the index is missing or does not cover the catalog as it is now."""
+        """Whether the index is missing or does not cover the catalog as it is now (nor its
+        vectors' width: FAISS asserts on queries of another)."""
         idx = self.load_index()
-        return idx is None or idx.infos.get("catalog_version") != self.version
+        return idx is None or idx.infos.get("catalog_version") != self.version or idx.index.d != self.dim
 
     def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
         """Build the index from scratch (takes the write lock); returns its index_infos."""
@@ -98,7 +99,7 @@ class IndexLifecycle:
         too_far = (kind == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
                   (kind in ("ivf", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
                   (kind == "ivf" and options.kind == "auto" and self._auto_kind(options, len(ids)) == "ivfpq")
-        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
+        if too_far or idx.index.d != self.dim or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
