@@ -171,3 +171,19 @@ def test_turns_an_assignment_did_not_allow_are_damage(db40, target, tmp_path, or
                  ["print", tmp_path / "m.mosaic.json", "--size", "5cm", "--dpi", "72", "--out", tmp_path / "p.tif"]):
         res = invoke_cli(*args, code=2)
         assert f"turns its --orient {orient} does not allow" in res.output
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-such-host.invalid:6379"])
+def test_a_ray_address_where_nothing_answers_is_refused_before_ray_waits(address):
+    # Ray retried `--ray-address foo:1` for minutes (still waiting after 120 s)
+    from mosaicdb.generate.executors import init_ray
+
+    class Ray:
+        def is_initialized(self):
+            return False
+
+        def init(self, **kw):
+            raise AssertionError("ray.init reached: it would retry for minutes")
+
+    with pytest.raises(UsageError, match="nothing answers there"):
+        init_ray(Ray(), address, None)
