@@ -15,7 +15,6 @@ import numpy as np
 
 from .errors import UsageError
 from .io import AtomicFiles, UnsafeFile, read_regular_file
-from .orient import DEFAULT_ORIENT, ORIENTS
 
 FORMAT_VERSION = 2
 READS = (1, 2)
@@ -85,6 +84,8 @@ class AssignmentMeta:
             target = None if t is None else TargetInfo(str(t["path"]), str(t["sha256"]),
                                                        tuple(int(v) for v in t["size"]))
             match = d.get("match")
+            if match is not None and not isinstance(match, dict):
+                raise TypeError(f"match must be an object, not {type(match).__name__}")
             if isinstance(match, dict) and "resolved" in match:   # format 1: requested + resolved
                 match = {**{k: v for k, v in match.items() if k != "resolved"}, **match["resolved"]}
             db, uid, digest = d.get("db"), d.get("db_uuid"), d.get("tiles_digest")
@@ -234,20 +235,7 @@ def load(path) -> SavedAssignment:
                          f"({', '.join(map(str, READS))}): not a mosaic assignment, or from a newer mosaicdb")
     m = AssignmentMeta.from_json(meta, str(jpath))
     arrays = _load_arrays(npath, m.grid.rows, m.grid.cols)
-    _check_turns(arrays.get("orient"), m.match, npath)
     return SavedAssignment(m, **arrays)
-
-
-def _check_turns(orient, match: dict | None, npath: Path) -> None:
-    """Turns only of the kinds its matching allowed: `serve --recursive` refuses turned mosaics
-    by their --orient, and would draw unturned sub-mosaics under tiles turned behind its back."""
-    if orient is None or not isinstance(match, dict):
-        return
-    mode = match.get("orient", DEFAULT_ORIENT)
-    allowed = ORIENTS.get(mode) if isinstance(mode, str) else None
-    if allowed is not None and not np.isin(orient, allowed).all():
-        raise UsageError(f"assignment {npath} is damaged: orient holds turns its --orient {mode} does not allow; "
-                         "run `mosaic make` again")
 
 
 # the arrays of a rows x cols assignment: (dtype kinds allowed, trailing shape, itemsize at most)

@@ -155,22 +155,43 @@ def test_ray_actors_bigger_than_every_node_are_refused_before_waiting_forever(db
             pass
 
 
-@pytest.mark.parametrize("orient, turn", [("none", 1), ("mirror", 5)])
-def test_turns_an_assignment_did_not_allow_are_damage(db40, target, tmp_path, orient, turn):
-    # an orient array beside `orient: none` was drawn turned, and `serve --recursive` (which
-    # refuses turned mosaics by their --orient) then put unturned sub-mosaics under it (serve
-    # loads through the same `assignment.load`)
-    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "8", "--orient", orient,
-               "--min-distance", "0", "-q", code=0)
+def recursive_of(db: Path, saved_json: Path):
+    from mosaicdb import assignment as asg
+    from mosaicdb.recursive.options import RecursiveOptions
+    from mosaicdb.recursive.submosaic import SubMosaics
+    with TileDB.open(db, readonly=True) as d:
+        SubMosaics(d, asg.load(saved_json), RenderOptions(tile_px=8), RecursiveOptions(depth=1, grid=4), disk=False)
+
+
+def test_recursion_under_tiles_turned_behind_the_saved_orient_is_refused(db40, target, tmp_path):
+    # an orient array beside `orient: none` is drawn turned; `serve --recursive` refused turned
+    # mosaics by their saved --orient only, and drew unturned sub-mosaics under such tiles
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "8", "--min-distance", "0",
+               "-q", code=0)
+    recursive_of(db40, tmp_path / "m.mosaic.json")   # unturned: fine
     npz = tmp_path / "m.mosaic.npz"
     arrays = dict(np.load(npz))
-    turns = arrays.get("orient", np.zeros(arrays["tile_ids"].shape, np.uint8))
-    turns[0, 0] = turn
+    turns = np.zeros(arrays["tile_ids"].shape, np.uint8)
+    turns[0, 0] = 5
     np.savez(npz, **{**arrays, "orient": turns})
-    for args in (["render", tmp_path / "m.mosaic.json", "--out", tmp_path / "r.png"],
-                 ["print", tmp_path / "m.mosaic.json", "--size", "5cm", "--dpi", "72", "--out", tmp_path / "p.tif"]):
-        res = invoke_cli(*args, code=2)
-        assert f"turns its --orient {orient} does not allow" in res.output
+    with pytest.raises(UsageError, match="turns some of its tiles, and recursive sub-mosaics do not"):
+        recursive_of(db40, tmp_path / "m.mosaic.json")
+    invoke_cli("render", tmp_path / "m.mosaic.json", "--out", tmp_path / "r.png", "-q", code=0)  # drawn as saved
+
+
+@pytest.mark.parametrize("match, says", [(5, "match must be an object"), ("x", "match must be an object"),
+                                         ({"seed": float("inf")}, "saved match options are damaged")])
+def test_damaged_saved_match_options_are_named_as_the_assignment(db40, target, tmp_path, match, says):
+    # `match: 5` was an AttributeError (internal error) in serve --recursive; a bad saved seed
+    # was reported as the option "--seed", which nobody gave
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "--grid", "8", "--min-distance", "0",
+               "-q", code=0)
+    j = tmp_path / "m.mosaic.json"
+    meta = json.loads(j.read_text())
+    meta["match"] = match
+    j.write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match=says):
+        recursive_of(db40, j)
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-such-host.invalid:6379"])
