@@ -72,7 +72,11 @@ def expand_targets(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            for f in images:
+                if not f.is_file() and not f.is_dir():  # a FIFO, a device, a dangling link: named, not read
+                    log.warning("skipped %s: not a regular file", f)
+            out.extend(f for f in images if f.is_file())
         elif p.exists():
             out.append(p)
         else:

@@ -208,3 +208,19 @@ def test_a_ray_address_where_nothing_answers_is_refused_before_ray_waits(address
 
     with pytest.raises(UsageError, match="nothing answers there"):
         init_ray(Ray(), address, None)
+
+
+def test_special_files_in_a_target_folder_are_named_when_skipped(tmp_path, target, caplog):
+    # a FIFO or a link to a device among the images was skipped without a word
+    import os
+    from mosaicdb.make import expand_targets
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    shutil.copy(target, folder / "a.png")
+    os.mkfifo(folder / "f.png")
+    (folder / "z.jpg").symlink_to("/dev/zero")
+    (folder / "gone.png").symlink_to(tmp_path / "nothing")
+    with caplog.at_level("WARNING", logger="mosaicdb.make"):
+        assert expand_targets([folder]) == [folder / "a.png"]
+    skipped = sorted(r.getMessage() for r in caplog.records)
+    assert skipped == [f"skipped {folder / n}: not a regular file" for n in ("f.png", "gone.png", "z.jpg")]
