@@ -84,6 +84,8 @@ class AssignmentMeta:
             target = None if t is None else TargetInfo(str(t["path"]), str(t["sha256"]),
                                                        tuple(int(v) for v in t["size"]))
             match = d.get("match")
+            if match is not None and not isinstance(match, dict):
+                raise TypeError(f"match must be an object, not {type(match).__name__}")
             if isinstance(match, dict) and "resolved" in match:   # format 1: requested + resolved
                 match = {**{k: v for k, v in match.items() if k != "resolved"}, **match["resolved"]}
             db, uid, digest = d.get("db"), d.get("db_uuid"), d.get("tiles_digest")

@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import ImageError, MatchError, MosaicError, UsageError, check_int, choice
 from .generate import deps
 from .generate.executors import _mosaic_cause, init_ray
+from .io import refuse_inside
 from .make import Maker, check_batch, make_batch
 from .match.options import MatchOptions
 from .progress import progress_bar
@@ -101,10 +102,21 @@ class BatchRunner:
                 self._db = self._maker = None
                 self._ray = deps.ray()
                 self._ray_started = init_ray(self._ray, self.options.ray_address, self.options.ray_cpus)
+                self._check_actor_fits()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _check_actor_fits(self) -> None:
+        """An actor that reserves more CPUs than any node has is never scheduled: Ray waits for
+        it forever (seen: `--ray-cpus 1 --cpus-per-actor 4` hung)."""
+        per = self.options.cpus_per_actor
+        biggest = max((n.get("Resources", {}).get("CPU", 0) for n in self._ray.nodes() if n.get("Alive")), default=0)
+        if per > biggest:
+            raise UsageError(f"--cpus-per-actor {per}: no Ray node has that many CPUs (the largest has "
+                             f"{int(biggest)}): lower --cpus-per-actor" +
+                             ("" if self.options.ray_address else " or raise --ray-cpus"))
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -118,11 +130,16 @@ class BatchRunner:
         self._ray_started = False
 
     def make(self, targets, outs):
-        """Yield (target, MakeResult or ImageError/MatchError) per target, in order; a target
-        that fails to read or match does not stop the others (unless it is the only one)."""
+        """An iterator of (target, MakeResult or ImageError/MatchError) per target, in order; a
+        target that fails to read or match does not stop the others (unless it is the only one).
+        The outputs are checked here, before the first target runs."""
         targets, outs = [Path(t) for t in targets], [Path(o) for o in outs]
         if len(targets) != len(outs):
             raise UsageError(f"{len(targets)} targets but {len(outs)} output paths")
+        refuse_inside(outs, self.db_path)
+        return self._results(targets, outs)
+
+    def _results(self, targets: list[Path], outs: list[Path]):
         if self._maker is not None:
             yield from make_batch(self._maker, targets, outs)
             return

@@ -170,10 +170,11 @@ def from_meta(meta: dict) -> FeatureSpec:
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r} (made by a newer mosaicdb?)")
     p = meta["feature_params"]
-    levels = tuple((int(a), float(b)) for a, b in p["levels"])
-    s = int(p["samples"])
-    if not levels or len(levels) > 8 or not 1 <= s <= 64 or p["space"] not in ("rgb", "lab") \
-            or any(a < 1 or s % a or not 0 <= b <= 1000 for a, b in levels):
+    # check_* before any int(): int() of "16" or 16.7 would pass, of Infinity raise OverflowError
+    levels = tuple((check_int("levels", a, 1, 64), check_number("level weight", b, 0.0, 1000.0))
+                   for a, b in p["levels"])
+    s = check_int("samples", p["samples"], 1, 64)
+    if not levels or len(levels) > 8 or p["space"] not in ("rgb", "lab") or any(s % a for a, _ in levels):
         raise ValueError(f"bad feature_params {p}")
     spec = Pyramid(str(p["space"]), levels, s, check_int("pca_dims", p["pca_dims"], 0, 4096))
     if f"{spec.kind}" != kind:

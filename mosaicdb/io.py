@@ -233,6 +233,16 @@ def sweep_stale(folder, name: str | None = None) -> list[Path]:
     return removed
 
 
+def refuse_inside(outputs, folder, what: str = "the tile database") -> None:
+    """No file written (`outputs`) may land in `folder` or below it: a database's folder holds
+    only its own files (`db check` counts strays, `db repair` may remove them)."""
+    root = Path(folder).resolve()
+    for f in map(Path, outputs):
+        p = f.resolve()
+        if p == root or root in p.parents:
+            raise UsageError(f"--out {f} is inside {what} {folder}: write outputs outside that folder")
+
+
 def refuse_overwriting_input(outputs, inputs) -> None:
     """No file written (`outputs`) may replace an input."""
     for i in inputs:

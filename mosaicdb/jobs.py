@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import assignment as asg
 from .errors import UsageError
-from .io import refuse_overwriting_input
+from .io import refuse_inside, refuse_overwriting_input
 from .match.grid import make_grid, parse_grid
 from .match.options import DEFAULT_GRID
 from .render.options import RenderOptions
@@ -39,6 +39,7 @@ def render_file(assignment, out, *, db=None, db_fallback=None, progress: bool = 
                                            *([saved.meta.output] if saved.meta.output else []),
                                            *([saved.meta.target.path] if saved.meta.target else [])])
     with open_db(saved, db, db_fallback) as d:
+        refuse_inside([out], d.path)
         return render_saved(d, saved, out, ropts, progress)
 
 
@@ -118,6 +119,7 @@ class PrintJob:
             inputs = [assignment, *asg.sidecar_paths(assignment), *([saved.meta.output] if saved.meta.output else []),
                       *([saved.meta.target.path] if saved.meta.target else [])]
             refuse_overwriting_input(plan.outputs.all(), inputs)
+            refuse_inside(plan.outputs.all(), d.path)
         except BaseException:
             d.close()
             raise

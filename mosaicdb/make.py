@@ -17,7 +17,7 @@ import numpy as np
 from . import assignment as asg
 from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles, check_regular_file, refuse_overwriting_input
+from .io import AtomicFiles, check_regular_file, refuse_inside, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
@@ -72,7 +72,11 @@ def expand_targets(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            for f in images:
+                if not f.is_file() and not f.is_dir():  # a FIFO, a device, a dangling link: named, not read
+                    log.warning("skipped %s: not a regular file", f)
+            out.extend(f for f in images if f.is_file())
         elif p.exists():
             out.append(p)
         else:
@@ -88,6 +92,9 @@ def output_paths(targets: list[Path], out: Path, fmt_suffix: str) -> list[Path]:
         return [out]
     if out.suffix and not out.is_dir():
         raise UsageError(f"--out {out}: several targets need a folder for --out, not a file name")
+    if not out.is_dir() and (out.exists() or out.is_symlink()):  # a file, /dev/null, a dangling link
+        raise UsageError(f"--out {out} exists and is not a folder: give a folder for the outputs"
+                         + ("" if len(targets) > 1 else ", or a file name with an image suffix (e.g. .jpg)"))
     names, paths = set(), []
     for t in targets:
         stem, n = t.stem, 1
@@ -148,6 +155,7 @@ class Maker:
         out = Path(out) if out is not None else None
         if out is not None:
             output_kind(out)
+            refuse_inside([out], self.db.path)
             refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
             asg.check_sidecars_free(out)
         target = load_target(target_path)

@@ -164,11 +164,12 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     results = []
     with BatchRunner(db_path, mopts, ropts, bopts, progress=not quiet, hybrid=hybrid, maker=maker,
                      maker_option=maker_option) as runner:
-        # only once the database and options passed: a failed run leaves no empty folder
+        made = runner.make(paths, outs)
+        # only once the database, options and outputs passed: a failed run leaves no empty folder
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
         failed = []
-        for t, r in runner.make(paths, outs):
+        for t, r in made:
             if isinstance(r, MosaicError):
                 failed.append(t)
                 echo(f"error: {t}: {r}", err=True)

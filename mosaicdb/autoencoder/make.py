@@ -21,7 +21,7 @@ from .. import assignment as asg
 from ..color import transfer
 from ..errors import UsageError
 from ..io import AtomicFiles
-from ..make import MakeResult, refuse_overwriting_input
+from ..make import MakeResult, refuse_inside, refuse_overwriting_input
 from ..match.grid import cell_data, load_target, make_grid, resample_cells
 from ..match.options import DEFAULT_GRID, MatchOptions
 from ..progress import progress_bar
@@ -117,6 +117,7 @@ class AutoMaker:
                              "beside it")
         out = Path(out)
         output_kind(out)
+        refuse_inside([out], self.pool.path)
         refuse_overwriting_input([out, *asg.sidecar_paths(out), asg.metrics_path(out)], [target_path])
         asg.check_sidecars_free(out)
         target = load_target(target_path)

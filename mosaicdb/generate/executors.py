@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from dataclasses import replace
 
 from ..errors import MosaicError, UsageError, choice
@@ -77,6 +78,8 @@ def init_ray(ray, ray_address: str | None, ray_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    if ray_address:
+        probe_ray_address(ray_address)
     try:
         if ray_address:
             ray.init(address=ray_address, **kw)
@@ -85,6 +88,19 @@ def init_ray(ray, ray_address: str | None, ray_cpus: int | None) -> bool:
     except ConnectionError as e:
         raise UsageError(f"--ray-address {ray_address}: cannot join the Ray cluster ({e})") from None
     return True
+
+
+def probe_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must accept a connection: Ray retries an
+    unreachable one for minutes (seen: `--ray-address foo:1` still waiting after 120 s)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", "local" and the like: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); check the "
+                         "head node's address and port, or use auto on a cluster node") from None
 
 
 class RayExecutor:

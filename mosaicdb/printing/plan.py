@@ -92,6 +92,8 @@ def resolve_outputs(out, name: str, layout: PanelLayout, proof: bool) -> Outputs
     else:
         folder, base, single = out, name, f"{name}.tif"
         make = not out.is_dir()
+        if make and (out.exists() or out.is_symlink()):  # e.g. /dev/null: a folder cannot be made there
+            raise UsageError(f"--out {out} exists and is not a folder: give a folder, or a NAME.tif file")
         parent = out.parent if str(out.parent) else Path(".")
         if make and not parent.is_dir():
             raise UsageError(f"--out {out}: folder {parent} does not exist")

@@ -44,7 +44,10 @@ NODE_CACHE_BYTES = 256 << 20     # sub-assignments kept in memory (~150 KB each 
 def sub_match_options(parent: dict | None, grid: int) -> MatchOptions:
     """The mosaic's own match options, on a grid x grid sub-mosaic. A mosaic whose tiles may be
     turned (--orient) is refused: each sub-mosaic would have to turn with its tile."""
-    mopts = MatchOptions.from_json(parent or {})
+    try:
+        mopts = MatchOptions.from_json(parent or {})
+    except UsageError as e:  # a saved file's value, not an option given now: say where it comes from
+        raise UsageError(f"this mosaic's saved match options are damaged ({e}); run `mosaic make` again") from None
     if mopts.orient != "none":
         raise UsageError(f"this mosaic was matched with --orient {mopts.orient}: its tiles are turned, and "
                          "recursive sub-mosaics are not; serve it without --recursive, or make it without --orient")
@@ -99,6 +102,9 @@ class SubMosaics:
                  pixel_cache: PixelCache | None = None, budget: int = NODE_CACHE_BYTES, disk: bool = True):
         self.db, self.opts = db, opts
         self.mopts = sub_match_options(parent.meta.match, opts.grid)
+        if parent.orient is not None:  # turned whatever its saved options say (edited, or made by the API)
+            raise UsageError("this mosaic's assignment turns some of its tiles, and recursive sub-mosaics do not "
+                             "turn: serve it without --recursive")
         try:
             self.mopts.resolved(opts.grid, opts.grid, max(0, len(db) - 1))
         except MatchError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import exact_search
-from ..index.ivfpq import resolve_kind
+from ..index.ivfpq import MIN_VECTORS, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ class IndexLifecycle:
         return self._index
 
     def index_stale(self) -> bool:
-        """Whether the index is missing or does not cover the catalog as it is now."""
+        """Whether the index is missing or does not cover the catalog as it is now (nor its
+        vectors' width: FAISS asserts on queries of another)."""
         idx = self.load_index()
-        return idx is None or idx.infos.get("catalog_version") != self.version
+        return idx is None or idx.infos.get("catalog_version") != self.version or idx.index.d != self.dim
 
     def build_index(self, options: IndexOptions | None = None, progress: bool = False) -> dict:
         """Build the index from scratch (takes the write lock); returns its index_infos."""
@@ -85,7 +87,7 @@ class IndexLifecycle:
         idx = self.load_index()
         if idx is not None and options is None:
             try:
-                options = IndexOptions(**idx.infos.get("options", {}))
+                options = self._saved_options_that_fit(IndexOptions(**idx.infos.get("options", {})))
             except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
                 idx = None
         options = options or IndexOptions()
@@ -98,7 +100,7 @@ class IndexLifecycle:
                   (kind in ("ivf", "ivf16", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
                   (kind in ("ivf", "ivf16") and options.kind == "auto"
                    and self._auto_kind(options, len(ids)) == "ivfpq")
-        if too_far or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
+        if too_far or idx.index.d != self.dim or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
         missing = np.setdiff1d(ids, idx.ids)
         extra = np.setdiff1d(idx.ids, ids)
@@ -108,6 +110,16 @@ class IndexLifecycle:
         idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
         idx.save(self.index_dir)
         return idx.infos
+
+    def _saved_options_that_fit(self, options: IndexOptions) -> IndexOptions:
+        """The options an index was built with, to rebuild it after the pool changed; an ivfpq
+        index over a pool that shrank below what ivfpq trains on becomes kind auto (nobody asked
+        for ivfpq now: refusing would fail `db remove` or `make` with an option never given)."""
+        if options.kind == "ivfpq" and len(self) < MIN_VECTORS:
+            log.warning("%s has %d tiles now, too few for its ivfpq index: rebuilding it as kind auto",
+                        self.path, len(self))
+            return replace(options, kind="auto", pq_m=0, refine_factor=0, nlist=0, nprobe=0)
+        return options
 
     def _auto_kind(self, options: IndexOptions, n: int) -> str:
         """The kind `auto` builds for n tiles of this database's features."""
