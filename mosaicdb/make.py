@@ -222,7 +222,10 @@ class Maker:
         from .recursive.flatten import flatten
         from .recursive.submosaic import SubMosaics
         subs = SubMosaics(self.db, saved, ropts, self.recursive)
-        return flatten(subs, saved, self.progress)
+        try:
+            return flatten(subs, saved, self.progress)
+        finally:
+            subs.close()
 
     def _metrics(self, saved, image, ropts, warnings, generated=None) -> dict:
         """Metrics, or a record of why they could not be computed: the mosaic itself is fine."""

@@ -159,13 +159,9 @@ def recursive_of(db: Path, saved_json: Path):
     from mosaicdb import assignment as asg
     from mosaicdb.recursive.options import RecursiveOptions
     from mosaicdb.recursive.submosaic import SubMosaics
-    import threading
     with TileDB.open(db, readonly=True) as d:
-        SubMosaics(d, asg.load(saved_json), RenderOptions(tile_px=8), RecursiveOptions(depth=1, grid=4), disk=False)
-        # its warm-up thread searches the database: closing that under it crashed sqlite
-        for t in threading.enumerate():
-            if t.name == "submosaic-warm-up":
-                t.join()
+        SubMosaics(d, asg.load(saved_json), RenderOptions(tile_px=8), RecursiveOptions(depth=1, grid=4),
+                   disk=False).close()   # its warm-up searches the database: closing that under it crashed sqlite
 
 
 def test_recursion_under_tiles_turned_behind_the_saved_orient_is_refused(db40, target, tmp_path):

@@ -43,6 +43,7 @@ def test_every_cell_is_its_tiles_sub_mosaic(made, static):  # noqa: F811
                 assert np.array_equal(flat.target_mean[r * G:(r + 1) * G, c * G:(c + 1) * G], sub.target_mean)
         assert subs.loaded > 0 and subs.computed == 0   # made by `make`, read back from DB/recursive/
         assert flat.meta.tiles_digest == db.tiles_digest(flat.tile_ids)
+        subs.close()
 
 
 def test_the_static_output_is_the_viewers_deepest_level(static):

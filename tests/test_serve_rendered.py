@@ -325,6 +325,30 @@ def test_draw_composes_children_exactly(made):
         left = sub_render(db, subs.node(int(saved.tile_ids[0, 0])).cells.saved, T)
         right = sub_render(db, subs.node(int(saved.tile_ids[0, 1])).cells.saved, T)
         assert np.array_equal(out[:, :50], left[:90, c - 50:]) and np.array_equal(out[:, 50:], right[:90, :70])
+        subs.close()
+
+
+def test_closing_sub_mosaics_waits_for_the_matches_that_read_the_database(made, monkeypatch):
+    """The warm-up (and any sub-mosaic being matched) searches the database on another thread:
+    closing the database under it could crash sqlite, so close() waits for them."""
+    import threading
+    import time
+
+    from mosaicdb.recursive import submosaic
+    real_match, ended = submosaic.match, threading.Event()
+
+    def slow_match(*a, **kw):
+        time.sleep(0.5)
+        try:
+            return real_match(*a, **kw)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(submosaic, "match", slow_match)
+    with TileDB.open(made["db"], readonly=True) as db:
+        subs = SubMosaics(db, made["saved"], RenderOptions(tile_px=T), RecursiveOptions(depth=1, grid=G), disk=False)
+        subs.close()
+        assert ended.is_set()
 
 
 def test_a_stored_tiff_keeps_its_levels_under_recursion(made, tmp_path):

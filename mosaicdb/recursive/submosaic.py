@@ -126,7 +126,19 @@ class SubMosaics:
         self.loaded = 0
         # the first match of a process loads numba's compiled kernels and warms FAISS (~1 s):
         # done now, beside serving, rather than inside the first view of a sub-mosaic
-        threading.Thread(target=self._warm_up, name="submosaic-warm-up", daemon=True).start()
+        self._warm = threading.Thread(target=self._warm_up, name="submosaic-warm-up", daemon=True)
+        self._warm.start()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait for the warm-up and any sub-mosaic being matched: both read the database, and
+        closing it under them can crash sqlite. Later matches wait for ever (the database is
+        going away). Call before closing the database."""
+        deadline = time.monotonic() + timeout
+        self._warm.join(timeout)
+        for _ in range(MATCH_SLOTS):  # every slot taken: the matches in flight have ended
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                log.warning("a sub-mosaic was still being matched after %.0f s while closing", timeout)
+                return
 
     def _warm_up(self) -> None:
         try:

@@ -104,5 +104,7 @@ class RenderedSource(TileSource):
         return d
 
     def close(self) -> None:
+        if self.subs is not None:  # its matches read the database the caller closes next
+            self.subs.close()
         if self.stored is not None:
             self.stored.close()
