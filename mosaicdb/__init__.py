@@ -8,14 +8,17 @@ The Python API in a few lines (see README, "Python API"):
         result = Maker(db, MatchOptions(grid="64"), RenderOptions(tile_px=16)).make("target.jpg", "mosaic.png")
 """
 from ._version import __version__
-from .store import TileDB
 
 __all__ = ["TileDB", "Maker", "MatchOptions", "RenderOptions", "__version__"]
 
 
 def __getattr__(name):
-    # Maker and the options load the matching and rendering stack: only when asked for, so
-    # `import mosaicdb` (and the CLI's start) stays light.
+    # Each loads part of the stack (TileDB: numpy, sqlite, the store; Maker and the options: the
+    # matching and rendering stack): only when asked for, so `import mosaicdb` stays light and
+    # `python -m mosaicdb` reaches its Ctrl-C handling before anything heavy is imported.
+    if name == "TileDB":
+        from .store import TileDB
+        return TileDB
     if name == "Maker":
         from .make import Maker
         return Maker

@@ -3,7 +3,7 @@
 This is the program's entry point, not part of the library: nothing in `mosaicdb` imports
 it, so the library itself still never imports click (tests/test_architecture.py).
 """
-from mosaicdb_cli.main import main
+from mosaicdb_cli.entry import main
 
 if __name__ == "__main__":
     main()

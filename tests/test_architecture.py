@@ -124,7 +124,7 @@ def test_only_the_entry_point_reaches_the_cli():
     hits = [str(p.relative_to(ROOT)) for p in PKG.rglob("*.py")
             if p.name != "__main__.py" and re.search(r"^\s*(import|from)\s+mosaicdb_cli", p.read_text(), re.M)]
     assert not hits, f"the library imports the CLI: {hits}"
-    assert "from mosaicdb_cli.main import main" in (PKG / "__main__.py").read_text()
+    assert "from mosaicdb_cli.entry import main" in (PKG / "__main__.py").read_text()
 
 
 def test_importing_the_library_loads_no_click():

@@ -178,3 +178,34 @@ def test_shell_completion():
                         env={"_MOSAIC_COMPLETE": "bash_complete", "COMP_WORDS": "mosaic db st", "COMP_CWORD": "2"})
     assert "plain,stats" in res.output.splitlines()
     assert 'eval "$(_MOSAIC_COMPLETE=bash_source mosaic)"' in (ROOT / "README.md").read_text()
+
+
+# ---- Ctrl-C at any moment, even while Python is still loading the command line ------------------
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08])
+def test_ctrl_c_while_the_program_loads_shows_no_traceback(tmp_path, delay):
+    """The console script imports numpy, click and the library for ~0.25 s before any command
+    runs: a Ctrl-C then printed a KeyboardInterrupt traceback. The child says "go" once Python
+    has started and imported the entry point, as the installed console script does (an interrupt
+    inside Python's own start-up is not ours to handle), then calls it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import sys; sys.argv = ['mosaic', 'serve', 'none.mosaic.json']; "
+            "from mosaicdb_cli.entry import main; print('go', flush=True); main()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stdout.readline() == b"go\n"
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert "Traceback" not in err.decode(), err.decode()[-2000:]
+    assert p.returncode == 130 and err.decode().strip().splitlines()[-1] == "Interrupted.", (p.returncode, err.decode())
+
+
+def test_python_m_mosaicdb_runs_the_same_entry_point():
+    import tomllib
+    from pathlib import Path as P
+    root = P(__file__).resolve().parent.parent
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["mosaic"] == "mosaicdb_cli.entry:main"
+    assert "from mosaicdb_cli.entry import main" in (root / "mosaicdb" / "__main__.py").read_text()

@@ -69,7 +69,7 @@ def test_wheel_contents(dists):
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert sorted(top) == ["mosaicdb", "mosaicdb_cli"]  # no generic top-level `cli`
     assert not [n for n in names if n.startswith("cli/")]
-    assert "mosaic = mosaicdb_cli.main:main" in entry
+    assert "mosaic = mosaicdb_cli.entry:main" in entry
     osd = "mosaicdb/serve/openseadragon/"
     for f in ["mosaicdb/serve/static/index.html", "mosaicdb/serve/static/viewer.js", "mosaicdb/serve/static/viewer.css",
               osd + "openseadragon.min.js", osd + "LICENSE.txt", osd + "package.json", osd + "images/home_rest.png",
