@@ -17,7 +17,7 @@ import numpy as np
 from . import assignment as asg
 from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
-from .io import AtomicFiles, check_regular_file, refuse_inside, refuse_overwriting_input
+from .io import AtomicFiles, check_regular_file, read_regular_file, refuse_inside, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
 from .match.matcher import match
 from .match.options import DEFAULT_GRID, MatchOptions
@@ -68,22 +68,46 @@ def make_batch(maker: "Maker", targets: list[Path], outs: list[Path]):
 
 
 def expand_targets(paths) -> list[Path]:
-    """Files as given; folders contribute their image files (sorted, not recursive)."""
-    out = []
+    """Files as given; folders contribute their image files (sorted, not recursive), except the
+    mosaics made there before (an earlier run with --out in that folder), which a folder would
+    otherwise turn into targets. A file reached twice is made once."""
+    out, seen = [], set()
+
+    def add(f: Path) -> None:
+        key = f.resolve()
+        if key in seen:
+            log.warning("%s is given more than once: it is made once", f)
+            return
+        seen.add(key)
+        out.append(f)
+
     for p in map(Path, paths):
         if p.is_dir():
             images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             for f in images:
                 if not f.is_file() and not f.is_dir():  # a FIFO, a device, a dangling link: named, not read
                     log.warning("skipped %s: not a regular file", f)
-            out.extend(f for f in images if f.is_file())
+                elif f.is_file() and _made_by_us(f):
+                    log.warning("skipped %s: a mosaic made earlier (give it by name to use it as a target)", f)
+                elif f.is_file():
+                    add(f)
         elif p.exists():
-            out.append(p)
+            add(p)
         else:
             raise UsageError(f"target {p} does not exist")
     if not out:
         raise UsageError(f"no target images found in {', '.join(map(str, paths))}")
     return out
+
+
+def _made_by_us(image: Path) -> bool:
+    """Whether `image` is a mosaic whose assignment (OUT.mosaic.json beside it) names it as its
+    output. Read as untrusted: a small regular file, anything odd means no."""
+    try:
+        saved = json.loads(read_regular_file(asg.sidecar_paths(image)[0], 1 << 20))
+        return isinstance(saved, dict) and saved.get("output") == str(image.resolve())
+    except (OSError, ValueError, RecursionError, MosaicError):
+        return False
 
 
 def output_paths(targets: list[Path], out: Path, fmt_suffix: str) -> list[Path]:

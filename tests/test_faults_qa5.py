@@ -225,3 +225,34 @@ def test_special_files_in_a_target_folder_are_named_when_skipped(tmp_path, targe
         assert expand_targets([folder]) == [folder / "a.png"]
     skipped = sorted(r.getMessage() for r in caplog.records)
     assert skipped == [f"skipped {folder / n}: not a regular file" for n in ("f.png", "gone.png", "z.jpg")]
+
+
+def test_a_target_reached_twice_is_made_once(tmp_path, target, caplog):
+    # the same folder given twice made every mosaic twice (a.jpg and a-2.jpg)
+    from mosaicdb.make import expand_targets
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    shutil.copy(target, folder / "a.png")
+    shutil.copy(target, folder / "b.png")
+    with caplog.at_level("WARNING", logger="mosaicdb.make"):
+        got = expand_targets([folder, folder / "b.png", folder, tmp_path / "targets" / ".." / "targets" / "a.png"])
+    assert got == [folder / "a.png", folder / "b.png"]
+    assert len([r for r in caplog.records if "more than once" in r.getMessage()]) == 4
+
+
+def test_mosaics_made_in_the_target_folder_are_not_targets_of_the_next_run(db40, target, tmp_path, caplog):
+    # `make tg --out tg` run twice took the first run's mosaics as new targets the second time
+    folder = tmp_path / "tg"
+    folder.mkdir()
+    shutil.copy(target, folder / "a.png")
+    shutil.copy(target, folder / "b.png")
+    for run in range(2):
+        with caplog.at_level("WARNING", logger="mosaicdb.make"):
+            invoke_cli("make", "--db", db40, folder, "--out", folder, "--grid", "6", "--tile-px", "4", "-q", code=0)
+        images = sorted(p.name for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+        assert images == ["a.jpg", "a.png", "b.jpg", "b.png"], run
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records if "made earlier" in r.getMessage()) == [
+        f"skipped {folder / 'a.jpg'}", f"skipped {folder / 'b.jpg'}"]
+    # given by name, a mosaic is a target like any image
+    invoke_cli("make", "--db", db40, folder / "a.jpg", "--out", tmp_path / "again.png", "--grid", "6",
+               "--tile-px", "4", "-q", code=0)
