@@ -306,3 +306,17 @@ def test_forced_kinds(tmp_path, synthetic_tiles, new_db):
     shutil.copytree(db.path, copy)
     with TileDB.open(copy, readonly=True) as c:
         assert c.load_index().infos["kind"] == "flat" and not c.index_stale()
+
+
+def test_an_nlist_the_pool_cannot_train_is_lowered_with_a_warning(caplog):
+    # --nlist 512 on 1,100 tiles silently became 28 lists
+    vecs = np.random.default_rng(0).normal(size=(1100, 8)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="mosaicdb.index.faiss_index"):
+        idx = build_index(vecs, np.arange(1100), IndexOptions(kind="ivf", nlist=512, nprobe=4))
+    assert idx.infos["params"]["nlist"] == 1100 // 39
+    assert [r.getMessage() for r in caplog.records] == [
+        "--nlist 512 is more lists than 1100 tiles can train (39 a list): using 28"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mosaicdb.index.faiss_index"):
+        build_index(vecs, np.arange(1100), IndexOptions(kind="ivf", nlist=16, nprobe=4))
+    assert not caplog.records

@@ -299,6 +299,7 @@ def test_bad_input_is_one_line_before_any_work(saved_file, tmp_path):
         (["--size", "20cm", "--icc", str(tmp_path / "lab.icc")], "RGB"),
         (["--size", "20cm", "--icc", str(tmp_path / "missing.icc")], "cannot read"),
         (["--size", "20cm", "--compression", "jpeg"], "jpeg"),
+        (["--size", "10cm", "--bleed", "20cm"], "usually 3 mm"),              # a bleed past the print
     ]
     for args, msg in cases:
         r = invoke_cli(*["print", saved_file, "--out", str(out), "-q", *args])

@@ -9,6 +9,7 @@ index on a machine without a GPU, so it is never called without that check).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
 from .listorder import search_in_list_order
 from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
+
+log = logging.getLogger(__name__)
 
 # A PCA in front of a flat index is fitted on at most this many pool vectors (a sample).
 _PCA_TRAIN_MAX = 65536
@@ -300,8 +303,9 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     params: dict = {}
     if kind in IVF_KINDS:
-        nlist = opts.nlist or default_nlist(n)
-        nlist = max(1, min(nlist, n // 39 or 1))  # FAISS wants >= 39 training points per list
+        nlist = max(1, min(opts.nlist or default_nlist(n), n // 39 or 1))  # FAISS wants >= 39 points a list
+        if opts.nlist and nlist != opts.nlist:
+            log.warning("--nlist %d is more lists than %d tiles can train (39 a list): using %d", opts.nlist, n, nlist)
         quantizer = faiss.IndexFlatL2(d_in)
         if kind == "ivf":
             index = ivf = faiss.IndexIVFFlat(quantizer, d_in, nlist, faiss.METRIC_L2)

@@ -97,6 +97,11 @@ class Geometry:
 def make_geometry(cols: int, rows: int, size_in: tuple, dpi: float, bleed_in: float) -> tuple[Geometry, list[str]]:
     t, eff, warnings = fit_cells(cols, rows, size_in, dpi)
     g = Geometry(cols, rows, t, eff, dpi, round(bleed_in * eff), tuple(size_in))
+    if g.bleed_px and 2 * g.bleed_px >= min(g.trim_w, g.trim_h):
+        # the bleed is the margin cut off at trimming (a few mm): this much is a mistaken unit
+        raise UsageError(f"--bleed {bleed_in * 2.54:g} cm is half the print's short side "
+                         f"({min(g.trim_w, g.trim_h) / eff * 2.54:.3g} cm) or more: bleed is the margin trimmed "
+                         "off, usually 3 mm (--bleed 3mm)")
     if max(g.width, g.height) > MAX_SIDE:
         raise UsageError(f"{g.width:,} x {g.height:,} px is beyond what TIFF allows ({MAX_SIDE:,} px a side); "
                          "lower --dpi or --size")
