@@ -412,7 +412,7 @@ BAD = {
     "unknown output suffix": (["{t}", "--out", "{o}/m.gif"], ["unknown output type .gif", ".png"]),
     "no output suffix for a file": (["{t}", "--out", "{o}/m.txt"], ["unknown output type .txt"]),
     "out folder missing": (["{t}", "--out", "{o}/missing/m.png"], ["folder", "missing does not exist"]),
-    "several targets, one file": (["{t}", "{t}", "--out", "{o}/m.png"], ["several targets need a folder"]),
+    "several targets, one file": (["{t}", "{t2}", "--out", "{o}/m.png"], ["several targets need a folder"]),
     "unique with max-uses": (["{t}", "--out", "{o}/m.png", "--unique", "--max-uses", "2"],
                              ["--unique", "drop --max-uses"]),
     "unique with min-distance": (["{t}", "--out", "{o}/m.png", "--unique", "--min-distance", "2"],
@@ -444,7 +444,9 @@ def bad_inputs(tmp_path_factory):
     (d / "empty").mkdir()
     (d / "empty" / "readme.txt").write_text("no images here")
     TileDB.create(d / "edb").close()
-    return {"bad": d / "bad.png", "empty": d / "empty", "edb": d / "edb", "t": write_target(d / "t.png")}
+    t = write_target(d / "t.png")
+    shutil.copy(t, d / "t2.png")
+    return {"bad": d / "bad.png", "empty": d / "empty", "edb": d / "edb", "t": t, "t2": d / "t2.png"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
