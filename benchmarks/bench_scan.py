@@ -103,17 +103,6 @@ def new_space(rows, ids, dims, nlist, rng):
     return pca, quantizer
 
 
-def measure(fn, repeat):
-    best = None
-    for _ in range(repeat):
-        c0, t0 = common.cpu_seconds(), time.perf_counter()
-        out = fn()
-        w, c = time.perf_counter() - t0, common.cpu_since(c0)["self"]
-        if best is None or w < best[0]:
-            best = (w, c, out)
-    return best
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", default=None)
@@ -157,7 +146,7 @@ def main(argv=None) -> int:
         print(f"{a.db}: {len(ids):,} tiles, nlist {nlist}, tuned nprobe {tuned}, {len(q):,} real cells", flush=True)
 
         def record(label, kind, nprobe, shortlist, fn, extra=None):
-            w, c, (d, _i) = measure(fn, a.repeat)
+            w, c, (d, _i) = common.best_of(fn, a.repeat)
             n = len(sub)
             r1 = float((d[:n, 0] <= truth * (1 + 1e-5) + 1e-6).mean())
             r = {"setting": label, "kind": kind, "nprobe": nprobe, "shortlist": shortlist, "seconds": round(w, 3),

@@ -71,17 +71,6 @@ def recall(d, i, ex_d, ex_i) -> dict:
     return {"recall_at_1": round(float(hit.mean()), 4), f"recall_at_{k}": round(inter / (n * k), 4)}
 
 
-def timed(fn, repeat: int):
-    best = None
-    for _ in range(repeat):
-        c0, t0 = common.cpu_seconds(), time.perf_counter()
-        out = fn()
-        w, c = time.perf_counter() - t0, common.cpu_since(c0)["self"]
-        if best is None or w < best[0]:
-            best = (w, c, out)
-    return best
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--db", default=None, help="a tile database [default: the 1M pool of pool_1m.py]")
@@ -121,13 +110,13 @@ def main(argv=None) -> int:
         sub = q[:a.exact_queries]
         print(f"{a.db}: {len(db):,} tiles, index {index.infos['kind']} {index.infos.get('params')} "
               f"pca {index.infos.get('pca_dims')}, loaded in {load_s:.2f} s; {len(q):,} queries", flush=True)
-        ex_w, ex_c, (ex_d, ex_i) = timed(lambda: exact_knn(db.features(), db.ids(), sub, a.k), 1)
+        ex_w, ex_c, (ex_d, ex_i) = common.best_of(lambda: exact_knn(db.features(), db.ids(), sub, a.k), 1)
         exact = {"queries": len(sub), "seconds": round(ex_w, 2), "cpu_seconds": round(ex_c, 2),
                  "seconds_scaled_to_all": round(ex_w * len(q) / len(sub), 1)}
         print(f"exact: {len(sub)} queries {ex_w:.1f} s -> all {exact['seconds_scaled_to_all']} s", flush=True)
 
         def run(label: str, search=None) -> dict:
-            w, c, (d, i) = timed(lambda: matcher_search(db, index, q, a.k, search), a.repeat)
+            w, c, (d, i) = common.best_of(lambda: matcher_search(db, index, q, a.k, search), a.repeat)
             r = {"setting": label, "seconds": round(w, 2), "cpu_seconds": round(c, 2),
                  "queries_per_s": round(len(q) / w), **recall(d, i, ex_d, ex_i),
                  "speedup_vs_exact": round(exact["seconds_scaled_to_all"] / w, 1), "loadavg": common.loadavg()}
