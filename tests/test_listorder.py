@@ -69,13 +69,16 @@ def test_finish_applied_per_batch_in_given_order(ivf_index):
     np.testing.assert_array_equal(i, faiss_order(vi.index, q, 6)[1][:, :2])
 
 
-def test_vector_index_search_uses_it_and_matches(ivf_index, monkeypatch):
+@pytest.mark.parametrize("nq, used", [(300, False), (500, True)])
+def test_vector_index_search_uses_it_from_enough_queries_and_matches(ivf_index, monkeypatch, nq, used):
+    # fewer queries than LIST_ORDER_MIN go in FAISS's own order (threads cost more than they save)
     from mosaicdb.index import faiss_index
     vi, _, _ = ivf_index
     calls = []
     real = faiss_index.search_in_list_order
     monkeypatch.setattr(faiss_index, "search_in_list_order", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    q = clustered(500, 4)
+    monkeypatch.setattr(faiss_index, "LIST_ORDER_MIN", 400)
+    q = clustered(nq, 4)
     _d, i = vi.search(q, 7, device="cpu")
-    assert calls
+    assert bool(calls) == used
     np.testing.assert_array_equal(i, faiss_order(vi.index, q, 7)[1])
