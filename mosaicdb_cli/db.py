@@ -116,7 +116,9 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 @json_option
 def index_cmd(db, kind, flat_max, ivf_ram_max, nlist, nprobe, pq_m, refine_factor, target_recall, rebuild, quiet,
               as_json):
-    """Build or update the FAISS index of DB and measure its recall.
+    """Build or update the FAISS index of DB and measure its recall. Without --kind (or
+    --rebuild) an existing index is brought up to date as it was built; any --kind given,
+    auto included, builds one of that kind.
 
     Example:
 
@@ -125,8 +127,10 @@ def index_cmd(db, kind, flat_max, ivf_ram_max, nlist, nprobe, pq_m, refine_facto
     """
     opts = IndexOptions(kind=kind, flat_max=flat_max, ivf_ram_max=parse_bytes(ivf_ram_max, "--ivf-ram-max"),
                         nlist=nlist, nprobe=nprobe, pq_m=pq_m, refine_factor=refine_factor, target_recall=target_recall)
+    # any --kind given builds that kind, auto too (without it, the saved index is brought up to date)
+    given = click.get_current_context().get_parameter_source("kind") == click.core.ParameterSource.COMMANDLINE
     with TileDB.open(db) as d:
-        infos = d.index(opts, rebuild=rebuild)
+        infos = d.index(opts, rebuild=rebuild or given)
     if as_json:
         echo_json(infos)
     else:

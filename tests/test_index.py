@@ -320,3 +320,17 @@ def test_an_nlist_the_pool_cannot_train_is_lowered_with_a_warning(caplog):
     with caplog.at_level("WARNING", logger="mosaicdb.index.faiss_index"):
         build_index(vecs, np.arange(1100), IndexOptions(kind="ivf", nlist=16, nprobe=4))
     assert not caplog.records
+
+
+def test_cli_kind_auto_given_builds_auto_and_no_kind_keeps_the_saved_one(tmp_path, synthetic_tiles, new_db):
+    # `db index --kind auto` on a database with an ivf index kept the ivf index (auto was taken
+    # for "not given"): any --kind given now builds that kind
+    from clirun import invoke_cli
+    db = new_db()
+    db.ingest([synthetic_tiles], workers=1, update_index=False)
+    db.build_index(IndexOptions(kind="ivf", nlist=4, nprobe=2))
+    db.close()
+    assert "Index: ivf" in invoke_cli("db", "index", db.path, code=0).stdout          # brought up to date
+    assert "Index: flat" in invoke_cli("db", "index", db.path, "--kind", "auto", code=0).stdout
+    with TileDB.open(db.path, readonly=True) as d:
+        assert d.load_index().infos["kind"] == "flat"
