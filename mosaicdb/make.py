@@ -85,11 +85,12 @@ def expand_targets(paths) -> list[Path]:
         if p.is_dir():
             images = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             for f in images:
-                if not f.is_file() and not f.is_dir():  # a FIFO, a device, a dangling link: named, not read
-                    log.warning("skipped %s: not a regular file", f)
-                elif f.is_file() and _made_by_us(f):
+                if not f.is_file():
+                    if not f.is_dir():  # a FIFO, a device, a dangling link: named, not read
+                        log.warning("skipped %s: not a regular file", f)
+                elif _made_by_us(f):
                     log.warning("skipped %s: a mosaic made earlier (give it by name to use it as a target)", f)
-                elif f.is_file():
+                else:
                     add(f)
         elif p.exists():
             add(p)

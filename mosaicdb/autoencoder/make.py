@@ -20,8 +20,8 @@ import numpy as np
 from .. import assignment as asg
 from ..color import transfer
 from ..errors import UsageError
-from ..io import AtomicFiles
-from ..make import MakeResult, refuse_inside, refuse_overwriting_input
+from ..io import AtomicFiles, refuse_inside, refuse_overwriting_input
+from ..make import MakeResult
 from ..match.grid import cell_data, load_target, make_grid, resample_cells
 from ..match.options import DEFAULT_GRID, MatchOptions
 from ..progress import progress_bar

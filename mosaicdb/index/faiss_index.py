@@ -36,6 +36,7 @@ LIST_ORDER_MIN = 4096
 KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
+INVERTED_KINDS = (*IVF_KINDS, "ivfpq")  # every kind with inverted lists (nprobe, list order)
 # ivf16 (only when asked for): half-float vectors behind a PCA to at most this many dims (not
 # the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 4.4 CPU-s against 12.5
 # for ivf (8.2 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
@@ -131,6 +132,11 @@ class VectorIndex:
         return self.infos.get("kind") == "ivfpq"
 
     @property
+    def inverted(self) -> bool:
+        """Whether the index searches inverted lists (an nprobe, IVF search parameters)."""
+        return self.infos.get("kind") in INVERTED_KINDS
+
+    @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
@@ -175,14 +181,14 @@ class VectorIndex:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
             else:
                 sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
-            if self.infos.get("kind") in (*IVF_KINDS, "ivfpq"):
+            if self.inverted:
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
                 params = faiss.SearchParameters(sel=sel)
             index = self.index  # GPU indexes take no selectors
         else:
             index = self._for_search(device)
-        if self.infos.get("kind") in (*IVF_KINDS, "ivfpq") and index is self.index and n >= LIST_ORDER_MIN:
+        if self.inverted and index is self.index and n >= LIST_ORDER_MIN:
             # on the CPU, IVF lists are scanned with the queries in list order (listorder.py)
             finish = None if rows is None else (lambda qs, d, i: _rerank()(rows, qs, d, i, k))
             dist, ids = search_in_list_order(index, queries, inner_k, params=params, batch=batch,

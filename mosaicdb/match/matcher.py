@@ -80,7 +80,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         def search(q):
             if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
                 return search_unused(db.features(), index.ids, q, k2, exclude)
-            if index.infos["kind"] not in ("ivf", "ivf16", "ivfpq"):
+            if not index.inverted:
                 dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
             else:
                 dd, ii = _wide_ivf_search(index, q, k2, exclude)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
-from ..index.faiss_index import exact_search
+from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search
 from ..index.ivfpq import MIN_VECTORS, resolve_kind
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class IndexLifecycle:
         built = idx.infos.get("ntotal_at_build", idx.ntotal) or 1
         kind = idx.infos["kind"]
         too_far = (kind == "flat" and options.kind == "auto" and len(ids) > options.flat_max) or \
-                  (kind in ("ivf", "ivf16", "ivfpq") and not 0.5 <= len(ids) / built <= 2.0) or \
-                  (kind in ("ivf", "ivf16") and options.kind == "auto"
+                  (kind in INVERTED_KINDS and not 0.5 <= len(ids) / built <= 2.0) or \
+                  (kind in IVF_KINDS and options.kind == "auto"
                    and self._auto_kind(options, len(ids)) == "ivfpq")
         if too_far or idx.index.d != self.dim or feature_kinds.index_outdated(idx.infos, self.feature_spec, len(ids)):
             return self._build_index_locked(options)
