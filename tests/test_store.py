@@ -692,3 +692,18 @@ def test_ids_are_kept_per_catalog_version_and_see_another_writer(tmp_path):
         assert reader.missing([]).tolist() == []
     finally:
         reader.close()
+
+
+def test_tiles_digest_is_over_the_distinct_tiles_ids_and_hashes(cifar_db):
+    """The digest an assignment records: the (id, content hash) of its distinct tiles, in id
+    order, '-' for an id the database does not hold (computed here by hand from the catalog)."""
+    db = cifar_db
+    if True:
+        ids = np.array([7, 3, 7, 1200, 3, 0, 10 ** 9], np.int64)
+        rows = {r["id"]: r["hash"] for r in db.tiles([0, 3, 7, 1200])}
+        h = hashlib.sha256()
+        for i in (0, 3, 7, 1200, 10 ** 9):
+            h.update(f"{i}:{rows.get(i, '-')}\n".encode())
+        assert len(rows) == 4 and db.tiles_digest(ids) == h.hexdigest()
+        assert db.tiles_digest(ids[::-1]) == db.tiles_digest(ids)
+        assert db.tiles_digest(ids[:3]) == db.tiles_digest(ids[:2]) != db.tiles_digest(ids[:4])
