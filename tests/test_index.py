@@ -84,7 +84,7 @@ def test_ivf_recall_on_real_features(cifar_features, tmp_path):
     opts = IndexOptions(flat_max=1000)
     idx = build_index(pool, ids, opts)
     infos = idx.infos
-    assert infos["kind"] == "ivf" and infos["ntotal"] == 5000
+    assert infos["kind"] == "ivf16" and infos["ntotal"] == 5000  # what auto builds past flat_max
     nlist, nprobe = infos["params"]["nlist"], infos["params"]["nprobe"]
     assert nlist == min(default_nlist(5000), 5000 // 39) and 1 <= nprobe <= nlist
     assert infos["recall_at_1"] >= opts.target_recall or nprobe == nlist
@@ -124,20 +124,20 @@ def test_ivf_in_database(cifar_ingest, synthetic_tiles, tmp_path):
     db = TileDB.open(tmp_path / "cifar.db")
     assert db.load_index().infos["kind"] == "flat" and len(db) == 2000  # 2,000 <= the default flat_max
     infos = db.build_index(IndexOptions(flat_max=1000))
-    assert infos["kind"] == "ivf" and infos["ntotal"] == 2000 and infos["ntotal_at_build"] == 2000
+    assert infos["kind"] == "ivf16" and infos["ntotal"] == 2000 and infos["ntotal_at_build"] == 2000
     on_disk = json.loads((db.index_dir / "index_infos.json").read_text())
     assert on_disk["recall_at_1"] == infos["recall_at_1"] >= 0.95
     feats, ids = np.asarray(db.features()), db.ids()
     q = jitter(feats, 500, seed=9)
     _, got = db.search(q, 1)
     assert (got[:, 0] == exact_top1(feats, ids, q)).mean() >= 0.95
-    assert db.stats()["index"]["kind"] == "ivf"
+    assert db.stats()["index"]["kind"] == "ivf16"
 
     # incremental: 300 more tiles (within 2x of the build size) are added to the same IVF
     built_at = infos["built_at"]
     db.ingest([synthetic_tiles], workers=2)
     idx = db.load_index()
-    assert idx.infos["kind"] == "ivf" and idx.ntotal == 2300 and idx.infos["built_at"] == built_at
+    assert idx.infos["kind"] == "ivf16" and idx.ntotal == 2300 and idx.infos["built_at"] == built_at
     assert idx.infos["catalog_version"] == db.version and not db.index_stale()
     assert idx.infos["options"]["flat_max"] == 1000  # the options the index was built with are kept
     self_search_ok(db, np.arange(2000, 2300))
@@ -164,7 +164,7 @@ def test_pool_growing_past_flat_max_switches_to_ivf(tmp_path, new_db):
     assert db.load_index().infos["kind"] == "flat"
     db.ingest([tmp_path / "b"], workers=1)  # 300 > flat_max: rebuilt as IVF
     idx = db.load_index()
-    assert idx.infos["kind"] == "ivf" and idx.ntotal == 300 and idx.infos["ntotal_at_build"] == 300
+    assert idx.infos["kind"] == "ivf16" and idx.ntotal == 300 and idx.infos["ntotal_at_build"] == 300
     assert idx.infos["params"]["nlist"] == 300 // 39
     self_search_ok(db, db.ids())
 

@@ -1,4 +1,5 @@
-"""The ivf16 index kind: half-float IVF lists behind a PCA to at most 24 dims, re-ranked exactly."""
+"""The ivf16 index kind (what auto builds past flat_max): half-float IVF lists behind a PCA to at
+most 32 dims, re-ranked exactly."""
 from __future__ import annotations
 
 import json
@@ -108,12 +109,16 @@ def test_database_builds_it_and_keeps_it(cifar_ingest, synthetic_tiles, tmp_path
     assert run_cli("db", "check", str(tmp_path / "c.db")).exit_code == 0
 
 
-def test_auto_builds_ivf_not_ivf16(cifar_ingest, synthetic_tiles, tmp_path):
-    """auto keeps building IVF-Flat (ivf16 is asked for), and an update keeps the saved kind."""
+def test_auto_builds_ivf16_and_ivf_is_kept_when_asked_for(cifar_ingest, synthetic_tiles, tmp_path):
+    """auto builds ivf16 at IVF16_PCA_DIMS past flat_max; --kind ivf still builds float32 lists
+    at the features' PCA; an update keeps whichever kind was saved."""
     shutil.copytree(cifar_ingest[0], tmp_path / "c.db")
     with TileDB.open(tmp_path / "c.db") as db:
         infos = db.build_index(IndexOptions(flat_max=1000))
-        assert infos["kind"] == "ivf"
+        assert infos["kind"] == "ivf16" and infos["pca_dims"] == IVF16_PCA_DIMS == 32
+        assert infos["features_pca_dims"] == 48
+        infos = db.build_index(IndexOptions(kind="ivf", flat_max=1000))
+        assert infos["kind"] == "ivf" and infos["pca_dims"] == 48
         db.ingest([synthetic_tiles], workers=1)
         idx = db.load_index()
         assert idx.infos["kind"] == "ivf" and idx.infos["built_at"] == infos["built_at"]

@@ -174,14 +174,14 @@ def test_load_refuses_other_files(built, pool, tmp_path):
 # ---- when auto picks it ---------------------------------------------------------------------------
 @pytest.mark.parametrize("n, dim, flat_max, ram_max, kind", [
     (20_000, 48, 20_000, IVF_RAM_MAX, "flat"),
-    (20_001, 48, 20_000, IVF_RAM_MAX, "ivf"),
-    (1_000_000, 48, 20_000, IVF_RAM_MAX, "ivf"),                 # today's 1M choice is unchanged
-    (5_368_709, 48, 20_000, IVF_RAM_MAX, "ivf"),                 # 200 bytes a vector: 1 GiB at 5.37M
+    (20_001, 48, 20_000, IVF_RAM_MAX, "ivf16"),
+    (1_000_000, 48, 20_000, IVF_RAM_MAX, "ivf16"),                 # today's 1M choice is unchanged
+    (5_368_709, 48, 20_000, IVF_RAM_MAX, "ivf16"),                 # 200 bytes a vector: 1 GiB at 5.37M
     (5_368_710, 48, 20_000, IVF_RAM_MAX, "ivfpq"),
     (10_000_000, 48, 20_000, IVF_RAM_MAX, "ivfpq"),
-    (1_000_000, 255, 20_000, IVF_RAM_MAX, "ivf"),                # no PCA: 1,028 bytes a vector
+    (1_000_000, 255, 20_000, IVF_RAM_MAX, "ivf16"),                # no PCA: 1,028 bytes a vector
     (1_100_000, 255, 20_000, IVF_RAM_MAX, "ivfpq"),
-    (30_000, 48, 20_000, 30_000 * 200, "ivf"),
+    (30_000, 48, 20_000, 30_000 * 200, "ivf16"),
     (30_001, 48, 20_000, 30_000 * 200, "ivfpq"),
 ])
 def test_auto_kind_threshold(n, dim, flat_max, ram_max, kind):
@@ -242,7 +242,7 @@ def test_auto_switches_to_ivfpq_past_the_ram_budget(cifar_copy, cifar_files):
     budget = 2050 * (4 * 48 + 8)  # IVF-Flat over 48 PCA dims: 200 bytes a vector
     with TileDB.open(cifar_copy) as db:
         infos = db.index(IndexOptions(flat_max=100, ivf_ram_max=budget), rebuild=True)
-        assert infos["kind"] == "ivf"
+        assert infos["kind"] == "ivf16"
         db.ingest([cifar_files(2100)], workers=1)  # 2,100 tiles: 1.05x, no doubling, but over budget
         idx = db.load_index()
         assert idx.infos["kind"] == "ivfpq" and idx.ntotal == 2100

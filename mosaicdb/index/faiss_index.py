@@ -37,12 +37,15 @@ KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
 INVERTED_KINDS = (*IVF_KINDS, "ivfpq")  # every kind with inverted lists (nprobe, list order)
-# ivf16 (only when asked for): half-float vectors behind a PCA to at most this many dims (not
-# the features' 48). On the 1M pool, 65,536 real cells at nprobe 32: 4.4 CPU-s against 12.5
-# for ivf (8.2 in list order), recall@1 1.0 after the exact re-rank, but its 32 candidates hold
-# 0.755 of the exact 32 (ivf: 0.884), and its tuner chose nprobe 64 (7.0 CPU-s); on 50,000
-# tiles the matcher's mean cost +0.035 % (benchmarks/bench_search_db.py, bench_scan.py; README)
-IVF16_PCA_DIMS = 24
+# ivf16 (what auto builds between flat and ivfpq): half-float vectors behind a PCA to at most
+# this many dims (not the features' 48), candidates re-ranked by the exact cost as for ivf.
+# 32 dims: on the 1M pool, 65,536 real cells, it tuned to nprobe 32 and searched in 3.16 s
+# (5.6 CPU-s) against ivf's 4.28 s (7.7 CPU-s) at recall@1 0.9985 (ivf 0.9995); its 32
+# candidates hold 0.811 of the exact 32 (ivf 0.884, 24 dims 0.755). On 50,000 tiles, 6
+# photographs at 64 and 128 cells, every repeat mode: PSNR@64, SSIM@64 and pyramid L1 within
+# 0.015 dB / 0.0002 / 0.002e-3 of ivf's, mean cost within 0.05 %; bench_match's 65,536 cells
+# 13-15 % faster (README, Index; benchmarks/bench_search_db.py).
+IVF16_PCA_DIMS = 32
 # auto builds IVF-PQ once an IVF-Flat index would hold more than this (vectors + ids): 1 GiB is
 # ~5.3M tiles at the 48 PCA dims of the pyramid features (see README, Index)
 IVF_RAM_MAX = 1 << 30
@@ -51,8 +54,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True, kw_only=True)
 class IndexOptions:
-    """How the index is built: kind (auto: exact up to flat_max tiles, IVF-Flat while its
-    vectors fit ivf_ram_max bytes, IVF-PQ beyond; ivf16 only when asked for), IVF lists and
+    """How the index is built: kind (auto: exact up to flat_max tiles, IVF of half floats (ivf16)
+    while IVF-Flat vectors would fit ivf_ram_max bytes, IVF-PQ beyond), IVF lists and
     probes (0: chosen, nprobe tuned to target_recall on recall_sample queries), IVF-PQ
     sub-quantizers and refine shortlist factor (0: chosen), device."""
     kind: str = "auto"
