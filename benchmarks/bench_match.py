@@ -71,11 +71,19 @@ def setup_db(args, data: Path, work: Path) -> tuple[Path, dict]:
     dbp = work / "cifar50k.db"
     want = common.CIFAR_SHEETS * common.CIFAR_PER_SHEET
     if (dbp / "catalog.sqlite").exists():
+        from mosaicdb.feature_kinds import DEFAULT_KIND
+        from mosaicdb.index import IndexOptions
+        from mosaicdb.index.ivfpq import resolve_kind
         with TileDB.open(dbp) as db:
-            if len(db) == want:
-                db.ensure_index()
+            # a cache from older code would measure old features or an old index kind
+            kind = db.feature_spec.kind
+            index = db.ensure_index().infos["kind"]
+            auto = resolve_kind("auto", len(db), db.feature_spec.dim, IndexOptions().flat_max, IndexOptions().ivf_ram_max)
+            if len(db) == want and kind == DEFAULT_KIND and index == auto:
                 return dbp, {"source": f"cached under {work}"}
-        raise SystemExit(f"{dbp} exists but does not hold {want} tiles: delete it and rerun")
+        raise SystemExit(f"{dbp} exists but does not hold {want} tiles with today's default features "
+                         f"({DEFAULT_KIND}) and index kind ({auto}): it has {kind} features and index kind "
+                         f"{index}; delete it and rerun")
     t0 = time.perf_counter()
     tiles = work / "cifar-png"
     paths = common.unpack_cifar(data, tiles)
