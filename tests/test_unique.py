@@ -299,6 +299,42 @@ def test_index_search_never_returns_excluded_ids(kind, n_excluded):
     np.testing.assert_allclose(d, exact, rtol=1e-4, atol=1e-5)  # all lists probed: exact
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf16"])
+def test_excluding_low_ids_keeps_every_higher_one(kind):
+    """With more than BITMAP_FROM ids excluded, all below the ones searched for, the search is
+    exact search over the rest and repeatable (the bitmap's length once went to FAISS in bits,
+    not bytes: ids above the largest excluded one were dropped at random)."""
+    from mosaicdb.index import faiss_index as fi
+    rng = np.random.default_rng(16)
+    vecs = rng.random((6000, 8)).astype(np.float32)
+    ids = np.arange(6000, dtype=np.int64)
+    index = fi.build_index(vecs, ids, fi.IndexOptions(kind=kind, nlist=16 if kind != "flat" else 0,
+                                                      nprobe=16 if kind != "flat" else 0))
+    exclude = np.arange(0, 2 * fi.BITMAP_FROM, dtype=np.int64)
+    q = rng.random((200, 8)).astype(np.float32)
+    d, found = index.search(q, 10, exclude=exclude)
+    keep = ~np.isin(ids, exclude)
+    ref = np.sort(ids[keep][np.argsort(((q[:, None] - vecs[keep][None]) ** 2).sum(-1), axis=1)[:, :10]], 1)
+    assert (found >= 2 * fi.BITMAP_FROM).all()
+    if kind == "ivf16":  # half-float distances: the 10th nearest may trade places with the 11th
+        assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, ref)]) >= 9.9
+    else:
+        np.testing.assert_array_equal(np.sort(found, 1), ref)
+    for _ in range(3):
+        np.testing.assert_array_equal(index.search(q, 10, exclude=exclude)[1], found)
+
+
+def test_exclusion_bitmap_is_sized_in_bytes():
+    """FAISS reads an IDSelectorBitmap's `n` as bytes: the selector covers exactly the array."""
+    from mosaicdb.index import faiss_index as fi
+    exclude = np.arange(3, 3 * (fi.BITMAP_FROM + 10), 3, dtype=np.int64)  # over BITMAP_FROM: a bitmap
+    sel, bits = fi.exclusion_selector(exclude)
+    assert bits.size == (int(exclude.max()) + 8) // 8
+    probe = np.arange(0, 64 * bits.size, dtype=np.int64)  # given bits for bytes, FAISS read past the array
+    member = np.array([sel.is_member(int(i)) for i in probe])
+    np.testing.assert_array_equal(member, ~np.isin(probe, exclude))
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: the metrics file
 

@@ -85,6 +85,22 @@ class IndexOptions:
         check_int("seed", self.seed, 0)
 
 
+def exclusion_selector(exclude: np.ndarray):
+    """(a FAISS selector of every id not in `exclude`, the array it points into): keep the array
+    alive while the selector is used, FAISS holds a raw pointer to it."""
+    faiss = _faiss()
+    excl = np.ascontiguousarray(exclude, dtype=np.int64)
+    if len(excl) > BITMAP_FROM:
+        # A bit test per scanned vector instead of a hash lookup: half the time of an IVF search
+        # over all lists with 30,000 of 50,000 ids excluded (issue 19).
+        excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool), bitorder="little")
+        # FAISS takes the bitmap's length in bytes; given its length in bits (as before 2026-11-30)
+        # it read 7/8 of its bits past the array: ids above the largest excluded one were left
+        # out or not at random, so a matcher's widening searches were not repeatable.
+        return faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size, faiss.swig_ptr(excl))), excl
+    return faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl))), excl
+
+
 class IndexWriteError(MosaicError):
     """The index file could not be written (a full disk, an I/O error)."""
 
@@ -175,15 +191,7 @@ class VectorIndex:
         params = None
         if exclude is not None and len(exclude):
             faiss = _faiss()
-            excl = np.ascontiguousarray(exclude, dtype=np.int64)
-            if len(excl) > BITMAP_FROM:
-                # A bit test per scanned vector instead of a hash lookup: half the time of an
-                # IVF search over all lists with 30,000 of 50,000 ids excluded (issue 19).
-                excl = np.packbits(np.bincount(excl, minlength=int(excl.max()) + 1).astype(bool),
-                                   bitorder="little")
-                sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(excl.size * 8, faiss.swig_ptr(excl)))
-            else:
-                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(len(excl), faiss.swig_ptr(excl)))
+            sel, excl = exclusion_selector(exclude)
             if self.inverted:
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=int(faiss.extract_index_ivf(self.index).nprobe))
             else:
