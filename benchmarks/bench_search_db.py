@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=32, help="candidates per cell (mosaic make's -k)")
     ap.add_argument("--exact-queries", type=int, default=2048)
     ap.add_argument("--nprobe", default="8,16,32,64", help="other nprobe values to measure (IVF indexes)")
-    ap.add_argument("--also-kind", default="ivf16",
+    ap.add_argument("--also-kind", default="ivf",
                     help="also build an index of this kind over the database's features (in memory, never "
                          "saved: the database is only read) and measure it the same way ('' to skip)")
     ap.add_argument("--repeat", type=int, default=2)
