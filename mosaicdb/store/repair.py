@@ -188,10 +188,4 @@ class Repair:
         return len(ids)
 
     def _build_index_from(self, ids: np.ndarray) -> None:
-        from ..index import IndexOptions
-        idx = self.load_index()
-        try:
-            options = IndexOptions(**idx.infos.get("options", {})) if idx is not None else IndexOptions()
-        except Exception:
-            options = IndexOptions()
-        self._index_of(ids, options)
+        self._index_of(ids, self._chosen_options(None, self.load_index()))
