@@ -189,8 +189,18 @@ class IndexLifecycle:
                 with self.lock:  # its infos may be another database's: the catalog's record comes first
                     self._build_index_locked(self._chosen_options(None, idx))
                 idx = self.load_index()
+            self._warn_nonfinite()
             self._index_probed = True
         return idx
+
+    def _warn_nonfinite(self) -> None:
+        """Once per opened database (a batch of targets warns once): tiles whose features are
+        NaN or infinite, which no search returns, so matching goes on without them."""
+        bad = self.nonfinite_ids()
+        if len(bad):
+            log.warning("%s: %d tiles have non-finite features (first id %d) and are left out of matching: "
+                        "`mosaic db check %s` reports them, `mosaic db repair %s` recomputes them",
+                        self.path, len(bad), bad[0], self.path, self.path)
 
     def index_foreign(self, idx) -> bool:
         """Whether `idx` fails to return a quarter or more of a few sampled tiles at their own
