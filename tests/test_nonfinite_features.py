@@ -3,6 +3,7 @@ opened database (not once per target); `db repair` recomputes them even when the
 match the bad rows."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -56,9 +57,31 @@ def test_make_warns_once_for_a_batch_with_the_count_and_the_fix(spoiled, tmp_pat
         db.search(np.asarray(db.features()[:5]), 1)  # the library's search: no second warning
     warnings = _nonfinite_warnings(caplog)
     assert len(warnings) == 1, warnings
-    assert f"{path}: 6 tiles have non-finite features (first id 3)" in warnings[0]
+    assert f"{path}: 6 tiles have non-finite features and are left out of matching" in warnings[0]
     assert f"`mosaic db check {path}`" in warnings[0] and f"`mosaic db repair {path}`" in warnings[0]
     assert not np.isin(np.concatenate(used), BAD).any()
+
+
+def _warnings_on_first_use(path, caplog) -> list[str]:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=LOGGER), TileDB.open(path, readonly=True) as db:
+        db.ensure_index()
+    return _nonfinite_warnings(caplog)
+
+
+def test_the_count_is_the_index_s_and_read_from_the_rows_for_an_older_index(spoiled, caplog):
+    """The index counts them when it reads the rows (make reads no row for it); an index from
+    before that count, or with a count that is not one, has the rows scanned."""
+    path, _ = spoiled
+    infos_file = path / "index" / "index_infos.json"
+    infos = json.loads(infos_file.read_text())
+    assert infos["nonfinite"] == 6
+    infos_file.write_text(json.dumps({**infos, "nonfinite": 2}))  # what make believes
+    assert "2 tiles have non-finite features" in _warnings_on_first_use(path, caplog)[0]
+    for older in ({k: v for k, v in infos.items() if k != "nonfinite"}, {**infos, "nonfinite": "many"},
+                  {**infos, "nonfinite": True}):
+        infos_file.write_text(json.dumps(older))
+        assert "6 tiles have non-finite features" in _warnings_on_first_use(path, caplog)[0]
 
 
 def test_a_sound_database_makes_no_such_warning(spoiled, tmp_path, caplog):

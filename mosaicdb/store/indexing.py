@@ -71,9 +71,13 @@ class IndexLifecycle:
         """Build, save and keep the index of the tiles `ids` (their rows already trusted)."""
         # rows, not a copy of the vectors: the ivfpq kind reads them a chunk at a time and
         # refines its searches from them
+        # tiles whose features are NaN or infinite: in the index, never found (counted here, where
+        # every row is read anyway, so that make can say so without reading them again)
+        nonfinite = len(np.intersect1d(self.nonfinite_ids(), ids))
         idx = build_index(None, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
                           extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
-                                 "features": feature_kinds.signature(self.feature_spec)}, rows=self.features)
+                                 "features": feature_kinds.signature(self.feature_spec), "nonfinite": nonfinite},
+                          rows=self.features)
         idx.save(self.index_dir)
         self._index = idx
         # the choice outlives the index files: a lost or damaged index is rebuilt as this kind
@@ -114,8 +118,13 @@ class IndexLifecycle:
         extra = np.setdiff1d(idx.ids, ids)
         self.check_rows("features", missing)
         idx.remove(extra)
-        idx.add(np.asarray(self.features()[missing]), missing)
-        idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
+        added = np.asarray(self.features()[missing])
+        idx.add(added, missing)
+        nonfinite = _saved_count(idx.infos)
+        if nonfinite is not None:  # the removed tiles' rows are still there (row = id)
+            nonfinite += _nonfinite_rows(added) - _nonfinite_rows(np.asarray(self.features()[extra]))
+        idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time(),
+                         nonfinite=None if nonfinite is None else max(0, nonfinite))
         idx.save(self.index_dir)
         return idx.infos
 
@@ -189,18 +198,21 @@ class IndexLifecycle:
                 with self.lock:  # its infos may be another database's: the catalog's record comes first
                     self._build_index_locked(self._chosen_options(None, idx))
                 idx = self.load_index()
-            self._warn_nonfinite()
+            self._warn_nonfinite(idx)
             self._index_probed = True
         return idx
 
-    def _warn_nonfinite(self) -> None:
+    def _warn_nonfinite(self, idx: VectorIndex) -> None:
         """Once per opened database (a batch of targets warns once): tiles whose features are
-        NaN or infinite, which no search returns, so matching goes on without them."""
-        bad = self.nonfinite_ids()
-        if len(bad):
-            log.warning("%s: %d tiles have non-finite features (first id %d) and are left out of matching: "
-                        "`mosaic db check %s` reports them, `mosaic db repair %s` recomputes them",
-                        self.path, len(bad), bad[0], self.path, self.path)
+        NaN or infinite, which no search returns, so matching goes on without them. The count
+        the index recorded when it read them (an index from before that record: the rows are
+        scanned, 0.4 s warm at 1M tiles of 255 dims, 1.8 s from disk)."""
+        n = _saved_count(idx.infos)
+        if n is None:
+            n = len(self.nonfinite_ids())
+        if n:
+            log.warning("%s: %d tiles have non-finite features and are left out of matching: `mosaic db check %s` "
+                        "reports them, `mosaic db repair %s` recomputes them", self.path, n, self.path, self.path)
 
     def index_foreign(self, idx) -> bool:
         """Whether `idx` fails to return a quarter or more of a few sampled tiles at their own
@@ -239,3 +251,13 @@ class IndexLifecycle:
             return d, i
         return self.ensure_index().search(vectors, k, device=device, exclude=exclude)
 
+
+
+def _nonfinite_rows(rows: np.ndarray) -> int:
+    return int((~np.isfinite(rows).all(axis=1)).sum()) if len(rows) else 0
+
+
+def _saved_count(infos: dict) -> int | None:
+    """infos["nonfinite"] when it is a count (index infos are untrusted), else None."""
+    n = infos.get("nonfinite")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
