@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import feature_kinds
-from . import catalog
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search, read_infos
 from ..index.ivfpq import MIN_VECTORS, resolve_kind
+from . import catalog
 
 log = logging.getLogger(__name__)
 
