@@ -1,7 +1,8 @@
 """Benchmark: FAISS index over real tile features (CIFAR-10), 65,536 target-cell-like queries (not a test).
 
-Features: the 51-dim Lab features (grid 4) of the 50,000 CIFAR-10 tiles, from a database made
-here (sheets unpacked to PNG and ingested, untimed) or reused with --db.
+Features: the features of the 50,000 CIFAR-10 tiles (the default kind, rgb-pyramid, 255-dim),
+from a database made here (sheets unpacked to PNG and ingested, untimed) or reused with --db
+(its own kind).
 
 Queries (65,536, like the cells of a 256x256 mosaic): a held-out set of tiles (--holdout, default
 5,000, removed from every pool) supplies the base vectors; each query is a random held-out
@@ -32,6 +33,16 @@ with its refine step, on --pq-pool replicated real vectors in a memory-mapped fi
 
     python benchmarks/bench_index.py --pq-pool 10000000 --db /tmp/bench/db50k   # 10M vectors
     python benchmarks/bench_index.py --pq-pool 10000000 --quick                 # 1M instead
+
+Kinds (every run, each pool): besides `default` (auto, over the full vectors) and the IVF sweep,
+`kinds` builds each of --kinds (default ivf, ivf16, ivfpq) with its defaults as a database
+builds it (behind the PCA its features ask for, 48 dims for the pyramid kinds, which ivf16
+narrows to 24; ivfpq refined from the full vectors) and reports, against the same exact
+baseline: build seconds, nprobe chosen, search seconds, recall@1 and recall@k (and how often
+the exact nearest is among the k: what the matcher's exact re-rank finds), and the index's
+bytes (serialized size; ivfpq: its RAM estimate, PQ codes only: it refines from the features).
+
+    python benchmarks/bench_index.py --quick      # 10,000 tiles, 8,192 queries, no 1M pool (~1-2 min)
 """
 from __future__ import annotations
 
@@ -46,6 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from mosaicdb import feature_kinds  # noqa: E402
 
 NAME = "bench_index"
 GOAL_SECONDS_1M = 20.0
@@ -62,13 +74,15 @@ def _floats(s: str) -> list[float]:
 
 
 # ---- data ------------------------------------------------------------------------------------
-def load_features(args, data: Path) -> tuple[np.ndarray, dict]:
+def load_features(args, data: Path) -> tuple[np.ndarray, dict, object]:
+    """(features, where they came from, their feature kind)."""
     from mosaicdb import TileDB
     if args.db:
         with TileDB.open(args.db, readonly=True) as db:
             ids = db.ids()
             f = np.asarray(db.features()[ids], dtype=np.float32)
-        return f, {"source": "reused database", "db": str(args.db), "tiles": len(f)}
+            spec = db.feature_spec
+        return f, {"source": "reused database", "db": str(args.db), "tiles": len(f)}, spec
     work = Path(tempfile.mkdtemp(prefix="bench_index_", dir=args.tmp))
     try:
         paths = common.unpack_cifar(data, work / "tiles", args.limit)
@@ -76,30 +90,32 @@ def load_features(args, data: Path) -> tuple[np.ndarray, dict]:
         with TileDB.create(work / "db") as db:
             rep = db.ingest([work / "tiles"], update_index=False)
             f = np.asarray(db.features()[db.ids()], dtype=np.float32)
+            spec = db.feature_spec
         return f, {"source": "ingested here (untimed for this benchmark)", "tiles": len(paths),
-                   "ingest_seconds": round(time.perf_counter() - t0, 1), "added": rep.added}
+                   "ingest_seconds": round(time.perf_counter() - t0, 1), "added": rep.added}, spec
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def kodak_cell_features(data: Path, grid: int, n: int, rng) -> np.ndarray | None:
+def kodak_cell_features(data: Path, spec, n: int, rng) -> np.ndarray | None:
     """n random real target cells of the 24 Kodak photos (each photo cut into ~64x43 cells of
-    4*grid x 4*grid area-resampled samples), or None when the photos are absent."""
+    spec.samples x spec.samples area-resampled samples, features of the pool's kind `spec`), or
+    None when the photos are absent."""
     import cv2
     from PIL import Image
-    from mosaicdb.features import cell_blocks, lab_features, samples_per_side
+    from mosaicdb.features import cell_blocks
     folder = data / "targets" / "kodak"
     files = sorted(folder.glob("kodim*.png"))
     if not files:
         return None
-    s = samples_per_side(grid)
+    s = spec.samples
     feats = []
     for p in files:
         img = np.asarray(Image.open(p).convert("RGB"))
         h, w = img.shape[:2]
         cols, rows = (64, 43) if w >= h else (43, 64)
         small = cv2.resize(img, (cols * s, rows * s), interpolation=cv2.INTER_AREA)
-        feats.append(lab_features(cell_blocks(small, rows, cols), grid, 1.0))
+        feats.append(spec(cell_blocks(small, rows, cols)))
     f = np.concatenate(feats)
     return f[np.sort(rng.choice(len(f), size=min(n, len(f)), replace=False))]
 
@@ -125,6 +141,8 @@ def recall(got_d, got_i, ex_d, ex_i) -> dict:
     excess = (np.sqrt(got_d[:n, 0][miss]) / np.maximum(np.sqrt(ex_d[:, 0][miss]), 1e-9) - 1) if miss.any() else np.zeros(0)
     return {"recall_at_1": float(hit1.mean()), "recall_at_1_ties_ok": float(tie1.mean()),
             f"recall_at_{k}": float(inter / (n * k)),
+            # what the matcher's exact re-rank of the k candidates (an index with a PCA) finds
+            f"exact_nearest_in_{k}": float((got_i[:n] == ex_i[:, :1]).any(axis=1).mean()),
             "misses_median_excess_distance": float(np.median(excess)) if len(excess) else 0.0}
 
 
@@ -141,6 +159,21 @@ def timed_search(vi, queries: np.ndarray, k: int, repeat: int = 1):
         if best is None or w < best[0]:
             best = (w, c)
     return best[0], best[1], walls, d, i
+
+
+def index_bytes(vi) -> int:
+    """What the index holds in RAM: its serialized size (ivfpq: its own estimate, the codes and
+    lists; the full vectors it refines from are the database's, memory-mapped)."""
+    import faiss
+    return int(vi.infos["ram_bytes"]) if "ram_bytes" in vi.infos else int(faiss.serialize_index(vi.index).nbytes)
+
+
+def build_kind(kind: str, pool: np.ndarray, ids: np.ndarray, spec):
+    """`kind` built with its defaults over `pool`, as a database of features `spec` builds it:
+    behind the PCA the features ask for (which ivf16 narrows to IVF16_PCA_DIMS)."""
+    from mosaicdb import feature_kinds
+    from mosaicdb.index import IndexOptions, build_index
+    return build_index(pool, ids, IndexOptions(kind=kind), pca_dims=feature_kinds.index_pca_dims(spec, len(ids)))
 
 
 def bench_pool(name: str, pool: np.ndarray, queries: np.ndarray, kodak, args, exact_subset: int) -> dict:
@@ -216,11 +249,27 @@ def bench_pool(name: str, pool: np.ndarray, queries: np.ndarray, kodak, args, ex
                       "build_seconds": inf["build_seconds"], "build_plus_tuning_seconds": round(wall, 2),
                       "tuner_recall_at_1": inf["recall_at_1"], "tuner_sample": inf["recall_sample"],
                       "tuner_queries": inf["recall_queries"], "tuning": inf["tuning"]}
-    out["default"].update(measure(vi, {}))
+    out["default"].update(measure(vi, {"index_bytes": index_bytes(vi)}))
     d = out["default"]
     print(f"[{name}] default {inf['kind']} {inf['params']}: build {wall:.1f} s, search {d['search_seconds']:.1f} s, "
           f"{d['queries_per_s']:,.0f} q/s, recall@1 {d['recall_at_1']:.4f} (tuner said {inf['recall_at_1']:.3f}), "
           f"x{d['speedup_vs_exact']:.1f} vs exact", flush=True)
+
+    # Each index kind with its defaults, against the same exact baseline.
+    vi = None
+    out["kinds"] = {}
+    for kind in args.kinds:
+        t0 = time.perf_counter()
+        v = build_kind(kind, pool, ids, args.spec)
+        r = measure(v, {"params": v.infos["params"], "pca_dims": v.infos["pca_dims"],
+                        "build_plus_tuning_seconds": round(time.perf_counter() - t0, 2),
+                        "tuner_recall_at_1": v.infos["recall_at_1"], "index_bytes": index_bytes(v)})
+        out["kinds"][kind] = r
+        v = None
+        print(f"[{name}] kind {kind:6s} {r['params']}: build {r['build_plus_tuning_seconds']:.1f} s, search "
+              f"{r['search_seconds']:.2f} s (x{r['speedup_vs_exact']:.1f} vs exact), recall@1 {r['recall_at_1']:.4f} "
+              f"recall@{k} {r[f'recall_at_{k}']:.3f}, nearest in {k} {r[f'exact_nearest_in_{k}']:.4f}, "
+              f"{r['index_bytes'] / 2**20:.1f} MiB", flush=True)
 
     # Sweep nlist x nprobe.
     sweep = []
@@ -286,7 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     pq = ap.add_argument_group("IVF-PQ mode (benchmarks/index_pq.py)")
     pq.add_argument("--pq-pool", type=int, default=0, help="vectors in the IVF-PQ pool; runs only that mode")
-    pq.add_argument("--quick", action="store_true", help="with --pq-pool: 1,000,000 vectors and 8,192 queries")
+    ap.add_argument("--kinds", type=lambda s: [k for k in s.split(",") if k], default=["ivf", "ivf16", "ivfpq"],
+                    help="index kinds built with their defaults and measured on each pool [default: ivf,ivf16,ivfpq]")
+    pq.add_argument("--quick", action="store_true",
+                    help="a short run: 10,000 tiles, 8,192 queries, no 1M pool, a small sweep; with --pq-pool: "
+                         "1,000,000 vectors and 8,192 queries")
     pq.add_argument("--exact-sample", type=int, default=1000, help="queries searched exactly (recall truth, baseline)")
     pq.add_argument("--pq-m", type=_ints, default=_ints("0"), help="sub-quantizers, one build each (0: the default)")
     pq.add_argument("--pq-nlist", type=int, default=0, help="IVF lists (0: the default)")
@@ -295,8 +348,17 @@ def main(argv=None) -> int:
                     help="refine factors swept; the first is the one built (and searched for all queries)")
     pq.add_argument("--keep-pool", action="store_true", help="keep the pool file under --tmp for the next run")
     args = ap.parse_args(argv)
+    from mosaicdb.index.faiss_index import BUILT_KINDS
+    if set(args.kinds) - set(BUILT_KINDS):
+        ap.error(f"--kinds: unknown {sorted(set(args.kinds) - set(BUILT_KINDS))}; use {', '.join(BUILT_KINDS)}")
     if args.pq_pool and args.quick:
         args.pq_pool, args.queries = min(args.pq_pool, 1_000_000), 8192
+    elif args.quick:
+        args.limit = args.limit or 10_000
+        args.queries, args.holdout, args.big_pool, args.kodak_queries = 8192, 1000, 0, 1024
+        args.nlist_real, args.nprobe = [256], [4, 8, 16]
+        if args.out == common.default_out(NAME):
+            args.out = common.default_out(NAME + "_quick")
     if args.pq_pool and args.out == common.default_out(NAME):
         args.out = common.default_out(NAME + "_ivfpq" + ("_quick" if args.quick else ""))
     data = common.data_dir(args.data)
@@ -306,7 +368,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
 
     t0 = time.perf_counter()
-    feats, fsrc = load_features(args, data)
+    feats, fsrc, spec = load_features(args, data)
+    args.spec = spec
     fsrc["seconds"] = round(time.perf_counter() - t0, 1)
     n_all, dim = feats.shape
     if args.holdout >= n_all:
@@ -324,8 +387,7 @@ def main(argv=None) -> int:
         res["peak_rss"] = common.peak_rss_mb()
         print(f"wrote {common.write_results(args.out, NAME, {'ivfpq': res})}")
         return 0
-    grid = int(round(np.sqrt((dim - 3) / 3)))
-    kodak = kodak_cell_features(data, grid, args.kodak_queries, rng) if args.kodak_queries else None
+    kodak = kodak_cell_features(data, spec, args.kodak_queries, rng) if args.kodak_queries else None
 
     def make_big(noise: float) -> np.ndarray:
         src = np.random.default_rng([args.seed, 1]).permutation(np.arange(args.big_pool) % len(real))
@@ -349,7 +411,7 @@ def main(argv=None) -> int:
                                       for k, v in scale.items()), flush=True)
 
     results = {
-        "features": {**fsrc, "dim": dim, "feature_grid": grid},
+        "features": {**fsrc, "dim": dim, "kind": feature_kinds.describe(spec)},
         "config": {
             "queries": args.queries, "k": args.k, "seed": args.seed,
             "queries_are": (f"{args.queries} = a random held-out tile feature (of {args.holdout} tiles kept out of every pool) "
@@ -362,7 +424,8 @@ def main(argv=None) -> int:
                            + "".join(f", r = {r:g} for pool '1m_noise{r:g}'" for r in args.replica_noise[1:])),
             "kodak_queries_are": (None if kodak is None else
                                   f"{len(kodak)} random cells of the 24 Kodak photos (64x43 cells each, "
-                                  f"{4 * grid}x{4 * grid} INTER_AREA samples per cell, lab_features grid {grid}); recall only"),
+                                  f"{spec.samples}x{spec.samples} INTER_AREA samples per cell, features of the "
+                                  f"pool's kind); recall only"),
             "exact_baseline": "faiss IndexFlatL2 via mosaicdb.index.faiss_index.exact_search, same k",
             "index_search": "VectorIndex.search (batches of SEARCH_BATCH), device cpu",
             "faiss_threads": faiss.omp_get_max_threads(),

@@ -117,9 +117,10 @@ def ingest_cmd(db, sources, link, workers, no_index, quiet, as_json):
 @json_option
 def index_cmd(db, kind, flat_max, ivf_ram_max, nlist, nprobe, pq_m, refine_factor, target_recall, rebuild, quiet,
               as_json):
-    """Build or update the FAISS index of DB and measure its recall. Without --kind (or
-    --rebuild) an existing index is brought up to date as it was built; any --kind given,
-    auto included, builds one of that kind.
+    """Build or update the FAISS index of DB and measure its recall. Without --kind an
+    existing index is brought up to date (--rebuild: built anew) as the kind it was last
+    built with, which the catalog records, so a lost or damaged index comes back as that
+    kind; any --kind given, auto included, builds one of that kind.
 
     Example:
 
@@ -131,7 +132,7 @@ def index_cmd(db, kind, flat_max, ivf_ram_max, nlist, nprobe, pq_m, refine_facto
     # any --kind given builds that kind, auto too (without it, the saved index is brought up to date)
     given = click.get_current_context().get_parameter_source("kind") == click.core.ParameterSource.COMMANDLINE
     with TileDB.open(db) as d:
-        infos = d.index(opts, rebuild=rebuild or given)
+        infos = d.index(opts, rebuild=rebuild or given, keep_kind=not given)
     if as_json:
         echo_json(infos)
     else:
@@ -207,6 +208,9 @@ def check_cmd(db, deep, quiet, as_json):
     """Check that catalog, originals, features, thumbnails and index agree.
 
     Exits 1 when something is wrong; warnings (stale index, orphan files) don't fail.
+    The quick check recomputes 32 sampled tiles' features from their thumbnails (features
+    computed with other settings than the catalog's all disagree); --deep also verifies
+    every row's checksum, 5,000 tiles' features and every original's hash.
 
     Example:
 

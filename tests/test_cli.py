@@ -98,7 +98,9 @@ def test_db_workflow(images, tmp_path):
     assert infos["kind"] == "flat" and infos["ntotal"] == 60 and infos["recall_at_1"] == 1.0
     infos = json.loads(run("db", "index", db, "--kind", "ivf", "--nlist", "8", "--json").stdout)
     assert infos["kind"] == "ivf" and infos["params"]["nlist"] == 1  # capped: FAISS wants 39 points a list
-    res = run("db", "index", db, "--rebuild")
+    res = run("db", "index", db, "--rebuild")  # without --kind: the kind last chosen
+    assert res.stdout.startswith("Index: ivf (nlist=1, trained_on=60, nprobe=1), 60 vectors, recall@1 1.000, built in ")
+    res = run("db", "index", db, "--kind", "auto")
     assert res.stdout.startswith("Index: flat, 60 vectors, recall@1 1.000, built in ")
 
     with TileDB.open(db, readonly=True) as d:

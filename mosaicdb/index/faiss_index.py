@@ -254,11 +254,13 @@ class VectorIndex:
         `rows`: () -> the full vectors by tile id, which an ivfpq index refines from."""
         folder = Path(folder)
         # None means "no usable index": the database rebuilds it from its features
+        infos = read_infos(folder)
+        if infos is None:
+            return None
         try:
-            infos = json.loads(read_regular_file(folder / "index_infos.json", MAX_INFOS_BYTES))
             ids = np.load(folder / "ids.npy", allow_pickle=False)
-            if not (isinstance(infos, dict) and isinstance(infos.get("params", {}), dict)
-                    and infos.get("kind") in BUILT_KINDS and ids.ndim == 1 and ids.dtype.kind in "iu"):
+            if not (isinstance(infos.get("params", {}), dict) and infos.get("kind") in BUILT_KINDS
+                    and ids.ndim == 1 and ids.dtype.kind in "iu"):
                 return None
             index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
@@ -278,6 +280,16 @@ class VectorIndex:
                 AttributeError, RecursionError, UnsafeFile):
             return None
         return cls(index, infos, ids, rows=rows)
+
+
+def read_infos(folder: Path) -> dict | None:
+    """The index_infos.json saved in `folder` (a JSON object, bounded before reading), or None
+    when it is missing or unreadable; read on its own too, to learn what a damaged index was."""
+    try:
+        infos = json.loads(read_regular_file(Path(folder) / "index_infos.json", MAX_INFOS_BYTES))
+    except (OSError, json.JSONDecodeError, ValueError, UnicodeDecodeError, RecursionError, UnsafeFile):
+        return None
+    return infos if isinstance(infos, dict) else None
 
 
 def _rerank():

@@ -22,5 +22,6 @@ def midpoint_queries(vectors: np.ndarray, m: int, rng) -> np.ndarray:
 
 def recall_at_1(found_d: np.ndarray, exact_d: np.ndarray) -> float:
     """Share of queries whose first result is as near as the exact nearest vector (distances,
-    not ids, so exact ties and duplicate vectors count as found)."""
-    return float((found_d <= exact_d * (1 + 1e-5) + 1e-6).mean())
+    not ids, so exact ties and duplicate vectors count as found). In float64: FAISS reports an
+    unfound neighbour (a query or pool holding NaN) as float32's largest value."""
+    return float((found_d <= np.asarray(exact_d, np.float64) * (1 + 1e-5) + 1e-6).mean())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,9 @@ import numpy as np
 from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
-from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search
+from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search, read_infos
 from ..index.ivfpq import MIN_VECTORS, resolve_kind
+from . import catalog
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,19 @@ class IndexLifecycle:
     def index_dir(self) -> Path:
         return self.path / "index"
 
-    def index(self, options: IndexOptions | None = None, *, rebuild: bool = False) -> dict:
+    def index(self, options: IndexOptions | None = None, *, rebuild: bool = False, keep_kind: bool = False) -> dict:
         """Bring the index up to date and return its infos: built from scratch when `rebuild`
-        or when `options` fix its kind or parameters, updated in place otherwise."""
+        or when `options` fix its kind or parameters, updated in place otherwise. `keep_kind`
+        (options of kind auto, meaning none was given): a rebuild keeps the kind the index was
+        last built with (`mosaic db index --rebuild` without --kind)."""
         opts = options or IndexOptions()
-        if rebuild or opts.kind != "auto" or opts.nlist or opts.nprobe or opts.pq_m or opts.refine_factor:
-            return self.build_index(opts)
-        return self.update_index(opts)
+        if not (rebuild or opts.kind != "auto" or opts.nlist or opts.nprobe or opts.pq_m or opts.refine_factor):
+            return self.update_index(opts)
+        if keep_kind and opts.kind == "auto":
+            self._writable()
+            with self.lock:
+                return self._build_index_locked(self._chosen_options(opts, self.load_index()))
+        return self.build_index(opts)
 
     def load_index(self) -> VectorIndex | None:
         """The saved vector index (loaded once), or None when there is none yet."""
@@ -64,11 +71,19 @@ class IndexLifecycle:
         """Build, save and keep the index of the tiles `ids` (their rows already trusted)."""
         # rows, not a copy of the vectors: the ivfpq kind reads them a chunk at a time and
         # refines its searches from them
+        # tiles whose features are NaN or infinite: in the index, never found (counted here, where
+        # every row is read anyway, so that make can say so without reading them again)
+        nonfinite = len(np.intersect1d(self.nonfinite_ids(), ids))
         idx = build_index(None, ids, options, pca_dims=feature_kinds.index_pca_dims(self.feature_spec, len(ids)),
                           extra={"catalog_version": self.version, "ntotal_at_build": len(ids),
-                                 "features": feature_kinds.signature(self.feature_spec)}, rows=self.features)
+                                 "features": feature_kinds.signature(self.feature_spec), "nonfinite": nonfinite},
+                          rows=self.features)
         idx.save(self.index_dir)
         self._index = idx
+        # the choice outlives the index files: a lost or damaged index is rebuilt as this kind
+        with self.con:
+            catalog.set_meta(self.con, index_options=asdict(options))
+        self._refresh()
         return idx.infos
 
     def update_index(self, options: IndexOptions | None = None) -> dict:
@@ -85,12 +100,9 @@ class IndexLifecycle:
         moved far from what the index was built for (flat grew past flat_max, IVF 2x off)."""
         self.refuse_links()
         idx = self.load_index()
-        if idx is not None and options is None:
-            try:
-                options = self._saved_options_that_fit(IndexOptions(**idx.infos.get("options", {})))
-            except (TypeError, UsageError):  # infos from an older or damaged index: rebuild with defaults
-                idx = None
-        options = options or IndexOptions()
+        if idx is not None and options is None and self._recorded_options(idx) is None:
+            idx = None  # infos from an older or damaged index, and no record: rebuild with defaults
+        options = self._chosen_options(options, idx)
         ids = self.ids()
         if idx is None or len(ids) == 0:
             return self._build_index_locked(options) if len(ids) else {}
@@ -106,18 +118,59 @@ class IndexLifecycle:
         extra = np.setdiff1d(idx.ids, ids)
         self.check_rows("features", missing)
         idx.remove(extra)
-        idx.add(np.asarray(self.features()[missing]), missing)
-        idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time())
+        added = np.asarray(self.features()[missing])
+        idx.add(added, missing)
+        nonfinite = _saved_count(idx.infos)
+        if nonfinite is not None:  # the removed tiles' rows are still there (row = id)
+            nonfinite += _nonfinite_rows(added) - _nonfinite_rows(np.asarray(self.features()[extra]))
+        idx.infos.update(ntotal=idx.ntotal, catalog_version=self.version, updated_at=time.time(),
+                         nonfinite=None if nonfinite is None else max(0, nonfinite))
         idx.save(self.index_dir)
         return idx.infos
+
+    def _recorded_options(self, idx: VectorIndex | None) -> IndexOptions | None:
+        """The options the index was last built with: as the catalog records them at each build,
+        else (databases indexed before that record) as the index's infos say, read even when
+        the index itself is missing or damaged; None when neither is there and valid."""
+        infos = idx.infos if idx is not None else read_infos(self.index_dir) or {}
+        for saved in (self.meta.get("index_options"), infos.get("options")):
+            if isinstance(saved, dict):
+                try:
+                    return IndexOptions(**saved)
+                except (TypeError, UsageError):
+                    pass
+        return None
+
+    def _chosen_options(self, given: IndexOptions | None, idx: VectorIndex | None) -> IndexOptions:
+        """The options to update or rebuild the index with: the kind and parameters it was last
+        built with (a hand-chosen --kind survives a lost, damaged or foreign index), with the
+        other settings of `given` (kind auto: the update path of `index()` gets no other)."""
+        recorded = self._recorded_options(idx)
+        if recorded is None:
+            if idx is None and self._index_files_left():
+                log.warning("the index of %s is damaged and the kind it was built with is not recorded: rebuilding "
+                            "it as kind auto (if it was built with --kind, run `mosaic db index %s --kind KIND`)",
+                            self.path, self.path)
+            return given or IndexOptions()
+        if given is not None:  # parameters given (non-zero) win over the recorded ones
+            recorded = replace(given, kind=recorded.kind, **{k: getattr(given, k) or getattr(recorded, k)
+                                                             for k in ("nlist", "nprobe", "pq_m", "refine_factor")})
+        return self._saved_options_that_fit(recorded)
+
+    def _index_files_left(self) -> bool:
+        try:
+            return any(self.index_dir.iterdir())
+        except OSError:
+            return False
 
     def _saved_options_that_fit(self, options: IndexOptions) -> IndexOptions:
         """The options an index was built with, to rebuild it after the pool changed; an ivfpq
         index over a pool that shrank below what ivfpq trains on becomes kind auto (nobody asked
         for ivfpq now: refusing would fail `db remove` or `make` with an option never given)."""
         if options.kind == "ivfpq" and len(self) < MIN_VECTORS:
-            log.warning("%s has %d tiles now, too few for its ivfpq index: rebuilding it as kind auto",
-                        self.path, len(self))
+            log.warning("%s has %d tiles now, too few for its ivfpq index (%d at least): rebuilding it as kind "
+                        "auto (once it has more, run `mosaic db index %s --kind ivfpq`)",
+                        self.path, len(self), MIN_VECTORS, self.path)
             return replace(options, kind="auto", pq_m=0, refine_factor=0, nlist=0, nprobe=0)
         return options
 
@@ -141,10 +194,25 @@ class IndexLifecycle:
                     raise IndexStale(f"the index of {self.path} does not find its own tiles (copied from another "
                                      f"database, or damaged): run `mosaic db index --rebuild {self.path}`")
                 log.warning("the index of %s does not find its own tiles: rebuilding it", self.path)
-                self.build_index()
+                self._writable()
+                with self.lock:  # its infos may be another database's: the catalog's record comes first
+                    self._build_index_locked(self._chosen_options(None, idx))
                 idx = self.load_index()
+            self._warn_nonfinite(idx)
             self._index_probed = True
         return idx
+
+    def _warn_nonfinite(self, idx: VectorIndex) -> None:
+        """Once per opened database (a batch of targets warns once): tiles whose features are
+        NaN or infinite, which no search returns, so matching goes on without them. The count
+        the index recorded when it read them (an index from before that record: the rows are
+        scanned, 0.4 s warm at 1M tiles of 255 dims, 1.8 s from disk)."""
+        n = _saved_count(idx.infos)
+        if n is None:
+            n = len(self.nonfinite_ids())
+        if n:
+            log.warning("%s: %d tiles have non-finite features and are left out of matching: `mosaic db check %s` "
+                        "reports them, `mosaic db repair %s` recomputes them", self.path, n, self.path, self.path)
 
     def index_foreign(self, idx) -> bool:
         """Whether `idx` fails to return a quarter or more of a few sampled tiles at their own
@@ -183,3 +251,13 @@ class IndexLifecycle:
             return d, i
         return self.ensure_index().search(vectors, k, device=device, exclude=exclude)
 
+
+
+def _nonfinite_rows(rows: np.ndarray) -> int:
+    return int((~np.isfinite(rows).all(axis=1)).sum()) if len(rows) else 0
+
+
+def _saved_count(infos: dict) -> int | None:
+    """infos["nonfinite"] when it is a count (index infos are untrusted), else None."""
+    n = infos.get("nonfinite")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None

@@ -68,17 +68,20 @@ class Integrity:
                 out.append(f"{arr.path.name} {what}, the catalog needs {self.next_id}")
         return out
 
-    def finite_problems(self, block: int = 1 << 16) -> list[str]:
-        """Live tiles whose features are not finite (what `db check` reports), read in blocks."""
+    def nonfinite_ids(self, block: int = 1 << 16) -> np.ndarray:
+        """Live tiles whose features are not finite (matching can never place them), read in
+        blocks."""
         ids = self.ids()
         if not len(ids):
-            return []
-        feats, bad, first = self._features.read(self.next_id), 0, None
-        for part in np.array_split(ids, max(1, len(ids) // block)):
-            off = part[~np.isfinite(np.asarray(feats[part])).all(axis=1)]
-            bad += len(off)
-            first = off[0] if first is None and len(off) else first
-        return [f"features: {bad} tiles have non-finite features (first id {first})"] if bad else []
+            return ids
+        feats = self._features.read(self.next_id)
+        return np.concatenate([part[~np.isfinite(np.asarray(feats[part])).all(axis=1)]
+                               for part in np.array_split(ids, max(1, len(ids) // block))])
+
+    def finite_problems(self) -> list[str]:
+        """The non-finite features `db check` reports."""
+        off = self.nonfinite_ids()
+        return [f"features: {len(off)} tiles have non-finite features (first id {off[0]})"] if len(off) else []
 
     def own_files(self) -> list:
         """The files and folders the database itself owns, as (path, kind) with kind "file" or

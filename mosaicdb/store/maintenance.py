@@ -13,6 +13,11 @@ from ..io import inside
 from .decode import tile_features
 
 CATALOG = "catalog.sqlite"
+# Tiles whose features a quick check recomputes from their thumbnails (a few ms): enough to see
+# features computed with other settings than the catalog's (every row disagrees), not to find a
+# few damaged rows (--deep recomputes 5,000 and verifies every checksum).
+QUICK_FEATURE_SAMPLE = 32
+DEEP_FEATURE_SAMPLE = 5000
 
 
 @dataclass
@@ -77,6 +82,8 @@ class Maintenance:
         self._check_originals(rep, deep)
         if deep:
             self._check_rows(rep, ids, feats)
+        else:
+            self._check_feature_settings(rep, ids, feats)
         self._check_index(rep, ids, feats, deep)
         return rep
 
@@ -128,14 +135,34 @@ class Maintenance:
             if n:
                 rep.warnings.append(f"{name}: {n} tiles' rows have no checksum (made by an older mosaicdb); "
                                     f"`mosaic db repair {self.path}` records them")
-        if len(ids):
-            sample = ids if len(ids) <= 5000 else np.random.default_rng(0).choice(ids, 5000, replace=False)
-            sample = np.sort(sample)
-            thumbs = [np.asarray(self.thumbs(s)[sample]) for s in self.thumb_sizes]
-            again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
-            off = np.abs(again - np.asarray(feats[sample])).max(axis=1) > 1e-3
-            if off.any():
-                rep.problems.append(f"features: {int(off.sum())} tiles disagree with their thumbnails")
+        off, _ = self._features_disagreeing(ids, feats, DEEP_FEATURE_SAMPLE)
+        if off:
+            rep.problems.append(f"features: {off} tiles disagree with their thumbnails")
+
+    def _check_feature_settings(self, rep: CheckReport, ids, feats) -> None:
+        """A few tiles' features recomputed from their thumbnails with the catalog's feature
+        settings: rows computed with other settings (a tampered catalog) all disagree."""
+        off, n = self._features_disagreeing(ids, feats, QUICK_FEATURE_SAMPLE)
+        if off and off == n:
+            kind = self.feature_spec.kind
+            rep.problems.append(f"features: none of {n} sampled tiles has the features the catalog's settings "
+                                f"({feature_kinds.describe(self.feature_spec)}) give its thumbnails: the settings or "
+                                f"the features were changed; `mosaic db reindex {self.path} --features {kind}` "
+                                "recomputes them")
+        elif off:
+            rep.problems.append(f"features: {off} of {n} sampled tiles disagree with their thumbnails; "
+                                f"`mosaic db check --deep {self.path}` verifies every row")
+
+    def _features_disagreeing(self, ids, feats, sample: int) -> tuple[int, int]:
+        """(how many, of how many sampled) tiles' stored features differ from the features of
+        their thumbnails, recomputed now."""
+        if not len(ids):
+            return 0, 0
+        pick = ids if len(ids) <= sample else np.random.default_rng(0).choice(ids, sample, replace=False)
+        pick = np.sort(pick)
+        thumbs = [np.asarray(self.thumbs(s)[pick]) for s in self.thumb_sizes]
+        again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
+        return int((np.abs(again - np.asarray(feats[pick])).max(axis=1) > 1e-3).sum()), len(pick)
 
     def _check_index(self, rep: CheckReport, ids, feats, deep: bool) -> None:
         idx = self.load_index()

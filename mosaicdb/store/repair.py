@@ -7,6 +7,8 @@
 - Rows made by an older mosaicdb (no checksum) are checked against each other (features
   recomputed from the thumbnails; all-black thumbnails are suspect) before their checksums are
   recorded.
+- Rows whose features are not finite are rebuilt the same way, even when their checksums match
+  (rows written so by a damaged or older writer: matching could never place those tiles).
 - The index is rebuilt from the features.
 - Every original is re-hashed: tiles whose original is missing, changed or outside its folder
   cannot be drawn at full size and cannot be rebuilt; they are reported with the tiles whose
@@ -91,6 +93,7 @@ class Repair:
             for name in self.arrays():
                 bad.update(self.bad_rows(name, ids).tolist())
             bad.update(self._suspect_unrecorded(ids).tolist())
+            bad.update(self.nonfinite_ids().tolist())  # NaN rows whose checksums match (written so)
             unrecorded = set(self._unrecorded_ids(ids).tolist())
             rebuilt, unrecoverable = self._rebuild(sorted(bad), workers, progress)
             rep.rebuilt, rep.unrecoverable = len(rebuilt), unrecoverable
@@ -188,10 +191,4 @@ class Repair:
         return len(ids)
 
     def _build_index_from(self, ids: np.ndarray) -> None:
-        from ..index import IndexOptions
-        idx = self.load_index()
-        try:
-            options = IndexOptions(**idx.infos.get("options", {})) if idx is not None else IndexOptions()
-        except Exception:
-            options = IndexOptions()
-        self._index_of(ids, options)
+        self._index_of(ids, self._chosen_options(None, self.load_index()))

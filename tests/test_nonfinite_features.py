@@ -1,0 +1,113 @@
+"""Tiles whose features are NaN or infinite: matching leaves them out, and says so once per
+opened database (not once per target); `db repair` recomputes them even when their checksums
+match the bad rows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clirun import check_process, invoke_cli
+from conftest import synthetic_image, write_synthetic
+from mosaicdb import TileDB
+from mosaicdb.make import Maker
+from mosaicdb.match.options import MatchOptions
+from mosaicdb.render.options import RenderOptions
+
+LOGGER = "mosaicdb.store.indexing"
+# building an index over such rows must not print numpy's overflow warning to the user either
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+BAD = np.arange(3, 9)
+
+
+@pytest.fixture
+def spoiled(tmp_path):
+    """A 40-tile database whose tiles 3-8 have non-finite features, with checksums and index
+    made of those rows (as a writer that computed them so would have left it), and two targets."""
+    write_synthetic(tmp_path / "src", 40, seed=11)
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([tmp_path / "src"], workers=1)
+        f = db._features.read(db.next_id, mode="r+")
+        f[BAD[:3]] = np.nan
+        f[BAD[3:], 2] = np.inf
+        f.flush()
+        del f
+        db.rewrite_checksums("features", 0, db.next_id)
+        db.index(rebuild=True)
+    targets = []
+    for seed in (3, 4):
+        targets.append(tmp_path / f"target{seed}.png")
+        Image.fromarray(synthetic_image(np.random.default_rng(seed), 96, 64, "blocks")).save(targets[-1])
+    return tmp_path / "t.db", targets
+
+
+def _nonfinite_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+
+
+def test_make_warns_once_for_a_batch_with_the_count_and_the_fix(spoiled, tmp_path, caplog):
+    path, targets = spoiled
+    with caplog.at_level("WARNING", logger=LOGGER), TileDB.open(path, readonly=True) as db:
+        maker = Maker(db, MatchOptions(grid="12", min_distance=0), RenderOptions(tile_px=8))
+        used = [maker.make(t, tmp_path / f"out{i}.png").saved.tile_ids for i, t in enumerate(targets)]
+        db.search(np.asarray(db.features()[:5]), 1)  # the library's search: no second warning
+    warnings = _nonfinite_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert f"{path}: 6 tiles have non-finite features and are left out of matching" in warnings[0]
+    assert f"`mosaic db check {path}`" in warnings[0] and f"`mosaic db repair {path}`" in warnings[0]
+    assert not np.isin(np.concatenate(used), BAD).any()
+
+
+def _warnings_on_first_use(path, caplog) -> list[str]:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=LOGGER), TileDB.open(path, readonly=True) as db:
+        db.ensure_index()
+    return _nonfinite_warnings(caplog)
+
+
+def test_the_count_is_the_index_s_and_read_from_the_rows_for_an_older_index(spoiled, caplog):
+    """The index counts them when it reads the rows (make reads no row for it); an index from
+    before that count, or with a count that is not one, has the rows scanned."""
+    path, _ = spoiled
+    infos_file = path / "index" / "index_infos.json"
+    infos = json.loads(infos_file.read_text())
+    assert infos["nonfinite"] == 6
+    infos_file.write_text(json.dumps({**infos, "nonfinite": 2}))  # what make believes
+    assert "2 tiles have non-finite features" in _warnings_on_first_use(path, caplog)[0]
+    for older in ({k: v for k, v in infos.items() if k != "nonfinite"}, {**infos, "nonfinite": "many"},
+                  {**infos, "nonfinite": True}):
+        infos_file.write_text(json.dumps(older))
+        assert "6 tiles have non-finite features" in _warnings_on_first_use(path, caplog)[0]
+
+
+def test_a_sound_database_makes_no_such_warning(spoiled, tmp_path, caplog):
+    path, targets = spoiled
+    invoke_cli("db", "repair", path, code=0)
+    with caplog.at_level("WARNING", logger=LOGGER), TileDB.open(path, readonly=True) as db:
+        Maker(db, MatchOptions(grid="12", min_distance=0), RenderOptions(tile_px=8)).make(targets[0], tmp_path / "o.png")
+    assert not _nonfinite_warnings(caplog)
+
+
+def test_the_cli_says_it_once_on_stderr(spoiled, tmp_path):
+    path, targets = spoiled
+    res = subprocess.run([sys.executable, "-m", "mosaicdb", "make", "--db", str(path), *map(str, targets),
+                          "--out", str(tmp_path / "outs"), "--grid", "12", "--tile-px", "8", "-q"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    check_process(res, "make")
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "non-finite" in line]
+    assert len(lines) == 1 and lines[0].startswith("WARNING ") and "6 tiles" in lines[0], res.stderr
+    assert len(list((tmp_path / "outs").glob("*.jpg"))) == 2
+
+
+def test_repair_recomputes_non_finite_rows_whose_checksums_match(spoiled):
+    path, _ = spoiled
+    assert "6 tiles have non-finite features" in invoke_cli("db", "check", path, code=1).output
+    assert "6 tiles rebuilt" in invoke_cli("db", "repair", path, code=0).output
+    invoke_cli("db", "check", path, code=0)
+    with TileDB.open(path, readonly=True) as db:
+        assert np.isfinite(np.asarray(db.features()[db.ids()])).all()
