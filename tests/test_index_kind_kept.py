@@ -20,7 +20,7 @@ KINDS = ("flat", "ivf", "ivf16", "ivfpq")
 # What the user built: a kind, or auto with a --flat-max that makes 2,000 tiles an IVF (flat is
 # also what auto builds for 2,000 tiles: only the other kinds fail without the record)
 CHOICES = {**{k: dict(kind=k) for k in KINDS}, "auto-flat-max-100": dict(kind="auto", flat_max=100)}
-BUILDS = {**{k: k for k in KINDS}, "auto-flat-max-100": "ivf"}
+BUILDS = {**{k: k for k in KINDS}, "auto-flat-max-100": "ivf16"}  # what auto builds past flat_max
 LOGGER = "mosaicdb.store.indexing"
 
 
