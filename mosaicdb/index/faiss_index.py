@@ -39,8 +39,8 @@ IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats
 INVERTED_KINDS = (*IVF_KINDS, "ivfpq")  # every kind with inverted lists (nprobe, list order)
 # ivf16 (what auto builds between flat and ivfpq): half-float vectors behind a PCA to at most
 # this many dims (not the features' 48), candidates re-ranked by the exact cost as for ivf.
-# 32 dims: on the 1M pool, 65,536 real cells, it tuned to nprobe 32 and searched in 3.16 s
-# (5.6 CPU-s) against ivf's 4.28 s (7.7 CPU-s) at recall@1 0.9985 (ivf 0.9995); its 32
+# 32 dims: on the 1M pool, 65,536 real cells, it tuned to nprobe 32 and searched in 2.94 s
+# (5.5 CPU-s) against ivf's 4.40 s (8.0 CPU-s) at recall@1 0.9985 (ivf 0.9995); its 32
 # candidates hold 0.811 of the exact 32 (ivf 0.884, 24 dims 0.755). On 50,000 tiles, 6
 # photographs at 64 and 128 cells, every repeat mode: PSNR@64, SSIM@64 and pyramid L1 within
 # 0.015 dB / 0.0002 / 0.002e-3 of ivf's, mean cost within 0.05 %; bench_match's 65,536 cells
