@@ -167,6 +167,17 @@ def write_synthetic(folder: Path, n: int, seed: int = 0, prefix: str = "s") -> l
     return paths
 
 
+@pytest.fixture
+def db40(tmp_path):
+    """A database of 40 synthetic tiles, closed; its folder of sources beside it (tmp_path/src)."""
+    from mosaicdb import TileDB
+    src = tmp_path / "src"
+    write_synthetic(src, 40, seed=11)
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([src], workers=1)
+    return tmp_path / "t.db"
+
+
 @pytest.fixture(scope="session")
 def synthetic_tiles(tmp_path_factory) -> Path:
     """A read-only folder of 300 varied synthetic images (PNG and JPEG, 8-160 px, mixed sizes)."""

@@ -38,16 +38,6 @@ MOSAIC = [sys.executable, "-m", "mosaicdb"]
 
 
 @pytest.fixture
-def db40(tmp_path):
-    """A database of 40 synthetic tiles, closed; its folder of sources beside it."""
-    src = tmp_path / "src"
-    write_synthetic(src, 40, seed=11)
-    with TileDB.create(tmp_path / "t.db") as db:
-        db.ingest([src], workers=1)
-    return tmp_path / "t.db"
-
-
-@pytest.fixture
 def target(tmp_path) -> Path:
     p = tmp_path / "target.png"
     Image.fromarray(synthetic_image(np.random.default_rng(3), 96, 64, "blocks")).save(p)

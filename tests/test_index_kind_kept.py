@@ -14,7 +14,6 @@ from mosaicdb import TileDB
 from mosaicdb.index import IndexOptions, build_index
 from mosaicdb.index.ivfpq import MIN_VECTORS
 from clirun import invoke_cli
-from conftest import write_synthetic
 
 KINDS = ("flat", "ivf", "ivf16", "ivfpq")
 # What the user built: a kind, or auto with a --flat-max that makes 2,000 tiles an IVF (flat is
@@ -133,10 +132,3 @@ def test_an_ivfpq_index_lost_below_its_minimum_names_the_kind_and_the_command(ci
     assert f"mosaic db index {cifar_copy} --kind ivfpq" in warnings[0]
 
 
-@pytest.fixture
-def db40(tmp_path):
-    src = tmp_path / "src"
-    write_synthetic(src, 40, seed=11)
-    with TileDB.create(tmp_path / "t.db") as db:
-        db.ingest([src], workers=1)
-    return tmp_path / "t.db"
