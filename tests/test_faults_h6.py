@@ -1,0 +1,48 @@
+"""A hostile pass over the index-kind record, the index infos, non-finite features and odd
+targets (issue 17): each test here failed before its fix."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clirun import invoke_cli
+
+
+@pytest.fixture
+def target(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "target.png"
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _infos(db):
+    return db / "index" / "index_infos.json"
+
+
+@pytest.mark.parametrize("field, value", [("pca_dims", "x"), ("pca_dims", -4), ("features_pca_dims", [1]),
+                                          ("ntotal_at_build", 1.5), ("recall_at_1", "NaN"), ("recall_at_1", {})])
+@pytest.mark.parametrize("command", ["make", "stats"])
+def test_index_infos_with_wrong_types_rebuild_the_index(db40, target, tmp_path, field, value, command):
+    invoke_cli("db", "index", db40, code=0)
+    infos = json.loads(_infos(db40).read_text())
+    _infos(db40).write_text(json.dumps({**infos, field: value}))
+    if command == "make":
+        invoke_cli("-q", "make", "--db", db40, target, "--out", tmp_path / "m.png", code=0)
+        assert json.loads(_infos(db40).read_text())[field] != value  # rebuilt
+    else:
+        res = invoke_cli("db", "stats", db40, code=0)
+        assert "recall@1" not in res.output or "NaN" not in res.output
+
+
+def test_deeply_nested_catalog_meta_is_one_line(db40):
+    con = sqlite3.connect(db40 / "catalog.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'index_options'", ("[" * 100_000 + "]" * 100_000,))
+    con.close()
+    res = invoke_cli("db", "stats", db40, code=1)
+    assert "catalog.sqlite is damaged" in res.output
