@@ -46,3 +46,21 @@ def test_deeply_nested_catalog_meta_is_one_line(db40):
     con.close()
     res = invoke_cli("db", "stats", db40, code=1)
     assert "catalog.sqlite is damaged" in res.output
+
+
+def test_quick_check_names_damaged_thumbnails_not_reindex(db40):
+    """Every thumbnail the quick check recomputes features from is damaged: the rows fail
+    their checksums, so the fix is db repair (a reindex would compute features from the noise)."""
+    from mosaicdb import TileDB
+    with TileDB.open(db40) as db:
+        sizes = db.thumb_sizes
+    for size in sizes:
+        thumbs = np.memmap(db40 / f"thumbs_{size}.u8", dtype=np.uint8, mode="r+")
+        thumbs[:] = np.random.default_rng(size).integers(0, 256, thumbs.size, dtype=np.uint8)
+        thumbs.flush()
+        del thumbs
+    res = invoke_cli("db", "check", db40, code=1)
+    assert "fail their checksum" in res.output and "db repair" in res.output
+    assert "reindex" not in res.output
+    invoke_cli("db", "repair", db40, code=0)
+    invoke_cli("db", "check", db40, code=0)
