@@ -64,3 +64,22 @@ def test_quick_check_names_damaged_thumbnails_not_reindex(db40):
     assert "reindex" not in res.output
     invoke_cli("db", "repair", db40, code=0)
     invoke_cli("db", "check", db40, code=0)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivf16"])
+def test_ivf_of_a_tiny_pool_prints_nothing_of_faiss(tmp_path, capfd, kind):
+    """Under 39 tiles an IVF has one list: FAISS printed 'WARNING clustering 10 points to 1
+    centroids' straight to the process's stderr, around the CLI's one-line messages."""
+    from conftest import write_synthetic
+    from mosaicdb import TileDB
+    write_synthetic(tmp_path / "src", 10, seed=3)
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([tmp_path / "src"], workers=1)
+    capfd.readouterr()
+    invoke_cli("-q", "db", "index", tmp_path / "t.db", "--kind", kind, code=0)
+    assert "clustering" not in capfd.readouterr().err
+
+
+def test_ivfpq_on_a_small_pool_names_every_kind_that_fits(db40):
+    res = invoke_cli("db", "index", db40, "--kind", "ivfpq", code=2)
+    assert "flat, ivf or ivf16" in res.output

@@ -362,6 +362,8 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
                                                         faiss.METRIC_L2)
         train_n = min(n, 64 * nlist)
         ivf.cp.seed = opts.seed
+        # under 39 tiles (one list) FAISS would print its own warning to stderr, past the CLI
+        ivf.cp.min_points_per_centroid = 1
         params = {"nlist": nlist, "trained_on": int(train_n)}
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatL2(d_in))
