@@ -83,3 +83,27 @@ def test_ivf_of_a_tiny_pool_prints_nothing_of_faiss(tmp_path, capfd, kind):
 def test_ivfpq_on_a_small_pool_names_every_kind_that_fits(db40):
     res = invoke_cli("db", "index", db40, "--kind", "ivfpq", code=2)
     assert "flat, ivf or ivf16" in res.output
+
+
+@pytest.fixture
+def cifar_copy(cifar_ingest, tmp_path):
+    import shutil
+    dest = tmp_path / "c.db"
+    shutil.copytree(cifar_ingest[0], dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_reindex_after_ivfpq_with_pq_m_that_no_longer_divides(cifar_copy, target, tmp_path):
+    """`db index --kind ivfpq --pq-m 16` (48 PCA dims), then `db reindex --features lab-grid`
+    (51 dims): the recorded --pq-m 16 failed reindex, make and db index --rebuild with exit 2
+    naming an option none of them was given; now a pq_m is chosen again (ivfpq kept)."""
+    invoke_cli("-q", "db", "index", cifar_copy, "--kind", "ivfpq", "--pq-m", "16", code=0)
+    invoke_cli("-q", "db", "reindex", cifar_copy, "--features", "lab-grid", code=0)
+    invoke_cli("-q", "make", "--db", cifar_copy, target, "--out", tmp_path / "m.png", code=0)
+    invoke_cli("-q", "db", "index", cifar_copy, "--rebuild", code=0)
+    infos = json.loads(_infos(cifar_copy).read_text())
+    assert infos["kind"] == "ivfpq" and 51 % infos["params"]["pq_m"] == 0
+    # a --pq-m given now is still the user's: refused when it does not fit
+    res = invoke_cli("db", "index", cifar_copy, "--kind", "ivfpq", "--pq-m", "16", code=2)
+    assert "--pq-m 16" in res.output
