@@ -107,3 +107,13 @@ def test_reindex_after_ivfpq_with_pq_m_that_no_longer_divides(cifar_copy, target
     # a --pq-m given now is still the user's: refused when it does not fit
     res = invoke_cli("db", "index", cifar_copy, "--kind", "ivfpq", "--pq-m", "16", code=2)
     assert "--pq-m 16" in res.output
+
+
+def test_nonfinite_count_above_the_index_size_is_not_believed(db40, target, tmp_path, caplog):
+    """infos saying 10**30 tiles have non-finite features (of 40): make warned with that number;
+    now the rows are scanned instead (none is non-finite: no warning)."""
+    invoke_cli("db", "index", db40, code=0)
+    infos = json.loads(_infos(db40).read_text())
+    _infos(db40).write_text(json.dumps({**infos, "nonfinite": 10**30}))
+    invoke_cli("-q", "make", "--db", db40, target, "--out", tmp_path / "m.png", code=0)
+    assert not [r for r in caplog.records if "non-finite" in r.getMessage()]

@@ -270,6 +270,8 @@ def _nonfinite_rows(rows: np.ndarray) -> int:
 
 
 def _saved_count(infos: dict) -> int | None:
-    """infos["nonfinite"] when it is a count (index infos are untrusted), else None."""
-    n = infos.get("nonfinite")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    """infos["nonfinite"] when it is a count of at most the index's tiles (index infos are
+    untrusted), else None."""
+    n, total = infos.get("nonfinite"), infos.get("ntotal")
+    counts = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n, total))
+    return n if counts and n <= total else None
