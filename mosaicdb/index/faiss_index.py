@@ -260,7 +260,7 @@ class VectorIndex:
         try:
             ids = np.load(folder / "ids.npy", allow_pickle=False)
             if not (isinstance(infos.get("params", {}), dict) and infos.get("kind") in BUILT_KINDS
-                    and ids.ndim == 1 and ids.dtype.kind in "iu"):
+                    and ids.ndim == 1 and ids.dtype.kind in "iu" and _infos_well_typed(infos)):
                 return None
             index = read_faiss(folder / "index.faiss")
             if index.ntotal != len(ids) or infos.get("ntotal", index.ntotal) != index.ntotal:
@@ -280,6 +280,20 @@ class VectorIndex:
                 AttributeError, RecursionError, UnsafeFile):
             return None
         return cls(index, infos, ids, rows=rows)
+
+
+def _infos_well_typed(infos: dict) -> bool:
+    """Whether the figures other code reads from `infos` (int(), formatting) have their types:
+    an index whose infos say otherwise is rebuilt rather than failing `make` or `db stats`."""
+    counts = ("pca_dims", "features_pca_dims", "ntotal_at_build", "ntotal")
+    if not all(_is_count(infos[k]) for k in counts if k in infos):
+        return False
+    recall = infos.get("recall_at_1")
+    return recall is None or (isinstance(recall, (int, float)) and not isinstance(recall, bool))
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def read_infos(folder: Path) -> dict | None:
@@ -348,6 +362,8 @@ def build_index(vectors: np.ndarray | None, ids: np.ndarray, opts: IndexOptions 
                                                         faiss.METRIC_L2)
         train_n = min(n, 64 * nlist)
         ivf.cp.seed = opts.seed
+        # under 39 tiles (one list) FAISS would print its own warning to stderr, past the CLI
+        ivf.cp.min_points_per_centroid = 1
         params = {"nlist": nlist, "trained_on": int(train_n)}
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatL2(d_in))

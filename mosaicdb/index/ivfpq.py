@@ -149,7 +149,7 @@ def build_ivfpq(rows_of, ids: np.ndarray, opts, pca_dims: int = 0, extra: dict |
     n, d = len(ids), int(rows.shape[1])
     if n < MIN_VECTORS:
         raise UsageError(f"--kind ivfpq needs at least {MIN_VECTORS:,} tiles (this pool has {n:,}): "
-                         f"use --kind auto, flat or ivf")
+                         f"use --kind auto, flat, ivf or ivf16")
     d_in = pca_dims if 0 < pca_dims < d else d
     m = choose_m(d_in, opts.pq_m)
     nlist = opts.nlist or default_nlist(n)

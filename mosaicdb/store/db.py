@@ -186,7 +186,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
                                 "(in Python: TileDB.create(path))")
         try:
             return cls(path, readonly=readonly)
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError, RecursionError) as e:
             raise DatabaseError(f"{path}/{CATALOG} is damaged ({e}): rebuild the database") from None
         except Exception as e:  # sqlite3.DatabaseError: not a database file, etc.
             if type(e).__module__ == "sqlite3":

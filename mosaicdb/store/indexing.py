@@ -152,10 +152,22 @@ class IndexLifecycle:
                             "it as kind auto (if it was built with --kind, run `mosaic db index %s --kind KIND`)",
                             self.path, self.path)
             return given or IndexOptions()
+        recorded = self._recorded_pq_m_that_fits(recorded)
         if given is not None:  # parameters given (non-zero) win over the recorded ones
             recorded = replace(given, kind=recorded.kind, **{k: getattr(given, k) or getattr(recorded, k)
                                                              for k in ("nlist", "nprobe", "pq_m", "refine_factor")})
         return self._saved_options_that_fit(recorded)
+
+    def _recorded_pq_m_that_fits(self, options: IndexOptions) -> IndexOptions:
+        """The recorded options, with an ivfpq --pq-m that no longer divides the index's
+        dimensions (the features were reindexed as another kind since) chosen again: the
+        user gave no --pq-m now, so refusing would fail make, reindex and repair for good."""
+        dims = feature_kinds.index_pca_dims(self.feature_spec, len(self)) or self.dim
+        if options.kind != "ivfpq" or not options.pq_m or dims % options.pq_m == 0:
+            return options
+        log.warning("%s: the --pq-m %d its ivfpq index was built with does not divide the %d dimensions of its "
+                    "features now: rebuilding it with a chosen one", self.path, options.pq_m, dims)
+        return replace(options, pq_m=0)
 
     def _index_files_left(self) -> bool:
         try:
@@ -258,6 +270,8 @@ def _nonfinite_rows(rows: np.ndarray) -> int:
 
 
 def _saved_count(infos: dict) -> int | None:
-    """infos["nonfinite"] when it is a count (index infos are untrusted), else None."""
-    n = infos.get("nonfinite")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+    """infos["nonfinite"] when it is a count of at most the index's tiles (index infos are
+    untrusted), else None."""
+    n, total = infos.get("nonfinite"), infos.get("ntotal")
+    counts = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n, total))
+    return n if counts and n <= total else None

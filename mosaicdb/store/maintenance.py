@@ -142,8 +142,17 @@ class Maintenance:
     def _check_feature_settings(self, rep: CheckReport, ids, feats) -> None:
         """A few tiles' features recomputed from their thumbnails with the catalog's feature
         settings: rows computed with other settings (a tampered catalog) all disagree."""
-        off, n = self._features_disagreeing(ids, feats, QUICK_FEATURE_SAMPLE)
-        if off and off == n:
+        off, pick = self._features_disagreeing(ids, feats, QUICK_FEATURE_SAMPLE)
+        n = len(pick)
+        # damaged thumbnails disagree too: that is for db repair, and a reindex would recompute
+        # the features from the damaged thumbnails
+        thumbs = [name for name in self.arrays() if name != "features"]
+        damaged = np.unique(np.concatenate([self.bad_rows(name, pick) for name in thumbs])) if off else []
+        if len(damaged):
+            rep.problems.append(f"thumbnails: rows of {len(damaged)} of {n} sampled tiles fail their checksum (e.g. tile "
+                                f"{damaged[0]}): run `mosaic db repair {self.path}` (`mosaic db check --deep "
+                                f"{self.path}` verifies every row)")
+        elif off and off == n:
             kind = self.feature_spec.kind
             rep.problems.append(f"features: none of {n} sampled tiles has the features the catalog's settings "
                                 f"({feature_kinds.describe(self.feature_spec)}) give its thumbnails: the settings or "
@@ -153,16 +162,16 @@ class Maintenance:
             rep.problems.append(f"features: {off} of {n} sampled tiles disagree with their thumbnails; "
                                 f"`mosaic db check --deep {self.path}` verifies every row")
 
-    def _features_disagreeing(self, ids, feats, sample: int) -> tuple[int, int]:
-        """(how many, of how many sampled) tiles' stored features differ from the features of
-        their thumbnails, recomputed now."""
+    def _features_disagreeing(self, ids, feats, sample: int) -> tuple[int, np.ndarray]:
+        """(how many of the sampled tiles, the sampled tile ids): tiles whose stored features
+        differ from the features of their thumbnails, recomputed now."""
         if not len(ids):
-            return 0, 0
+            return 0, ids
         pick = ids if len(ids) <= sample else np.random.default_rng(0).choice(ids, sample, replace=False)
         pick = np.sort(pick)
         thumbs = [np.asarray(self.thumbs(s)[pick]) for s in self.thumb_sizes]
         again = tile_features(thumbs, self.thumb_sizes, self.feature_spec)
-        return int((np.abs(again - np.asarray(feats[pick])).max(axis=1) > 1e-3).sum()), len(pick)
+        return int((np.abs(again - np.asarray(feats[pick])).max(axis=1) > 1e-3).sum()), pick
 
     def _check_index(self, rep: CheckReport, ids, feats, deep: bool) -> None:
         idx = self.load_index()
