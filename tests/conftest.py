@@ -168,6 +168,14 @@ def write_synthetic(folder: Path, n: int, seed: int = 0, prefix: str = "s") -> l
 
 
 @pytest.fixture
+def cifar_copy(cifar_ingest, tmp_path):
+    """A writable copy of the 2,000-tile CIFAR database."""
+    dest = tmp_path / "c.db"
+    shutil.copytree(cifar_ingest[0], dest)
+    return dest
+
+
+@pytest.fixture
 def db40(tmp_path):
     """A database of 40 synthetic tiles, closed; its folder of sources beside it (tmp_path/src)."""
     from mosaicdb import TileDB

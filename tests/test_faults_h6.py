@@ -85,14 +85,6 @@ def test_ivfpq_on_a_small_pool_names_every_kind_that_fits(db40):
     assert "flat, ivf or ivf16" in res.output
 
 
-@pytest.fixture
-def cifar_copy(cifar_ingest, tmp_path):
-    import shutil
-    dest = tmp_path / "c.db"
-    shutil.copytree(cifar_ingest[0], dest)
-    return dest
-
-
 @pytest.mark.slow
 def test_reindex_after_ivfpq_with_pq_m_that_no_longer_divides(cifar_copy, target, tmp_path):
     """`db index --kind ivfpq --pq-m 16` (48 PCA dims), then `db reindex --features lab-grid`

@@ -23,13 +23,6 @@ BUILDS = {**{k: k for k in KINDS}, "auto-flat-max-100": "ivf16"}  # what auto bu
 LOGGER = "mosaicdb.store.indexing"
 
 
-@pytest.fixture
-def cifar_copy(cifar_ingest, tmp_path):
-    dest = tmp_path / "c.db"
-    shutil.copytree(cifar_ingest[0], dest)
-    return dest
-
-
 def _build(path, choice: str) -> dict:
     opts = CHOICES[choice]
     with TileDB.open(path) as db:

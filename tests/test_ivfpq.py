@@ -207,13 +207,6 @@ def test_options_validation(kw, message):
 
 
 # ---- in a database, through the CLI --------------------------------------------------------------
-@pytest.fixture
-def cifar_copy(cifar_ingest, tmp_path):
-    dest = tmp_path / "c.db"
-    shutil.copytree(cifar_ingest[0], dest)
-    return dest
-
-
 @pytest.mark.slow
 def test_db_index_kind_ivfpq_cli(cifar_copy, run_cli, shared_data, tmp_path):
     res = run_cli("db", "index", cifar_copy, "--kind", "ivfpq", "--json", code=0)
