@@ -232,7 +232,6 @@ class VectorIndex:
         """Write index, ids and infos, each to a temporary name and renamed into place."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        faiss = _faiss()
 
         def write_ids(path):
             with open(path, "wb") as f:
@@ -286,13 +285,14 @@ def _infos_well_typed(infos: dict) -> bool:
     """Whether the figures other code reads from `infos` (int(), formatting) have their types:
     an index whose infos say otherwise is rebuilt rather than failing `make` or `db stats`."""
     counts = ("pca_dims", "features_pca_dims", "ntotal_at_build", "ntotal")
-    if not all(_is_count(infos[k]) for k in counts if k in infos):
+    if not all(is_count(infos[k]) for k in counts if k in infos):
         return False
     recall = infos.get("recall_at_1")
     return recall is None or (isinstance(recall, (int, float)) and not isinstance(recall, bool))
 
 
-def _is_count(v) -> bool:
+def is_count(v) -> bool:
+    """Whether an untrusted JSON value is a count: an int (not a bool) of 0 or more."""
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
 from ..index import IndexOptions, VectorIndex, build_index
-from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search, read_infos
+from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search, is_count, read_infos
 from ..index.ivfpq import MIN_VECTORS, resolve_kind
 from . import catalog
 
@@ -264,7 +264,6 @@ class IndexLifecycle:
         return self.ensure_index().search(vectors, k, device=device, exclude=exclude)
 
 
-
 def _nonfinite_rows(rows: np.ndarray) -> int:
     return int((~np.isfinite(rows).all(axis=1)).sum()) if len(rows) else 0
 
@@ -273,5 +272,4 @@ def _saved_count(infos: dict) -> int | None:
     """infos["nonfinite"] when it is a count of at most the index's tiles (index infos are
     untrusted), else None."""
     n, total = infos.get("nonfinite"), infos.get("ntotal")
-    counts = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n, total))
-    return n if counts and n <= total else None
+    return n if is_count(n) and is_count(total) and n <= total else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+
 import numpy as np
 from isal import isal_zlib
 
