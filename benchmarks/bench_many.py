@@ -6,10 +6,17 @@ is made at --grid (128 cells across) with default options and written as JPEG, t
 `mosaicdb.batch.BatchRunner` (what `mosaic make` runs), against the pool of
 benchmarks/pool_1m.py (built first when missing; --db for another database).
 
+The batch runs as `mosaic make --jobs N` does (--jobs, default the CPU count: worker processes
+that each open the database once and take their share of the cores; --jobs 1 makes every
+target in the benchmark's own process).
+
 Reported: database open + index load seconds, total wall, per-target seconds (mean, median,
 max), the per-stage sums from each target's metrics (target load, cell features, search,
-widening, assignment, render, evaluation), CPU seconds, peak RSS of the process (VmHWM: the
-memory-mapped thumbnails and features pages count while resident), and the load average.
+widening, assignment, render, evaluation; summed over the workers, so with --jobs > 1 they add
+up to more than the wall time), CPU seconds (the workers' included), peak memory (VmHWM of the
+process, and with workers the peak of the summed RSS and PSS of the process tree: the memory-
+mapped thumbnails and features pages count while resident, once per process in the RSS sum),
+and the load average.
 Baseline in the same run: one target made by a fresh process that opens the database and
 loads the index for it alone (what a per-request script pays), against the batch's mean.
 With --executor ray the batch runs on Ray actors (local instance, --ray-cpus).
@@ -23,6 +30,7 @@ Goal: 100 x 128-cell targets vs 1M tiles in <= 60 s total wall, peak RSS <= 4 GB
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -63,16 +71,18 @@ def make_targets(data: Path, folder: Path, n: int, seed: int) -> list[Path]:
     return out
 
 
-def run_batch(db_path: str, targets: list[str], out_dir: str, grid: str, executor: str, ray_cpus: int | None) -> dict:
-    """The batch in this (fresh) process: open, then every target; timings and peak RSS."""
+def run_batch(db_path: str, targets: list[str], out_dir: str, grid: str, executor: str, ray_cpus: int | None,
+              jobs: int = 1) -> dict:
+    """The batch from this (fresh) process: open, then every target; timings and peak memory."""
     from mosaicdb.batch import BatchOptions, BatchRunner
     from mosaicdb.match.options import MatchOptions
     from mosaicdb.render.options import RenderOptions
     outs = [Path(out_dir) / f"{Path(t).stem}.jpg" for t in targets]
     c0, t0 = common.cpu_seconds(), time.perf_counter()
-    bopts = BatchOptions(executor=executor, ray_cpus=ray_cpus if executor == "ray" else None)
+    bopts = BatchOptions(executor=executor, ray_cpus=ray_cpus if executor == "ray" else None,
+                         jobs=jobs if executor == "local" else 1)
     per, stages, failed = [], {s: 0.0 for s in STAGES}, []
-    with BatchRunner(db_path, MatchOptions(grid=grid), RenderOptions(), bopts) as run:
+    with common.TreeMemory() as mem, BatchRunner(db_path, MatchOptions(grid=grid), RenderOptions(), bopts) as run:
         t_open = time.perf_counter() - t0
         for t, r in run.make([Path(t) for t in targets], outs):
             if isinstance(r, Exception):
@@ -88,7 +98,8 @@ def run_batch(db_path: str, targets: list[str], out_dir: str, grid: str, executo
             "per_target_seconds": {"mean": round(statistics.fmean(per), 3), "median": round(statistics.median(per), 3),
                                    "max": round(max(per), 3)} if per else None,
             "stage_seconds_sum": {k: round(v, 3) for k, v in stages.items()},
-            "cpu_seconds": common.cpu_since(c0), "peak_rss_mb": common.vm_hwm_mb()}
+            "cpu_seconds": common.cpu_since(c0), "peak_rss_mb": common.vm_hwm_mb(), "jobs": bopts.jobs,
+            "process_tree_peak": mem.peak}
 
 
 def main() -> None:
@@ -100,6 +111,8 @@ def main() -> None:
     ap.add_argument("--grid", default="128")
     ap.add_argument("--executor", choices=["local", "ray"], default="local")
     ap.add_argument("--ray-cpus", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="local worker processes, as `mosaic make --jobs` [default: the CPU count]")
     ap.add_argument("--no-baseline", action="store_true", help="skip the single-target fresh-process baseline")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mosaicdb-bench-many"))
     ap.add_argument("--seed", type=int, default=0)
@@ -128,9 +141,11 @@ def main() -> None:
     for f in out_dir.iterdir():
         f.unlink()
     print(f"{len(targets)} targets at grid {args.grid} against {tiles:,} tiles ({db_path}), {args.executor}", flush=True)
-    batch = common.run_isolated(run_batch, str(db_path), targets, str(out_dir), args.grid, args.executor, args.ray_cpus)
+    batch = common.run_isolated(run_batch, str(db_path), targets, str(out_dir), args.grid, args.executor, args.ray_cpus,
+                                args.jobs)
     print(f"batch: {batch['wall_seconds']} s wall ({batch['open_and_index_load_seconds']} s open + index), "
-          f"per target {batch['per_target_seconds']}, peak RSS {batch['peak_rss_mb']} MB", flush=True)
+          f"{batch['cpu_seconds']['total']:.1f} CPU-s, jobs {batch['jobs']}, per target {batch['per_target_seconds']}, "
+          f"peak RSS {batch['peak_rss_mb']} MB, process tree {batch['process_tree_peak']}", flush=True)
     print(f"stage sums: {batch['stage_seconds_sum']}", flush=True)
     results = {"db": {"path": str(db_path), "tiles": tiles, "index": infos,
                       "index_update_seconds_untimed": round(index_seconds, 2)},
@@ -149,12 +164,14 @@ def main() -> None:
         print(f"baseline: one target in a fresh process {single['wall_seconds']} s "
               f"({single['open_and_index_load_seconds']} s open + index) = "
               f"{results['baseline_single_target_fresh_process']['ratio_to_batch_mean']}x the batch's mean", flush=True)
+    tree_rss = batch["process_tree_peak"]["rss_sum_mb"]
     results["goals"] = {
         "total_wall_seconds": {"goal_max": GOAL_SECONDS, "measured": batch["wall_seconds"],
                                "met": batch["wall_seconds"] <= GOAL_SECONDS and tiles >= 1_000_000
                                and len(targets) >= 100},
-        "peak_rss_mb": {"goal_max": GOAL_RSS_MB, "measured": batch["peak_rss_mb"],
-                        "met": batch["peak_rss_mb"] <= GOAL_RSS_MB},
+        "peak_rss_mb": {"goal_max": GOAL_RSS_MB, "measured": max(batch["peak_rss_mb"], tree_rss),
+                        "met": max(batch["peak_rss_mb"], tree_rss) <= GOAL_RSS_MB,
+                        "note": "the larger of the process's VmHWM and the process tree's summed RSS"},
         "note": "goals apply to 100 targets against >= 1,000,000 tiles; other sizes are never 'met'"}
     results["loadavg_end"] = common.loadavg()
     out = Path(args.out) if args.out else common.default_out(NAME if not args.quick else NAME + "_quick")

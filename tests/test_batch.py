@@ -220,3 +220,100 @@ def test_another_maker_runs_locally_only(synthetic_db, tmp_path):
     with BatchRunner(synthetic_db.path, MatchOptions(grid="4"), RenderOptions(), maker=lambda db: Recorder()) as run:
         got = list(run.make([tmp_path / "a.png"], [tmp_path / "a.jpg"]))
     assert got == [(tmp_path / "a.png", "done")] and made == [(tmp_path / "a.png", tmp_path / "a.jpg")]
+
+
+# ---- --jobs: worker processes on this machine -------------------------------------------------
+@pytest.mark.slow
+def test_jobs_write_the_files_one_process_writes(cifar_ingest, batch_targets, tmp_path, monkeypatch):
+    """`--jobs 2`: the same outputs, assignments and failures as one process, in target order."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    db = cifar_ingest[0]
+    runs, outputs = {}, {}
+    for jobs in (1, 2):
+        out = tmp_path / "out"  # the same path for both: assignments record it
+        res = invoke_cli("make", "--db", db, *batch_targets, "--out", out, "--grid", 24, "--tile-px", 8,
+                         "--min-distance", 2, "--jobs", jobs, "-q", code=1)
+        assert res.stderr.strip().splitlines()[-1] == "Error: 1 of 11 targets failed (see above); the others were made"
+        assert len(res.stderr.strip().splitlines()) == 2 and f"error: {batch_targets[-1]}: " in res.stderr
+        outputs[jobs] = res.stdout.split()
+        runs[jobs] = made_files(out)
+        out.rename(tmp_path / f"jobs{jobs}")
+    assert outputs[2] == outputs[1] == [str(tmp_path / "out" / f"{t.stem}.jpg") for t in batch_targets[:-1]]
+    assert len(runs[1]) == 10 * 3 and runs[2] == runs[1]
+    assert len({h for n, h in runs[1].items() if n.endswith(".mosaic.npz")}) == 10
+
+
+def test_a_worker_that_cannot_open_the_database_says_why(cifar_ingest, batch_targets, tmp_path):
+    db = tmp_path / "copy.db"
+    shutil.copytree(cifar_ingest[0], db)
+    with BatchRunner(db, MatchOptions(grid="8"), RenderOptions(tile_px=4), BatchOptions(jobs=2)) as run:
+        shutil.rmtree(db)  # after the driver checked it, before the workers open it
+        with pytest.raises(DatabaseError) as e:
+            list(run.make(batch_targets[:2], [tmp_path / "a.jpg", tmp_path / "b.jpg"]))
+    assert str(e.value).startswith(f"{db.resolve()} does not exist") and "\n" not in str(e.value)
+    assert not (tmp_path / "a.jpg").exists()
+
+
+def test_a_worker_that_dies_is_one_error_naming_jobs(cifar_ingest, batch_targets, tmp_path):
+    """A worker killed (the OOM killer, say) ends the batch with one line that names --jobs; the
+    targets made before it are kept."""
+    import multiprocessing
+    import os
+    import signal
+
+    from mosaicdb.errors import MosaicError
+    targets = batch_targets[:6]
+    outs = [tmp_path / f"{t.stem}.jpg" for t in targets]
+    got = []
+    with BatchRunner(cifar_ingest[0], MatchOptions(grid="8"), RenderOptions(tile_px=4), BatchOptions(jobs=2)) as run:
+        made = run.make(targets, outs)
+        with pytest.raises(MosaicError) as e:
+            for t, r in made:
+                got.append(t)
+                for p in multiprocessing.active_children():
+                    os.kill(p.pid, signal.SIGKILL)
+    assert type(e.value) is MosaicError and "--jobs" in str(e.value) and "\n" not in str(e.value)
+    assert got and got == targets[:len(got)] and len(got) < len(targets)
+    assert all(o.exists() for o in outs[:len(got)])
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--jobs", 0], ["--jobs"]),
+    (["--jobs", 2, "--executor", "ray"], ["--jobs", "--executor local", "--actors"]),
+    (["--jobs", 2, "--recursive", 1], ["--recursive", "--jobs"]),
+    (["--jobs", 2, "--generate-worst", 2, "--generate-model", ".", "--generate-prompt", "x"],
+     ["--generate-worst", "--jobs"]),
+])
+def test_cli_checks_jobs(synthetic_db, tmp_path, args, words):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "o.jpg", *args, code=2)
+    assert all(w in res.stderr for w in words) and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o.jpg").exists()
+
+
+def test_jobs_refuse_another_maker():
+    with pytest.raises(UsageError, match="--autoencoder.*--jobs"):
+        BatchRunner("x.db", MatchOptions(), RenderOptions(), BatchOptions(jobs=2), maker=lambda db: None)
+
+
+def test_a_batch_stopped_midway_stops_its_workers_and_leaves_no_temporaries(cifar_ingest, batch_targets, tmp_path):
+    """Ctrl-C or an error in the caller: workers stop at once (SIGTERM), outputs are whole or
+    absent, and nothing is left running."""
+    import multiprocessing
+    targets = batch_targets[:6]
+    out = tmp_path / "out"
+    out.mkdir()
+    outs = [out / f"{t.stem}.png" for t in targets]
+    with BatchRunner(cifar_ingest[0], MatchOptions(grid="32"), RenderOptions(tile_px=16), BatchOptions(jobs=2)) as run:
+        made = run.make(targets, outs)
+        first = next(made)
+        made.close()  # what an exception in the caller's loop does
+    assert not multiprocessing.active_children()
+    assert first[0] == targets[0] and outs[0].exists()
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if n.startswith(".")], names
+    assert len([n for n in names if n.endswith(".png")]) < len(targets)
+    for p in out.glob("*.png"):
+        Image.open(p).verify()
