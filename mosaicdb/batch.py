@@ -37,7 +37,7 @@ from .generate.executors import _mosaic_cause, init_ray
 from .io import refuse_inside
 from .make import Maker, check_batch, make_batch
 from .match.options import MatchOptions
-from .progress import progress_bar
+from .progress import progress_bar, use_thread_lock
 from .render.options import RenderOptions
 from .store import TileDB
 
@@ -278,11 +278,7 @@ def _start_worker(db_path: str, mopts: MatchOptions, ropts: RenderOptions, threa
     faiss.omp_set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     cv2.setNumThreads(threads)
-    # tqdm's default lock is a named multiprocessing semaphore (spawned processes default to
-    # spawn), which a worker stopped mid-batch would leave for the resource tracker to warn
-    # about: a worker draws no bars, a thread lock does
-    from tqdm import tqdm
-    tqdm.set_lock(threading.RLock())
+    use_thread_lock()  # tqdm's default lock would outlive a stopped worker (progress.py)
     # a driver killed outright (SIGKILL) cannot stop its workers: they stop when it is gone
     parent = multiprocessing.parent_process()
     if parent is not None:

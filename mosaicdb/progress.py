@@ -33,3 +33,13 @@ def progress_bar(enabled: bool, total: int | None = None, desc: str | None = Non
     from tqdm import tqdm
     kw.setdefault("dynamic_ncols", True)
     return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled, kw.get("file")), **kw)
+
+
+def use_thread_lock() -> None:
+    """Bars in this process share a thread lock, not tqdm's default named multiprocessing
+    semaphore: a spawned worker (make --jobs) stopped mid-batch would leave that semaphore for
+    the resource tracker to warn about on the user's terminal."""
+    import threading
+
+    from tqdm import tqdm
+    tqdm.set_lock(threading.RLock())
