@@ -3,11 +3,11 @@ that many worker processes on this machine) or `ray` (Ray actors; local Ray or a
 Worker processes and Ray actors each open the database read-only (its rows memory-mapped, so
 the page cache is shared) and load its index once, then make the targets they are handed.
 
-Worker processes share the machine's cores: each searches with cores / jobs FAISS and numba
-threads (render threads stay --workers: they are recorded in the assignment), so the stages that run on one thread (rendering, encoding,
-evaluation, the assignment) overlap with another target's search. 100 targets at 128 cells
-against a million tiles on 2 cores: 90.7 s in one process, 66-68 s with `jobs=2`
-(README, bench_many).
+Worker processes share the machine's cores: each searches with cores / jobs FAISS, BLAS and
+numba threads (render threads stay --workers: the assignment records them), so the stages that
+run on one thread (rendering, encoding, evaluation, the assignment) overlap with another
+target's search. 100 targets at 128 cells against a million tiles on 2 cores: 82.5 s in one
+process, 67.5-67.9 s with `jobs=2` (README, bench_many).
 
 All executors yield (target, MakeResult or the ImageError/MatchError it failed with) in the
 order of the targets, and write the same files: matching and rendering do not depend on the
@@ -100,9 +100,9 @@ class BatchRunner:
         options.check_generation(hybrid is not None)
         if maker is not None and options.executor != "local":
             raise UsageError(f"{maker_option or '--autoencoder'} runs with --executor local only: drop one of them")
-        if options.jobs > 1 and (maker is not None or hybrid is not None):
-            what = maker_option or ("--autoencoder" if maker is not None else "--generate-worst/--generate-above")
-            raise UsageError(f"{what} runs in this process only (one model loaded once): drop --jobs")
+        if options.jobs > 1 and maker is not None:  # generated cells: refused by check_generation
+            raise UsageError(f"{maker_option or '--autoencoder'} runs in this process only (one model loaded once): "
+                             "drop --jobs")
         self.db_path = Path(db_path).resolve()
         self.mopts, self.ropts, self.options = match_opts, render_opts, options
         self.progress, self.hybrid = progress, hybrid
@@ -211,7 +211,6 @@ class BatchRunner:
                 ray.kill(a)
             _drain(pool)
 
-
     def _make_in_processes(self, targets: list[Path], outs: list[Path]):
         n = min(self._jobs, len(targets))
         threads = max(1, (os.cpu_count() or 1) // n)
@@ -311,11 +310,6 @@ def _make_in_worker(target: str, out: str):
         os._exit(128 + signal.SIGTERM)
     finally:
         _BUSY = False
-
-
-def _exit_with(parent) -> None:
-    parent.join()
-    os.kill(os.getpid(), signal.SIGTERM)  # as if the driver had stopped us: temporaries removed
 
 
 def _drain(pool) -> None:
