@@ -262,10 +262,10 @@ def test_a_worker_that_dies_is_one_error_naming_jobs(cifar_ingest, batch_targets
     import signal
 
     from mosaicdb.errors import MosaicError
-    targets = batch_targets[:6]
-    outs = [tmp_path / f"{t.stem}.jpg" for t in targets]
+    targets = batch_targets[:5] * 8  # enough that the workers cannot finish them all before the kill
+    outs = [tmp_path / f"{i}-{t.stem}.jpg" for i, t in enumerate(targets)]
     got = []
-    with BatchRunner(cifar_ingest[0], MatchOptions(grid="8"), RenderOptions(tile_px=4), BatchOptions(jobs=2)) as run:
+    with BatchRunner(cifar_ingest[0], MatchOptions(grid="32"), RenderOptions(tile_px=8), BatchOptions(jobs=2)) as run:
         made = run.make(targets, outs)
         with pytest.raises(MosaicError) as e:
             for t, r in made:
