@@ -39,6 +39,38 @@ def test_rerank_keeps_the_best_k():
     assert i.tolist() == [[1, 3]] and d.tolist() == [[1.0, 9.0]]
 
 
+def test_rerank_ties_non_finite_rows_and_foreign_ids_as_numpy_orders_them():
+    """Equal distances keep the index's order; a tile whose features are NaN and an id past the
+    rows (a damaged index) go after every real candidate, missing ones (-1) too, as a stable
+    numpy argsort of the exact distances puts them; keep > k keeps k."""
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(30, 8)).astype(np.float32)
+    feats[4] = feats[3]       # two tiles at the same distance from every query
+    feats[6] = np.nan         # non-finite features
+    feats[7, 2] = np.inf
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    ids = rng.integers(0, 30, size=(20, 9))
+    ids[:, :6] = [4, 6, 3, 40, -1, 7]  # 40: past the 30 rows
+    filler = rng.random((20, 9)).astype(np.float32)
+    exact = exact_distances(feats, q, ids, filler)
+    exact[ids < 0] = np.inf
+    order = np.argsort(exact, axis=1, kind="stable")
+    want_i = np.take_along_axis(ids, order, 1)
+    want_d = np.where(want_i < 0, np.take_along_axis(filler, order, 1), np.take_along_axis(exact, order, 1))
+    d, i = rerank(feats, q, filler, ids, 12)
+    assert d.shape == i.shape == (20, 9)
+    np.testing.assert_array_equal(i, want_i)
+    np.testing.assert_array_equal(d, want_d)
+    pos = {t: np.flatnonzero(i[0] == t)[0] for t in (3, 4)}
+    assert pos[4] < pos[3]  # the tie: 4 came first from the index
+    assert set(i[0, -4:].tolist()) == {6, 40, -1, 7}  # NaN, past the rows, missing, inf: last
+    # many ties in long rows (past any small-array special case of a sort): the index's order
+    same = np.repeat(feats[:1], 200, axis=0)
+    tied = np.stack([rng.permutation(200) for _ in range(5)])
+    _d, i = rerank(same, q[:5], np.zeros((5, 200), np.float32), tied, 150)
+    np.testing.assert_array_equal(i, tied[:, :150])
+
+
 def exact_costs(db, cells, tile_ids):
     f = np.asarray(db.features())[tile_ids.ravel()]
     return np.sqrt(((cells.features - f) ** 2).sum(1) / db.feature_spec.cost_divisor)

@@ -47,16 +47,48 @@ def exact_distances(feats: np.ndarray, queries: np.ndarray, ids: np.ndarray, dis
     return out
 
 
+# The same sum as _exact_sq, fused with a stable sort of each row: one parallel pass instead of a
+# kernel plus numpy's argsort and gathers (bench_match, 65,536 cells: the re-ranks took 0.43 s,
+# 0.25 s of it in the kernel). No 'nnan'/'ninf' fast-math flags here: the sort compares infinities
+# (missing candidates) and NaN (a tile whose features are not finite, sorted last as numpy does).
+@numba.njit(parallel=True, fastmath={"reassoc", "contract", "arcp", "nsz"}, cache=True)
+def _rerank_rows(feats, queries, ids, dist, keep, out_d, out_i):
+    n, k = ids.shape
+    rows = feats.shape[0]
+    dim = queries.shape[1]
+    for i in numba.prange(n):
+        q = queries[i]
+        e = np.empty(k, np.float32)
+        for j in range(k):
+            t = ids[i, j]
+            if t < 0 or t >= rows:
+                e[j] = np.inf  # no candidate, or an id past the rows (a damaged index): last
+                continue
+            f = feats[t]
+            s = np.float32(0.0)
+            for c in range(dim):
+                x = q[c] - f[c]
+                s += x * x
+            e[j] = s
+        order = np.argsort(e, kind="mergesort")  # stable: ties keep the index's order
+        for j in range(keep):
+            o = order[j]
+            t = ids[i, o]
+            out_i[i, j] = t
+            out_d[i, j] = dist[i, o] if t < 0 else e[o]  # a missing candidate keeps its filler
+
+
 def rerank(feats: np.ndarray, queries: np.ndarray, dist: np.ndarray, ids: np.ndarray,
            keep: int) -> tuple[np.ndarray, np.ndarray]:
     """The `keep` candidates of each row nearest by exact distance, ascending (ties by the
-    index's order, so the result is deterministic), with those distances."""
-    exact = exact_distances(feats, queries, ids, dist)
-    exact[ids < 0] = np.inf  # missing candidates go last
-    order = np.argsort(exact, axis=1, kind="stable")[:, :keep]
-    d = np.take_along_axis(exact, order, axis=1)
-    i = np.take_along_axis(ids, order, axis=1)
-    missing = i < 0
-    if missing.any():
-        d[missing] = np.take_along_axis(dist, order, axis=1)[missing]
-    return d, i
+    index's order, so the result is deterministic), with those distances. Missing candidates
+    (-1) go last with their distance from `dist`; ids past the last row get inf."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    n, k = ids.shape
+    keep = min(int(keep), k)
+    out_d = np.empty((n, keep), np.float32)
+    out_i = np.empty((n, keep), np.int64)
+    if n and keep:
+        _rerank_rows(np.asarray(feats), np.ascontiguousarray(queries, dtype=np.float32), ids,
+                     np.ascontiguousarray(dist, dtype=np.float32), keep, out_d, out_i)
+    return out_d, out_i
