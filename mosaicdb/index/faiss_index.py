@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k querie
 # 27.2 against 19.5 us a query at 1,024 queries; equal at 4,096), and the matcher widens its
 # cells 1,024 at a time.
 LIST_ORDER_MIN = 4096
+# IVF lists at least this long on average (the scan of the ivf kinds, index/scan.py): below it
+# FAISS's own scan is the faster. Measured: 1M tiles (244 a list), 43,552 real cells, one thread,
+# 2.1 against 3.2-3.4 CPU-s; 50,000 tiles (49 a list), bench_match's 65,536 cells on 2 threads,
+# 0.96 against 0.77 s, and its 41 widening calls of 1,024 cells 1.8 against 1.1 s.
+SCAN_MIN_LIST = 128
 KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
@@ -144,6 +150,8 @@ class VectorIndex:
         self.rows = rows  # () -> full vectors by tile id (row = id): what the ivfpq kind refines from
         self._search_index = None
         self._search_device = None
+        self._decoded = None  # scan.DecodedLists of an IVF kind, made at its first CPU search
+        self._decode_lock = threading.Lock()
 
     @property
     def refines(self) -> bool:
@@ -177,6 +185,9 @@ class VectorIndex:
 
         `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._scans(len(queries), device):
+            # long lists of whole vectors: scanned list by list with matrix products (index/scan.py)
+            return self._scan(queries, k, exclude)
         n = len(queries)
         dist = np.empty((n, k), np.float32)
         ids = np.empty((n, k), np.int64)
@@ -214,12 +225,43 @@ class VectorIndex:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
 
+    def _scans(self, n: int, device: str) -> bool:
+        """Whether search() of n queries goes through index/scan.py: an IVF kind of whole
+        vectors, on the CPU, enough queries, lists long enough (a rule of the index and n alone,
+        so that a search gives the same results whatever the threads)."""
+        if self.infos.get("kind") not in IVF_KINDS or n < LIST_ORDER_MIN or resolve_device(device) != "cpu":
+            return False
+        return self.ntotal >= SCAN_MIN_LIST * int(_faiss().extract_index_ivf(self.index).nlist)
+
+    def _scan(self, queries: np.ndarray, k: int, exclude: np.ndarray | None):
+        """search() of an IVF kind on the CPU: FAISS's coarse assignment at the index's nprobe
+        (as set now), then scan.scan over the decoded lists, `exclude` as a bitmap."""
+        from . import scan
+        faiss = _faiss()
+        ivf = faiss.extract_index_ivf(self.index)
+        with self._decode_lock:
+            if self._decoded is None:
+                self._decoded = scan.DecodedLists(ivf)
+            lists = self._decoded
+        space = ivfpq.index_space(self.index)
+        x = np.ascontiguousarray(space(queries) if space is not None else queries, dtype=np.float32)
+        nprobe = max(1, min(int(ivf.nprobe), int(ivf.nlist)))
+        _d, probes = ivf.quantizer.search(x, nprobe) if len(x) else (None, np.zeros((0, nprobe), np.int64))
+        bitmap = None
+        if exclude is not None and len(exclude):
+            excl = np.asarray(exclude, dtype=np.int64)
+            excl = excl[excl >= 0]
+            bitmap = np.zeros(int(excl.max()) + 1 if len(excl) else 0, np.uint8)
+            bitmap[excl] = 1
+        return scan.scan(lists, x, probes, k, bitmap, threads=max(1, int(faiss.omp_get_max_threads())))
+
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `vectors` under tile `ids` (in place)."""
         if len(ids):
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
             self.ids = np.union1d(self.ids, ids)
             self._search_index = None
+            self._decoded = None
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove the vectors of tile `ids` (in place)."""
@@ -227,6 +269,7 @@ class VectorIndex:
             self.index.remove_ids(np.asarray(ids, dtype=np.int64))
             self.ids = np.setdiff1d(self.ids, ids)
             self._search_index = None
+            self._decoded = None
 
     def save(self, folder: Path) -> None:
         """Write index, ids and infos, each to a temporary name and renamed into place."""

@@ -1,0 +1,206 @@
+"""The CPU scan of an IVF index's lists for many queries at once, for the kinds that hold whole
+vectors (ivf, ivf16).
+
+FAISS scans one query at a time: for each of its nprobe lists, one distance per vector, pushed
+into a heap. Here the lists are decoded once into float32 (`DecodedLists`, per loaded index),
+and the queries are taken list by list: the queries that probe a list get their distances to
+all its vectors from one matrix product (BLAS), |q-c|^2 - 2 (q-c).r + |r|^2 with r = x - c
+the vectors' residuals from the list's centroid c, and a numba kernel keeps each query's k best
+in a heap. Each query's nearest list is scanned
+first, so its heap is tight before the far lists are, and they push little.
+
+Measured on the 1M pool (ivf16, 32 dims, nprobe 32), 43,552 real cells of 4 Kodak photographs
+at 128 cells, one thread: FAISS's search (list order) 3.2 CPU-s, this scan 2.1 CPU-s (of which
+the coarse assignment, still FAISS's, 0.6), the same recall@1 and recall@32; the same 32 ids for
+99.96 % of the cells, the others differing by rounding between near-equal distances. A numba
+loop in place of BLAS was 2-5x slower (README, Index).
+
+A query's results depend on nothing but the query: its lists are visited in a fixed order
+(nearest first, then by list number) and ties end ordered by id, so neither the thread count
+nor the other queries of a call change them. Excluded ids (a bitmap) are skipped, as a FAISS
+selector would skip them.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+FILLER = np.float32(np.finfo(np.float32).max)  # FAISS's distance for a missing result (-1)
+
+
+class DecodedLists:
+    """An IVF index's lists as float32 residuals from their list's centroid, list after list:
+    `r` (n, d), `norms` (n,) of r, `ids` (n,), `starts` (nlist + 1), `centroids` (nlist, d).
+    Half floats (ivf16 stores residuals) are widened exactly."""
+
+    def __init__(self, ivf):
+        import faiss
+        from faiss.contrib.inspect_tools import get_invlist
+
+        ivf = faiss.downcast_index(ivf)
+        sq = isinstance(ivf, faiss.IndexIVFScalarQuantizer)
+        if not sq and not isinstance(ivf, faiss.IndexIVFFlat):
+            raise ValueError("only IVF lists of whole vectors (IVF-Flat, half floats) are decoded here")
+        if sq and int(ivf.sq.qtype) != int(faiss.ScalarQuantizer.QT_fp16):
+            raise ValueError("only half-float scalar quantizers are decoded here")
+        nlist, d = int(ivf.nlist), int(ivf.d)
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(nlist)], np.int64)
+        self.starts = np.zeros(nlist + 1, np.int64)
+        np.cumsum(sizes, out=self.starts[1:])
+        n = int(self.starts[-1])
+        residual = sq and bool(ivf.by_residual)  # codes hold x - centroid
+        self.centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, nlist), dtype=np.float32)
+        self.r = np.empty((n, d), np.float32)
+        self.ids = np.empty(n, np.int64)
+        for li in np.flatnonzero(sizes).tolist():
+            a, b = int(self.starts[li]), int(self.starts[li + 1])
+            ids, codes = get_invlist(ivf.invlists, li)
+            self.r[a:b] = np.ascontiguousarray(codes).view(np.float16 if sq else np.float32).reshape(b - a, d)
+            if not residual:
+                self.r[a:b] -= self.centroids[li]
+            self.ids[a:b] = ids
+        self.norms = np.einsum("ij,ij->i", self.r, self.r).astype(np.float32)
+        self.list_of = np.repeat(np.arange(nlist, dtype=np.int32), sizes)  # each row's list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.r, self.norms, self.ids, self.starts, self.centroids, self.list_of))
+
+
+def scan(lists: DecodedLists, x: np.ndarray, probes: np.ndarray, k: int, excluded: np.ndarray | None = None,
+         threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest vectors of each query `x` (n, d) (already in the index's space) among its
+    `probes` (n, nprobe) lists, nearest list first: (squared L2 (n, k) float32 ascending, ties
+    by id; ids (n, k) int64), -1 / FILLER where fewer. `excluded`: a bitmap (uint8 by id; ids
+    past its end are not excluded). `threads`: contiguous slices of the queries scanned at once."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    probes = np.ascontiguousarray(probes, dtype=np.int64)
+    n = len(x)
+    dist = np.full((n, k), FILLER, np.float32)
+    ids = np.full((n, k), -1, np.int64)
+    if n == 0 or k == 0 or probes.shape[1] == 0:
+        return dist, ids
+    bitmap = np.zeros(0, np.uint8) if excluded is None else np.ascontiguousarray(excluded, dtype=np.uint8)
+    cuts = np.linspace(0, n, max(1, min(int(threads), n // 256 or 1)) + 1).astype(np.int64)
+    parts = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+
+    def run(part):
+        lo, hi = part
+        _scan_part(lists, x[lo:hi], probes[lo:hi], k, bitmap, dist[lo:hi], ids[lo:hi])
+
+    if len(parts) == 1:
+        run(parts[0])
+    else:  # BLAS and the numba kernel release the GIL; one BLAS thread each (small products)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(run, parts))
+    return dist, ids
+
+
+def _scan_part(lists: DecodedLists, x, probes, k, bitmap, dist, ids) -> None:
+    m, nprobe = probes.shape
+    nlist = len(lists.starts) - 1
+    hd = np.full((m, k), np.inf, np.float32)  # per query a max-heap of distances (root: the worst kept)
+    hi = np.full((m, k), -1, np.int64)
+    for r0, r1 in ((0, 1), (1, nprobe)):  # every query's nearest list first, then the rest
+        if r1 <= r0:
+            continue
+        pr = probes[:, r0:r1].ravel()
+        order = np.argsort(pr, kind="stable")
+        lst = pr[order]
+        qs = order // (r1 - r0)
+        valid = (lst >= 0) & (lst < nlist)
+        lst, qs = lst[valid], qs[valid]
+        if not len(lst):
+            continue
+        cut = np.flatnonzero(np.diff(lst)) + 1
+        seg_lo = np.concatenate([[0], cut])
+        seg_hi = np.concatenate([cut, [len(lst)]])
+        for s0, s1, li in zip(seg_lo.tolist(), seg_hi.tolist(), lst[seg_lo].tolist()):
+            a, b = int(lists.starts[li]), int(lists.starts[li + 1])
+            if a == b:
+                continue
+            q = qs[s0:s1]
+            xc = x[q] - lists.centroids[li]  # relative to the list's centroid: small numbers, so
+            # |q-c|^2 - 2 (q-c).r + |r|^2 loses little to cancellation (a tile's own vector: ~0)
+            g = xc @ lists.r[a:b].T  # (queries probing the list, its vectors)
+            _push(g, np.einsum("ij,ij->i", xc, xc), lists.norms[a:b], lists.ids[a:b], a, q, bitmap, hd, hi)
+    _finish(x, hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist, ids)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
+def _push(g, qnorms, norms, list_ids, base, q, bitmap, hd, hi):
+    """Each query q[r]'s distances (from the product row g[r]) into its heap, by position
+    (base + j: the row of the decoded lists), skipping excluded ids."""
+    m, n = g.shape
+    k = hd.shape[1]
+    nbits = bitmap.shape[0]
+    buf = np.empty(n, np.float32)
+    for r in range(m):
+        qi = q[r]
+        thr = hd[qi, 0]
+        qn = qnorms[r]
+        below = 0
+        for j in range(n):  # vectorised: most rows have nothing below the heap's worst
+            v = max(qn + norms[j] - np.float32(2.0) * g[r, j], np.float32(0.0))
+            buf[j] = v
+            below += np.int32(v < thr)
+        if below == 0:
+            continue
+        for j in range(n):
+            v = buf[j]
+            if v < thr:
+                t = list_ids[j]
+                if t < nbits and bitmap[t]:
+                    continue
+                i = 0  # replace the root, sift down
+                while True:
+                    c = 2 * i + 1
+                    if c >= k:
+                        break
+                    if c + 1 < k and hd[qi, c + 1] > hd[qi, c]:
+                        c += 1
+                    if hd[qi, c] <= v:
+                        break
+                    hd[qi, i] = hd[qi, c]
+                    hi[qi, i] = hi[qi, c]
+                    i = c
+                hd[qi, i] = v
+                hi[qi, i] = base + j
+                thr = hd[qi, 0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(x, hd, hi, r, centroids, list_of, tile_ids, dist, ids):
+    """Each query's kept vectors with their distance computed again directly, |(q-c) - r|^2 as
+    FAISS computes it (the product form above loses ~1e-7 of |q-c|^2 to cancellation: enough
+    to rank by, not to report a tile's own vector at distance 0), ascending, ties by id."""
+    m, k = hd.shape
+    d = x.shape[1]
+    ex = np.empty(k, np.float32)
+    tid = np.empty(k, np.int64)
+    for q in range(m):
+        for j in range(k):
+            p = hi[q, j]
+            if p < 0:
+                ex[j] = np.inf
+                tid[j] = -1
+                continue
+            c = list_of[p]
+            s = np.float32(0.0)
+            for u in range(d):
+                t = (x[q, u] - centroids[c, u]) - r[p, u]
+                s += t * t
+            ex[j] = s
+            tid[j] = tile_ids[p]
+        # lexicographic (distance, id): a stable sort by id, then a stable sort by distance
+        by_id = np.argsort(tid, kind="mergesort")
+        order = by_id[np.argsort(ex[by_id], kind="mergesort")]
+        for j in range(k):
+            o = order[j]
+            if tid[o] < 0:
+                break  # missing results (inf) sort last: the rest stay -1 / FILLER
+            dist[q, j] = ex[o]
+            ids[q, j] = tid[o]

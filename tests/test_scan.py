@@ -1,0 +1,177 @@
+"""The CPU scan of IVF lists (index/scan.py): what FAISS's search returns, excluded ids skipped,
+results that depend on nothing but the query."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+from mosaicdb.index import IndexOptions, build_index
+from mosaicdb.index.scan import FILLER, DecodedLists, scan
+
+N, D = 6000, 24
+
+
+def clustered(n, seed, d=D):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (40, d)).astype(np.float32) + 50  # far from the origin, like features
+    return (centres[rng.integers(0, 40, n)] + rng.normal(0, 1, (n, d))).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def scan_every_search(monkeypatch):
+    """The scan for any number of queries and list length (by default: 4,096 queries and 128
+    vectors a list on average, test_when_the_scan_is_used)."""
+    from mosaicdb.index import faiss_index
+    monkeypatch.setattr(faiss_index, "LIST_ORDER_MIN", 0)
+    monkeypatch.setattr(faiss_index, "SCAN_MIN_LIST", 0)
+
+
+@pytest.fixture(scope="module", params=["ivf", "ivf16"])
+def index(request):
+    pool = clustered(N, 0)
+    ids = np.arange(100, 100 + N)
+    vi = build_index(pool, ids, IndexOptions(kind=request.param, nlist=64, nprobe=6), pca_dims=12)
+    return vi, pool, ids
+
+
+def faiss_search(vi, q, k, params=None):
+    return vi.index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
+
+
+def test_the_results_of_faiss(index):
+    vi, _, _ = index
+    assert vi.infos["kind"] in ("ivf", "ivf16")
+    q = clustered(3000, 1)
+    d, i = vi.search(q, 16, device="cpu")
+    fd, fi = faiss_search(vi, q, 16)
+    same = (i == fi).all(axis=1)
+    assert same.mean() >= 0.99  # the rest: rounding between near-equal distances
+    np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-3)
+    assert (np.diff(d, axis=1) >= 0).all()
+
+
+def test_every_list_probed_is_exact_search():
+    pool = clustered(2000, 2)
+    ids = np.arange(2000) * 3
+    vi = build_index(pool, ids, IndexOptions(kind="ivf", nlist=16, nprobe=16))
+    q = clustered(200, 3)
+    d, i = vi.search(q, 10, device="cpu")
+    ref = ((q[:, None, :].astype(np.float64) - pool[None].astype(np.float64)) ** 2).sum(-1)
+    want = np.argsort(ref, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(i, ids[want])
+    np.testing.assert_allclose(d, np.take_along_axis(ref, want, 1), rtol=1e-5)
+
+
+def test_a_vector_finds_itself_at_distance_zero(index):
+    vi, pool, ids = index
+    d, i = vi.search(pool[:500], 1, device="cpu")
+    np.testing.assert_array_equal(i[:, 0], ids[:500])
+    fd, _ = faiss_search(vi, pool[:500], 1)
+    np.testing.assert_allclose(d[:, 0], fd[:, 0], atol=1e-4)  # ivf16: the half-float rounding, as FAISS
+    assert d.max() < 1e-3
+
+
+def test_excluded_ids_are_skipped_as_a_faiss_selector_skips_them(index):
+    from mosaicdb.index.faiss_index import exclusion_selector
+    vi, _, ids = index
+    q = clustered(400, 4)
+    _d, first = vi.search(q, 8, device="cpu")
+    for exclude in (np.unique(first[:, :3]), np.unique(first[:, :3])[:50]):  # bitmap and batch selectors
+        d, i = vi.search(q, 8, device="cpu", exclude=exclude)
+        assert not np.isin(i, exclude).any()
+        sel, keep = exclusion_selector(exclude)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=6)
+        fd, fi = faiss_search(vi, q, 8, params)
+        del sel, keep
+        assert (i == fi).all(axis=1).mean() >= 0.99
+        np.testing.assert_allclose(d, fd, rtol=1e-4, atol=1e-3)
+
+
+def test_results_depend_on_nothing_but_the_query(index):
+    """Threads, the other queries of the call and their order change nothing, to the bit."""
+    vi, _, _ = index
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+    x = space.apply(clustered(2000, 5))
+    x[7] = x[8]  # two equal queries
+    _, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+    d1, i1 = scan(lists, x, probes, 12, threads=1)
+    d2, i2 = scan(lists, x, probes, 12, threads=2)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+    perm = np.random.default_rng(0).permutation(2000)[:700]
+    d3, i3 = scan(lists, x[perm], probes[perm], 12, threads=2)
+    np.testing.assert_array_equal(i3, i1[perm])
+    np.testing.assert_array_equal(d3, d1[perm])
+    np.testing.assert_array_equal(i1[7], i1[8])
+
+
+def test_equal_distances_are_ordered_by_id():
+    base = clustered(300, 6)
+    pool = np.concatenate([base, base, base])  # every vector three times
+    ids = np.random.default_rng(1).permutation(900) + 10
+    vi = build_index(pool, ids, IndexOptions(kind="ivf", nlist=4, nprobe=4))
+    d, i = vi.search(base[:50], 6, device="cpu")
+    for r in range(50):
+        for a in range(0, 6, 3):
+            assert d[r, a] == d[r, a + 1] == d[r, a + 2]
+            assert i[r, a] < i[r, a + 1] < i[r, a + 2]
+
+
+def test_fewer_vectors_than_k_and_non_finite_queries():
+    pool = clustered(400, 7)
+    vi = build_index(pool, np.arange(400), IndexOptions(kind="ivf", nlist=8, nprobe=1))
+    q = clustered(20, 8)
+    q[3] = np.nan
+    d, i = vi.search(q, 300, device="cpu")
+    sizes = [faiss.extract_index_ivf(vi.index).invlists.list_size(li) for li in range(8)]
+    assert max(sizes) < 300
+    found = (i >= 0).sum(axis=1)
+    assert (found[np.arange(20) != 3] > 0).all() and found.max() <= max(sizes) and found[3] == 0
+    for r in range(20):  # the missing ones last, with FAISS's filler
+        assert (i[r, found[r]:] == -1).all() and (d[r, found[r]:] == FILLER).all()
+        assert (i[r, :found[r]] >= 0).all()
+
+
+def test_added_and_removed_vectors_are_seen(index):
+    vi, pool, ids = index
+    import copy
+    vi = copy.copy(vi)
+    vi.index = faiss.clone_index(vi.index)
+    vi._decoded = None
+    q = pool[:5] + 0.01
+    vi.search(q, 3, device="cpu")  # decoded now
+    new = pool[:5] + 0.001
+    vi.add(new, np.array([90_001, 90_002, 90_003, 90_004, 90_005]))
+    _d, i = vi.search(q, 1, device="cpu")
+    assert (i[:, 0] >= 90_001).all()
+    vi.remove(np.array([90_001, 90_002, 90_003, 90_004, 90_005]))
+    _d, i = vi.search(q, 1, device="cpu")
+    np.testing.assert_array_equal(i[:, 0], ids[:5])
+
+
+def test_when_the_scan_is_used(monkeypatch):
+    """IVF kinds of whole vectors on the CPU, from LIST_ORDER_MIN queries, lists of
+    SCAN_MIN_LIST vectors on average; the rest is FAISS's search (the same results here)."""
+    from mosaicdb.index import faiss_index, scan as scan_module
+    pool = clustered(4000, 9)
+    vi = build_index(pool, np.arange(4000), IndexOptions(kind="ivf16", nlist=16, nprobe=2), pca_dims=12)
+    calls = []
+    real = scan_module.scan
+    monkeypatch.setattr(scan_module, "scan", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(faiss_index, "LIST_ORDER_MIN", 300)
+    monkeypatch.setattr(faiss_index, "SCAN_MIN_LIST", 250)  # 4,000 / 16 = 250 a list
+    q = clustered(400, 10)
+    assert vi._scans(400, "cpu") and not vi._scans(299, "cpu")
+    d, i = vi.search(q, 5, device="cpu")
+    assert calls == [1]
+    vi.search(q[:299], 5, device="cpu")
+    assert calls == [1]
+    monkeypatch.setattr(faiss_index, "SCAN_MIN_LIST", 251)
+    assert not vi._scans(400, "cpu")
+    fd, fi = vi.search(q, 5, device="cpu")
+    assert calls == [1] and (fi == i).all(axis=1).mean() >= 0.99
+    pq = build_index(pool, np.arange(4000), IndexOptions(kind="ivfpq", nlist=16, nprobe=2))
+    assert not pq._scans(400, "cpu")
