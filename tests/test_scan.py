@@ -96,13 +96,13 @@ def test_results_depend_on_nothing_but_the_query(index):
     space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
     x = space.apply(clustered(2000, 5))
     x[7] = x[8]  # two equal queries
-    _, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
-    d1, i1 = scan(lists, x, probes, 12, threads=1)
-    d2, i2 = scan(lists, x, probes, 12, threads=2)
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+    d1, i1 = scan(lists, x, pd, probes, 12, threads=1)
+    d2, i2 = scan(lists, x, pd, probes, 12, threads=2)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
     perm = np.random.default_rng(0).permutation(2000)[:700]
-    d3, i3 = scan(lists, x[perm], probes[perm], 12, threads=2)
+    d3, i3 = scan(lists, x[perm], pd[perm], probes[perm], 12, threads=2)
     np.testing.assert_array_equal(i3, i1[perm])
     np.testing.assert_array_equal(d3, d1[perm])
     np.testing.assert_array_equal(i1[7], i1[8])

@@ -246,14 +246,17 @@ class VectorIndex:
         space = ivfpq.index_space(self.index)
         x = np.ascontiguousarray(space(queries) if space is not None else queries, dtype=np.float32)
         nprobe = max(1, min(int(ivf.nprobe), int(ivf.nlist)))
-        _d, probes = ivf.quantizer.search(x, nprobe) if len(x) else (None, np.zeros((0, nprobe), np.int64))
+        if len(x):
+            probe_dist, probes = ivf.quantizer.search(x, nprobe)
+        else:
+            probe_dist, probes = np.zeros((0, nprobe), np.float32), np.zeros((0, nprobe), np.int64)
         bitmap = None
         if exclude is not None and len(exclude):
             excl = np.asarray(exclude, dtype=np.int64)
             excl = excl[excl >= 0]
             bitmap = np.zeros(int(excl.max()) + 1 if len(excl) else 0, np.uint8)
             bitmap[excl] = 1
-        return scan.scan(lists, x, probes, k, bitmap, threads=max(1, int(faiss.omp_get_max_threads())))
+        return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=max(1, int(faiss.omp_get_max_threads())))
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `vectors` under tile `ids` (in place)."""
