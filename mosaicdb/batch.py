@@ -6,8 +6,8 @@ the page cache is shared) and load its index once, then make the targets they ar
 Worker processes share the machine's cores: each searches with cores / jobs FAISS, BLAS and
 numba threads (render threads stay --workers: the assignment records them), so the stages that
 run on one thread (rendering, encoding, evaluation, the assignment) overlap with another
-target's search. 100 targets at 128 cells against a million tiles on 2 cores: 82.5 s in one
-process, 67.5-67.9 s with `jobs=2` (README, bench_many).
+target's search. 100 targets at 128 cells against a million tiles on 2 cores: 71.0 s in one
+process, 50.5-55.9 s with `jobs=2` (README, bench_many).
 
 All executors yield (target, MakeResult or the ImageError/MatchError it failed with) in the
 order of the targets, and write the same files: matching and rendering do not depend on the

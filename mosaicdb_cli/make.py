@@ -100,7 +100,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
               help="Where targets run: local (this machine), or ray (actors that each open the database once; extra `ray`).")
 @click.option("--jobs", "-j", type=int, default=1, show_default=True,
               help="Local: targets made at once, each worker process with the database opened once and its share of "
-                   "the cores (100 targets on 2 cores: --jobs 2, ~1.2x faster).")
+                   "the cores (100 targets on 2 cores: --jobs 2, ~1.3x faster).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. auto or ray://head:10001) instead of "
                                                   "starting a local one; the database must be at the same path on every node.")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance [default: all].")

@@ -54,6 +54,7 @@ class DecodedLists:
         self.centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, nlist), dtype=np.float32)
         self.r = np.empty((n, d), np.float32)
         self.ids = np.empty(n, np.int64)
+        self.norms = np.zeros(n, np.float32)
         for li in np.flatnonzero(sizes).tolist():
             a, b = int(self.starts[li]), int(self.starts[li + 1])
             ids, codes = get_invlist(ivf.invlists, li)
@@ -61,9 +62,9 @@ class DecodedLists:
             if not residual:
                 self.r[a:b] -= self.centroids[li]
             self.ids[a:b] = ids
-        # |r|^2 + 2 c.r: with |q-c|^2 from the coarse assignment, |q-x|^2 = that + this - 2 q.r
-        self.norms = (np.einsum("ij,ij->i", self.r, self.r)
-                      + 2 * np.einsum("ij,ij->i", self.r, np.repeat(self.centroids, sizes, axis=0))).astype(np.float32)
+            # |r|^2 + 2 c.r: with |q-c|^2 from the coarse assignment, |q-x|^2 = that + this - 2 q.r
+            rl = self.r[a:b]
+            self.norms[a:b] = np.einsum("ij,ij->i", rl, rl) + 2 * (rl @ self.centroids[li])
         self.list_of = np.repeat(np.arange(nlist, dtype=np.int32), sizes)  # each row's list
 
     @property
