@@ -175,3 +175,39 @@ def test_when_the_scan_is_used(monkeypatch):
     assert calls == [1] and (fi == i).all(axis=1).mean() >= 0.99
     pq = build_index(pool, np.arange(4000), IndexOptions(kind="ivfpq", nlist=16, nprobe=2))
     assert not pq._scans(400, "cpu")
+
+
+def test_an_ivf16_file_of_other_codes_is_not_trusted(tmp_path):
+    """index_infos saying ivf16 over 8-bit scalar codes (a foreign file): rebuilt, not decoded as
+    half floats."""
+    import json
+    from mosaicdb.index import VectorIndex
+    pool = clustered(2000, 11)
+    vi = build_index(pool, np.arange(2000), IndexOptions(kind="ivf16", nlist=8, nprobe=2))
+    vi.save(tmp_path / "ix")
+    assert VectorIndex.load(tmp_path / "ix") is not None
+    q = faiss.IndexFlatL2(D)
+    sq8 = faiss.IndexIVFScalarQuantizer(q, D, 8, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+    sq8.train(pool)
+    sq8.add_with_ids(pool, np.arange(2000))
+    faiss.write_index(sq8, str(tmp_path / "ix" / "index.faiss"))
+    infos = json.loads((tmp_path / "ix" / "index_infos.json").read_text())
+    assert infos["kind"] == "ivf16"
+    assert VectorIndex.load(tmp_path / "ix") is None
+
+
+def test_negative_ids_of_a_damaged_index_never_index_the_bitmap():
+    pool = clustered(1000, 12)
+    ids = np.arange(1000)
+    ids[::7] = -3  # what a damaged file could hold
+    vi = build_index(pool, np.arange(1000), IndexOptions(kind="ivf", nlist=4, nprobe=4))
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    lists.ids = np.where(lists.ids % 7 == 0, -3, lists.ids)
+    x = pool[:50]
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 4)
+    bitmap = np.zeros(1000, np.uint8)
+    bitmap[-3] = 1  # id 997: if -3 indexed the bitmap from its end, -3 would be skipped
+    d, i = scan(lists, x, pd, probes, 5, bitmap)
+    plain_d, plain_i = scan(lists, x, pd, probes, 5, None)
+    np.testing.assert_array_equal(i, plain_i)  # nothing excluded: 997 is not among the results
+    assert (i == -3).any()

@@ -312,9 +312,12 @@ class VectorIndex:
                 return None  # files from different saves (a kill between the renames): rebuild
             if infos["kind"] in IVF_KINDS:
                 ivf = _faiss().extract_index_ivf(index)  # RuntimeError when it is not one
-                half = isinstance(_faiss().downcast_index(ivf), _faiss().IndexIVFScalarQuantizer)
+                inner = _faiss().downcast_index(ivf)
+                half = isinstance(inner, _faiss().IndexIVFScalarQuantizer)
                 if half != (infos["kind"] == "ivf16"):
                     return None  # infos that do not say what the file holds
+                if half and int(inner.sq.qtype) != int(_faiss().ScalarQuantizer.QT_fp16):
+                    return None  # not half floats (a foreign file): index/scan.py decodes only those
                 nprobe = infos["params"].get("nprobe", ivf.nprobe)
                 if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
                     return None

@@ -188,7 +188,7 @@ def _push(g, qnorms, norms, list_ids, base, q, bitmap, hd, hi):
             v = buf[j]
             if v < thr:
                 t = list_ids[j]
-                if t < nbits and bitmap[t]:
+                if 0 <= t < nbits and bitmap[t]:  # (a damaged index's negative ids: never read before it)
                     continue
                 i = 0  # replace the root, sift down
                 while True:
@@ -221,7 +221,7 @@ def _finish(x, hd, hi, r, centroids, list_of, tile_ids, dist, ids):
             p = hi[q, j]
             if p < 0:
                 ex[j] = np.inf
-                tid[j] = -1
+                tid[j] = np.iinfo(np.int64).max  # after every id among equal (infinite) distances
                 continue
             c = list_of[p]
             s = np.float32(0.0)
@@ -235,7 +235,7 @@ def _finish(x, hd, hi, r, centroids, list_of, tile_ids, dist, ids):
         order = by_id[np.argsort(ex[by_id], kind="mergesort")]
         for j in range(k):
             o = order[j]
-            if tid[o] < 0:
+            if hi[q, o] < 0:
                 break  # missing results (inf) sort last: the rest stay -1 / FILLER
             dist[q, j] = ex[o]
             ids[q, j] = tid[o]
