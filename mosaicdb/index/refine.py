@@ -13,12 +13,24 @@ import numpy as np
 
 
 # float32 with fastmath lets numba vectorise the sum: 3x faster than float64 (the gather of
-# candidate rows is the cost), relative error ~1e-7 of a distance.
-@numba.njit(parallel=True, fastmath=True, cache=True)
+# candidate rows is the cost), relative error ~1e-7 of a distance. No 'nnan'/'ninf' flags: the
+# re-rank sorts infinities (missing candidates) and NaN (a tile whose features are not finite).
+_FAST = {"reassoc", "contract", "arcp", "nsz"}
+
+
+@numba.njit(fastmath=_FAST, cache=True, inline="always")
+def _sq(q, f):
+    s = np.float32(0.0)
+    for c in range(q.shape[0]):
+        x = q[c] - f[c]
+        s += x * x
+    return s
+
+
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
 def _exact_sq(feats, queries, ids, out):
     n, k = ids.shape
     rows = feats.shape[0]
-    dim = queries.shape[1]
     for i in numba.prange(n):
         q = queries[i]
         for j in range(k):
@@ -28,12 +40,7 @@ def _exact_sq(feats, queries, ids, out):
             if t >= rows:
                 out[i, j] = np.inf  # an id past the rows (a damaged index file): never a near tile
                 continue
-            f = feats[t]
-            s = np.float32(0.0)
-            for c in range(dim):
-                x = q[c] - f[c]
-                s += x * x
-            out[i, j] = s
+            out[i, j] = _sq(q, feats[t])
 
 
 def exact_distances(feats: np.ndarray, queries: np.ndarray, ids: np.ndarray, dist: np.ndarray) -> np.ndarray:
@@ -47,15 +54,13 @@ def exact_distances(feats: np.ndarray, queries: np.ndarray, ids: np.ndarray, dis
     return out
 
 
-# The same sum as _exact_sq, fused with a stable sort of each row: one parallel pass instead of a
-# kernel plus numpy's argsort and gathers (bench_match, 65,536 cells: the re-ranks took 0.43 s,
-# 0.25 s of it in the kernel). No 'nnan'/'ninf' fast-math flags here: the sort compares infinities
-# (missing candidates) and NaN (a tile whose features are not finite, sorted last as numpy does).
-@numba.njit(parallel=True, fastmath={"reassoc", "contract", "arcp", "nsz"}, cache=True)
+# The same sums, fused with a stable sort of each row: one parallel pass instead of a kernel
+# plus numpy's argsort and gathers (bench_match, 65,536 cells: the re-ranks took 0.43 s, 0.25 s
+# of it in the kernel). NaN sorts last, as numpy sorts it.
+@numba.njit(parallel=True, fastmath=_FAST, cache=True)
 def _rerank_rows(feats, queries, ids, dist, keep, out_d, out_i):
     n, k = ids.shape
     rows = feats.shape[0]
-    dim = queries.shape[1]
     for i in numba.prange(n):
         q = queries[i]
         e = np.empty(k, np.float32)
@@ -64,12 +69,7 @@ def _rerank_rows(feats, queries, ids, dist, keep, out_d, out_i):
             if t < 0 or t >= rows:
                 e[j] = np.inf  # no candidate, or an id past the rows (a damaged index): last
                 continue
-            f = feats[t]
-            s = np.float32(0.0)
-            for c in range(dim):
-                x = q[c] - f[c]
-                s += x * x
-            e[j] = s
+            e[j] = _sq(q, feats[t])
         order = np.argsort(e, kind="mergesort")  # stable: ties keep the index's order
         for j in range(keep):
             o = order[j]
