@@ -211,3 +211,81 @@ def test_negative_ids_of_a_damaged_index_never_index_the_bitmap():
     plain_d, plain_i = scan(lists, x, pd, probes, 5, None)
     np.testing.assert_array_equal(i, plain_i)  # nothing excluded: 997 is not among the results
     assert (i == -3).any()
+
+
+def test_overlapping_scans_give_the_blas_threads_back(index):
+    """The one-BLAS-thread limit of a threaded scan is process-wide: scans that overlap share
+    one, set by the first and lifted by the last, so it is never left at 1 (with a limit per
+    scan, A in, B in, A out, B out left B's saved 1 behind). Concurrent scans: same results."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from mosaicdb.index.scan import _one_blas_thread
+
+    def blas_threads():
+        return sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    with threadpool_limits(2, user_api="blas"):
+        assert min(blas_threads()) == 2
+        a, b = _one_blas_thread(), _one_blas_thread()
+        a.__enter__()
+        b.__enter__()
+        assert max(blas_threads()) == 1
+        a.__exit__(None, None, None)
+        assert max(blas_threads()) == 1  # b still runs
+        b.__exit__(None, None, None)
+        assert min(blas_threads()) == 2
+        vi, _, _ = index
+        lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+        space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+        x = space.apply(clustered(3000, 13))
+        pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+        want = scan(lists, x, pd, probes, 8, threads=1)
+        sizes = [(4 + r % 5) * 256 for r in range(24)]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda m: scan(lists, x[:m], pd[:m], probes[:m], 8, threads=2), sizes))
+        assert min(blas_threads()) == 2  # (a BLAS loaded meanwhile starts at the cores: 2)
+    for m, (d, i) in zip(sizes, got):
+        np.testing.assert_array_equal(i, want[1][:m])
+        np.testing.assert_array_equal(d, want[0][:m])
+
+
+def test_products_are_taken_in_slices_with_the_same_results(index, monkeypatch):
+    from mosaicdb.index import scan as scan_module
+    vi, _, _ = index
+    q = clustered(900, 14)
+    whole = vi.search(q, 10, device="cpu")
+    monkeypatch.setattr(scan_module, "PRODUCT_MAX", 7)  # one query a product
+    sliced = vi.search(q, 10, device="cpu")
+    np.testing.assert_array_equal(sliced[1], whole[1])
+    np.testing.assert_array_equal(sliced[0], whole[0])
+
+
+def test_excluded_ids_the_index_does_not_hold_cost_nothing(index):
+    vi, _, ids = index
+    q = clustered(300, 15)
+    _d, first = vi.search(q, 4, device="cpu")
+    d, i = vi.search(q, 4, device="cpu", exclude=np.array([first[0, 0], 2**50, -7, 2**62]))
+    assert not (i == first[0, 0]).any() and np.isin(i, ids).all()
+
+
+def test_an_inner_product_file_is_not_trusted(tmp_path):
+    import json
+    from mosaicdb.index import VectorIndex
+    pool = clustered(2000, 16)
+    vi = build_index(pool, np.arange(2000), IndexOptions(kind="ivf", nlist=8, nprobe=2))
+    vi.save(tmp_path / "ix")
+    ip = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, 8, faiss.METRIC_INNER_PRODUCT)
+    ip.train(pool)
+    ip.add_with_ids(pool, np.arange(2000))
+    faiss.write_index(ip, str(tmp_path / "ix" / "index.faiss"))
+    assert json.loads((tmp_path / "ix" / "index_infos.json").read_text())["kind"] == "ivf"
+    assert VectorIndex.load(tmp_path / "ix") is None
+
+
+def test_many_results_a_query_go_to_faiss(monkeypatch):
+    from mosaicdb.index import faiss_index
+    pool = clustered(4000, 17)
+    vi = build_index(pool, np.arange(4000), IndexOptions(kind="ivf", nlist=16, nprobe=2))
+    monkeypatch.setattr(faiss_index, "SCAN_MIN_LIST", 0)
+    assert vi._scans(5000, "cpu", faiss_index.SCAN_MAX_K)
+    assert not vi._scans(5000, "cpu", faiss_index.SCAN_MAX_K + 1)

@@ -39,6 +39,10 @@ LIST_ORDER_MIN = 4096
 # 2.1 against 3.2-3.4 CPU-s; 50,000 tiles (49 a list), bench_match's 65,536 cells on 2 threads,
 # 0.96 against 0.77 s, and its 41 widening calls of 1,024 cells 1.8 against 1.1 s.
 SCAN_MIN_LIST = 128
+# ... and at most this many results a query: each one kept costs heap updates, and FAISS was the
+# faster from k 256 (1M pool, one photograph's 10,880 cells, 2 threads: scan against FAISS 0.36
+# / 0.48 s at k 32, 0.43 / 0.52 at 64, 0.59 / 0.68 at 128, 1.03 / 0.89 at 256)
+SCAN_MAX_K = 128
 KINDS = ("auto", "flat", "ivf", "ivf16", "ivfpq")
 BUILT_KINDS = KINDS[1:]
 IVF_KINDS = ("ivf", "ivf16")  # IVF lists of whole vectors (float32, half floats)
@@ -185,7 +189,7 @@ class VectorIndex:
 
         `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._scans(len(queries), device):
+        if self._scans(len(queries), device, k):
             # long lists of whole vectors: scanned list by list with matrix products (index/scan.py)
             return self._scan(queries, k, exclude)
         n = len(queries)
@@ -225,11 +229,13 @@ class VectorIndex:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
 
-    def _scans(self, n: int, device: str) -> bool:
-        """Whether search() of n queries goes through index/scan.py: an IVF kind of whole
-        vectors, on the CPU, enough queries, lists long enough (a rule of the index and n alone,
-        so that a search gives the same results whatever the threads)."""
-        if self.infos.get("kind") not in IVF_KINDS or n < LIST_ORDER_MIN or resolve_device(device) != "cpu":
+    def _scans(self, n: int, device: str, k: int = 32) -> bool:
+        """Whether search() of n queries for k results goes through index/scan.py: an IVF kind
+        of whole vectors, on the CPU, enough queries, few enough results, lists long enough (a
+        rule of the index, n and k alone, so that a search gives the same results whatever the
+        threads)."""
+        if self.infos.get("kind") not in IVF_KINDS or n < LIST_ORDER_MIN or k > SCAN_MAX_K \
+                or resolve_device(device) != "cpu":
             return False
         return self.ntotal >= SCAN_MIN_LIST * int(_faiss().extract_index_ivf(self.index).nlist)
 
@@ -253,7 +259,8 @@ class VectorIndex:
         bitmap = None
         if exclude is not None and len(exclude):
             excl = np.asarray(exclude, dtype=np.int64)
-            excl = excl[excl >= 0]
+            # ids the index does not hold exclude nothing: the bitmap stays as long as its ids
+            excl = excl[(excl >= 0) & (excl <= (int(self.ids.max()) if len(self.ids) else -1))]
             bitmap = np.zeros(int(excl.max()) + 1 if len(excl) else 0, np.uint8)
             bitmap[excl] = 1
         return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=max(1, int(faiss.omp_get_max_threads())))
@@ -318,6 +325,8 @@ class VectorIndex:
                     return None  # infos that do not say what the file holds
                 if half and int(inner.sq.qtype) != int(_faiss().ScalarQuantizer.QT_fp16):
                     return None  # not half floats (a foreign file): index/scan.py decodes only those
+                if int(inner.metric_type) != int(_faiss().METRIC_L2):
+                    return None  # inner products (a foreign file): every search here is squared L2
                 nprobe = infos["params"].get("nprobe", ivf.nprobe)
                 if isinstance(nprobe, bool) or not isinstance(nprobe, int) or not 1 <= nprobe <= ivf.nlist:
                     return None

@@ -16,18 +16,26 @@ the coarse assignment, still FAISS's, 0.6), the same recall@1 and recall@32; the
 loop in place of BLAS was 2-5x slower (README, Index).
 
 A query's results depend on nothing but the query: its lists are visited in a fixed order
-(nearest first, then by list number) and ties end ordered by id, so neither the thread count
-nor the other queries of a call change them. Excluded ids (a bitmap) are skipped, as a FAISS
+(nearest first, then by list number), so neither the thread count nor the other queries of a
+call change them. Equal distances among the k kept are ordered by id; which of several vectors
+at exactly the k-th distance is kept follows their position in the lists (FAISS keeps the
+smallest id), so with duplicate tiles the two may keep different ones of them. Excluded ids (a bitmap) are skipped, as a FAISS
 selector would skip them.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 
 FILLER = np.float32(np.finfo(np.float32).max)  # FAISS's distance for a missing result (-1)
+# Distances computed at once for one list (queries x vectors): 16 MB. Without a bound, thousands
+# of equal cells (a flat area) probing a list of equal tiles (thousands of solid black ones,
+# which k-means cannot split) held a 1.6 GB product.
+PRODUCT_MAX = 1 << 22
 
 
 class DecodedLists:
@@ -99,10 +107,35 @@ def scan(lists: DecodedLists, x: np.ndarray, probe_dist: np.ndarray, probes: np.
     if len(parts) == 1:
         run(parts[0])
     else:  # BLAS and the numba kernel release the GIL; one BLAS thread each (small products)
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(len(parts)) as pool:
+        with _one_blas_thread(), ThreadPoolExecutor(len(parts)) as pool:
             list(pool.map(run, parts))
     return dist, ids
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limits = None
+
+
+@contextmanager
+def _one_blas_thread():
+    """BLAS limited to one thread while any scan runs its threads. The limit is process-wide
+    (threadpoolctl): scans that overlap share one, set by the first and lifted by the last, so
+    an overlap never leaves it behind (nor restores another's)."""
+    global _blas_users, _blas_limits
+    with _blas_lock:
+        if _blas_users == 0:
+            from threadpoolctl import threadpool_limits
+            _blas_limits = threadpool_limits(1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limits.restore_original_limits()
+                _blas_limits = None
 
 
 def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids) -> None:
@@ -118,9 +151,12 @@ def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids)
             a, b = int(lists.starts[li]), int(lists.starts[li + 1])
             if a == b:
                 continue
-            q = qs[s0:s1]
-            g = x[q] @ lists.r[a:b].T  # (queries probing the list, its vectors' residuals)
-            _push(g, qd[s0:s1], lists.norms[a:b], lists.ids[a:b], a, q, bitmap, hd, hi)
+            step = max(1, PRODUCT_MAX // (b - a))  # many queries on one long list: in slices
+            for c0 in range(s0, s1, step):
+                c1 = min(c0 + step, s1)
+                q = qs[c0:c1]
+                g = x[q] @ lists.r[a:b].T  # (queries probing the list, its vectors' residuals)
+                _push(g, qd[c0:c1], lists.norms[a:b], lists.ids[a:b], a, q, bitmap, hd, hi)
     _finish(x, hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist, ids)
 
 
