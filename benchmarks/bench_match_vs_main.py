@@ -71,8 +71,13 @@ def new_db(db_main: Path, path: Path) -> Path:
         return path
     shutil.rmtree(path, ignore_errors=True)
     link_copy(db_main, path)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
     subprocess.run([sys.executable, "-m", "mosaicdb", "db", "reindex", str(path), "--features", "rgb-pyramid", "-q"],
-                   check=True, env={**os.environ, "PYTHONPATH": str(HERE)})
+                   check=True, env=env)
+    # the index as this branch builds it by default: a reindex keeps the kind recorded for the
+    # copied database (an `ivf` built by hand there measured 4.15 s here against ivf16's ~3 s)
+    subprocess.run([sys.executable, "-m", "mosaicdb", "db", "index", str(path), "--kind", "auto", "-q"],
+                   check=True, env=env)
     (path / ".complete").touch()
     return path
 
