@@ -66,11 +66,22 @@ def link_copy(src: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
+MADE_HERE = ".made-by-bench_match_vs_main"
+
+
 def new_db(db_main: Path, path: Path) -> Path:
+    """--db-new: made here from a copy of --db-main (reindexed), or reused when complete. A
+    folder this script did not make is never deleted (given an existing database by mistake, it
+    replaced it)."""
     if (path / ".complete").exists():
         return path
-    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        if not (path / MADE_HERE).exists():
+            raise SystemExit(f"--db-new {path} exists and was not made by this script: give a new path "
+                             f"(it is made from a copy of --db-main)")
+        shutil.rmtree(path)  # an earlier run of this script stopped half-way
     link_copy(db_main, path)
+    (path / MADE_HERE).touch()
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     subprocess.run([sys.executable, "-m", "mosaicdb", "db", "reindex", str(path), "--features", "rgb-pyramid", "-q"],
                    check=True, env=env)
