@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import DeviceError, MosaicError, UsageError, check_int, check_number, choice
 from ..io import AtomicFiles, UnsafeFile, read_regular_file
 from . import ivfpq
+from . import listorder
 from .listorder import search_in_list_order
 from .tuning import default_nlist, midpoint_queries, recall_at_1  # noqa: F401  (public here too)
 
@@ -243,8 +244,7 @@ class VectorIndex:
         """search() of an IVF kind on the CPU: FAISS's coarse assignment at the index's nprobe
         (as set now), then scan.scan over the decoded lists, `exclude` as a bitmap."""
         from . import scan
-        faiss = _faiss()
-        ivf = faiss.extract_index_ivf(self.index)
+        ivf = _faiss().extract_index_ivf(self.index)
         with self._decode_lock:
             if self._decoded is None:
                 self._decoded = scan.DecodedLists(ivf)
@@ -253,7 +253,7 @@ class VectorIndex:
         x = np.ascontiguousarray(space(queries) if space is not None else queries, dtype=np.float32)
         nprobe = max(1, min(int(ivf.nprobe), int(ivf.nlist)))
         if len(x):
-            probe_dist, probes = ivf.quantizer.search(x, nprobe)
+            probe_dist, probes = listorder.coarse_assign(self.index, x, nprobe)
         else:
             probe_dist, probes = np.zeros((0, nprobe), np.float32), np.zeros((0, nprobe), np.int64)
         bitmap = None
@@ -263,7 +263,7 @@ class VectorIndex:
             excl = excl[(excl >= 0) & (excl <= (int(self.ids.max()) if len(self.ids) else -1))]
             bitmap = np.zeros(int(excl.max()) + 1 if len(excl) else 0, np.uint8)
             bitmap[excl] = 1
-        return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=max(1, int(faiss.omp_get_max_threads())))
+        return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=listorder.threads())
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `vectors` under tile `ids` (in place)."""

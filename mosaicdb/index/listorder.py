@@ -19,7 +19,8 @@ from itertools import pairwise
 import numpy as np
 
 
-def _threads() -> int:
+def threads() -> int:
+    """FAISS's OpenMP threads: the slices a CPU search is cut into."""
     import faiss
     return max(1, int(faiss.omp_get_max_threads()))
 
@@ -57,7 +58,7 @@ def search_in_list_order(index, queries: np.ndarray, k: int, *, params=None, bat
     nprobe = max(1, min(nprobe, int(ivf.nlist)))
     cd, cl = coarse_assign(index, x, nprobe)
     order = np.argsort(cl[:, 0], kind="stable")
-    threads = _threads()
+    n_threads = threads()
 
     def scan(part):
         # the C++ call: FAISS's Python wrapper takes no search parameters (selectors, nprobe)
@@ -68,11 +69,11 @@ def search_in_list_order(index, queries: np.ndarray, k: int, *, params=None, bat
                                  faiss.swig_ptr(d), faiss.swig_ptr(i), False, params)
         return d, i
 
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(n_threads) as pool:
         for s in range(0, n, batch):
             rows = order[s:s + batch]
             xs, cls, cds = x[rows], cl[rows], cd[rows]
-            cuts = np.linspace(0, len(rows), min(threads, len(rows)) + 1).astype(int)
+            cuts = np.linspace(0, len(rows), min(n_threads, len(rows)) + 1).astype(int)
             parts = [tuple(np.ascontiguousarray(a[lo:hi]) for a in (xs, cls, cds))
                      for lo, hi in pairwise(cuts)]
             found = list(pool.map(scan, parts))  # FAISS releases the GIL: one slice per core

@@ -76,10 +76,6 @@ class DecodedLists:
             self.norms[a:b] = np.einsum("ij,ij->i", rl, rl) + 2 * (rl @ self.centroids[li])
         self.list_of = np.repeat(np.arange(nlist, dtype=np.int32), sizes)  # each row's list
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.r, self.norms, self.ids, self.starts, self.centroids, self.list_of))
-
 
 def scan(lists: DecodedLists, x: np.ndarray, probe_dist: np.ndarray, probes: np.ndarray, k: int,
          excluded: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
