@@ -108,6 +108,20 @@ def _check_grid(rows, cols):
     return int(rows), int(cols)
 
 
+def _square_cells(target: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """The target (the grid's crop) narrowed so that its rows x cols cells are square, as the
+    mosaic's tiles are, when they are not: on a target thinner than one cell (2000x12 px at
+    64 cells across) the grid still has a row, whose cells the match squeezed to squares. The
+    long side of the cells is reduced (never enlarged: a wrong grid cannot make a huge image).
+    Cells square to within the pixel that fitting whole cells rounds off are left alone."""
+    h, w = target.shape[:2]
+    if abs(w * rows - h * cols) <= max(rows, cols):
+        return target
+    if w * rows > h * cols:  # cells wider than tall
+        return _resize(target, h, max(1, round(h * cols / rows)))
+    return _resize(target, max(1, round(w * rows / cols)), w)
+
+
 def psnr_per_cell(target: np.ndarray, mosaic: np.ndarray, rows: int, cols: int) -> float:
     """PSNR (dB, capped) with both images area-reduced to one pixel per cell (cols x rows)."""
     rows, cols = _check_grid(rows, cols)
@@ -281,7 +295,7 @@ def evaluate(target: np.ndarray, mosaic: np.ndarray, rows: int, cols: int,
     "repeats": repeat_stats(tile_ids) or None when tile_ids is not given}.
     """
     rows, cols = _check_grid(rows, cols)
-    target, mosaic = _check_pair(target, mosaic)
+    target, mosaic = _check_pair(_square_cells(_check_rgb("target", target), rows, cols), mosaic)
     t64, m64 = _pair_short(target, mosaic, 64)
     repeats = None
     if tile_ids is not None:

@@ -143,6 +143,22 @@ def test_mosaic_slightly_off_aspect():
     assert psnr_per_cell(img, mosaic, 12, 18) > 30
 
 
+@pytest.mark.parametrize("shape", [(12, 2000), (3000, 12), (1, 700)])
+def test_cells_stretched_to_squares_are_compared_stretched(shape):
+    """A target thinner than one cell still gets a row (column) of cells, which the match
+    stretched to squares: its mosaic is scored against the target stretched the same way."""
+    h, w = shape
+    img = _scene(max(h, 64), max(w, 64))[:h, :w]
+    rows, cols = (1, 64) if w > h else (64, 1)
+    mosaic = cv2.resize(img, (cols * 16, rows * 16), interpolation=cv2.INTER_LINEAR)
+    m = evaluate(img, mosaic, rows, cols)
+    assert m["psnr64"] > 35 and m["psnr_cell"] > 35 and m["pyramid_mse"]["1"] < 1e-3
+    flipped = evaluate(img[::-1, ::-1], mosaic, rows, cols)  # still a different picture
+    assert flipped["psnr64"] < m["psnr64"] - 5
+    with pytest.raises(UsageError, match="does not have the target's shape"):
+        evaluate(img, mosaic, cols, rows)   # the grid the other way round is refused as before
+
+
 def test_small_mosaic_is_enlarged():
     img = _scene(192, 288)
     small = cv2.resize(img, (144, 96), interpolation=cv2.INTER_AREA)

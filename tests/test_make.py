@@ -485,6 +485,19 @@ def test_eval_with_the_saved_assignment(made):
     assert text[2] == "repeats: " + json.dumps(m["repeats"])
 
 
+@pytest.mark.parametrize("w,h", [(600, 5), (5, 600)])
+def test_thin_target_is_scored_by_make_and_eval(synthetic_db, tmp_path, w, h):
+    """A target thinner than a cell gets one row (column) of cells stretched to squares; the
+    mosaic is scored against the target stretched alike, by make and by eval."""
+    target = write_target(tmp_path / "thin.png", w, h)
+    out = tmp_path / "m.png"
+    ok(mosaic("make", "--db", synthetic_db.path, target, "--out", out, "--grid", 24, "--tile-px", 8, "-q"))
+    made_m = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert made_m["psnr64"] is not None and not made_m["warnings"], made_m.get("evaluation_error")
+    m = json.loads(ok(mosaic("eval", target, out, "--json")).stdout)
+    assert m["psnr64"] == pytest.approx(made_m["psnr64"], abs=1e-9)
+
+
 def test_eval_without_the_saved_assignment(made, tmp_path):
     lone = tmp_path / "lone.png"
     shutil.copy(made["out"], lone)
