@@ -35,11 +35,15 @@ SEARCH_BATCH = 16384  # FAISS is several times slower per query below ~4k querie
 # 27.2 against 19.5 us a query at 1,024 queries; equal at 4,096), and the matcher widens its
 # cells 1,024 at a time.
 LIST_ORDER_MIN = 4096
-# IVF lists at least this long on average (the scan of the ivf kinds, index/scan.py): below it
-# FAISS's own scan is the faster. Measured: 1M tiles (244 a list), 43,552 real cells, one thread,
-# 2.1 against 3.2-3.4 CPU-s; 50,000 tiles (49 a list), bench_match's 65,536 cells on 2 threads,
-# 0.96 against 0.77 s, and its 41 widening calls of 1,024 cells 1.8 against 1.1 s.
-SCAN_MIN_LIST = 128
+# IVF lists at least this long on average (the scan of the ivf kinds, index/scan.py). Measured:
+# 1M tiles (244 a list), 43,552 real cells, one thread, 2.1 against 3.2-3.4 CPU-s; 50,000 tiles
+# (49 a list), bench_match's first search of 65,536 cells on 2 threads, three alternating runs,
+# the same mosaics: ivf16 0.72-0.80 against FAISS's 0.79-1.13 s, ivf 0.77-1.07 against 1.24-1.29
+# (an earlier 0.96 against 0.77 s was measured before the scan's threads shared one BLAS limit);
+# 20,000 and 30,000 tiles (39 and 59 a list, in memory): as fast or faster. FAISS's k-means
+# wants 39 vectors a list, so every IVF index built here qualifies. The matcher's widening
+# searches (1,024 cells) stay below LIST_ORDER_MIN: through the scan they were slower.
+SCAN_MIN_LIST = 32
 # ... and at most this many results a query: each one kept costs heap updates, and FAISS was the
 # faster from k 256 (1M pool, one photograph's 10,880 cells, 2 threads: scan against FAISS 0.36
 # / 0.48 s at k 32, 0.43 / 0.52 at 64, 0.59 / 0.68 at 128, 1.03 / 0.89 at 256)
