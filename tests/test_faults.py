@@ -221,6 +221,29 @@ def test_crafted_catalog_paths_never_touch_files_outside(db40, tmp_path):
     assert victim.read_text() == "keep me"
 
 
+def test_absolute_catalog_paths_need_a_recorded_link_root(db40, tmp_path):
+    """An absolute path with no (absolute) link root recorded names any file on the machine:
+    even with the file's true hash in the catalog it is neither read nor passed by db check."""
+    import hashlib
+    import sqlite3
+    con = sqlite3.connect(db40 / "catalog.sqlite")
+    with con:
+        for tid, root in ((0, None), (1, ".")):  # none, and a relative one
+            outside = tmp_path / f"outside{tid}.png"
+            Image.fromarray(synthetic_image(np.random.default_rng(tid), 20, 20)).save(outside)
+            h = hashlib.sha256(outside.read_bytes()).hexdigest()
+            con.execute("UPDATE tiles SET blob = ?, hash = ?, link_root = ? WHERE id = ?", (str(outside), h, root, tid))
+    con.close()
+    res = invoke_cli("db", "check", db40)
+    assert res.exit_code == 1 and "2 tiles' originals lead outside" in res.output
+    with TileDB.open(db40, readonly=True) as db:
+        for tid in (0, 1):
+            with pytest.raises(DatabaseError, match="no link root is recorded"):
+                db.load_original(tid)
+            with pytest.raises(DatabaseError, match="outside"):
+                db.original_bytes(db.tiles([tid])[0])
+
+
 # ---- 6. an output never replaces an input ----------------------------------------------------------
 def test_out_equal_to_an_input_is_refused(db40, target, tmp_path):
     data = target.read_bytes()

@@ -76,11 +76,7 @@ def copy_items(pool, ids, hashes: dict):
     """(bytes, source, provenance) of pool tiles, for `TileDB.add_images`: their original bytes.
     `hashes` receives pool id -> content hash (the tile's key in the decoded-tile database)."""
     for t in pool.tiles(ids):
-        try:
-            data = Path(pool.blob_path(t)).read_bytes()
-        except OSError as e:
-            raise DatabaseError(f"original of tile {t['id']} is missing ({pool.blob_path(t)}: {e.strerror}); "
-                                f"run `mosaic db check {pool.path}`") from None
+        data = pool.original_bytes(t)  # a regular file inside its root, bounded, with its hash
         hashes[t["id"]] = digest(data)
         prov = {"copied_from": {"db": str(Path(pool.path).resolve()), "id": t["id"], "source": t["source"],
                                 "origin": t["origin"], "provenance": t["provenance"]}}

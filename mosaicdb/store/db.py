@@ -320,47 +320,58 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
             h.update(f"{i}:{hashes.get(i, '-')}\n".encode())
         return h.hexdigest()
 
-    def blob_root(self, tile: dict) -> Path:
+    def blob_root(self, tile: dict) -> Path | None:
         """The folder a tile's original must stay inside: originals/ for copies, the source
-        folder it was linked from for --link tiles (its own folder for older databases)."""
+        folder it was linked from for --link tiles (`link_root`, recorded at ingest). None for an
+        absolute path with no absolute link root recorded: a catalog is untrusted input, and such
+        a row would let it name any file on the machine, so it is trusted nowhere."""
         p = Path(tile["blob"])
         if not p.is_absolute():
             return self.path / "originals"
-        return Path(tile.get("link_root") or p.parent)
+        root = tile.get("link_root")
+        return Path(root) if root and Path(root).is_absolute() else None
 
     def blob_path(self, tile: dict) -> Path:
         """Where a tile's original is; DatabaseError when the catalog points outside its root."""
         p = Path(tile["blob"])
         full = p if p.is_absolute() else self.path / p
+        root = self.blob_root(tile)
         # a copy must be inside originals/ and, symlinks resolved, inside the database folder
-        if not inside(full, self.blob_root(tile)) or (not p.is_absolute() and not inside(full, self.path)):
+        if root is None or not inside(full, root) or (not p.is_absolute() and not inside(full, self.path)):
+            where = root if root is not None else "any folder it was linked from (no link root is recorded)"
             raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
-                                f"{self.blob_root(tile)}; the catalog is damaged or was tampered with")
+                                f"{where}; the catalog is damaged or was tampered with")
         return full
+
+    def original_bytes(self, tile: dict) -> bytes:
+        """The bytes of a tile's original (a catalog row): only a regular file inside the tile's
+        root, of bounded size, with the hash it was ingested with. DatabaseError otherwise."""
+        p = self.blob_path(tile)
+        try:
+            data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(tile))
+            if hashlib.sha256(data).hexdigest() != tile["hash"]:
+                raise UnsafeFile(f"{p} changed since it was ingested (its hash differs); `mosaic db repair "
+                                 f"{self.path}` reports (and --remove-unrecoverable removes) such tiles")
+        except OSError as e:
+            raise DatabaseError(f"original of tile {tile['id']} is missing ({p}: {e.strerror}); "
+                                f"run `mosaic db check {self.path}`") from None
+        except UnsafeFile as e:
+            raise DatabaseError(f"original of tile {tile['id']} cannot be read safely: {e}") from None
+        return data
 
     def load_original(self, tile_id: int, max_side: int = 0):
         """The tile's original, normalised (EXIF, alpha, colour) as a full-resolution RGB PIL image
         (with `max_side`, its long side at most that: JPEG decoded at a reduced scale, other formats
         box-reduced right after decoding). Only a regular file inside the tile's root, of bounded
-        size, with the hash it was ingested with, is read."""
+        size, with the hash it was ingested with, is read (`original_bytes`)."""
         rows = self.tiles([tile_id])
         if not rows:
             raise DatabaseError(f"no tile {tile_id} in {self.path}")
-        p = self.blob_path(rows[0])
-        try:
-            data = read_regular_file(p, self.decode_options.max_bytes, root=self.blob_root(rows[0]))
-            if hashlib.sha256(data).hexdigest() != rows[0]["hash"]:
-                raise UnsafeFile(f"{p} changed since it was ingested (its hash differs); `mosaic db repair "
-                                 f"{self.path}` reports (and --remove-unrecoverable removes) such tiles")
-        except OSError as e:
-            raise DatabaseError(f"original of tile {tile_id} is missing ({p}: {e.strerror}); "
-                                f"run `mosaic db check {self.path}`") from None
-        except UnsafeFile as e:
-            raise DatabaseError(f"original of tile {tile_id} cannot be read safely: {e}") from None
+        data = self.original_bytes(rows[0])
         try:
             return open_image(data, self.decode_options, max_side=max_side)[0]
         except ImageError as e:
-            raise DatabaseError(f"original of tile {tile_id} ({p}) no longer decodes ({e}); "
+            raise DatabaseError(f"original of tile {tile_id} ({self.blob_path(rows[0])}) no longer decodes ({e}); "
                                 f"run `mosaic db check --deep {self.path}`") from None
 
     def tile_pixels(self, tile_id: int, size: int) -> np.ndarray:

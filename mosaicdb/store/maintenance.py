@@ -99,7 +99,8 @@ class Maintenance:
             full = p if p.is_absolute() else self.path / p
             if not p.is_absolute():
                 referenced.add(str(p))
-            if not inside(full, self.blob_root(r)):
+            root = self.blob_root(r)
+            if root is None or not inside(full, root):
                 out["outside"].append((r["id"], r["blob"]))
             elif not full.is_file():
                 out["missing"].append((r["id"], str(full)))
