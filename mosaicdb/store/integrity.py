@@ -23,7 +23,7 @@ from . import catalog
 
 
 CATALOG_FILE = "catalog.sqlite"  # (maintenance.CATALOG; integrity sits below it)
-KIND_NAMES = {"file": "a file", "dir": "a folder", "fifo": "a FIFO", "device": "a device file",
+KIND_NAMES = {"file": "a file", "dir": "a folder", "link": "a symbolic link", "fifo": "a FIFO", "device": "a device file",
                "socket": "a socket", "other": "a special file"}
 
 
