@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .io import AtomicFiles, UnsafeFile, read_regular_file
+from .io import AtomicFiles, UnsafeFile, read_regular_file, refuse_non_files
 
 FORMAT_VERSION = 2
 READS = (1, 2)
@@ -164,7 +164,8 @@ def check_sidecars_free(out) -> None:
     """OUT.mosaic.json/.npz and OUT.metrics.json are named after OUT's stem: refuse when they
     belong to another output that still exists (x.png and x.tif would share them)."""
     out = Path(out)
-    jpath, _ = sidecar_paths(out)
+    jpath, npath = sidecar_paths(out)
+    refuse_non_files([out, jpath, npath, metrics_path(out)])
     if not jpath.is_file():
         return
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import assignment as asg
 from .errors import UsageError
-from .io import refuse_inside, refuse_overwriting_input
+from .io import refuse_inside, refuse_non_files, refuse_overwriting_input
 from .match.grid import make_grid, parse_grid
 from .match.options import DEFAULT_GRID
 from .render.options import RenderOptions
@@ -120,6 +120,7 @@ class PrintJob:
                       *([saved.meta.target.path] if saved.meta.target else [])]
             refuse_overwriting_input(plan.outputs.all(), inputs)
             refuse_inside(plan.outputs.all(), d.path)
+            refuse_non_files(plan.outputs.all())
         except BaseException:
             d.close()
             raise

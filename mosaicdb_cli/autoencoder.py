@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import db_argument, echo, echo_json, info, json_option, quiet_option
+from .common import db_argument, echo, echo_json, info, json_option, quiet_option, OutPath
 
 
 @click.group("autoencoder")
@@ -21,7 +21,7 @@ def autoencoder_group():
 
 @autoencoder_group.command("train")
 @db_argument
-@click.option("--out", "-o", required=True, type=click.Path(), help="Model folder to write (config.json, model.safetensors, checkpoint).")
+@click.option("--out", "-o", required=True, type=OutPath(), help="Model folder to write (config.json, model.safetensors, checkpoint).")
 @click.option("--latent", default=32, show_default=True, help="Code dimensions (each in (0, 1)).")
 @click.option("--size", default=32, show_default=True, help="Tile side in px: 8, 16, 32 or 64 (from the database's thumbnails).")
 @click.option("--width", default=8, show_default=True, help="Channels at full resolution (doubling at each 2x reduction).")

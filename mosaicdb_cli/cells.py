@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import echo, echo_json, info, json_option, quiet_option
+from .common import echo, echo_json, info, json_option, quiet_option, OutPath
 from .generate import _note, _pipeline, pipeline_options
 
 
@@ -56,7 +56,7 @@ def _cell_options(prompt, negative, grid, size, block, seed, batch, kw):
 @click.command("cells")
 @click.argument("target", type=click.Path(dir_okay=False))
 @click.option("--prompt", required=True, help='What every tile shows, e.g. "a dog".')
-@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", required=True, type=OutPath(dir_okay=False),
               help="The mosaic (.jpg/.png/.webp, .tif pyramid or .dzi); its assignment and metrics go beside it.")
 @click.option("--db", "db_path", default=None, type=click.Path(file_okay=False),
               help="Tile database for the generated tiles [default: OUT's name + .tiles.db; created if missing].")

@@ -155,6 +155,16 @@ def _root_flag(name: str) -> bool:
     return bool(ctx and ctx.find_root().params.get(name))
 
 
+class OutPath(click.Path):
+    """click.Path for an --out that refuses an empty name (it meant the current folder, so
+    `--out ""` from an unset shell variable wrote files there)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty: give a file name (or a folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def quiet_option(f):
     """-q on a command; `mosaic -q COMMAND` (on the root group) sets it for every command."""
     return click.option("-q", "--quiet", is_flag=True, help="No progress bars or informational messages.",

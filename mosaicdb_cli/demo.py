@@ -5,11 +5,11 @@ import click
 
 from mosaicdb.demo import run_demo
 
-from .common import echo, echo_json, info, json_option, quiet_option, warn_all
+from .common import echo, echo_json, info, json_option, quiet_option, warn_all, OutPath
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", default="demo-out", show_default=True, type=OutPath(file_okay=False),
               help="Folder for the demo's database, tiles, target and mosaic.")
 @click.option("--tiles", "n_tiles", default=3000, show_default=True, help="How many tiles to cut for the pool.")
 @click.option("--grid", default="96", show_default=True, help="Cells across the long side.")

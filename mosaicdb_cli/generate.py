@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option
+from .common import echo, after_db, db_argument, echo_json, info, json_option, quiet_option, OutPath
 
 
 @click.group("generate")
@@ -117,7 +117,7 @@ def tiles_cmd(db, style, palette_from, palette_size, per_colour, size, negative,
 @generate_group.command("scene")
 @click.argument("prompt")
 @pipeline_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Image to write (.png, .jpg, .webp); its provenance goes to OUT.json.")
+@click.option("--out", required=True, type=OutPath(dir_okay=False, path_type=str), help="Image to write (.png, .jpg, .webp); its provenance goes to OUT.json.")
 @click.option("--width", type=int, default=None, help="Width in px [default: the model's native size].")
 @click.option("--height", type=int, default=None, help="Height in px [default: the model's native size].")
 @click.option("--negative", default=None, help="Negative prompt [default: text, watermark, frame, blur...].")
@@ -173,7 +173,7 @@ def tiny_model_cmd(folder, seed, force, vae, quiet, as_json):
 @generate_group.command("reproduce")
 @db_argument
 @after_db("tile_id", nargs=1, type=int)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help="Image to write (.png recommended).")
+@click.option("--out", required=True, type=OutPath(dir_okay=False, path_type=str), help="Image to write (.png recommended).")
 @click.option("--model", default=None, help="Where the model is now, if it moved since the tile was made.")
 @click.option("--device", default=None, help="Device to regenerate on [default: the one recorded].")
 @click.option("--dtype", default=None, help="dtype [default: the one recorded].")

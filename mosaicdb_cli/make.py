@@ -20,7 +20,7 @@ from mosaicdb.units import human_bytes, parse_bytes
 from . import generate as _generate  # noqa: F401  (first: cells.py builds on generate's options, which import it back)
 from .autoencoder import auto_options, autoencoder_make_options, autoencoder_summary, split_autoencoder_options
 from .cells import hybrid_from_cli, hybrid_options
-from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+from .common import echo, db_option, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all, OutPath
 
 
 def output_options(f):
@@ -60,7 +60,7 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.command("make")
 @db_option
 @click.argument("targets", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
+@click.option("--out", "-o", required=True, type=OutPath(), help="Output image (.jpg/.png/.webp/.tif/.dzi), "
                                                                    "or a folder for several targets.")
 @click.option("--format", "fmt", type=click.Choice(["jpg", "png", "webp", "tif", "dzi"]), default="jpg",
               show_default=True, help="Output type when --out is a folder.")
@@ -213,7 +213,7 @@ def _summary(target, r) -> str:
 
 @click.command("render")
 @click.argument("assignment", type=click.Path())
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
+@click.option("--out", "-o", required=True, type=OutPath(), help="Output image (.jpg/.png/.webp/.tif/.dzi).")
 @saved_db_option
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side [default: as saved].")
 @render_options

@@ -9,14 +9,14 @@ from mosaicdb.jobs import PrintJob, plan_file
 from mosaicdb.printing.tiffstrips import DEFAULT_COMPRESSION
 from mosaicdb.units import human_bytes
 
-from .common import echo, echo_json, given_db, json_option, quiet_option, saved_db_option, warn_all
+from .common import echo, echo_json, given_db, json_option, quiet_option, saved_db_option, warn_all, OutPath
 from .make import output_options, render_fields
 from .print_cmd import print_fields, print_options
 
 
 @click.command("plan")
 @click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "-o", required=True, type=click.Path(), help="The output you intend to write (its type matters).")
+@click.option("--out", "-o", required=True, type=OutPath(), help="The output you intend to write (its type matters).")
 @click.option("--grid", default=None, help="Cells across the long side (N) or COLSxROWS.")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side.")
 @click.option("--quality", type=int, default=None, help="JPEG quality [default: 90, or as saved].")

@@ -7,7 +7,7 @@ from mosaicdb.jobs import PrintJob
 from mosaicdb.printing.tiffstrips import COMPRESSIONS, DEFAULT_COMPRESSION
 from mosaicdb.units import human_bytes, parse_bytes
 
-from .common import echo, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all
+from .common import echo, echo_json, given_db, info, json_option, quiet_option, saved_db_option, warn_all, OutPath
 from .make import render_options
 
 
@@ -40,7 +40,7 @@ def print_fields(size, dpi, compression, icc, bleed, panel_width, panel_grid, ov
 @click.argument("assignment", type=click.Path())
 @click.option("--size", required=True, help="Physical size: 120x80cm (width x height) or one side, 120cm (the long side); mm, cm, m or in.")
 @click.option("--dpi", type=float, default=300, show_default=True, help="Print resolution.")
-@click.option("--out", "-o", required=True, type=click.Path(), help="NAME.tif, or a folder (files are named after the assignment).")
+@click.option("--out", "-o", required=True, type=OutPath(), help="NAME.tif, or a folder (files are named after the assignment).")
 @saved_db_option
 @print_options
 @render_options

@@ -254,6 +254,26 @@ def test_out_equal_to_an_input_is_refused(db40, target, tmp_path):
     assert target.read_bytes() == data
 
 
+@pytest.mark.parametrize("taken", ["m.metrics.json", "m.mosaic.npz", "m.mosaic.json"])
+def test_a_folder_under_a_sidecar_name_is_refused_before_anything_is_written(db40, target, tmp_path, taken):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / taken).mkdir()
+    res = invoke_cli("make", "--db", db40, target, "--out", out / "m.png", code=2)
+    assert f"{taken} is a folder" in res.output and "--out" in res.output
+    assert sorted(p.name for p in out.iterdir()) == [taken]
+
+
+def test_an_empty_out_is_a_usage_error(db40, target, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"  # an empty --out meant the current folder: files landed there
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for args in (["make", "--db", db40, target], ["demo"]):
+        res = invoke_cli(*args, "--out", "", code=2)
+        assert "--out" in res.output and "is empty" in res.output
+    assert list(cwd.iterdir()) == []
+
+
 # ---- 7. bounded memory on ingest; a dying worker costs one file --------------------------------------
 def test_archive_members_and_files_are_bounded(tmp_path):
     src = tmp_path / "src"
