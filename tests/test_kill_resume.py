@@ -165,3 +165,38 @@ def test_kill_and_resume(cifar_files, tmp_path):
     # and once more: nothing left to do
     res = mosaic_here("db", "ingest", db, src, "--workers", "1", "-q")
     assert res.stdout.startswith(f"0 added, 0 skipped (mosaic db errors), 0 duplicates, {N_FILES} unchanged")
+
+
+def test_ctrl_c_to_the_process_group_stops_an_ingest_at_once(tmp_path):
+    """Ctrl-C at a terminal signals the whole group, decoding workers included. They leave the
+    interruption to the ingest process: no worker tracebacks, and no hang (a worker interrupted
+    mid-task could die holding the pool's result queue, and the shutdown waited for ever)."""
+    from conftest import write_synthetic
+    src = tmp_path / "src"
+    write_synthetic(src, 1500, seed=5)
+    db = tmp_path / "i.db"
+    invoke_cli("db", "init", db, "-q", code=0)
+    p = subprocess.Popen(MOSAIC + ["db", "ingest", str(db), str(src), "--workers", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         # a shell's background job (as CI may run us) inherits SIGINT ignored
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.monotonic()
+        while p.poll() is None and tile_count(db) == 0 and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        if p.poll() is not None:
+            pytest.skip("the ingest finished before it could be interrupted")
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 130, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "Interrupted.", err
+        deadline = time.monotonic() + 15
+        while live_group_members(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_group_members(p.pid) == []
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    invoke_cli("db", "check", db, code=0)

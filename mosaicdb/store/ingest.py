@@ -260,12 +260,18 @@ class IngestReport:
                 f" ({rate:.0f} tiles/s)")
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: exit when the ingest process dies (kill -9), instead of waiting
-    forever on the task queue as an orphan (Linux; elsewhere a no-op)."""
+def _start_worker(parent: int) -> None:
+    """Worker initializer. Ctrl-C is the ingest process's to handle (it stops the workers with
+    SIGTERM); a worker interrupted too, mid-task, printed tracebacks and could die half-way
+    through a result, so that the ingest hung in its shutdown. On SIGTERM a busy worker unwinds
+    (write_atomic removes its temporary) and exits; see _on_sigterm for an idle one. It also
+    exits when the ingest process dies (kill -9), instead of waiting forever on the task queue as
+    an orphan (Linux; elsewhere that part is a no-op)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         import ctypes
-        import signal
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
@@ -273,9 +279,39 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_BUSY = False
+_STOPPING = False
+
+
+def _on_sigterm(signum, frame):
+    global _STOPPING
+    if _BUSY:  # in a chunk: unwind (write_atomic removes its temporary), then leave
+        raise SystemExit(128 + signum)
+    # Idle, or sending a result back: leaving now could cut a message in the pool's result pipe,
+    # and the ingest's pool would then wait for its end for ever. Leave when the pool says stop,
+    # at the next task, or in a second (SIGALRM's default action), whichever comes first.
+    _STOPPING = True
+    import signal
+    signal.alarm(1)
+
+
+def _chunk_in_worker(chunk, cfg: WorkerConfig):
+    global _BUSY
+    try:
+        if _STOPPING:
+            os._exit(128 + 15)
+        _BUSY = True
+        try:
+            return process_chunk(chunk, cfg)
+        finally:
+            _BUSY = False
+    except SystemExit as e:  # SIGTERM, unwound: leave without reporting back through the pool
+        os._exit(e.code if isinstance(e.code, int) else 1)
+
+
 def _pool(workers: int):
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent,
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
                                initargs=(os.getpid(),))
 
 
@@ -293,7 +329,7 @@ def run_chunks(chunks, cfg: WorkerConfig, workers: int):
     finished = False
     try:
         for chunk in chunks:
-            pending.append((chunk, pool.submit(process_chunk, chunk, cfg)))
+            pending.append((chunk, pool.submit(_chunk_in_worker, chunk, cfg)))
             while len(pending) >= 3 * workers:
                 pool = yield from _next_result(pending, pool, cfg, workers)
         while pending:
@@ -328,7 +364,7 @@ def _next_result(pending, pool, cfg: WorkerConfig, workers: int):
         results = []
         for item in c:  # one file at a time: a death now names its file
             try:
-                results.append(pool.submit(process_chunk, [item], cfg).result())
+                results.append(pool.submit(_chunk_in_worker, [item], cfg).result())
             except BrokenProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = _pool(workers)
