@@ -244,6 +244,19 @@ def test_absolute_catalog_paths_need_a_recorded_link_root(db40, tmp_path):
                 db.original_bytes(db.tiles([tid])[0])
 
 
+def test_a_linked_index_is_not_loaded(db40, target, tmp_path):
+    """index/ moved out and linked back: make does not read through the link (db check refuses it too)."""
+    make(db40, target, tmp_path / "first.png")
+    (db40 / "index").rename(tmp_path / "idx")
+    (db40 / "index").symlink_to(tmp_path / "idx")
+    with TileDB.open(db40, readonly=True) as db:
+        with pytest.raises(DatabaseError, match="index is a symbolic link"):
+            db.load_index()  # (make went on to read it, then refused the database later, or not at all)
+    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", code=1)
+    assert "index is a symbolic link" in res.output
+    assert not list(tmp_path.glob("m.*"))
+
+
 # ---- 6. an output never replaces an input ----------------------------------------------------------
 def test_out_equal_to_an_input_is_refused(db40, target, tmp_path):
     data = target.read_bytes()

@@ -44,6 +44,7 @@ class IndexLifecycle:
     def load_index(self) -> VectorIndex | None:
         """The saved vector index (loaded once), or None when there is none yet."""
         if self._index is None:
+            self.refuse_links()  # an index/ that is a link would be read from wherever it leads
             self._index = VectorIndex.load(self.index_dir, rows=self.features)
         return self._index
 
