@@ -40,6 +40,11 @@ class MatchError(MosaicError):
     """No assignment satisfies the requested repeat constraints."""
 
 
+class PoolTooSmall(MatchError, UsageError):
+    """The repeat options ask for more distinct tiles than the pool holds (known before any
+    matching: a usage error, exit 2; still a MatchError)."""
+
+
 class RenderError(MosaicError):
     """An output cannot be written as requested."""
 

@@ -458,8 +458,11 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(synthetic_db, bad_inpu
     args = [a.format(**fmt) for a in args]
     if "--db" not in args:
         args = ["--db", str(synthetic_db.path), *args]
-    fails(mosaic("make", *args, "-q"), *words)
+    res = mosaic("make", *args, "-q")
+    fails(res, *words)
     assert files(o) == []
+    if case in ("jpeg too large", "max-uses too low", "min-distance too far"):  # options that ask the impossible
+        assert res.exit_code == 2, res.output
 
 
 def test_bad_assignment_files(made, tmp_path):

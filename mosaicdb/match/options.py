@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..errors import EmptyDatabase, MatchError, UsageError, check_int, check_number, choice
+from ..errors import EmptyDatabase, PoolTooSmall, UsageError, check_int, check_number, choice
 from ..orient import DEFAULT_ORIENT, codes
 from .grid import parse_grid
 
@@ -118,12 +118,12 @@ class MatchOptions:
             raise EmptyDatabase("the database holds no tiles: add tiles before building a mosaic")
         if self.unique:
             if n_tiles < n_cells:
-                raise MatchError(f"--unique needs at least {n_cells} tiles, the database has "
+                raise PoolTooSmall(f"--unique needs at least {n_cells} tiles, the database has "
                                  f"{n_tiles}: use a coarser --grid or drop --unique")
             return
         if self.max_uses and self.max_uses * n_tiles < n_cells:
             need = -(-n_cells // n_tiles)
-            raise MatchError(f"--max-uses {self.max_uses} with {n_tiles} tiles covers at most "
+            raise PoolTooSmall(f"--max-uses {self.max_uses} with {n_tiles} tiles covers at most "
                              f"{self.max_uses * n_tiles} of {n_cells} cells: use --max-uses {need} "
                              f"or more, or a coarser --grid")
         if self.min_distance:
@@ -132,7 +132,7 @@ class MatchOptions:
             side = self.min_distance + 1
             block_r, block_c = min(rows, side), min(cols, side)
             if block_r * block_c > n_tiles:
-                raise MatchError(f"--min-distance {self.min_distance} needs at least "
+                raise PoolTooSmall(f"--min-distance {self.min_distance} needs at least "
                                  f"{block_r * block_c} different tiles (every {block_r}x{block_c} "
                                  f"block is all different), the database has {n_tiles}: "
                                  f"lower --min-distance")

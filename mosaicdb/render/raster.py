@@ -32,10 +32,10 @@ def raster_format(path) -> str:
 def check_raster(path, width: int, height: int) -> str:
     fmt = raster_format(path)
     if max(width, height) > MAX_SIDE[fmt]:
-        raise RenderError(f"--out {path}: {width}x{height} px is beyond {fmt}'s limit of {MAX_SIDE[fmt]} px a side; "
+        raise UsageError(f"--out {path}: {width}x{height} px is beyond {fmt}'s limit of {MAX_SIDE[fmt]} px a side; "
                           "use a smaller --tile-px or grid, or a .png output")
     if fmt != "PNG" and width * height > IN_MEMORY_MAX_PIXELS:
-        raise RenderError(f"--out {path}: {width}x{height} px is too large for {fmt}, whose encoder needs the whole "
+        raise UsageError(f"--out {path}: {width}x{height} px is too large for {fmt}, whose encoder needs the whole "
                           "picture in memory; use a .png output (streamed) or a smaller --tile-px")
     return fmt
 
