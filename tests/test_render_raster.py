@@ -117,7 +117,7 @@ def never_iterated():
 ])
 def test_lossy_size_limits_raise_before_writing(tmp_path, name, width, height, words):
     out = tmp_path / name
-    with pytest.raises(RenderError, match=words) as e:
+    with pytest.raises(UsageError, match=words) as e:  # the request asks the impossible: exit 2
         write_raster(out, never_iterated(), width, height)
     assert ".png" in str(e.value), "the message says what to use instead"
     assert list(tmp_path.iterdir()) == []
