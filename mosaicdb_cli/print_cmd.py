@@ -53,7 +53,7 @@ def print_cmd(assignment, size, dpi, out, db_path, compression, icc, bleed, pane
               buffer, color, color_strength, quality, workers, cache, quiet, as_json):
     """Write print-ready TIFF(s) of a saved ASSIGNMENT for a print shop.
 
-    One flat 8-bit RGB TIFF in strips (LZW by default), with an embedded ICC profile and the
+    One flat 8-bit RGB TIFF in strips (Deflate by default), with an embedded ICC profile and the
     resolution tags set, at the size asked: cells get a whole number of pixels and the dpi in
     the file is adjusted so the print lands exactly on --size. --bleed adds real mosaic
     (the edge cells reflected) beyond the trim; --panel-width/--panels split the print into

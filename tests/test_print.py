@@ -406,6 +406,13 @@ def test_peak_memory_stays_flat_as_the_print_grows(synthetic_db, tmp_path):
     assert grew_mb < 30, res   # the larger print holds 94 MB more pixels; none of them at once
 
 
+def test_a_panel_width_under_one_cell_is_refused():
+    g = Geometry(40, 30, 98, 100.0, 100.0, 0, (40 / 2.54, None))  # 98 px cells at 100 dpi: 24.9 mm
+    with pytest.raises(UsageError, match="--panel-width 10 mm: panels would be .* narrower than one cell .* wider panel"):
+        plan_panels(g, panel_width_in=1 / 2.54)
+    assert plan_panels(g, panel_width_in=3 / 2.54).cols > 1   # 30 mm: more than a cell, fine
+
+
 # ---- invariants of the panel boxes --------------------------------------------------------------
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
@@ -419,9 +426,10 @@ def test_panels_cover_the_canvas_exactly(cols, rows, t, bleed, pw_frac, ov):
     try:
         lay = plan_panels(g, panel_width_in=pw_in, overlap_in=ov / 300.0)
     except UsageError as e:
-        assert "overlap" in str(e) or "65,500" in str(e) or "too small" in str(e)
+        assert "overlap" in str(e) or "65,500" in str(e) or "too small" in str(e) or "narrower than one cell" in str(e)
         return
     ov = lay.overlap_px
+    assert all(p.x1 - p.x0 >= min(g.cell_px, g.width) for p in lay.panels)  # none narrower than a cell
     xs = sorted({(p.x0, p.x1) for p in lay.panels})
     ys = sorted({(p.y0, p.y1) for p in lay.panels})
     for spans, total in ((xs, g.width), (ys, g.height)):

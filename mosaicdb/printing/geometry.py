@@ -194,9 +194,11 @@ def plan_panels(g: Geometry, *, panel_width_in: float | None = None, grid: tuple
     for total, n, what in ((W, nc, "wide"), (H, nr, "tall")):
         if n > 1:
             step = (total - ov) / n
-            if grid is not None and step < g.cell_px:
-                raise UsageError(f"--panels {nc}x{nr}: panels would be {g.mm(step + ov):.1f} mm {what}, narrower than "
-                                 f"one cell ({g.mm(g.cell_px):.1f} mm): use fewer panels")
+            if step < g.cell_px:
+                asked = f"--panels {nc}x{nr}" if grid is not None else f"--panel-width {g.mm(pw):.0f} mm"
+                raise UsageError(f"{asked}: panels would be {g.mm(step + ov):.1f} mm {what}, narrower than "
+                                 f"one cell ({g.mm(g.cell_px):.1f} mm): use "
+                                 + ("fewer panels" if grid is not None else "a wider panel"))
             if step < 1:
                 raise UsageError(f"the print is {total:,} px {what}: too small for {n} panels with --overlap "
                                  f"{g.mm(ov):.0f} mm")
