@@ -31,7 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import ImageError, MatchError, MosaicError, UsageError, check_int, choice
+from .errors import DatabaseError, ImageError, MatchError, MosaicError, UsageError, check_int, choice
 from .generate import deps
 from .generate.executors import _mosaic_cause, init_ray
 from .io import refuse_inside
@@ -114,7 +114,7 @@ class BatchRunner:
 
     def __enter__(self) -> "BatchRunner":
         try:
-            self._db = TileDB.open(self.db_path)
+            self._db = _open_for_make(self.db_path)
             # the index is brought up to date here, once: actors open the database read-only
             if self._make_maker is not None:
                 self._maker = self._make_maker(self._db)
@@ -320,6 +320,23 @@ def _drain(pool) -> None:
             pool.get_next_unordered()
         except Exception:  # noqa: BLE001 - actors killed on purpose, or the error already raised
             pass
+
+
+def _open_for_make(path: Path) -> TileDB:
+    """The database, writable so that an outdated index can be brought up to date; read-only
+    when it cannot be written (a read-only mount, another user's files): matching only reads,
+    and an outdated index is then an error that names `mosaic db index` (it said "not a
+    readable catalog" of a catalog that could be read)."""
+    try:
+        return TileDB.open(path)
+    except DatabaseError:
+        if _writable(path):
+            raise
+        return TileDB.open(path, readonly=True)
+
+
+def _writable(path: Path) -> bool:
+    return all(os.access(p, os.W_OK) for p in (path, path / "catalog.sqlite"))
 
 
 class _MakerActor:

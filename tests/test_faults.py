@@ -257,6 +257,27 @@ def test_a_linked_index_is_not_loaded(db40, target, tmp_path):
     assert not list(tmp_path.glob("m.*"))
 
 
+def test_make_reads_a_database_it_cannot_write(db40, target, tmp_path, monkeypatch):
+    """On a read-only mount sqlite cannot open the catalog for writing: make opens it read-only
+    (it said "not a readable catalog"). Simulated: the mount is what the test cannot make."""
+    import mosaicdb.batch as batch
+    make(db40, target, tmp_path / "first.png")  # the index, up to date
+    real_open = TileDB.open
+
+    def ro_mount(path, readonly=False):
+        if not readonly:
+            raise DatabaseError(f"{path}/catalog.sqlite is not a readable catalog (unable to open database file)")
+        return real_open(path, readonly=True)
+
+    monkeypatch.setattr(batch.TileDB, "open", staticmethod(ro_mount))
+    monkeypatch.setattr(batch, "_writable", lambda path: False)
+    invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", "-q", code=0)
+    assert (tmp_path / "m.png").is_file()
+    monkeypatch.setattr(batch, "_writable", lambda path: True)  # writable after all: the error stands
+    res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "n.png", "-q", code=1)
+    assert "not a readable catalog" in res.output
+
+
 # ---- 6. an output never replaces an input ----------------------------------------------------------
 def test_out_equal_to_an_input_is_refused(db40, target, tmp_path):
     data = target.read_bytes()
