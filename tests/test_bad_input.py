@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import encode, synthetic_image
 from mosaicdb import TileDB
-from mosaicdb.errors import DatabaseLocked, ImageError, UsageError
+from mosaicdb.errors import DatabaseLocked, ImageError, MosaicError, UsageError
 from mosaicdb.store.decode import DecodeOptions, open_image
 from mosaicdb.store.lock import WriteLock
 
@@ -208,8 +208,13 @@ def test_mutated_files_only_raise_image_error(fmt):
 
 
 def test_bomb_limits(tmp_path):
-    with pytest.raises(ImageError, match="decompression bomb"):
+    with pytest.raises(ImageError, match="decompression bomb.*db init --max-pixels"):  # where to change it
         open_image(bomb_png(40000, 40000))
+    (tmp_path / "t.png").write_bytes(bomb_png(40000, 40000))
+    from mosaicdb.match.grid import load_target
+    with pytest.raises(MosaicError, match="target .*t.png.*1,000,000,000 px limit for a target") as e:
+        load_target(tmp_path / "t.png")  # a fixed limit: no option to name
+    assert "--max-pixels" not in str(e.value)
     # below our limit but above Pillow's default (89 Mpx): a sane, if broken, file, not a bomb
     with pytest.raises(ImageError) as e:
         open_image(bomb_png(10000, 10000))

@@ -92,7 +92,7 @@ def load_target(path, what: str = "target") -> Target:
                          + (" (or the folder to `mosaic make`)" if what == "target" else ""))
     data = read_input(p, MAX_TARGET_BYTES, f"{what} {p}")
     try:
-        img, _, _ = open_image(data, DecodeOptions(max_pixels=1_000_000_000))
+        img, _, _ = open_image(data, DecodeOptions(max_pixels=1_000_000_000, limit_is=" for a target or mosaic image"))
     except ImageError as e:
         raise ImageError(f"{what} {p}: {e}") from None
     return Target(str(p.resolve()), hashlib.sha256(data).hexdigest(), np.asarray(img))

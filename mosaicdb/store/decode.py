@@ -27,6 +27,7 @@ class DecodeOptions:
     background: tuple[int, int, int] = (255, 255, 255)
     max_pixels: int = 256_000_000  # larger images are refused as decompression bombs
     max_bytes: int = 1 << 30       # larger files (and archive members) are not read at all
+    limit_is: str = " (the database's, set by `mosaic db init --max-pixels`)"  # where max_pixels comes from
 
 
 def _to_rgb(img: Image.Image, background) -> Image.Image:
@@ -60,7 +61,7 @@ def _to_rgb(img: Image.Image, background) -> Image.Image:
 _LIMIT_LOCK = threading.Lock()
 
 
-def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
+def _open_with_limit(data: bytes, max_pixels: int, limit_is: str = "") -> Image.Image:
     """Image.open (header only) with Pillow's bomb check at our limit: Pillow's own global limit
     (~89 Mpx, an error above ~179 Mpx) would otherwise refuse images max_pixels allows. The
     global is swapped under a lock, only for this quick call, so threads can't interleave."""
@@ -70,7 +71,7 @@ def _open_with_limit(data: bytes, max_pixels: int) -> Image.Image:
         try:
             return Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"decompression bomb: over the {max_pixels:,} px limit (--max-pixels)") from None
+            raise ImageError(f"decompression bomb: over the {max_pixels:,} px limit{limit_is}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -91,10 +92,10 @@ def open_image(data: bytes, opts: DecodeOptions = DecodeOptions(), min_side: int
         raise ImageError("empty file (0 bytes)")
     w = h = 0
     try:
-        img = _open_with_limit(data, opts.max_pixels)
+        img = _open_with_limit(data, opts.max_pixels, opts.limit_is)
         w, h = img.size
         if w * h > opts.max_pixels:
-            raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit (--max-pixels)")
+            raise ImageError(f"decompression bomb: {w}x{h} px is over the {opts.max_pixels:,} px limit{opts.limit_is}")
         fmt = img.format or "unknown"
         need = decoded_bytes(img)
         if need > opts.max_bytes:
