@@ -309,7 +309,8 @@ def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
     (or --grid COLSxROWS) the per-cell PSNR and repeat statistics are included."""
     from .evaluate import psnr_at, pyramid_mse, ssim_at
     from .match.grid import parse_grid
-    target = load_target(target_path).image
+    loaded = load_target(target_path)
+    target = loaded.image
     mosaic = load_mosaic_image(mosaic_path)
     saved = None
     try:
@@ -320,7 +321,11 @@ def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
         l, t, r, b = saved.meta.grid.crop
         if saved.meta.target is not None and tuple(saved.meta.target.size) == (target.shape[1], target.shape[0]):
             target = target[t:b, l:r]
-        return evaluate(target, mosaic, saved.rows, saved.cols, saved.tile_ids)
+        m = evaluate(target, mosaic, saved.rows, saved.cols, saved.tile_ids)
+        if saved.meta.target is not None and saved.meta.target.sha256 != loaded.sha256:
+            m["warnings"] = [f"{target_path} is not the image this mosaic was made from "
+                             f"({saved.meta.target.path}, by its saved assignment): scored anyway"]
+        return m
     if grid is not None:
         cols, rows = parse_grid(grid)
         if rows is None:

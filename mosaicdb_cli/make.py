@@ -259,6 +259,7 @@ def eval_cmd(target, mosaic, grid, quiet, as_json):
     """
     from mosaicdb.make import evaluate_files
     m = evaluate_files(target, mosaic, grid)
+    warn_all(m.get("warnings", []))  # (stderr: the JSON on stdout has them too)
     if as_json:
         echo_json(m)
         return
