@@ -267,6 +267,9 @@ def _start_worker(db_path: str, mopts: MatchOptions, ropts: RenderOptions, threa
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if fmt:  # the driver's log format, and its level names ("warning: ..." from the CLI)
+        for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+            logging.addLevelName(lv, logging.getLevelName(lv).lower())
     logging.basicConfig(level=level, **({"format": fmt} if fmt else {}))
     import cv2
     import faiss
