@@ -176,7 +176,8 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         for t, r in made:
             if isinstance(r, MosaicError):
                 failed.append(t)
-                echo(f"error: {t}: {r}", err=True)
+                msg = str(r)  # most errors name the target already ("target X: ..."): not twice
+                echo(f"error: {msg}" if str(t) in msg else f"error: {t}: {msg}", err=True)
                 continue
             warn_all(r.warnings)
             m = r.metrics
