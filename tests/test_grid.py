@@ -234,6 +234,8 @@ def test_grid_finer_than_the_target_warns_and_upsamples(synthetic_db, tmp_path):
     assert len(r.warnings) == 1
     w = r.warnings[0]
     assert "finer than tiny.png" in w and "30x20" in w and "upsampled 2.00x" in w and "coarser grid" in w
+    # the same along the other side: a grid tall and one cell wide (the width alone said 20 px a cell)
+    assert make_grid(30, 20, "1x60").cell_px == pytest.approx(1 / 3)
     assert Image.open(r.output).size == (240, 160)
     assert r.metrics["cells"] == 2400 and np.isfinite(r.metrics["psnr64"])
     # the tiles follow the target: redder on the left than on the right

@@ -40,7 +40,9 @@ class Grid:
 
     @property
     def cell_px(self) -> float:
-        return (self.crop[2] - self.crop[0]) / self.cols
+        """Target pixels per cell along its shorter side (cells are square but on a target
+        thinner than one cell, or a grid like 1x3000 whose crop rounds to a pixel)."""
+        return min((self.crop[2] - self.crop[0]) / self.cols, (self.crop[3] - self.crop[1]) / self.rows)
 
 
 def parse_grid(spec: str) -> tuple[int, int | None]:
