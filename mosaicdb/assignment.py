@@ -220,6 +220,10 @@ def load(path) -> SavedAssignment:
         jpath, npath = base.with_name(base.name + ".mosaic.json"), base.with_name(base.name + ".mosaic.npz")
     else:
         jpath, npath = sidecar_paths(p)
+    for f in (jpath, npath):  # a FIFO, a device or a folder there: say so, not that it is missing
+        if os.path.lexists(f) and not f.is_file():
+            raise UsageError(f"assignment file {f} is not a regular file: the assignment of {path} "
+                             "cannot be read from it (run `mosaic make` again)")
     if not jpath.is_file() or not npath.is_file():
         raise UsageError(f"no saved assignment for {path}: expected {jpath} and {npath} "
                          "(written by `mosaic make`)")

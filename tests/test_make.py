@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -467,6 +468,9 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(synthetic_db, bad_inpu
 
 def test_bad_assignment_files(made, tmp_path):
     fails(mosaic("render", tmp_path / "x.mosaic.json", "--out", tmp_path / "r.png"), "no saved assignment")
+    os.mkfifo(tmp_path / "f.mosaic.json")  # there, but not a file: not "missing"
+    (tmp_path / "f.mosaic.npz").write_bytes(b"")
+    fails(mosaic("render", tmp_path / "f.mosaic.json", "--out", tmp_path / "r.png"), "is not a regular file")
     shutil.copy(made["dir"] / "m.mosaic.json", tmp_path / "d.mosaic.json")
     (tmp_path / "d.mosaic.npz").write_bytes(b"PK\x03\x04 truncated")
     fails(mosaic("render", tmp_path / "d.mosaic.json", "--out", tmp_path / "r.png"), "is damaged", "mosaic make")
