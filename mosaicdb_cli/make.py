@@ -50,6 +50,17 @@ def render_options(f):
     return f
 
 
+def check_tiff_only(codec, ome, outs) -> None:
+    """--codec and --ome shape .tif/.dzi outputs only: given for another, they would be ignored."""
+    for o in outs:
+        suffix = Path(o).suffix.lower()
+        if codec and suffix not in (".tif", ".tiff", ".dzi"):
+            raise UsageError(f"--codec {codec} applies to .tif and .dzi outputs, not to {Path(o).name}: drop it "
+                             "(JPEG, PNG and WebP outputs have their own encoding; --quality for JPEG/WebP)")
+        if ome and suffix not in (".tif", ".tiff"):
+            raise UsageError(f"--ome applies to .tif outputs, not to {Path(o).name}: drop it")
+
+
 def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache) -> dict:
     """The RenderOptions fields given on the command line (None where not given)."""
     return dict(tile_px=tile_px, color=color, color_strength=color_strength, quality=quality, codec=codec,
@@ -144,6 +155,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     recursive = RecursiveOptions(depth=depth, grid=recursive_grid)
     paths = expand_targets(targets)
     outs = output_paths(paths, Path(out), "." + fmt)
+    check_tiff_only(codec, ome, outs)
     if auto is not None and (generate_kw.get("generate_worst") or generate_kw.get("generate_above") is not None):
         raise UsageError("--generate-worst/--generate-above replace retrieved tiles; with --autoencoder every cell "
                          "is decoded (add --hybrid to mix in retrieved ones)")
@@ -234,6 +246,7 @@ def render_cmd(assignment, out, db_path, tile_px, color, color_strength, quality
         mosaic render mosaic.mosaic.json --tile-px 64 --out big.png
         mosaic render mosaic.mosaic.json --tile-px 256 --out print.tif --dpi 300
     """
+    check_tiff_only(codec, ome, [Path(out)])
     given = render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, print_size, workers, cache)
     written = render_file(assignment, out, **given_db(), progress=not quiet and not as_json, **given)
     warn_all(written["warnings"])

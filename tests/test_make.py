@@ -430,6 +430,8 @@ BAD = {
                          ["--max-uses 1 with 300 tiles", "--max-uses 4"]),
     "min-distance too far": (["{t}", "--out", "{o}/m.png", "--grid", "40", "--min-distance", "20"],
                              ["--min-distance 20 needs at least 441", "lower --min-distance"]),
+    "codec for a jpeg": (["{t}", "--out", "{o}/m.jpg", "--codec", "zstd"], ["--codec zstd applies to .tif", "m.jpg"]),
+    "ome for a png": (["{t}", "--out", "{o}/m.png", "--ome"], ["--ome applies to .tif"]),
     "jpeg too large": (["{t}", "--out", "{o}/m.jpg", "--grid", "40", "--tile-px", "2000"],
                        ["beyond JPEG's limit", ".png"]),
     "empty database": (["--db", "{edb}", "{t}", "--out", "{o}/m.png"], ["has no tiles", "mosaic db ingest"]),
@@ -462,7 +464,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(synthetic_db, bad_inpu
     res = mosaic("make", *args, "-q")
     fails(res, *words)
     assert files(o) == []
-    if case in ("jpeg too large", "max-uses too low", "min-distance too far"):  # options that ask the impossible
+    if case in ("jpeg too large", "max-uses too low", "min-distance too far", "codec for a jpeg", "ome for a png"):  # options that ask the impossible
         assert res.exit_code == 2, res.output
 
 
