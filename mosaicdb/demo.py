@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import MissingDependency, check_int
+from .errors import MissingDependency, UsageError, check_int
 
 TILE_PHOTOS = ("chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry",
                "stereo_motorcycle", "camera", "moon", "coins", "brick", "grass", "gravel", "clock")
@@ -81,6 +81,13 @@ def run_demo(out_dir, n_tiles: int = 3000, grid: str = "96", tile_px: int = 32,
     ropts = RenderOptions(tile_px=tile_px, color="mean", color_strength=0.4)
     check_int("--tiles", n_tiles, 1, 1_000_000)
     out = Path(out_dir)
+    from .io import refuse_inside
+    if TileDB.exists(out):
+        raise UsageError(f"--out {out} is a tile database: the demo writes its own files (and its own tiles.db) "
+                         "into --out; give a new folder")
+    for up in out.resolve().parents:  # nor anywhere inside one
+        if TileDB.exists(up):
+            refuse_inside([out], up)
     out.mkdir(parents=True, exist_ok=True)
     src = out / "tile-sources"
     write_tile_sources(src, n_tiles)

@@ -308,6 +308,14 @@ def test_an_empty_out_is_a_usage_error(db40, target, tmp_path, monkeypatch):
     assert list(cwd.iterdir()) == []
 
 
+def test_demo_does_not_write_into_a_tile_database(db40):
+    before = sorted(p.name for p in db40.iterdir())
+    for out in (db40, db40 / "sub"):
+        res = invoke_cli("demo", "--out", out, code=2)
+        assert "tile database" in res.output
+    assert sorted(p.name for p in db40.iterdir()) == before
+
+
 # ---- 7. bounded memory on ingest; a dying worker costs one file --------------------------------------
 def test_archive_members_and_files_are_bounded(tmp_path):
     src = tmp_path / "src"
