@@ -3,6 +3,7 @@ its distance to the target cell and where it came from; originals of the assignm
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import numpy as np
@@ -11,6 +12,8 @@ from ..assignment import SavedAssignment
 from ..errors import DatabaseError
 from ..orient import describe as orient_name
 from .tilesource import NotFound, BadRequest
+
+log = logging.getLogger(__name__)
 
 GENERATION_KEYS = ("prompt", "negative", "seed", "model", "steps", "guidance", "recipe", "style",
                    # a tile generated for its cell (`mosaic generate cells`, `make --generate-worst`)
@@ -98,7 +101,10 @@ class MosaicAPI:
             try:
                 img = self.db.load_original(tile_id, max_side=ORIGINAL_MAX_SIDE)
             except DatabaseError as e:
-                raise NotFound(str(e)) from None
+                # the reason stays on this machine: a crafted catalog could otherwise learn which
+                # files exist (missing, or another hash?) and where the database is, by asking
+                log.warning("tile %d: %s", tile_id, e)
+                raise NotFound(f"the original of tile {tile_id} is not available (the server's log says why)") from None
             buf = io.BytesIO()
             if img.width * img.height > JPEG_ABOVE_PIXELS:
                 img.save(buf, "JPEG", quality=90)

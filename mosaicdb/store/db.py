@@ -325,11 +325,15 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         folder it was linked from for --link tiles (`link_root`, recorded at ingest). None for an
         absolute path with no absolute link root recorded: a catalog is untrusted input, and such
         a row would let it name any file on the machine, so it is trusted nowhere."""
+        if "\0" in str(tile["blob"]) or "\0" in str(tile.get("link_root") or ""):
+            return None  # no path holds a NUL: a damaged or crafted row
         p = Path(tile["blob"])
         if not p.is_absolute():
             return self.path / "originals"
         root = tile.get("link_root")
-        return Path(root) if root and Path(root).is_absolute() else None
+        if not root or not Path(root).is_absolute() or os.path.realpath(root) == os.path.realpath(os.sep):
+            return None  # (the filesystem's root would let a crafted catalog name any file)
+        return Path(root)
 
     def blob_path(self, tile: dict) -> Path:
         """Where a tile's original is; DatabaseError when the catalog points outside its root."""
@@ -338,7 +342,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         root = self.blob_root(tile)
         # a copy must be inside originals/ and, symlinks resolved, inside the database folder
         if root is None or not inside(full, root) or (not p.is_absolute() and not inside(full, self.path)):
-            where = root if root is not None else "any folder it was linked from (no link root is recorded)"
+            where = root if root is not None else "any folder it was linked from (no usable link root is recorded)"
             raise DatabaseError(f"tile {tile['id']}: its original's path ({tile['blob']}) leads outside "
                                 f"{where}; the catalog is damaged or was tampered with")
         return full
