@@ -330,6 +330,11 @@ def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
         cols, rows = parse_grid(grid)
         if rows is None:
             raise UsageError("--grid for eval takes COLSxROWS, e.g. 128x85")
+        mh, mw = mosaic.shape[:2]
+        if mw % cols or mh % rows or mw // cols != mh // rows:
+            # a mosaic is rows x cols square tiles of whole pixels: any other grid misreads it
+            raise UsageError(f"--grid {cols}x{rows} does not fit {mosaic_path} ({mw}x{mh} px): a mosaic's grid "
+                             "divides it into square cells of whole pixels (see its saved assignment)")
         return evaluate(target, mosaic, rows, cols)
     return {"psnr64": psnr_at(target, mosaic), "ssim64": ssim_at(target, mosaic), "psnr_cell": None,
             "pyramid_mse": {str(k): v for k, v in pyramid_mse(target, mosaic).items()}, "repeats": None}

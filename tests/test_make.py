@@ -529,6 +529,12 @@ def test_eval_without_the_saved_assignment(made, tmp_path):
     # with the grid given, the per-cell PSNR is back
     g = json.loads(ok(mosaic("eval", made["target"], lone, "--grid", f"{COLS}x{ROWS}", "--json")).stdout)
     assert g["psnr_cell"] == pytest.approx(with_sidecar["psnr_cell"], abs=1e-9) and g["repeats"] is None
+    # a grid that does not divide the image into square cells is refused (100000x100000 also
+    # asked for a 30 GB resize), not scored
+    for wrong in (f"{COLS + 1}x{ROWS}", f"{ROWS}x{COLS}", "1x1", "100000x100000"):
+        res = mosaic("eval", made["target"], lone, "--grid", wrong)
+        fails(res, f"--grid {wrong} does not fit")
+        assert res.exit_code == 2
     fails(mosaic("eval", made["target"], lone, "--grid", "16"), "COLSxROWS")
     fails(mosaic("eval", made["target"], made["dir"] / "m.mosaic.json"), "not an image")
 
