@@ -190,6 +190,9 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
             raise DatabaseError(f"{path}/{CATALOG} is damaged ({e}): rebuild the database") from None
         except Exception as e:  # sqlite3.DatabaseError: not a database file, etc.
             if type(e).__module__ == "sqlite3":
+                if not readonly and not all(os.access(p, os.W_OK) for p in (path, path / CATALOG)):
+                    raise DatabaseError(f"{path} cannot be written (a read-only folder or mount, or another "
+                                        f"user's files): this command changes the database ({e})") from None
                 raise DatabaseError(f"{path}/{CATALOG} is not a readable catalog ({e})") from None
             raise
 
