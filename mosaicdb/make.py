@@ -323,8 +323,8 @@ def evaluate_files(target_path, mosaic_path, grid: str | None = None) -> dict:
             target = target[t:b, l:r]
         m = evaluate(target, mosaic, saved.rows, saved.cols, saved.tile_ids)
         if saved.meta.target is not None and saved.meta.target.sha256 != loaded.sha256:
-            m["warnings"] = [f"{target_path} is not the image this mosaic was made from "
-                             f"({saved.meta.target.path}, by its saved assignment): scored anyway"]
+            m["warnings"] = [f"{target_path} is not the file this mosaic was made from ({saved.meta.target.path}, "
+                             "by its saved assignment; its bytes differ, perhaps only its encoding): scored anyway"]
         return m
     if grid is not None:
         cols, rows = parse_grid(grid)

@@ -182,6 +182,7 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
                      maker_option=maker_option) as runner:
         made = runner.make(paths, outs)
         # only once the database, options and outputs passed: a failed run leaves no empty folder
+        made_folder = (len(outs) > 1 or not Path(out).suffix) and not Path(out).exists()
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
         failed = []
@@ -210,6 +211,10 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
     elif not quiet and results:
         echo(f"Metrics: {', '.join(r['metrics'] for r in results)}", err=True)
     if failed:
+        if len(failed) == len(paths):
+            if made_folder and not any(Path(out).iterdir()):
+                Path(out).rmdir()  # nothing in it: as if the run had failed before it began
+            raise click.ClickException(f"all {len(paths)} targets failed (see above); nothing was made")
         raise click.ClickException(f"{len(failed)} of {len(paths)} targets failed (see above); the others were made")
 
 

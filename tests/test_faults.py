@@ -319,6 +319,15 @@ def test_demo_does_not_write_into_a_tile_database(db40):
     assert sorted(p.name for p in db40.iterdir()) == before
 
 
+def test_a_batch_where_every_target_fails_says_so_and_leaves_no_folder(db40, target, tmp_path):
+    other = tmp_path / "other.png"
+    shutil.copy(target, other)
+    out = tmp_path / "outs"
+    res = invoke_cli("make", "--db", db40, target, other, "--out", out, "--grid", 30, "--max-uses", 1, code=1)
+    assert "all 2 targets failed (see above); nothing was made" in res.output and "the others" not in res.output
+    assert not out.exists()
+
+
 # ---- 7. bounded memory on ingest; a dying worker costs one file --------------------------------------
 def test_archive_members_and_files_are_bounded(tmp_path):
     src = tmp_path / "src"

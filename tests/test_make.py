@@ -510,7 +510,7 @@ def test_thin_target_is_scored_by_make_and_eval(synthetic_db, tmp_path, w, h):
 def test_eval_warns_when_the_target_is_not_the_one_the_mosaic_was_made_from(made, tmp_path):
     other = write_target(tmp_path / "other.png", seed=9)
     res = mosaic("eval", other, made["out"], "--json")
-    assert res.exit_code == 0 and "is not the image this mosaic was made from" in res.stderr
+    assert res.exit_code == 0 and "is not the file this mosaic was made from" in res.stderr
     assert json.loads(res.stdout)["warnings"]
     same = mosaic("eval", made["target"], made["out"])
     assert same.exit_code == 0 and "warning" not in same.stderr
