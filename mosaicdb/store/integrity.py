@@ -127,6 +127,8 @@ class Integrity:
         problems = self.link_problems() + self.size_problems()
         if writing and not problems:
             problems = self.finite_problems()
+        if problems and "symbolic link" in problems[0]:  # its own remedy: remove the link (repair refuses links)
+            raise DatabaseError(f"{self.path}: {problems[0]}")
         if problems:
             raise DatabaseError(f"{self.path} is damaged ({problems[0]}): run `mosaic db repair {self.path}`")
 
