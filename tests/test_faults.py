@@ -258,6 +258,8 @@ def test_a_linked_index_is_not_loaded(db40, target, tmp_path):
     res = invoke_cli("make", "--db", db40, target, "--out", tmp_path / "m.png", code=1)
     assert "index is a symbolic link" in res.output
     assert not list(tmp_path.glob("m.*"))
+    res = invoke_cli("render", tmp_path / "first.mosaic.json", "--out", tmp_path / "r.png", code=1)
+    assert "remove the link" in res.output and "db repair" not in res.output  # (repair refuses links)
 
 
 def test_make_reads_a_database_it_cannot_write(db40, target, tmp_path, monkeypatch):
