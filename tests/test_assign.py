@@ -269,6 +269,18 @@ def test_identical_cells_force_widening():
     assert pool.widen_calls[0] == (a.widened_cells, 9)   # the 3x3 window of --min-distance 1
 
 
+@pytest.mark.parametrize("max_uses,chunk", [(2, 1024), (8, 2048), (16, 4096), (64, 4096)])
+def test_cells_are_widened_in_chunks_sized_by_max_uses(max_uses, chunk):
+    """With --max-uses the used-up tiles are left out as of each search's start: chunks grow with
+    max_uses (a chunk uses up ~chunk / max_uses tiles as it is placed), 1,024 to 4,096 cells."""
+    pool = Pool(4400, 4400 // max_uses * 2, seed=5, spread=0.0)  # every cell wants the same tiles
+    opts = Repeat(max_uses=max_uses)
+    a = run(44, 100, pool, 4, opts)
+    check_valid(a, 44, 100, pool, opts)
+    sizes = [n for n, _ in pool.widen_calls]
+    assert a.widened_cells > chunk and max(sizes) == chunk, sizes
+
+
 def test_widening_handles_padded_candidates_and_gapped_ids():
     pool = Pool(16, 20, seed=5)
     ids, dist = pool.candidates(3)
