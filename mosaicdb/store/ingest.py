@@ -292,6 +292,8 @@ def _on_sigterm(signum, frame):
     # at the next task, or in a second (SIGALRM's default action), whichever comes first.
     _STOPPING = True
     import signal
+    if not hasattr(signal, "alarm"):  # (not on Windows: leave now)
+        os._exit(128 + signum)
     signal.alarm(1)
 
 
