@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .io import AtomicFiles, UnsafeFile, read_regular_file, refuse_non_files
+from .io import AtomicFiles, UnsafeFile, not_a_file, read_regular_file, refuse_non_files
 
 FORMAT_VERSION = 2
 READS = (1, 2)
@@ -221,7 +221,7 @@ def load(path) -> SavedAssignment:
     else:
         jpath, npath = sidecar_paths(p)
     for f in (jpath, npath):  # a FIFO, a device or a folder there: say so, not that it is missing
-        if os.path.lexists(f) and not f.is_file():
+        if not_a_file(f):
             raise UsageError(f"assignment file {f} is not a regular file: the assignment of {path} "
                              "cannot be read from it (run `mosaic make` again)")
     if not jpath.is_file() or not npath.is_file():

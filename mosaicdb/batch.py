@@ -37,7 +37,7 @@ from .generate.executors import _mosaic_cause, init_ray
 from .io import refuse_inside
 from .make import Maker, check_batch, make_batch
 from .match.options import MatchOptions
-from .progress import progress_bar, use_thread_lock
+from .progress import lower_level_names, progress_bar, use_thread_lock
 from .render.options import RenderOptions
 from .store import TileDB
 
@@ -268,8 +268,7 @@ def _start_worker(db_path: str, mopts: MatchOptions, ropts: RenderOptions, threa
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if fmt:  # the driver's log format, and its level names ("warning: ..." from the CLI)
-        for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
-            logging.addLevelName(lv, logging.getLevelName(lv).lower())
+        lower_level_names()
     logging.basicConfig(level=level, **({"format": fmt} if fmt else {}))
     import cv2
     import faiss
@@ -338,8 +337,7 @@ def _open_for_make(path: Path) -> TileDB:
         return TileDB.open(path, readonly=True)
 
 
-def _writable(path: Path) -> bool:
-    return all(os.access(p, os.W_OK) for p in (path, path / "catalog.sqlite"))
+_writable = TileDB.writable
 
 
 class _MakerActor:

@@ -81,13 +81,11 @@ def run_demo(out_dir, n_tiles: int = 3000, grid: str = "96", tile_px: int = 32,
     ropts = RenderOptions(tile_px=tile_px, color="mean", color_strength=0.4)
     check_int("--tiles", n_tiles, 1, 1_000_000)
     out = Path(out_dir)
-    from .io import refuse_inside
-    if TileDB.exists(out):
-        raise UsageError(f"--out {out} is a tile database: the demo writes its own files (and its own tiles.db) "
-                         "into --out; give a new folder")
-    for up in out.resolve().parents:  # nor anywhere inside one
+    here = out.resolve()
+    for up in (here, *here.parents):  # the demo writes its files (and its own tiles.db) into --out
         if TileDB.exists(up):
-            refuse_inside([out], up)
+            where = "is a tile database" if up == here else f"is inside the tile database {up}"
+            raise UsageError(f"--out {out} {where}: give a new folder outside it")
     out.mkdir(parents=True, exist_ok=True)
     src = out / "tile-sources"
     write_tile_sources(src, n_tiles)

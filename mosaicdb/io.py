@@ -243,13 +243,19 @@ def refuse_inside(outputs, folder, what: str = "the tile database") -> None:
             raise UsageError(f"--out {f} is inside {what} {folder}: write outputs outside that folder")
 
 
+def not_a_file(path) -> bool:
+    """Whether something other than a regular file (or a link to one) is at `path`: a folder, a
+    FIFO, a device, a dangling link."""
+    return os.path.lexists(path) and not os.path.isfile(path)
+
+
 def refuse_non_files(outputs, option: str = "--out") -> None:
     """Every file a command writes (`outputs`: the named output first, then what it writes beside
     it) must be free, a file it may replace or a link (replaced, never written through): a folder
     or a FIFO under one of those names made the command fail at its end, the others written."""
     first = Path(outputs[0])
     for f in map(Path, outputs):
-        if os.path.lexists(f) and not os.path.islink(f) and not f.is_file():
+        if not_a_file(f) and not os.path.islink(f):
             what = "a folder" if f.is_dir() else "not a regular file"
             beside = "" if f == first else f", where {option} {first} writes {f.name}"
             raise UsageError(f"{f} is {what}{beside}: move it away or choose another {option}")

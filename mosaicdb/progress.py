@@ -35,6 +35,14 @@ def progress_bar(enabled: bool, total: int | None = None, desc: str | None = Non
     return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled, kw.get("file")), **kw)
 
 
+def lower_level_names() -> None:
+    """Log level names in lower case, so that a logged warning reads "warning: ..." like the
+    CLI's own (the CLI, and the --jobs workers that take its log format)."""
+    import logging
+    for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        logging.addLevelName(lv, logging.getLevelName(lv).lower())
+
+
 def use_thread_lock() -> None:
     """Bars in this process share a thread lock, not tqdm's default named multiprocessing
     semaphore: a spawned worker (make --jobs) stopped mid-batch would leave that semaphore for

@@ -264,12 +264,8 @@ def echo_json(obj) -> None:
 
 def setup_logging(verbose: bool) -> None:
     """-v: the library's debug log on stderr; otherwise warnings and errors only (also with -q)."""
+    from mosaicdb.progress import lower_level_names
     lower_level_names()
     # without -v, the library's warnings read like the CLI's own ("warning: ..."), not like a log
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s: %(message)s")
-
-
-def lower_level_names() -> None:
-    for lv in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
-        logging.addLevelName(lv, logging.getLevelName(lv).lower())

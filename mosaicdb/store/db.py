@@ -167,6 +167,12 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
         return cls(path)
 
     @staticmethod
+    def writable(path) -> bool:
+        """Whether the database folder and its catalog can be written (not a read-only mount,
+        not another user's files)."""
+        return all(os.access(p, os.W_OK) for p in (Path(path), Path(path) / CATALOG))
+
+    @staticmethod
     def exists(path) -> bool:
         """Whether `path` is a tile database folder (it holds a catalog)."""
         return bool(path) and (Path(path) / CATALOG).is_file()
@@ -190,7 +196,7 @@ class TileDB(TileWriter, IndexLifecycle, Maintenance, Integrity, Repair):
             raise DatabaseError(f"{path}/{CATALOG} is damaged ({e}): rebuild the database") from None
         except Exception as e:  # sqlite3.DatabaseError: not a database file, etc.
             if type(e).__module__ == "sqlite3":
-                if not readonly and not all(os.access(p, os.W_OK) for p in (path, path / CATALOG)):
+                if not readonly and not cls.writable(path):
                     raise DatabaseError(f"{path} cannot be written (a read-only folder or mount, or another "
                                         f"user's files): this command changes the database ({e})") from None
                 raise DatabaseError(f"{path}/{CATALOG} is not a readable catalog ({e})") from None
