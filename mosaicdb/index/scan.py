@@ -136,25 +136,42 @@ def _one_blas_thread():
 
 
 def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids) -> None:
-    m, nprobe = probes.shape
-    nlist = len(lists.starts) - 1
+    m = len(x)
     hd = np.full((m, k), np.inf, np.float32)  # per query a max-heap of distances (root: the worst kept)
     hi = np.full((m, k), -1, np.int64)
+    _scan_lists(x, probe_dist, probes, lists.starts, lists.r, lists.norms, lists.ids, bitmap, hd, hi,
+                PRODUCT_MAX)
+    _finish(x, hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist, ids)
+
+
+# The loop over lists runs in numba, products and all (np.dot: BLAS through scipy): in Python it
+# cost ~10 us a list and call, which the matcher's widening searches (2,048 cells, 1,024 lists,
+# 20 calls) paid in full: 65,536 queries, k 64, 2 threads, in calls of 2,048: 0.72-0.75 against
+# 1.00-1.46 s; one call of 65,536: the same. The results are the same to the bit (same products,
+# same pushes in the same order).
+@numba.njit(cache=True, nogil=True)
+def _scan_lists(x, probe_dist, probes, starts, r, norms, list_ids, bitmap, hd, hi, product_max):
+    m, nprobe = probes.shape
+    d = x.shape[1]
+    nlist = starts.shape[0] - 1
     for r0, r1 in ((0, 1), (1, nprobe)):  # every query's nearest list first, then the rest
         if r1 <= r0:
             continue
         qs, qd, seg_list, seg_start = _by_list(probes[:, r0:r1], probe_dist[:, r0:r1], nlist)
-        for li, s0, s1 in zip(seg_list.tolist(), seg_start[:-1].tolist(), seg_start[1:].tolist()):
-            a, b = int(lists.starts[li]), int(lists.starts[li + 1])
+        for s in range(seg_list.shape[0]):
+            li = seg_list[s]
+            a, b = starts[li], starts[li + 1]
             if a == b:
                 continue
-            step = max(1, PRODUCT_MAX // (b - a))  # many queries on one long list: in slices
-            for c0 in range(s0, s1, step):
-                c1 = min(c0 + step, s1)
-                q = qs[c0:c1]
-                g = x[q] @ lists.r[a:b].T  # (queries probing the list, its vectors' residuals)
-                _push(g, qd[c0:c1], lists.norms[a:b], lists.ids[a:b], a, q, bitmap, hd, hi)
-    _finish(x, hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist, ids)
+            rt = r[a:b].T
+            step = max(1, product_max // (b - a))  # many queries on one long list: in slices
+            for c0 in range(seg_start[s], seg_start[s + 1], step):
+                c1 = min(c0 + step, seg_start[s + 1])
+                q = np.empty((c1 - c0, d), np.float32)  # the queries probing the list
+                for e in range(c0, c1):
+                    q[e - c0] = x[qs[e]]
+                g = np.dot(q, rt)  # (queries, the list's vectors' residuals)
+                _push(g, qd[c0:c1], norms[a:b], list_ids[a:b], a, qs[c0:c1], bitmap, hd, hi)
 
 
 @numba.njit(cache=True, nogil=True)
