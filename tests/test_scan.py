@@ -289,3 +289,86 @@ def test_many_results_a_query_go_to_faiss(monkeypatch):
     monkeypatch.setattr(faiss_index, "SCAN_MIN_LIST", 0)
     assert vi._scans(5000, "cpu", faiss_index.SCAN_MAX_K)
     assert not vi._scans(5000, "cpu", faiss_index.SCAN_MAX_K + 1)
+
+
+def test_a_coarse_assignment_given_is_used_and_changes_nothing(index, monkeypatch):
+    """search(coarse=) with the lists index.coarse() found for the same queries: no coarse
+    assignment is taken again, the results are those of a plain search; one for other queries
+    (another shape) is not used."""
+    from mosaicdb.index import listorder
+    vi, _, _ = index
+    q = clustered(1000, 20)
+    exclude = np.unique(vi.search(q[:50], 2, device="cpu")[1])
+    want_d, want_i = vi.search(q, 12, device="cpu", exclude=exclude)
+    c = vi.coarse(q, "cpu")
+    assert c is not None and c[0].shape == c[1].shape == (1000, 6)
+    calls = []
+    real = listorder.coarse_assign
+    monkeypatch.setattr(listorder, "coarse_assign", lambda *a: calls.append(1) or real(*a))
+    rows = np.arange(100, 400)
+    d, i = vi.search(q[rows], 12, device="cpu", exclude=exclude, coarse=(c[0][rows], c[1][rows]))
+    assert calls == []
+    np.testing.assert_array_equal(i, want_i[rows])
+    np.testing.assert_array_equal(d, want_d[rows])
+    d, i = vi.search(q[:50], 12, device="cpu", exclude=exclude, coarse=c)
+    assert calls == [1]
+    np.testing.assert_array_equal(i, want_i[:50])
+
+
+def test_the_scan_takes_fewer_queries_with_their_coarse_assignment(monkeypatch):
+    from mosaicdb.index import faiss_index
+    pool = clustered(4000, 21)
+    vi = build_index(pool, np.arange(4000), IndexOptions(kind="ivf16", nlist=16, nprobe=2), pca_dims=12)
+    monkeypatch.setattr(faiss_index, "LIST_ORDER_MIN", 4096)
+    assert not vi._scans(4095, "cpu") and vi._scans(4096, "cpu")
+    m = faiss_index.SCAN_MIN_QUERIES
+    assert vi._scans(m, "cpu", coarse=True) and not vi._scans(m - 1, "cpu", coarse=True)
+    assert vi.coarse(clustered(10, 22), "cpu")[1].shape == (10, 2)  # any number of queries
+    pq = build_index(pool, np.arange(4000), IndexOptions(kind="ivfpq", nlist=16, nprobe=2))
+    flat = build_index(pool, np.arange(4000), IndexOptions(kind="flat"))
+    assert pq.coarse(clustered(10, 22), "cpu") is None and flat.coarse(clustered(10, 22), "cpu") is None
+
+
+def test_the_matcher_widens_with_the_lists_of_its_first_search(cifar_ingest, tmp_path, monkeypatch):
+    """Widened cells are searched with the coarse assignment their first search took (one
+    coarse assignment a match), and the mosaic is the one taking it again would give."""
+    import shutil
+    from mosaicdb import TileDB
+    from mosaicdb.index import faiss_index, listorder
+    from mosaicdb.match import matcher
+    from mosaicdb.match.grid import cell_data, make_grid
+    from mosaicdb.match.options import MatchOptions
+    from conftest import synthetic_image
+    from mosaicdb.match import unused
+    monkeypatch.setattr(faiss_index, "SCAN_MIN_QUERIES", 64)  # widening calls of this small grid
+    monkeypatch.setattr(unused, "EXACT_UNUSED_MAX", 0)  # through the index, as in a big pool
+    shutil.copytree(cifar_ingest[0], tmp_path / "c.db")
+    with TileDB.open(tmp_path / "c.db") as db:
+        assert db.build_index(IndexOptions(kind="ivf16", nlist=16))["kind"] == "ivf16"
+        db.ensure_index()  # loaded (and checked) before the count
+        img = synthetic_image(np.random.default_rng(23), 48 * 8, 32 * 8, "gradient")
+        grid = make_grid(img.shape[1], img.shape[0], "48x32")
+        cells = cell_data(img, grid, db.feature_spec)
+        opts = MatchOptions(grid="48x32", k=4, min_distance=2, max_uses=2, refine_passes=0)
+        calls, scans = [], []
+        real, real_scan = listorder.coarse_assign, faiss_index.VectorIndex._scan
+        monkeypatch.setattr(listorder, "coarse_assign", lambda *a: calls.append((len(a[1]), a[2])) or real(*a))
+        ivf = faiss.extract_index_ivf(db.ensure_index().index)
+        base = ivf.nprobe
+
+        def scan_(self, q, k, ex, coarse=None):
+            scans.append((coarse is not None, ivf.nprobe))
+            return real_scan(self, q, k, ex, coarse)
+
+        monkeypatch.setattr(faiss_index.VectorIndex, "_scan", scan_)
+        res = matcher.match(db, cells, grid, opts)
+        assert res.assignment.widened_cells > 0 and res.seconds["widen_calls"] > 0
+        at_base = [given for given, nprobe in scans if nprobe == base]
+        assert len(at_base) > 1 and all(at_base)  # the first search and the widening ones
+        # at that nprobe, taken once (the first search); rows searched again with more lists take theirs
+        assert [n for n, nprobe in calls if nprobe == base] == [len(cells.features)]
+        # the same match, each search taking its coarse assignment itself
+        monkeypatch.setattr(faiss_index.VectorIndex, "_scan", lambda self, q, k, ex, coarse=None: real_scan(self, q, k, ex))
+        again = matcher.match(db, cells, grid, opts)
+        assert len(calls) > 2
+        assert np.mean(again.assignment.tile_ids == res.assignment.tile_ids) >= 0.99

@@ -41,9 +41,14 @@ LIST_ORDER_MIN = 4096
 # the same mosaics: ivf16 0.72-0.80 against FAISS's 0.79-1.13 s, ivf 0.77-1.07 against 1.24-1.29
 # (an earlier 0.96 against 0.77 s was measured before the scan's threads shared one BLAS limit);
 # 20,000 and 30,000 tiles (39 and 59 a list, in memory): as fast or faster. FAISS's k-means
-# wants 39 vectors a list, so every IVF index built here qualifies. The matcher's widening
-# searches (1,024 cells) stay below LIST_ORDER_MIN: through the scan they were slower.
+# wants 39 vectors a list, so every IVF index built here qualifies.
 SCAN_MIN_LIST = 32
+# The scan takes fewer queries than LIST_ORDER_MIN when their coarse assignment is given
+# (search(coarse=)): the matcher's widening searches (1,024-4,096 cells each, the lists their
+# first search found). Below LIST_ORDER_MIN the coarse assignment was the scan's loss against
+# FAISS; given, bench_match (65,536 cells, 21 widening calls of 2,048) took 2.59-2.99 s against
+# FAISS's 2.90-3.16 s (4.2-4.6 against 5.0-5.2 CPU-s), three alternating runs, the same mosaic.
+SCAN_MIN_QUERIES = 256
 # ... and at most this many results a query: each one kept costs heap updates, and FAISS was the
 # faster from k 256 (1M pool, one photograph's 10,880 cells, 2 threads: scan against FAISS 0.36
 # / 0.48 s at k 32, 0.43 / 0.52 at 64, 0.59 / 0.68 at 128, 1.03 / 0.89 at 256)
@@ -189,14 +194,18 @@ class VectorIndex:
             self._search_device = device
         return self._search_index
 
-    def search(self, queries: np.ndarray, k: int, device: str = "auto", exclude: np.ndarray | None = None):
+    def search(self, queries: np.ndarray, k: int, device: str = "auto", exclude: np.ndarray | None = None,
+               coarse: tuple[np.ndarray, np.ndarray] | None = None):
         """(distances (n, k) float32 squared L2, ids (n, k) int64, -1 where fewer than k).
 
-        `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector)."""
+        `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector).
+        `coarse`: `self.coarse(queries)` taken earlier for these same queries (the matcher's
+        widening searches cells its first search has assigned already); used by the scan
+        when the index's nprobe has not changed since, ignored otherwise."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._scans(len(queries), device, k):
+        if self._scans(len(queries), device, k, coarse is not None):
             # long lists of whole vectors: scanned list by list with matrix products (index/scan.py)
-            return self._scan(queries, k, exclude)
+            return self._scan(queries, k, exclude, coarse)
         n = len(queries)
         dist = np.empty((n, k), np.float32)
         ids = np.empty((n, k), np.int64)
@@ -234,32 +243,52 @@ class VectorIndex:
             del sel, excl  # kept alive until here: FAISS holds raw pointers
         return dist, ids
 
-    def _scans(self, n: int, device: str, k: int = 32) -> bool:
+    def _scans(self, n: int, device: str, k: int = 32, coarse: bool = False) -> bool:
         """Whether search() of n queries for k results goes through index/scan.py: an IVF kind
-        of whole vectors, on the CPU, enough queries, few enough results, lists long enough (a
-        rule of the index, n and k alone, so that a search gives the same results whatever the
-        threads)."""
-        if self.infos.get("kind") not in IVF_KINDS or n < LIST_ORDER_MIN or k > SCAN_MAX_K \
-                or resolve_device(device) != "cpu":
+        of whole vectors, on the CPU, enough queries (fewer when their coarse assignment is
+        given), few enough results, lists long enough (a rule of the index, n and k alone, so
+        that a search gives the same results whatever the threads)."""
+        if self.infos.get("kind") not in IVF_KINDS or n < (SCAN_MIN_QUERIES if coarse else LIST_ORDER_MIN) \
+                or k > SCAN_MAX_K or resolve_device(device) != "cpu":
             return False
         return self.ntotal >= SCAN_MIN_LIST * int(_faiss().extract_index_ivf(self.index).nlist)
 
-    def _scan(self, queries: np.ndarray, k: int, exclude: np.ndarray | None):
+    def coarse(self, queries: np.ndarray, device: str = "auto") -> tuple[np.ndarray, np.ndarray] | None:
+        """The lists a search of `queries` probes at the index's nprobe as set now: ((n, nprobe)
+        squared distances to their centroids, (n, nprobe) lists), to give to search(coarse=) of
+        the same queries later; None where searches do not use one (not an IVF kind of whole
+        vectors, or not on the CPU)."""
+        if not self._scans(max(len(queries), LIST_ORDER_MIN), device, 1):
+            return None
+        ivf = _faiss().extract_index_ivf(self.index)
+        return self._coarse(self._space(queries), max(1, min(int(ivf.nprobe), int(ivf.nlist))))
+
+    def _space(self, queries: np.ndarray) -> np.ndarray:
+        space = ivfpq.index_space(self.index)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return np.ascontiguousarray(space(queries) if space is not None else queries, dtype=np.float32)
+
+    def _coarse(self, x: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(x):
+            return listorder.coarse_assign(self.index, x, nprobe)
+        return np.zeros((0, nprobe), np.float32), np.zeros((0, nprobe), np.int64)
+
+    def _scan(self, queries: np.ndarray, k: int, exclude: np.ndarray | None, coarse=None):
         """search() of an IVF kind on the CPU: FAISS's coarse assignment at the index's nprobe
-        (as set now), then scan.scan over the decoded lists, `exclude` as a bitmap."""
+        (as set now; or `coarse`, taken before at that nprobe), then scan.scan over the decoded
+        lists, `exclude` as a bitmap."""
         from . import scan
         ivf = _faiss().extract_index_ivf(self.index)
         with self._decode_lock:
             if self._decoded is None:
                 self._decoded = scan.DecodedLists(ivf)
             lists = self._decoded
-        space = ivfpq.index_space(self.index)
-        x = np.ascontiguousarray(space(queries) if space is not None else queries, dtype=np.float32)
+        x = self._space(queries)
         nprobe = max(1, min(int(ivf.nprobe), int(ivf.nlist)))
-        if len(x):
-            probe_dist, probes = listorder.coarse_assign(self.index, x, nprobe)
+        if coarse is not None and all(np.shape(a) == (len(x), nprobe) for a in coarse):
+            probe_dist, probes = coarse
         else:
-            probe_dist, probes = np.zeros((0, nprobe), np.float32), np.zeros((0, nprobe), np.int64)
+            probe_dist, probes = self._coarse(x, nprobe)
         bitmap = None
         if exclude is not None and len(exclude):
             excl = np.asarray(exclude, dtype=np.int64)

@@ -11,7 +11,7 @@ import numpy as np
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
-from .oriented import best_orientations, oriented_search, query_permutations
+from .oriented import best_orientations, oriented_search, query_permutations, turns_are_none
 from .rerank import RERANK_FACTOR, index_is_approximate, rerank
 from .unused import search_unused, use_exact
 
@@ -53,8 +53,13 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     spec, codes = db.feature_spec, opts.orient_codes
     turns = query_permutations(spec, codes)   # each orientation: the cells' vectors permuted
 
+    # The lists each cell's first search probed, for its widening searches (the same cells, at
+    # the same nprobe): without turns, on the CPU scan. bench_match: 0.3 s of 2.8.
+    cells_coarse = index.coarse(cells.features, opts.device) if turns_are_none(turns, cells.features) else None
+
     def first_search(q):
-        d, ids = _search_without(index, q, min(n_tiles, k * RERANK_FACTOR) if approximate else k, excl, opts.device)
+        d, ids = _search_without(index, q, min(n_tiles, k * RERANK_FACTOR) if approximate else k, excl, opts.device,
+                                 coarse=cells_coarse if q is cells.features else None)
         if approximate:  # the best by the exact cost
             d, ids = rerank(db.features(), q, d, ids, k)
         return d, ids
@@ -76,6 +81,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         if len(excl):
             exclude = np.union1d(exclude, excl)
         k2 = min(k2, n_tiles)
+        coarse = None if cells_coarse is None else (cells_coarse[0][which], cells_coarse[1][which])
 
         def search(q):
             if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
@@ -83,7 +89,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
             if not index.inverted:
                 dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
             else:
-                dd, ii = _wide_ivf_search(index, q, k2, exclude)
+                dd, ii = _wide_ivf_search(index, q, k2, exclude, coarse)
             if approximate:
                 dd, ii = rerank(db.features(), q, dd, ii, k2)
             return dd, ii
@@ -105,13 +111,14 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 _DROP_MAX = 64
 
 
-def _search_without(index, q: np.ndarray, k: int, excl: np.ndarray, device: str):
-    """k nearest tiles of each query that are not in `excl` (sorted): (squared L2, ids), -1 padded."""
+def _search_without(index, q: np.ndarray, k: int, excl: np.ndarray, device: str, coarse=None):
+    """k nearest tiles of each query that are not in `excl` (sorted): (squared L2, ids), -1 padded.
+    `coarse`: index.coarse(q), or None."""
     if not len(excl):
-        return index.search(q, k, device=device)
+        return index.search(q, k, device=device, coarse=coarse)
     if len(excl) > _DROP_MAX:
-        return index.search(q, k, device=device, exclude=excl)
-    d, ids = index.search(q, k + len(excl), device=device)
+        return index.search(q, k, device=device, exclude=excl, coarse=coarse)
+    d, ids = index.search(q, k + len(excl), device=device, coarse=coarse)
     keep_first = np.argsort(np.isin(ids, excl), axis=1, kind="stable")[:, :k]   # excluded ids last
     d, ids = np.take_along_axis(d, keep_first, 1), np.take_along_axis(ids, keep_first, 1)
     dropped = np.isin(ids, excl)
@@ -131,10 +138,11 @@ def _nprobe(index, nprobe: int):
         ivf.nprobe = old
 
 
-def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray):
+def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray, coarse=None):
     """k nearest tiles not in `exclude` from an IVF index, with nprobe raised until every row
     is full (or all lists are probed, which is exact search). On the CPU index: a GPU copy
-    would not see the nprobe changes."""
+    would not see the nprobe changes. `coarse`: index.coarse(q) at the index's own nprobe,
+    or None."""
     import faiss
     ivf = faiss.extract_index_ivf(index.index)
     nlist, base = int(ivf.nlist), int(ivf.nprobe)
@@ -142,7 +150,7 @@ def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray):
     want = min(k, avail)
     nprobe = min(nlist, max(base, math.ceil(_WIDEN_SCAN * k * nlist / avail)))
     with _nprobe(index, nprobe):
-        dd, ii = index.search(q, k, device="cpu", exclude=exclude)
+        dd, ii = index.search(q, k, device="cpu", exclude=exclude, coarse=coarse if nprobe == base else None)
     short = ii[:, want - 1] < 0 if want else np.zeros(len(ii), bool)
     while short.any() and nprobe < nlist:
         nprobe = min(nlist, nprobe * _NPROBE_STEP)

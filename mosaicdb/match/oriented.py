@@ -31,10 +31,15 @@ def query_permutations(spec, codes) -> list[np.ndarray]:
     return [np.argsort(spec.orient_permutation(o)) for o in codes]
 
 
+def turns_are_none(inverse_perms, queries: np.ndarray) -> bool:
+    """Whether the only orientation is the tiles as stored: `search` then sees the queries themselves."""
+    return len(inverse_perms) == 1 and np.array_equal(inverse_perms[0], np.arange(queries.shape[1]))
+
+
 def oriented_search(search: Search, queries: np.ndarray, k: int, inverse_perms) -> tuple[np.ndarray, np.ndarray]:
     """`search` run once per orientation on the permuted queries, merged into each row's k
     nearest distinct tiles (ascending squared distance, -1 / inf padded)."""
-    if len(inverse_perms) == 1 and np.array_equal(inverse_perms[0], np.arange(queries.shape[1])):
+    if turns_are_none(inverse_perms, queries):
         return search(queries)
     n = len(queries)
     per_call = max(1, _STACK_ROWS // max(n, 1))
