@@ -274,7 +274,9 @@ def _start_worker(db_path: str, mopts: MatchOptions, ropts: RenderOptions, threa
     import faiss
     import numba
     import threadpoolctl
-    # every BLAS and OpenMP pool loaded (FAISS's, numpy's, OpenCV's), numba's and OpenCV's own
+
+    from .index import scan  # noqa: F401  (loads the BLAS its numba kernels call)
+    # every BLAS and OpenMP pool loaded (FAISS's, numpy's, scipy's, OpenCV's), numba's and OpenCV's own
     threadpoolctl.threadpool_limits(threads)
     faiss.omp_set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -372,3 +372,35 @@ def test_the_matcher_widens_with_the_lists_of_its_first_search(cifar_ingest, tmp
         again = matcher.match(db, cells, grid, opts)
         assert len(calls) > 2
         assert np.mean(again.assignment.tile_ids == res.assignment.tile_ids) >= 0.99
+
+
+def test_a_jobs_worker_limits_the_blas_the_scan_calls(cifar_ingest):
+    """A `make --jobs` worker limits every BLAS loaded when it starts. The one numba's products
+    call (scipy's) must be among them: loaded only at the first scan, it kept both cores' threads
+    and contended with the other worker's (bench_many --jobs 2: 126 s against 56)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: every BLAS starts with one thread, so nothing to limit")
+    code = textwrap.dedent("""
+        import logging, sys
+        import numpy as np
+        from threadpoolctl import threadpool_info
+        from mosaicdb import batch
+        from mosaicdb.index import IndexOptions, build_index, faiss_index
+        from mosaicdb.match.options import MatchOptions
+        from mosaicdb.render.options import RenderOptions
+        batch._start_worker(sys.argv[1], MatchOptions(), RenderOptions(), 1, logging.WARNING, None)
+        faiss_index.LIST_ORDER_MIN = faiss_index.SCAN_MIN_LIST = 0
+        pool = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+        vi = build_index(pool, np.arange(3000), IndexOptions(kind="ivf", nlist=16, nprobe=4))
+        vi.search(pool[:500], 8, device="cpu")
+        print(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code, str(cifar_ingest[0])], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

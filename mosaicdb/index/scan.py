@@ -31,6 +31,10 @@ from contextlib import contextmanager
 
 import numba
 import numpy as np
+# The BLAS that numba's np.dot calls (scipy's), loaded with this module: numba would load it at
+# the first product, after a process's thread limits were set (a `make --jobs` worker limits
+# every BLAS loaded when it starts), and its threads would then contend with the other workers'.
+import scipy.linalg.cython_blas  # noqa: F401
 
 FILLER = np.float32(np.finfo(np.float32).max)  # FAISS's distance for a missing result (-1)
 # Distances computed at once for one list (queries x vectors): 16 MB. Without a bound, thousands
