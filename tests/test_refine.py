@@ -235,3 +235,23 @@ def test_a_cell_that_found_no_move_wakes_when_its_tile_is_freed(seed, constraint
     np.testing.assert_array_equal(tile, [[6, 5]])
     np.testing.assert_allclose(cost, [[0.1, 0.1]])
     assert stats["stopped"] == "converged" and stats["reassigned"] == 2
+
+
+def test_cells_are_visited_a_block_at_a_time_in_a_seeded_order():
+    """visit_order: every cell once; _BLOCK x _BLOCK blocks one after the other, row by row
+    inside; the blocks' order drawn from the seed."""
+    from mosaicdb.match.refine import _BLOCK, visit_order
+    rows, cols = 2 * _BLOCK + 5, 3 * _BLOCK - 7
+    order = visit_order(rows, cols, 1)
+    np.testing.assert_array_equal(np.sort(order), np.arange(rows * cols))
+    r, c = np.divmod(order, cols)
+    block = (r // _BLOCK) * 3 + c // _BLOCK
+    changes = np.flatnonzero(np.diff(block)) + 1
+    assert len(changes) == 3 * 3 - 1  # each block in one run
+    for run in np.split(np.arange(len(order)), changes):
+        key = r[run] * cols + c[run]
+        assert (np.diff(key) > 0).all()  # row by row inside the block
+    firsts = [visit_order(rows, cols, s)[0] for s in range(8)]
+    assert len(set(firsts)) > 1  # the blocks' order follows the seed
+    np.testing.assert_array_equal(visit_order(rows, cols, 1), order)
+    assert visit_order(0, 0, 1).size == 0 and visit_order(1, 1, 1).tolist() == [0]

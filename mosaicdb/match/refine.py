@@ -2,8 +2,9 @@
 
 The objective is the greedy pass's own: the sum over cells of the candidate distance plus
 usage_penalty * sum over tiles of u(u-1)/2 (what the greedy pass charges: penalty * earlier
-uses, summed). Cells are visited in a seeded order, and each takes the first of these moves
-that lowers the objective:
+uses, summed). Cells are visited in a seeded order (`visit_order`: blocks of cells in random
+order, row by row inside a block), and each takes the first of these moves that lowers the
+objective:
 
 - reassign: the cell takes a better candidate that is free (not within --min-distance of a
   copy of it, under --max-uses);
@@ -35,6 +36,13 @@ _CHUNK = 8192        # cells per numba call between clock checks
 # holding the candidate; cells that were widened past their k candidates would otherwise try
 # all k on every visit, and the nearest few are where the gains are.
 _TRIES = 8
+# Cells are visited a block of _BLOCK x _BLOCK at a time, the blocks in a seeded random order.
+# The time goes to cache misses on other cells' rows and windows, and a block's cells share most
+# of them. Measured against a random order of single cells, 11 photographs (8 Kodak, 3
+# Wikimedia): at 65,536 cells against 50,000 tiles, --min-distance 3 --max-uses 8, 0.28-0.45 s
+# against 0.37-0.72 s and a total cost 0.001-0.02 % lower on every one; at 64 cells across
+# against 10,000 tiles (four repeat modes), within +-0.08 % either way (mean ~0).
+_BLOCK = 32
 
 
 def total_cost(tile_ids: np.ndarray, cost: np.ndarray, penalty: float) -> float:
@@ -228,6 +236,19 @@ def _sweep(order, start, stop, active, flat, grid, cost, uses, head, nxt, prv, i
     return changed
 
 
+def visit_order(rows: int, cols: int, seed) -> np.ndarray:
+    """The cells (row-major indices) in the order refinement visits them: _BLOCK x _BLOCK blocks
+    in a random order drawn from `seed`, each block's cells row by row."""
+    b = _BLOCK
+    block_cols = -(-cols // b)
+    n_blocks = -(-rows // b) * block_cols
+    rank = np.empty(n_blocks, np.int64)
+    rank[np.random.default_rng(seed).permutation(n_blocks)] = np.arange(n_blocks)
+    r, c = np.divmod(np.arange(rows * cols, dtype=np.int64), max(cols, 1))
+    key = rank[(r // b) * block_cols + c // b] * (b * b) + (r % b) * b + c % b
+    return np.argsort(key, kind="stable").astype(np.int64)
+
+
 def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_dist: np.ndarray,
            opts: MatchOptions) -> dict:
     """Improve `tile_ids`/`cost` ((rows, cols), changed in place) with moves among each cell's
@@ -251,7 +272,7 @@ def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     head, nxt, prv = holders(flat)
     if head.size < n_ids:
         head = np.concatenate([head, np.full(n_ids - head.size, -1, np.int64)])
-    order = np.random.default_rng(opts.seed).permutation(flat.size).astype(np.int64)
+    order = visit_order(rows, cols, opts.seed)
     moves = np.zeros(3, np.int64)  # reassignments, swaps, cells examined
     active = np.ones(flat.size, np.uint8)
     if max_uses or penalty:
