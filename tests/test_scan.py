@@ -404,3 +404,32 @@ def test_a_jobs_worker_limits_the_blas_the_scan_calls(cifar_ingest):
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+_FORKED = {}
+
+
+def _scan_after_fork():
+    a = _FORKED
+    return scan(a["lists"], a["x"], a["pd"], a["probes"], 8, threads=2)
+
+
+def test_threaded_scans_work_in_a_forked_process(index):
+    """The scans' threads are kept per process: a worker forked after its parent scanned makes
+    its own (the parent's pool has no threads in the child, and a scan there would wait for
+    ever)."""
+    import multiprocessing
+    vi, _, _ = index
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+    x = space.apply(clustered(1500, 24))
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+    want = scan(lists, x, pd, probes, 8, threads=2)  # the parent's threads exist now
+    _FORKED.update(lists=lists, x=x, pd=pd, probes=probes)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            d, i = pool.apply_async(_scan_after_fork).get(timeout=120)
+    finally:
+        _FORKED.clear()
+    np.testing.assert_array_equal(i, want[1])
+    np.testing.assert_array_equal(d, want[0])

@@ -25,6 +25,7 @@ bitmap) are skipped, as a FAISS selector would skip them.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -108,14 +109,36 @@ def scan(lists: DecodedLists, x: np.ndarray, probe_dist: np.ndarray, probes: np.
     if len(parts) == 1:
         run(parts[0])
     else:  # BLAS and the numba kernel release the GIL; one BLAS thread each (small products)
-        with _one_blas_thread(), ThreadPoolExecutor(len(parts)) as pool:
-            list(pool.map(run, parts))
+        with _one_blas_thread():
+            futures = [_pool(len(parts) - 1).submit(run, part) for part in parts[1:]]
+            try:
+                run(parts[0])  # this thread takes the first slice
+            finally:
+                for f in futures:
+                    f.result()
     return dist, ids
+
+
+_pool_lock = threading.Lock()
+_pool_now = None   # (pid, workers, ThreadPoolExecutor)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """Threads kept for the scans of this process (a forked worker makes its own): a pool made
+    per call cost ~2 ms a thread start, 0.1 s of bench_match's 22 scans."""
+    global _pool_now
+    with _pool_lock:
+        pid = os.getpid()
+        if _pool_now is None or _pool_now[0] != pid or _pool_now[1] < workers:
+            # a smaller pool in use by another scan finishes its work; unreferenced, its threads end
+            _pool_now = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="mosaicdb-scan"))
+        return _pool_now[2]
 
 
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limits = None
+_blas_controller = None  # made once: a threadpool_limits call looks the libraries up again (~1.3 ms)
 
 
 @contextmanager
@@ -123,11 +146,13 @@ def _one_blas_thread():
     """BLAS limited to one thread while any scan runs its threads. The limit is process-wide
     (threadpoolctl): scans that overlap share one, set by the first and lifted by the last, so
     an overlap never leaves it behind (nor restores another's)."""
-    global _blas_users, _blas_limits
+    global _blas_users, _blas_limits, _blas_controller
     with _blas_lock:
         if _blas_users == 0:
-            from threadpoolctl import threadpool_limits
-            _blas_limits = threadpool_limits(1, user_api="blas")
+            if _blas_controller is None:  # the libraries loaded now, among them the BLAS numba calls
+                from threadpoolctl import ThreadpoolController
+                _blas_controller = ThreadpoolController()
+            _blas_limits = _blas_controller.limit(limits=1, user_api="blas")
         _blas_users += 1
     try:
         yield
