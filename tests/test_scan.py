@@ -433,3 +433,24 @@ def test_threaded_scans_work_in_a_forked_process(index):
         _FORKED.clear()
     np.testing.assert_array_equal(i, want[1])
     np.testing.assert_array_equal(d, want[0])
+
+
+def test_short_lists_taken_in_three_rounds_give_the_same_results(index, monkeypatch):
+    """Short lists (the fixture's: ~94 a list) are read in three rounds (nearest list, the next
+    MID_PHASE - 1, the rest): the same results as two rounds, only a tighter heap sooner."""
+    from mosaicdb.index import scan as scan_module
+    vi, _, _ = index
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    assert len(lists.ids) < scan_module.SHORT_LISTS * (len(lists.starts) - 1)
+    space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+    x = space.apply(clustered(2000, 25))
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+    rounds = []
+    real = scan_module._scan_lists
+    monkeypatch.setattr(scan_module, "_scan_lists", lambda *a: rounds.append(a[-1]) or real(*a))
+    three = scan(lists, x, pd, probes, 16, threads=1)
+    monkeypatch.setattr(scan_module, "MID_PHASE", 1)
+    two = scan(lists, x, pd, probes, 16, threads=1)
+    assert rounds == [4, 1]
+    np.testing.assert_array_equal(three[1], two[1])
+    np.testing.assert_array_equal(three[0], two[0])
