@@ -301,13 +301,15 @@ def test_a_coarse_assignment_given_is_used_and_changes_nothing(index, monkeypatc
     exclude = np.unique(vi.search(q[:50], 2, device="cpu")[1])
     want_d, want_i = vi.search(q, 12, device="cpu", exclude=exclude)
     c = vi.coarse(q, "cpu")
-    assert c is not None and c[0].shape == c[1].shape == (1000, 6)
+    assert c is not None and c.dist.shape == c.lists.shape == (1000, 6) and c.x.shape == (1000, 12)
     calls = []
     real = listorder.coarse_assign
     monkeypatch.setattr(listorder, "coarse_assign", lambda *a: calls.append(1) or real(*a))
+    spaces, real_space = [], type(vi)._space
+    monkeypatch.setattr(type(vi), "_space", lambda self, x: spaces.append(1) or real_space(self, x))
     rows = np.arange(100, 400)
-    d, i = vi.search(q[rows], 12, device="cpu", exclude=exclude, coarse=(c[0][rows], c[1][rows]))
-    assert calls == []
+    d, i = vi.search(q[rows], 12, device="cpu", exclude=exclude, coarse=c.take(rows))
+    assert calls == [] and spaces == []  # neither the lists nor the PCA again
     np.testing.assert_array_equal(i, want_i[rows])
     np.testing.assert_array_equal(d, want_d[rows])
     d, i = vi.search(q[:50], 12, device="cpu", exclude=exclude, coarse=c)
@@ -323,7 +325,7 @@ def test_the_scan_takes_fewer_queries_with_their_coarse_assignment(monkeypatch):
     assert not vi._scans(4095, "cpu") and vi._scans(4096, "cpu")
     m = faiss_index.SCAN_MIN_QUERIES
     assert vi._scans(m, "cpu", coarse=True) and not vi._scans(m - 1, "cpu", coarse=True)
-    assert vi.coarse(clustered(10, 22), "cpu")[1].shape == (10, 2)  # any number of queries
+    assert vi.coarse(clustered(10, 22), "cpu").lists.shape == (10, 2)  # any number of queries
     pq = build_index(pool, np.arange(4000), IndexOptions(kind="ivfpq", nlist=16, nprobe=2))
     flat = build_index(pool, np.arange(4000), IndexOptions(kind="flat"))
     assert pq.coarse(clustered(10, 22), "cpu") is None and flat.coarse(clustered(10, 22), "cpu") is None

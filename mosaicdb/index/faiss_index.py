@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -154,6 +155,20 @@ BITMAP_FROM = 1024
 REFINE_ENTRIES = 1 << 23  # 96 MB of candidates; 4,096 queries a batch at k = 32 x 64
 
 
+class Coarse(NamedTuple):
+    """Queries prepared for an IVF search: in the index's space (after its PCA), and the lists
+    each one probes at some nprobe with its squared distances to their centroids."""
+    x: np.ndarray      # (n, d) float32
+    dist: np.ndarray   # (n, nprobe) float32
+    lists: np.ndarray  # (n, nprobe) int64
+
+    def take(self, rows: np.ndarray) -> Coarse:
+        return Coarse(self.x[rows], self.dist[rows], self.lists[rows])
+
+    def fits(self, n: int, nprobe: int, d: int) -> bool:
+        return self.x.shape == (n, d) and self.dist.shape == self.lists.shape == (n, nprobe)
+
+
 class VectorIndex:
     """A FAISS index over tile features whose ids are tile ids, plus its infos."""
 
@@ -195,7 +210,7 @@ class VectorIndex:
         return self._search_index
 
     def search(self, queries: np.ndarray, k: int, device: str = "auto", exclude: np.ndarray | None = None,
-               coarse: tuple[np.ndarray, np.ndarray] | None = None):
+               coarse: Coarse | None = None):
         """(distances (n, k) float32 squared L2, ids (n, k) int64, -1 where fewer than k).
 
         `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector).
@@ -253,15 +268,16 @@ class VectorIndex:
             return False
         return self.ntotal >= SCAN_MIN_LIST * int(_faiss().extract_index_ivf(self.index).nlist)
 
-    def coarse(self, queries: np.ndarray, device: str = "auto") -> tuple[np.ndarray, np.ndarray] | None:
-        """The lists a search of `queries` probes at the index's nprobe as set now: ((n, nprobe)
-        squared distances to their centroids, (n, nprobe) lists), to give to search(coarse=) of
-        the same queries later; None where searches do not use one (not an IVF kind of whole
-        vectors, or not on the CPU)."""
+    def coarse(self, queries: np.ndarray, device: str = "auto") -> Coarse | None:
+        """The queries in the index's space and the lists a search of them probes at the index's
+        nprobe as set now (`Coarse`), to give to search(coarse=) of the same queries (or of
+        some: `Coarse.take`) later; None where searches do not use one (not an IVF kind of
+        whole vectors, or not on the CPU)."""
         if not self._scans(max(len(queries), LIST_ORDER_MIN), device, 1):
             return None
         ivf = _faiss().extract_index_ivf(self.index)
-        return self._coarse(self._space(queries), max(1, min(int(ivf.nprobe), int(ivf.nlist))))
+        x = self._space(queries)
+        return Coarse(x, *self._coarse(x, max(1, min(int(ivf.nprobe), int(ivf.nlist)))))
 
     def _space(self, queries: np.ndarray) -> np.ndarray:
         space = ivfpq.index_space(self.index)
@@ -283,11 +299,12 @@ class VectorIndex:
             if self._decoded is None:
                 self._decoded = scan.DecodedLists(ivf)
             lists = self._decoded
-        x = self._space(queries)
         nprobe = max(1, min(int(ivf.nprobe), int(ivf.nlist)))
-        if coarse is not None and all(np.shape(a) == (len(x), nprobe) for a in coarse):
-            probe_dist, probes = coarse
+        n = len(queries)
+        if coarse is not None and coarse.fits(n, nprobe, int(ivf.d)):
+            x, probe_dist, probes = coarse
         else:
+            x = self._space(queries)
             probe_dist, probes = self._coarse(x, nprobe)
         bitmap = None
         if exclude is not None and len(exclude):
