@@ -20,6 +20,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 
 from .errors import UsageError, check_int, check_number, choice
@@ -89,6 +90,15 @@ class Pyramid:
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         blocks = _check_blocks(blocks, self.samples)
         n, s = blocks.shape[0], self.samples
+        sizes = [s]
+        while sizes[-1] % 2 == 0 and sizes[-1] > 1 and sizes[-1] // 2 >= min(p for p, _ in self.levels):
+            sizes.append(sizes[-1] // 2)
+        if all(p in sizes for p, _ in self.levels):  # every level a halving of the samples: one pass a cell
+            out = np.empty((n, self.dim), np.float32)
+            ps = np.array([p for p, _ in self.levels], np.int64)
+            scales = np.array([np.float32(np.sqrt(w) / p) for p, w in self.levels], np.float32)
+            _pyramid_cells(blocks if self.space == "rgb" else rgb_to_lab(blocks), ps, scales, sizes[-1], out)
+            return out
         x = blocks.astype(np.float32) if self.space == "rgb" else rgb_to_lab(blocks)
         halves = {s: x}  # 2x2 means of 2x2 means: one pass over the samples for every level
         while s % 2 == 0 and s > 1 and s // 2 >= min(p for p, _ in self.levels):
@@ -131,6 +141,45 @@ KINDS = {
 DEFAULT_KIND = "rgb-pyramid"
 # the names reindex gives (a catalog is untrusted input: its file names stay in the folder)
 _FEATURES_FILE = re.compile(r"features(\.[a-z]+-[a-z]+\.[0-9]{1,9})?\.f32")
+
+
+# The pyramid of each cell in one pass over its samples, without an (N, S, S, 3) float copy and
+# a temporary per level: the same float32 operations in the same order as the numpy form below
+# it (2x2 means as ((a + b) + c) + d times 0.25, then times sqrt(w)/p), so the same bits.
+# bench_match's 65,536 cells: 0.0x against 0.15-0.2 s.
+@numba.njit(cache=True, nogil=True)
+def _pyramid_cells(blocks, ps, scales, smallest, out):
+    n, s = blocks.shape[0], blocks.shape[1]
+    offsets = np.empty(len(ps), np.int64)
+    at = 0
+    for li in range(len(ps)):
+        offsets[li] = at
+        at += 3 * ps[li] * ps[li]
+    x = np.empty((s, s, 3), np.float32)
+    for i in range(n):
+        for a in range(s):
+            for b in range(s):
+                for ch in range(3):
+                    x[a, b, ch] = np.float32(blocks[i, a, b, ch])
+        size = s
+        while True:
+            for li in range(len(ps)):
+                if ps[li] == size:
+                    o = offsets[li]
+                    for a in range(size):
+                        for b in range(size):
+                            for ch in range(3):
+                                out[i, o] = x[a, b, ch] * scales[li]
+                                o += 1
+            if size <= smallest:
+                break
+            h = size // 2
+            for a in range(h):  # in place: (a, b) is read again only by an earlier (a // 2, b // 2)
+                for b in range(h):
+                    for ch in range(3):
+                        x[a, b, ch] = (((x[2 * a, 2 * b, ch] + x[2 * a + 1, 2 * b, ch]) + x[2 * a, 2 * b + 1, ch])
+                                       + x[2 * a + 1, 2 * b + 1, ch]) * np.float32(0.25)
+            size = h
 
 
 def _check_blocks(blocks, s: int) -> np.ndarray:

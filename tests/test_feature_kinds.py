@@ -244,3 +244,30 @@ def test_pca_is_fitted_once_the_pool_is_large_and_refitted_as_it_moves(cifar_fol
         ids = db.ids()
         d, got = db.search(np.asarray(db.features()[ids]), 1)
         np.testing.assert_array_equal(got[:, 0], ids)
+
+
+@pytest.mark.parametrize("space", ["rgb", "lab"])
+@pytest.mark.parametrize("levels, samples", [(((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0)), 16),
+                                              (((8, 1.0), (2, 0.5), (1, 3.0)), 16),
+                                              (((1, 1.0), (16, 2.0)), 16), (((1, 1.0), (3, 1.0)), 12)])
+def test_pyramid_kernel_gives_the_numpy_forms_bits(space, levels, samples):
+    """The one-pass numba pyramid equals, to the bit, the block means taken the numpy way (2x2
+    means of 2x2 means, in float32, then times sqrt(w)/p): stored tile features stay valid."""
+    from mosaicdb.feature_kinds import Pyramid
+    from mosaicdb.features import rgb_to_lab
+    spec = Pyramid(space=space, levels=levels, samples=samples)
+    blocks = np.random.default_rng(5).integers(0, 256, (300, samples, samples, 3), dtype=np.uint8)
+    x = blocks.astype(np.float32) if space == "rgb" else rgb_to_lab(blocks)
+    halves, s = {samples: x}, samples
+    while s % 2 == 0 and s // 2 >= min(p for p, _ in levels):
+        x = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) * np.float32(0.25)
+        s //= 2
+        halves[s] = x
+    def means(p):  # a level that is no halving of the samples: means of its blocks (the numpy path)
+        if p in halves:
+            return halves[p]
+        q = samples // p
+        return halves[samples].reshape(300, p, q, p, q, 3).mean(axis=(2, 4), dtype=np.float32)
+
+    want = np.concatenate([means(p).reshape(300, -1) * np.float32(np.sqrt(w) / p) for p, w in levels], axis=1)
+    np.testing.assert_array_equal(spec(blocks), want)
