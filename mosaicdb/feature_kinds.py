@@ -146,7 +146,7 @@ _FEATURES_FILE = re.compile(r"features(\.[a-z]+-[a-z]+\.[0-9]{1,9})?\.f32")
 # The pyramid of each cell in one pass over its samples, without an (N, S, S, 3) float copy and
 # a temporary per level: the same float32 operations in the same order as the numpy form below
 # it (2x2 means as ((a + b) + c) + d times 0.25, then times sqrt(w)/p), so the same bits.
-# bench_match's 65,536 cells: 0.0x against 0.15-0.2 s.
+# bench_match's 65,536 cells in one call, one thread: 0.046 against 0.18-0.32 s.
 @numba.njit(cache=True, nogil=True)
 def _pyramid_cells(blocks, ps, scales, smallest, out):
     n, s = blocks.shape[0], blocks.shape[1]
