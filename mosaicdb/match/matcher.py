@@ -79,6 +79,16 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
             widen_seconds[1] += 1
 
     def _widen(which: np.ndarray, k2: int, exclude: np.ndarray):
+        # Searched in grid order, neighbours one after the other: they share candidates, whose
+        # full vectors the re-rank then finds in cache. bench_match A/B (four alternating runs,
+        # the same mosaic): 1.96-2.47 against 2.22-2.33 s.
+        order = np.argsort(which, kind="stable")
+        ii, dd = _widen_sorted(which[order], k2, exclude)
+        ids, cost = np.empty_like(ii), np.empty_like(dd)
+        ids[order], cost[order] = ii, dd
+        return ids, cost
+
+    def _widen_sorted(which: np.ndarray, k2: int, exclude: np.ndarray):
         if len(excl):
             exclude = np.union1d(exclude, excl)
         k2 = min(k2, n_tiles)
