@@ -456,3 +456,19 @@ def test_short_lists_taken_in_three_rounds_give_the_same_results(index, monkeypa
     assert rounds == [4, 1]
     np.testing.assert_array_equal(three[1], two[1])
     np.testing.assert_array_equal(three[0], two[0])
+
+
+def test_queries_scanned_in_blocks_give_the_same_results(index, monkeypatch):
+    from mosaicdb.index import scan as scan_module
+    vi, _, _ = index
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+    x = space.apply(clustered(1000, 26))
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 6)
+    bitmap = np.zeros(6200, np.uint8)
+    bitmap[100:3000:7] = 1
+    whole = scan(lists, x, pd, probes, 10, bitmap, threads=2)
+    monkeypatch.setattr(scan_module, "QUERY_BLOCK", 97)
+    blocks = scan(lists, x, pd, probes, 10, bitmap, threads=2)
+    np.testing.assert_array_equal(blocks[1], whole[1])
+    np.testing.assert_array_equal(blocks[0], whole[0])

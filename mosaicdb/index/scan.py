@@ -172,13 +172,24 @@ def _one_blas_thread():
                 _blas_limits = None
 
 
+# Queries scanned a block at a time (each block its own pass over the lists it probes): the heaps
+# of a block stay in cache while the lists stream past. 50,000 tiles, 65,536 queries, 2 threads:
+# k 32 0.30-0.31 against 0.38-0.42 s, k 64 0.45-0.46 against 0.60-0.62 s; 1M tiles (lists 5x
+# longer, read again per block), 43,520 queries: the same within noise (0.66-0.71 against 0.67-0.68 s).
+QUERY_BLOCK = 4096
+
+
 def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids) -> None:
     m = len(x)
-    hd = np.full((m, k), np.inf, np.float32)  # per query a max-heap of distances (root: the worst kept)
-    hi = np.full((m, k), -1, np.int64)
-    _scan_lists(x, probe_dist, probes, lists.starts, lists.r, lists.norms, lists.ids, bitmap, hd, hi,
-                PRODUCT_MAX, MID_PHASE if len(lists.ids) < SHORT_LISTS * (len(lists.starts) - 1) else 1)
-    _finish(x, hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist, ids)
+    mid = MID_PHASE if len(lists.ids) < SHORT_LISTS * (len(lists.starts) - 1) else 1
+    step = QUERY_BLOCK
+    for b0 in range(0, m, step):
+        b1 = min(b0 + step, m)
+        hd = np.full((b1 - b0, k), np.inf, np.float32)  # per query a max-heap of distances (root: the worst kept)
+        hi = np.full((b1 - b0, k), -1, np.int64)
+        _scan_lists(x[b0:b1], probe_dist[b0:b1], probes[b0:b1], lists.starts, lists.r, lists.norms, lists.ids,
+                    bitmap, hd, hi, PRODUCT_MAX, mid)
+        _finish(x[b0:b1], hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist[b0:b1], ids[b0:b1])
 
 
 # The loop over lists runs in numba, products and all (np.dot: BLAS through scipy): in Python it
