@@ -358,9 +358,9 @@ def test_the_matcher_widens_with_the_lists_of_its_first_search(cifar_ingest, tmp
         ivf = faiss.extract_index_ivf(db.ensure_index().index)
         base = ivf.nprobe
 
-        def scan_(self, q, k, ex, coarse=None):
+        def scan_(self, q, k, ex, coarse=None, ranked=True):
             scans.append((coarse is not None, ivf.nprobe))
-            return real_scan(self, q, k, ex, coarse)
+            return real_scan(self, q, k, ex, coarse, ranked)
 
         monkeypatch.setattr(faiss_index.VectorIndex, "_scan", scan_)
         res = matcher.match(db, cells, grid, opts)
@@ -370,7 +370,8 @@ def test_the_matcher_widens_with_the_lists_of_its_first_search(cifar_ingest, tmp
         # at that nprobe, taken once (the first search); rows searched again with more lists take theirs
         assert [n for n, nprobe in calls if nprobe == base] == [len(cells.features)]
         # the same match, each search taking its coarse assignment itself
-        monkeypatch.setattr(faiss_index.VectorIndex, "_scan", lambda self, q, k, ex, coarse=None: real_scan(self, q, k, ex))
+        monkeypatch.setattr(faiss_index.VectorIndex, "_scan",
+                            lambda self, q, k, ex, coarse=None, ranked=True: real_scan(self, q, k, ex, None, ranked))
         again = matcher.match(db, cells, grid, opts)
         assert len(calls) > 2
         assert np.mean(again.assignment.tile_ids == res.assignment.tile_ids) >= 0.99
@@ -472,3 +473,45 @@ def test_queries_scanned_in_blocks_give_the_same_results(index, monkeypatch):
     blocks = scan(lists, x, pd, probes, 10, bitmap, threads=2)
     np.testing.assert_array_equal(blocks[1], whole[1])
     np.testing.assert_array_equal(blocks[0], whole[0])
+
+
+def test_unranked_results_are_the_same_candidates(index):
+    """scan(ranked=False), for a caller that ranks again (the matcher's exact re-rank): the same
+    candidates in each row, its missing ones wherever the heap had them, -1 / FILLER."""
+    vi, _, _ = index
+    lists = DecodedLists(faiss.extract_index_ivf(vi.index))
+    space = faiss.downcast_VectorTransform(faiss.downcast_index(vi.index).chain.at(0))
+    x = space.apply(clustered(800, 27))
+    pd, probes = faiss.extract_index_ivf(vi.index).quantizer.search(x, 2)
+    k = 400  # more than two lists hold for some queries: missing results
+    d, i = scan(lists, x, pd, probes, k, threads=2)
+    ud, ui = scan(lists, x, pd, probes, k, threads=2, ranked=False)
+    assert (i < 0).any()
+    for r in range(len(x)):
+        np.testing.assert_array_equal(np.sort(ui[r]), np.sort(i[r]))
+        got = ui[r] >= 0
+        assert (ud[r, ~got] == FILLER).all()
+        order = np.argsort(ui[r, got])
+        np.testing.assert_allclose(ud[r, got][order], d[r, i[r] >= 0][np.argsort(i[r, i[r] >= 0])],
+                                   rtol=1e-3, atol=1e-2)  # the product form's distances
+
+
+def test_widening_rows_unranked_are_filled_by_more_lists(monkeypatch):
+    """_wide_ivf_search raises nprobe for rows the scan left short; unranked rows have their gaps
+    anywhere (a heap not filled keeps its entries at the leaves), so shortness is counted."""
+    from mosaicdb.index import faiss_index
+    from mosaicdb.match import matcher
+    from mosaicdb.match.matcher import _wide_ivf_search
+    monkeypatch.setattr(matcher, "_WIDEN_SCAN", 0)  # start at the index's nprobe (1): rows come short
+    pool = clustered(3000, 28)
+    vi = build_index(pool, np.arange(3000), IndexOptions(kind="ivf16", nlist=16, nprobe=1), pca_dims=12)
+    q = clustered(300, 29)
+    exclude = np.arange(0, 3000, 3)  # a third of the pool: ~125 left a list
+    k = faiss_index.SCAN_MAX_K  # more than one list holds then: rows come short at nprobe 1
+    first = vi.search(q, k, device="cpu", exclude=exclude, ranked=False)[1]
+    short = (first >= 0).sum(axis=1) < k
+    assert short.mean() > 0.2 and (short & (first[:, -1] >= 0)).any()  # short rows, their gaps not last
+    for ranked in (True, False):
+        d, i = _wide_ivf_search(vi, q, k, exclude, ranked=ranked)
+        assert ((i >= 0).sum(axis=1) == k).all()
+        assert not np.isin(i, exclude).any()

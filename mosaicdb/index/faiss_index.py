@@ -210,17 +210,19 @@ class VectorIndex:
         return self._search_index
 
     def search(self, queries: np.ndarray, k: int, device: str = "auto", exclude: np.ndarray | None = None,
-               coarse: Coarse | None = None):
+               coarse: Coarse | None = None, ranked: bool = True):
         """(distances (n, k) float32 squared L2, ids (n, k) int64, -1 where fewer than k).
 
         `exclude`: tile ids never to return (searched on the CPU index, with a FAISS selector).
         `coarse`: `self.coarse(queries)` taken earlier for these same queries (the matcher's
         widening searches cells its first search has assigned already); used by the scan
-        when the index's nprobe has not changed since, ignored otherwise."""
+        when the index's nprobe has not changed since, ignored otherwise. `ranked=False`: the
+        caller ranks each row again by its own distances (the matcher's exact re-rank), so rows
+        may come unsorted, missing results anywhere in them (the scan's heaps as they are)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self._scans(len(queries), device, k, coarse is not None):
             # long lists of whole vectors: scanned list by list with matrix products (index/scan.py)
-            return self._scan(queries, k, exclude, coarse)
+            return self._scan(queries, k, exclude, coarse, ranked)
         n = len(queries)
         dist = np.empty((n, k), np.float32)
         ids = np.empty((n, k), np.int64)
@@ -289,7 +291,7 @@ class VectorIndex:
             return listorder.coarse_assign(self.index, x, nprobe)
         return np.zeros((0, nprobe), np.float32), np.zeros((0, nprobe), np.int64)
 
-    def _scan(self, queries: np.ndarray, k: int, exclude: np.ndarray | None, coarse=None):
+    def _scan(self, queries: np.ndarray, k: int, exclude: np.ndarray | None, coarse=None, ranked=True):
         """search() of an IVF kind on the CPU: FAISS's coarse assignment at the index's nprobe
         (as set now; or `coarse`, taken before at that nprobe), then scan.scan over the decoded
         lists, `exclude` as a bitmap."""
@@ -313,7 +315,7 @@ class VectorIndex:
             excl = excl[(excl >= 0) & (excl <= (int(self.ids.max()) if len(self.ids) else -1))]
             bitmap = np.zeros(int(excl.max()) + 1 if len(excl) else 0, np.uint8)
             bitmap[excl] = 1
-        return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=listorder.threads())
+        return scan.scan(lists, x, probe_dist, probes, k, bitmap, threads=listorder.threads(), ranked=ranked)
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `vectors` under tile `ids` (in place)."""

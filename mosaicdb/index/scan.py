@@ -91,13 +91,15 @@ class DecodedLists:
 
 
 def scan(lists: DecodedLists, x: np.ndarray, probe_dist: np.ndarray, probes: np.ndarray, k: int,
-         excluded: np.ndarray | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+         excluded: np.ndarray | None = None, threads: int = 1, ranked: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest vectors of each query `x` (n, d) (already in the index's space) among its
     `probes` (n, nprobe) lists, nearest list first, `probe_dist` (n, nprobe) its squared
     distances to their centroids (the coarse assignment's): (squared L2 (n, k) float32
     ascending, ties by id; ids (n, k) int64), -1 / FILLER where fewer. `excluded`: a bitmap
     (uint8 by id; ids past its end are not excluded). `threads`: contiguous slices of the
-    queries scanned at once."""
+    queries scanned at once. `ranked=False`: each row's results in no particular order (missing
+    ones anywhere), with the product form's distances, for a caller that ranks them again by
+    its own distances (the matcher's exact re-rank): the measuring and sorting is saved."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     probes = np.ascontiguousarray(probes, dtype=np.int64)
     probe_dist = np.ascontiguousarray(probe_dist, dtype=np.float32)
@@ -112,7 +114,7 @@ def scan(lists: DecodedLists, x: np.ndarray, probe_dist: np.ndarray, probes: np.
 
     def run(part):
         lo, hi = part
-        _scan_part(lists, x[lo:hi], probe_dist[lo:hi], probes[lo:hi], k, bitmap, dist[lo:hi], ids[lo:hi])
+        _scan_part(lists, x[lo:hi], probe_dist[lo:hi], probes[lo:hi], k, bitmap, dist[lo:hi], ids[lo:hi], ranked)
 
     if len(parts) == 1:
         run(parts[0])
@@ -179,7 +181,7 @@ def _one_blas_thread():
 QUERY_BLOCK = 4096
 
 
-def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids) -> None:
+def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids, ranked=True) -> None:
     m = len(x)
     mid = MID_PHASE if len(lists.ids) < SHORT_LISTS * (len(lists.starts) - 1) else 1
     step = QUERY_BLOCK
@@ -189,7 +191,10 @@ def _scan_part(lists: DecodedLists, x, probe_dist, probes, k, bitmap, dist, ids)
         hi = np.full((b1 - b0, k), -1, np.int64)
         _scan_lists(x[b0:b1], probe_dist[b0:b1], probes[b0:b1], lists.starts, lists.r, lists.norms, lists.ids,
                     bitmap, hd, hi, PRODUCT_MAX, mid)
-        _finish(x[b0:b1], hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist[b0:b1], ids[b0:b1])
+        if ranked:
+            _finish(x[b0:b1], hd, hi, lists.r, lists.centroids, lists.list_of, lists.ids, dist[b0:b1], ids[b0:b1])
+        else:
+            _unranked(hd, hi, lists.ids, dist[b0:b1], ids[b0:b1])
 
 
 # The loop over lists runs in numba, products and all (np.dot: BLAS through scipy): in Python it
@@ -303,6 +308,18 @@ def _push(g, qnorms, norms, list_ids, base, q, bitmap, hd, hi):
                 hd[qi, i] = v
                 hi[qi, i] = base + j
                 thr = hd[qi, 0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _unranked(hd, hi, tile_ids, dist, ids):
+    """The heaps as they are: tile ids and product-form distances, -1 / FILLER where empty."""
+    m, k = hd.shape
+    for q in range(m):
+        for j in range(k):
+            p = hi[q, j]
+            if p >= 0:
+                dist[q, j] = hd[q, j]
+                ids[q, j] = tile_ids[p]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

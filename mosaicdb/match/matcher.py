@@ -60,7 +60,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 
     def first_search(q):
         d, ids = _search_without(index, q, min(n_tiles, k * RERANK_FACTOR) if approximate else k, excl, opts.device,
-                                 coarse=cells_coarse if q is cells.features else None)
+                                 coarse=cells_coarse if q is cells.features else None, ranked=not approximate)
         if approximate:  # the best by the exact cost
             d, ids = rerank(db.features(), q, d, ids, k)
         return d, ids
@@ -100,7 +100,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
             if not index.inverted:
                 dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
             else:
-                dd, ii = _wide_ivf_search(index, q, k2, exclude, coarse)
+                dd, ii = _wide_ivf_search(index, q, k2, exclude, coarse, ranked=not approximate)
             if approximate:
                 dd, ii = rerank(db.features(), q, dd, ii, k2)
             return dd, ii
@@ -122,13 +122,14 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 _DROP_MAX = 64
 
 
-def _search_without(index, q: np.ndarray, k: int, excl: np.ndarray, device: str, coarse=None):
+def _search_without(index, q: np.ndarray, k: int, excl: np.ndarray, device: str, coarse=None, ranked=True):
     """k nearest tiles of each query that are not in `excl` (sorted): (squared L2, ids), -1 padded.
-    `coarse`: index.coarse(q), or None."""
+    `coarse`: index.coarse(q), or None. `ranked=False`: rows may come unsorted (the caller
+    re-ranks them)."""
     if not len(excl):
-        return index.search(q, k, device=device, coarse=coarse)
+        return index.search(q, k, device=device, coarse=coarse, ranked=ranked)
     if len(excl) > _DROP_MAX:
-        return index.search(q, k, device=device, exclude=excl, coarse=coarse)
+        return index.search(q, k, device=device, exclude=excl, coarse=coarse, ranked=ranked)
     d, ids = index.search(q, k + len(excl), device=device, coarse=coarse)
     keep_first = np.argsort(np.isin(ids, excl), axis=1, kind="stable")[:, :k]   # excluded ids last
     d, ids = np.take_along_axis(d, keep_first, 1), np.take_along_axis(ids, keep_first, 1)
@@ -149,11 +150,11 @@ def _nprobe(index, nprobe: int):
         ivf.nprobe = old
 
 
-def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray, coarse=None):
+def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray, coarse=None, ranked=True):
     """k nearest tiles not in `exclude` from an IVF index, with nprobe raised until every row
     is full (or all lists are probed, which is exact search). On the CPU index: a GPU copy
     would not see the nprobe changes. `coarse`: index.coarse(q) at the index's own nprobe,
-    or None."""
+    or None. `ranked=False`: rows may come unsorted (the caller re-ranks them)."""
     import faiss
     ivf = faiss.extract_index_ivf(index.index)
     nlist, base = int(ivf.nlist), int(ivf.nprobe)
@@ -161,12 +162,13 @@ def _wide_ivf_search(index, q: np.ndarray, k: int, exclude: np.ndarray, coarse=N
     want = min(k, avail)
     nprobe = min(nlist, max(base, math.ceil(_WIDEN_SCAN * k * nlist / avail)))
     with _nprobe(index, nprobe):
-        dd, ii = index.search(q, k, device="cpu", exclude=exclude, coarse=coarse if nprobe == base else None)
-    short = ii[:, want - 1] < 0 if want else np.zeros(len(ii), bool)
+        dd, ii = index.search(q, k, device="cpu", exclude=exclude, coarse=coarse if nprobe == base else None,
+                              ranked=ranked)
+    short = (ii >= 0).sum(axis=1) < want  # (unranked rows may have their gaps anywhere)
     while short.any() and nprobe < nlist:
         nprobe = min(nlist, nprobe * _NPROBE_STEP)
         with _nprobe(index, nprobe):
-            d2, i2 = index.search(q[short], k, device="cpu", exclude=exclude)
+            d2, i2 = index.search(q[short], k, device="cpu", exclude=exclude, ranked=ranked)
         dd[short], ii[short] = d2, i2
-        short[short] = i2[:, want - 1] < 0
+        short[short] = (i2 >= 0).sum(axis=1) < want
     return dd, ii
