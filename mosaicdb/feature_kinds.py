@@ -16,11 +16,11 @@ same pixels always give the same vector. A database records its kind in the cata
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass
 
-import numba
 import numpy as np
 
 from .errors import UsageError, check_int, check_number, choice
@@ -97,7 +97,7 @@ class Pyramid:
             out = np.empty((n, self.dim), np.float32)
             ps = np.array([p for p, _ in self.levels], np.int64)
             scales = np.array([np.float32(np.sqrt(w) / p) for p, w in self.levels], np.float32)
-            _pyramid_cells(blocks if self.space == "rgb" else rgb_to_lab(blocks), ps, scales, sizes[-1], out)
+            _pyramid_kernel()(blocks if self.space == "rgb" else rgb_to_lab(blocks), ps, scales, sizes[-1], out)
             return out
         x = blocks.astype(np.float32) if self.space == "rgb" else rgb_to_lab(blocks)
         halves = {s: x}  # 2x2 means of 2x2 means: one pass over the samples for every level
@@ -147,39 +147,46 @@ _FEATURES_FILE = re.compile(r"features(\.[a-z]+-[a-z]+\.[0-9]{1,9})?\.f32")
 # a temporary per level: the same float32 operations in the same order as the numpy form below
 # it (2x2 means as ((a + b) + c) + d times 0.25, then times sqrt(w)/p), so the same bits.
 # bench_match's 65,536 cells in one call, one thread: 0.046 against 0.18-0.32 s.
-@numba.njit(cache=True, nogil=True)
-def _pyramid_cells(blocks, ps, scales, smallest, out):
-    n, s = blocks.shape[0], blocks.shape[1]
-    offsets = np.empty(len(ps), np.int64)
-    at = 0
-    for li in range(len(ps)):
-        offsets[li] = at
-        at += 3 * ps[li] * ps[li]
-    x = np.empty((s, s, 3), np.float32)
-    for i in range(n):
-        for a in range(s):
-            for b in range(s):
-                for ch in range(3):
-                    x[a, b, ch] = np.float32(blocks[i, a, b, ch])
-        size = s
-        while True:
-            for li in range(len(ps)):
-                if ps[li] == size:
-                    o = offsets[li]
-                    for a in range(size):
-                        for b in range(size):
-                            for ch in range(3):
-                                out[i, o] = x[a, b, ch] * scales[li]
-                                o += 1
-            if size <= smallest:
-                break
-            h = size // 2
-            for a in range(h):  # in place: (a, b) is read again only by an earlier (a // 2, b // 2)
-                for b in range(h):
+@functools.cache
+def _pyramid_kernel():
+    """Compiled on first use: numba stays out of processes that only render (test_render_cells)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def _pyramid_cells(blocks, ps, scales, smallest, out):
+        n, s = blocks.shape[0], blocks.shape[1]
+        offsets = np.empty(len(ps), np.int64)
+        at = 0
+        for li in range(len(ps)):
+            offsets[li] = at
+            at += 3 * ps[li] * ps[li]
+        x = np.empty((s, s, 3), np.float32)
+        for i in range(n):
+            for a in range(s):
+                for b in range(s):
                     for ch in range(3):
-                        x[a, b, ch] = (((x[2 * a, 2 * b, ch] + x[2 * a + 1, 2 * b, ch]) + x[2 * a, 2 * b + 1, ch])
-                                       + x[2 * a + 1, 2 * b + 1, ch]) * np.float32(0.25)
-            size = h
+                        x[a, b, ch] = np.float32(blocks[i, a, b, ch])
+            size = s
+            while True:
+                for li in range(len(ps)):
+                    if ps[li] == size:
+                        o = offsets[li]
+                        for a in range(size):
+                            for b in range(size):
+                                for ch in range(3):
+                                    out[i, o] = x[a, b, ch] * scales[li]
+                                    o += 1
+                if size <= smallest:
+                    break
+                h = size // 2
+                for a in range(h):  # in place: (a, b) is read again only by an earlier (a // 2, b // 2)
+                    for b in range(h):
+                        for ch in range(3):
+                            x[a, b, ch] = (((x[2 * a, 2 * b, ch] + x[2 * a + 1, 2 * b, ch]) + x[2 * a, 2 * b + 1, ch])
+                                           + x[2 * a + 1, 2 * b + 1, ch]) * np.float32(0.25)
+                size = h
+
+    return _pyramid_cells
 
 
 def _check_blocks(blocks, s: int) -> np.ndarray:

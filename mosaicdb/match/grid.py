@@ -6,6 +6,7 @@ centre-cropped to the grid's aspect (by less than one cell with `N`), never stre
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numba
 import numpy as np
 
 from ..errors import ImageError, UsageError
@@ -147,35 +147,42 @@ def _cell_mean_std(samples: np.ndarray, rows: int, cols: int) -> tuple[np.ndarra
     """Per-cell RGB mean and std (population) of the samples: (rows, cols, 3) float32 each."""
     mean = np.empty((rows, cols, 3), np.float32)
     std = np.empty((rows, cols, 3), np.float32)
-    _mean_std_cells(np.ascontiguousarray(samples), rows, cols, mean, std)
+    _mean_std_kernel()(np.ascontiguousarray(samples), rows, cols, mean, std)
     return mean, std
 
 
 # One pass over the uint8 samples, sums in float64 (centred on 128): it replaced two OpenCV area
 # resizes of a float32 copy of the samples and of its square (bench_match's 65,536 cells:
 # 0.1-0.24 s single-threaded before).
-@numba.njit(cache=True, nogil=True)
-def _mean_std_cells(samples, rows, cols, mean, std):
-    s = samples.shape[0] // rows
-    inv = 1.0 / (s * s)
-    for r in range(rows):
-        for c in range(cols):
-            a0 = a1 = a2 = q0 = q1 = q2 = 0.0
-            for y in range(r * s, r * s + s):
-                for x in range(c * s, c * s + s):
-                    v0 = np.float64(samples[y, x, 0]) - 128.0
-                    v1 = np.float64(samples[y, x, 1]) - 128.0
-                    v2 = np.float64(samples[y, x, 2]) - 128.0
-                    a0 += v0
-                    a1 += v1
-                    a2 += v2
-                    q0 += v0 * v0
-                    q1 += v1 * v1
-                    q2 += v2 * v2
-            m0, m1, m2 = a0 * inv, a1 * inv, a2 * inv
-            mean[r, c, 0] = m0 + 128.0
-            mean[r, c, 1] = m1 + 128.0
-            mean[r, c, 2] = m2 + 128.0
-            std[r, c, 0] = np.sqrt(max(q0 * inv - m0 * m0, 0.0))
-            std[r, c, 1] = np.sqrt(max(q1 * inv - m1 * m1, 0.0))
-            std[r, c, 2] = np.sqrt(max(q2 * inv - m2 * m2, 0.0))
+@functools.cache
+def _mean_std_kernel():
+    """Compiled on first use: numba stays out of processes that only render (test_render_cells)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def _mean_std_cells(samples, rows, cols, mean, std):
+        s = samples.shape[0] // rows
+        inv = 1.0 / (s * s)
+        for r in range(rows):
+            for c in range(cols):
+                a0 = a1 = a2 = q0 = q1 = q2 = 0.0
+                for y in range(r * s, r * s + s):
+                    for x in range(c * s, c * s + s):
+                        v0 = np.float64(samples[y, x, 0]) - 128.0
+                        v1 = np.float64(samples[y, x, 1]) - 128.0
+                        v2 = np.float64(samples[y, x, 2]) - 128.0
+                        a0 += v0
+                        a1 += v1
+                        a2 += v2
+                        q0 += v0 * v0
+                        q1 += v1 * v1
+                        q2 += v2 * v2
+                m0, m1, m2 = a0 * inv, a1 * inv, a2 * inv
+                mean[r, c, 0] = m0 + 128.0
+                mean[r, c, 1] = m1 + 128.0
+                mean[r, c, 2] = m2 + 128.0
+                std[r, c, 0] = np.sqrt(max(q0 * inv - m0 * m0, 0.0))
+                std[r, c, 1] = np.sqrt(max(q1 * inv - m1 * m1, 0.0))
+                std[r, c, 2] = np.sqrt(max(q2 * inv - m2 * m2, 0.0))
+
+    return _mean_std_cells
