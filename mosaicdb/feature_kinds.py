@@ -89,23 +89,23 @@ class Pyramid:
 
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         blocks = _check_blocks(blocks, self.samples)
-        n, s = blocks.shape[0], self.samples
-        sizes = [s]
+        n = blocks.shape[0]
+        # 2x2 means of 2x2 means: the sample sizes reached by halving, down to the smallest level
+        sizes = [self.samples]
         while sizes[-1] % 2 == 0 and sizes[-1] > 1 and sizes[-1] // 2 >= min(p for p, _ in self.levels):
             sizes.append(sizes[-1] // 2)
+        x = blocks if self.space == "rgb" else rgb_to_lab(blocks)
+        out = np.empty((n, self.dim), np.float32)
         if all(p in sizes for p, _ in self.levels):  # every level a halving of the samples: one pass a cell
-            out = np.empty((n, self.dim), np.float32)
             ps = np.array([p for p, _ in self.levels], np.int64)
             scales = np.array([np.float32(np.sqrt(w) / p) for p, w in self.levels], np.float32)
-            _pyramid_kernel()(blocks if self.space == "rgb" else rgb_to_lab(blocks), ps, scales, sizes[-1], out)
+            _pyramid_kernel()(x, ps, scales, sizes[-1], out)
             return out
-        x = blocks.astype(np.float32) if self.space == "rgb" else rgb_to_lab(blocks)
-        halves = {s: x}  # 2x2 means of 2x2 means: one pass over the samples for every level
-        while s % 2 == 0 and s > 1 and s // 2 >= min(p for p, _ in self.levels):
+        x = x.astype(np.float32, copy=False)
+        halves = {sizes[0]: x}
+        for size in sizes[1:]:
             x = (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]) * np.float32(0.25)
-            s //= 2
-            halves[s] = x
-        out = np.empty((n, self.dim), np.float32)
+            halves[size] = x
         at = 0
         for p, w in self.levels:
             if p in halves:

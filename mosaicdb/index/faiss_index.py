@@ -265,8 +265,11 @@ class VectorIndex:
         of whole vectors, on the CPU, enough queries (fewer when their coarse assignment is
         given), few enough results, lists long enough (a rule of the index, n and k alone, so
         that a search gives the same results whatever the threads)."""
-        if self.infos.get("kind") not in IVF_KINDS or n < (SCAN_MIN_QUERIES if coarse else LIST_ORDER_MIN) \
-                or k > SCAN_MAX_K or resolve_device(device) != "cpu":
+        return n >= (SCAN_MIN_QUERIES if coarse else LIST_ORDER_MIN) and self._scannable(device, k)
+
+    def _scannable(self, device: str, k: int) -> bool:
+        """_scans() but for the number of queries: the kind, the device, k, the lists' length."""
+        if self.infos.get("kind") not in IVF_KINDS or k > SCAN_MAX_K or resolve_device(device) != "cpu":
             return False
         return self.ntotal >= SCAN_MIN_LIST * int(_faiss().extract_index_ivf(self.index).nlist)
 
@@ -275,7 +278,7 @@ class VectorIndex:
         nprobe as set now (`Coarse`), to give to search(coarse=) of the same queries (or of
         some: `Coarse.take`) later; None where searches do not use one (not an IVF kind of
         whole vectors, or not on the CPU)."""
-        if not self._scans(max(len(queries), LIST_ORDER_MIN), device, 1):
+        if not self._scannable(device, 1):
             return None
         ivf = _faiss().extract_index_ivf(self.index)
         x = self._space(queries)

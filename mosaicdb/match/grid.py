@@ -163,26 +163,21 @@ def _mean_std_kernel():
     def _mean_std_cells(samples, rows, cols, mean, std):
         s = samples.shape[0] // rows
         inv = 1.0 / (s * s)
+        total = np.empty(3, np.float64)
+        squares = np.empty(3, np.float64)
         for r in range(rows):
             for c in range(cols):
-                a0 = a1 = a2 = q0 = q1 = q2 = 0.0
+                total[:] = 0.0
+                squares[:] = 0.0
                 for y in range(r * s, r * s + s):
                     for x in range(c * s, c * s + s):
-                        v0 = np.float64(samples[y, x, 0]) - 128.0
-                        v1 = np.float64(samples[y, x, 1]) - 128.0
-                        v2 = np.float64(samples[y, x, 2]) - 128.0
-                        a0 += v0
-                        a1 += v1
-                        a2 += v2
-                        q0 += v0 * v0
-                        q1 += v1 * v1
-                        q2 += v2 * v2
-                m0, m1, m2 = a0 * inv, a1 * inv, a2 * inv
-                mean[r, c, 0] = m0 + 128.0
-                mean[r, c, 1] = m1 + 128.0
-                mean[r, c, 2] = m2 + 128.0
-                std[r, c, 0] = np.sqrt(max(q0 * inv - m0 * m0, 0.0))
-                std[r, c, 1] = np.sqrt(max(q1 * inv - m1 * m1, 0.0))
-                std[r, c, 2] = np.sqrt(max(q2 * inv - m2 * m2, 0.0))
+                        for ch in range(3):
+                            v = np.float64(samples[y, x, ch]) - 128.0
+                            total[ch] += v
+                            squares[ch] += v * v
+                for ch in range(3):
+                    m = total[ch] * inv
+                    mean[r, c, ch] = m + 128.0
+                    std[r, c, ch] = np.sqrt(max(squares[ch] * inv - m * m, 0.0))
 
     return _mean_std_cells
