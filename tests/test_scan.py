@@ -312,9 +312,9 @@ def test_a_coarse_assignment_given_is_used_and_changes_nothing(index, monkeypatc
     assert calls == [] and spaces == []  # neither the lists nor the PCA again
     np.testing.assert_array_equal(i, want_i[rows])
     np.testing.assert_array_equal(d, want_d[rows])
-    d, i = vi.search(q[:50], 12, device="cpu", exclude=exclude, coarse=c)
+    d, i = vi.search(q[:300], 12, device="cpu", exclude=exclude, coarse=c)  # enough rows for the scan
     assert calls == [1]
-    np.testing.assert_array_equal(i, want_i[:50])
+    np.testing.assert_array_equal(i, want_i[:300])
 
 
 def test_the_scan_takes_fewer_queries_with_their_coarse_assignment(monkeypatch):
