@@ -57,6 +57,15 @@ class LabGrid:
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         return lab_features(blocks, self.grid, self.mean_weight)
 
+    def sub_means(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold (their grid pooled), in Lab;
+        None for an odd grid."""
+        g = self.grid
+        if g % 2:
+            return None
+        v = np.asarray(vectors, np.float32)[:, 3:].reshape(-1, g, g, 3)
+        return _pool2(v)
+
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
         return np.concatenate([np.arange(3), 3 + block_permutation(self.grid, o)])
@@ -117,6 +126,20 @@ class Pyramid:
             at += 3 * p * p
         return out
 
+    def sub_means(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold, in the kind's colour space: the
+        2 x 2 level, else the coarsest even level pooled; None when no level is even."""
+        at, found = 0, None
+        for p, w in self.levels:
+            if p % 2 == 0 and w > 0 and (found is None or p < found[0]):
+                found = (p, w, at)
+            at += 3 * p * p
+        if found is None:
+            return None
+        p, w, at = found
+        v = np.asarray(vectors, np.float32)[:, at:at + 3 * p * p].reshape(-1, p, p, 3)
+        return _pool2(v * np.float32(p / np.sqrt(w)))
+
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: every level's p x p blocks turn
         with the pixels (the 1 x 1 mean stays)."""
@@ -132,6 +155,13 @@ class Pyramid:
 
 
 FeatureSpec = LabGrid | Pyramid
+
+
+def _pool2(blocks: np.ndarray) -> np.ndarray:
+    """(N, p, p, 3) block means, p even, as (N, 2, 2, 3) means of their quarters."""
+    n, p = blocks.shape[0], blocks.shape[1]
+    h = p // 2
+    return blocks.reshape(n, 2, h, 2, h, 3).mean(axis=(2, 4), dtype=np.float32)
 
 KINDS = {
     "rgb-pyramid": Pyramid("rgb"),

@@ -120,7 +120,7 @@ def test_saved_assignment_holds_the_resolved_options(made):
     m = meta["match"]
     assert m == {"grid": GRID, "k": 32, "seed": 3, "min_distance": 2, "max_uses": 0, "usage_penalty": 0.0,
                  "order": "regret", "refine_passes": 4, "refine_seconds": 10.0,
-                 "unique": False, "device": "auto"}  # as applied: the default distance made concrete
+                 "unique": False, "device": "auto", "dither": 0.5}  # as applied: the defaults made concrete
     assert meta["render"]["tile_px"] == TILE_PX and meta["render"]["color"] == "none"
     assert meta["db"] == str(Path(db.path).resolve()) and meta["db_version"] == db.version
     t = meta["target"]

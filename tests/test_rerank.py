@@ -85,7 +85,7 @@ def test_match_costs_are_the_exact_cost_through_a_pca_index(cifar_db, monkeypatc
     img = synthetic_image(np.random.default_rng(3), 24 * 16, 16 * 16, "gradient")
     grid = make_grid(img.shape[1], img.shape[0], "24x16")
     cells = cell_data(img, grid, db.feature_spec)
-    res = matcher.match(db, cells, grid, MatchOptions(grid="24x16", min_distance=0))
+    res = matcher.match(db, cells, grid, MatchOptions(grid="24x16", min_distance=0, dither=0))
     t = res.assignment.tile_ids
     np.testing.assert_allclose(res.assignment.cost.ravel(), exact_costs(db, cells, t), rtol=1e-4, atol=1e-3)
     ids = db.ids()

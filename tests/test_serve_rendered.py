@@ -368,7 +368,8 @@ def test_a_stored_tiff_keeps_its_levels_under_recursion(made, tmp_path):
 
 def test_unique_sub_mosaics_need_enough_tiles(made, tmp_path):
     saved = made["saved"]
-    meta = asg.AssignmentMeta(**{**saved.meta.__dict__, "match": {**saved.meta.match, "unique": True, "min_distance": 0}})
+    meta = asg.AssignmentMeta(**{**saved.meta.__dict__, "match": {**saved.meta.match, "unique": True, "min_distance": 0,
+                                                                          "dither": 0.0}})
     out = tmp_path / "u.png"
     out.write_bytes(made["png"].read_bytes())
     asg.save(out, asg.SavedAssignment(meta, saved.tile_ids, saved.cost, saved.target_mean, saved.target_std))
@@ -435,7 +436,7 @@ def test_turned_tiles_are_served_turned(made, tmp_path):
     finally:
         s.close()
     meta = json.loads((tmp_path / "turned.mosaic.json").read_text())
-    meta["match"]["orient"] = "all"
+    meta["match"].update(orient="all", dither=0.0)  # (as `make --orient all` saves it)
     (tmp_path / "turned.mosaic.json").write_text(json.dumps(meta))
     with pytest.raises(UsageError, match="--orient all.*--recursive"):
         Served(tmp_path / "turned.mosaic.json", recursive=1)

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from ..errors import MatchError
+from .dither import dither
 from .options import MatchOptions
 from .refine import refine
 from .regret import regret_pass
@@ -53,7 +54,7 @@ class Assignment:
 
 
 def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           n_tiles: int, opts: MatchOptions, widen: Widen, progress: bool = False) -> Assignment:
+           n_tiles: int, opts: MatchOptions, widen: Widen, progress: bool = False, dither_input=None) -> Assignment:
     """Assign a tile to every cell.
 
     `cand_ids`/`cand_dist` are (rows*cols, k), row-major cells, each row sorted by ascending
@@ -61,6 +62,8 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     picks), -1 ids where there is no candidate. `widen(cells, k)` returns the k nearest
     tiles of the given flat cell indices in the same form. `opts.min_distance` must be
     resolved (`MatchOptions.resolved`). Raises MatchError when the options cannot be met.
+    `dither_input`: (tile_sub(ids), cell_sub), the tiles' and cells' colours at 2 x 2, when
+    `opts.dither` is on (dither.py).
     """
     n_cells = rows * cols
     if opts.min_distance is None:
@@ -79,6 +82,10 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
                           u.report["fallback_cells"], report=u.report)
     a = _assign_greedy(rows, cols, cand_ids, cand_dist, n_tiles, opts, widen)
     a.stats.update(order=opts.order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts))
+    if opts.dither:
+        if dither_input is None:
+            raise ValueError("dithering needs the tiles' and the cells' 2 x 2 colours (dither_input)")
+        a.stats["dither"] = dither(a.tile_ids, a.cost, cand_ids, cand_dist, *dither_input, opts)
     return a
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..errors import UsageError
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
@@ -39,7 +40,17 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     excl = np.unique(np.asarray([] if exclude is None else exclude, dtype=np.int64))
     excl = np.setdiff1d(excl, db.missing(excl), assume_unique=True)   # only live tiles shrink the pool
     n_tiles = len(db) - len(excl)
+    given_dither = opts.dither is not None
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
+    spec = db.feature_spec
+    cell_sub = spec.sub_means(cells.features) if opts.dither else None
+    if opts.dither and cell_sub is None:
+        if given_dither:
+            raise UsageError(f"--dither needs colours at 2x2 per cell, which this database's {spec.kind} features "
+                             f"do not hold: drop --dither, or `mosaic db reindex DB --features rgb-pyramid`")
+        warnings.append(f"no dithering: this database's {spec.kind} features hold no colours at 2x2 per cell "
+                        f"(`mosaic db reindex DB --features rgb-pyramid` adds them)")
+        opts = replace(opts, dither=0.0)
     t0 = time.perf_counter()
     index = db.ensure_index()
     t1 = time.perf_counter()
@@ -50,7 +61,7 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         return np.sqrt(np.maximum(d, 0.0) / divisor).astype(np.float32)
 
     approximate = index_is_approximate(index)
-    spec, codes = db.feature_spec, opts.orient_codes
+    codes = opts.orient_codes
     turns = query_permutations(spec, codes)   # each orientation: the cells' vectors permuted
 
     # The cells in the index's space and the lists their first search probed, for their widening
@@ -108,13 +119,20 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         dd, ii = oriented_search(search, cells.features[which], k2, turns)
         return ii, to_cost(dd)
 
-    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress)
+    a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress,
+               dither_input=_dither_input(db, spec, cell_sub) if opts.dither else None)
     if codes != (0,):  # each placed tile at its best turn, exactly, from the full vectors
         turn, sq = best_orientations(db.features(), cells.features, a.tile_ids, spec, codes)
         a.orient, a.cost = turn.reshape(grid.rows, grid.cols), to_cost(sq).reshape(grid.rows, grid.cols)
     t3 = time.perf_counter()
     return MatchResult(a, opts, warnings, {"index_load": t1 - t0, "search": t2 - t1, "assign": t3 - t2,
                                            "widen_search": widen_seconds[0], "widen_calls": widen_seconds[1]})
+
+
+def _dither_input(db, spec, cell_sub: np.ndarray):
+    """The tiles' colours at 2 x 2 (a function of their ids) and the cells', for --dither."""
+    feats = db.features()
+    return (lambda ids: spec.sub_means(np.asarray(feats[np.asarray(ids, np.int64)])), cell_sub)
 
 
 # Up to this many excluded ids, search k + that many and drop them: a FAISS selector makes a

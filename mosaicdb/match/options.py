@@ -13,6 +13,11 @@ DEFAULT_MIN_DISTANCE = 2
 MAX_K = 4096
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}
 ORDERS = {"regret": "regret", "random": "random"}
+# The dithering weight when none is given (greedy modes without turns), and the most it may be:
+# beyond that the blurred error is all that counts and each cell's own cost nothing. The choice
+# of 0.5 is measured (bench_quality, README "Dithering").
+DEFAULT_DITHER = 0.5
+MAX_DITHER = 100.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +40,9 @@ class MatchOptions:
         depend on the machine; a pass-limited one never does).
     orient: which turns of a tile a cell may take: "none" (as stored), "mirror" (or its
         left-right mirror image), "all" (the 8 flips and quarter turns); see mosaicdb.orient.
+    dither: weight of the dithering pass after refinement (0: off): tiles chosen so that the
+        mosaic's colours, blurred over about a cell, match the target's; see match/dither.py.
+        None: DEFAULT_DITHER, or 0 with `unique` or turns (resolved()).
     """
     grid: str | None = None
     k: int = 32
@@ -48,6 +56,7 @@ class MatchOptions:
     refine_passes: int = 4
     refine_seconds: float = 10.0
     orient: str = DEFAULT_ORIENT
+    dither: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, int) and not isinstance(self.grid, bool):
@@ -67,6 +76,13 @@ class MatchOptions:
         check_int("--refine-passes", self.refine_passes, 0)
         check_number("--refine-seconds", self.refine_seconds, 0.0)
         codes(self.orient)
+        if self.dither is not None:
+            check_number("--dither", self.dither, 0.0, MAX_DITHER)
+        if self.dither:
+            if self.unique:
+                raise UsageError("--dither moves tiles between cells, which --unique does not: drop one of them")
+            if self.orient != DEFAULT_ORIENT:
+                raise UsageError(f"--dither works on tiles as stored: drop --orient {self.orient} or --dither")
         if self.unique:
             for flag, bad in (("--max-uses", self.max_uses > 1), ("--min-distance", bool(self.min_distance)),
                               ("--usage-penalty", self.usage_penalty > 0)):
@@ -78,15 +94,26 @@ class MatchOptions:
         return self.grid if self.grid is not None else DEFAULT_GRID
 
     @property
+    def dither_weight(self) -> float:
+        """The dithering weight these options mean: as given, else DEFAULT_DITHER in greedy modes
+        without turns (the pass works on tiles as stored), else 0."""
+        if self.dither is not None:
+            return float(self.dither)
+        return 0.0 if self.unique or self.orient != DEFAULT_ORIENT else DEFAULT_DITHER
+
+    @property
     def orient_codes(self) -> tuple[int, ...]:
         return codes(self.orient)
 
     def to_json(self) -> dict:
         """The options as JSON (saved in the assignment). `orient` only when it is not the
-        default, so the files (and the recursive cache keys hashing them) stay as they were."""
+        default, so the files (and the recursive cache keys hashing them) stay as they were;
+        `dither` once resolved (a saved 0 must stay 0, not become a later default)."""
         d = asdict(self)
         if d["orient"] == DEFAULT_ORIENT:
             del d["orient"]
+        if d["dither"] is None:
+            del d["dither"]
         return d
 
     @classmethod
@@ -97,8 +124,9 @@ class MatchOptions:
 
     # ---- against a pool ----------------------------------------------------------------------
     def resolved(self, rows: int, cols: int, n_tiles: int) -> tuple["MatchOptions", list[str]]:
-        """These options for a rows x cols grid and a pool of n_tiles: min_distance made
-        concrete (the default lowered for pools too small for it), and the pool checked."""
+        """These options for a rows x cols grid and a pool of n_tiles: min_distance and dither
+        made concrete (the default radius lowered for pools too small for it), and the pool
+        checked."""
         warnings = []
         r = self.min_distance
         if r is None:
@@ -107,7 +135,7 @@ class MatchOptions:
             if r > cap:
                 warnings.append(f"the database has only {n_tiles} tiles: --min-distance lowered from {r} to {cap}")
                 r = cap
-        out = replace(self, min_distance=r)
+        out = replace(self, min_distance=r, dither=self.dither_weight)
         out.check_pool(rows, cols, n_tiles)
         return out, warnings
 

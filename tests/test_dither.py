@@ -1,0 +1,277 @@
+"""Dithering (`--dither`): every constraint stays exact, the objective J never rises and is what
+a from-scratch computation gives, a converged result has no improving move left, the result is
+a function of the seed, and on a flat target between two tiles it mixes them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from mosaicdb.errors import MatchError, UsageError
+from mosaicdb.feature_kinds import LabGrid, Pyramid
+from mosaicdb.features import rgb_to_lab
+from mosaicdb.match.assign import assign
+from mosaicdb.match.dither import blurred_error, objective
+from mosaicdb.match.options import DEFAULT_DITHER, MatchOptions
+from test_assign import Pool, Repeat, check_valid, greedy_guaranteed, options_rejected
+
+
+class Colours:
+    """Random 2 x 2 colours for a Pool's tiles (by id) and cells."""
+
+    def __init__(self, pool: Pool, seed: int, scale: float = 40.0):
+        rng = np.random.default_rng(seed + 1)
+        self.pool = pool
+        self.tiles = (rng.random((pool.n_tiles, 2, 2, 3)) * scale).astype(np.float32)
+        self.cells = (rng.random((pool.cells.shape[0], 2, 2, 3)) * scale).astype(np.float32)
+
+    def tile_sub(self, ids):
+        return self.tiles[np.searchsorted(self.pool.ids, np.asarray(ids))]
+
+    def j(self, tile_ids, cost, rows, cols, weight):
+        return objective(cost, self.tile_sub(tile_ids.ravel()), self.cells, rows, cols, weight)
+
+
+def run(rows, cols, pool, colours, k, opts):
+    ids, dist = pool.candidates(k)
+    return assign(rows, cols, ids, dist, pool.n_tiles, opts, pool.widen,
+                  dither_input=(colours.tile_sub, colours.cells))
+
+
+def improving_moves(a, pool, colours, k, opts) -> list:
+    """Single-cell moves to a free candidate that lower J, each J computed from scratch."""
+    ids, dist = pool.candidates(k)
+    rows, cols = a.tile_ids.shape
+    base = colours.j(a.tile_ids, a.cost, rows, cols, opts.dither)
+    uses = {int(v): int(c) for v, c in zip(*np.unique(a.tile_ids, return_counts=True))}
+    found = []
+    for cell in range(rows * cols):
+        r, c = divmod(cell, cols)
+        cur = int(a.tile_ids[r, c])
+        R = opts.min_distance
+        window = a.tile_ids[max(r - R, 0):r + R + 1, max(c - R, 0):c + R + 1]
+        for cand, d in zip(ids[cell], dist[cell]):
+            cand = int(cand)
+            if cand < 0 or cand == cur or (R and (window == cand).any()):
+                continue
+            if opts.max_uses and uses.get(cand, 0) >= opts.max_uses:
+                continue
+            if opts.usage_penalty and uses.get(cand, 0) > uses[cur] - 1:
+                continue
+            t2, c2 = a.tile_ids.copy(), a.cost.copy()
+            t2[r, c], c2[r, c] = cand, d
+            gain = base - colours.j(t2, c2, rows, cols, opts.dither)
+            if gain > 1e-3 * max(1.0, base) * 1e-3:
+                found.append((cell, cand, gain))
+    return found
+
+
+dither_case = st.fixed_dictionaries({
+    "rows": st.integers(1, 10), "cols": st.integers(1, 10), "k": st.integers(1, 8),
+    "n_tiles": st.integers(4, 120), "seed": st.integers(0, 10_000),
+    "min_distance": st.integers(0, 3), "max_uses": st.sampled_from([0, 0, 1, 2, 5]),
+    "usage_penalty": st.sampled_from([0.0, 0.0, 0.05]), "weight": st.sampled_from([0.25, 1.0, 4.0, 100.0]),
+})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dither_case)
+def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case):
+    rows, cols, k = case["rows"], case["cols"], case["k"]
+    pool = Pool(rows * cols, case["n_tiles"], case["seed"], spread=0.5)
+    colours = Colours(pool, case["seed"])
+    opts = Repeat(min_distance=case["min_distance"], max_uses=case["max_uses"], usage_penalty=case["usage_penalty"],
+                  seed=case["seed"] % 1000, refine_passes=50, refine_seconds=60, dither=case["weight"])
+    if options_rejected(rows, cols, pool.n_tiles, opts):
+        return
+    try:
+        a = run(rows, cols, pool, colours, k, opts)
+    except MatchError:
+        assert not greedy_guaranteed(rows, cols, pool.n_tiles, opts)
+        return
+    check_valid(a, rows, cols, pool, opts)  # constraints, and each cost the true distance of its tile
+    d = a.stats["dither"]
+    assert d["weight"] == case["weight"]
+    assert d["objective_after"] <= d["objective_before"] + 1e-6 * max(1.0, d["objective_before"])
+    np.testing.assert_allclose(d["objective_after"], colours.j(a.tile_ids, a.cost, rows, cols, opts.dither),
+                               rtol=1e-6)
+    if opts.usage_penalty:  # moves never raise the usage term (the refinement's result is the start)
+        start = run(rows, cols, pool, colours, k, Repeat(**{**opts.to_json(), "dither": 0.0}))
+
+        def usage(t):
+            u = np.unique(t, return_counts=True)[1]
+            return int((u * (u - 1)).sum())
+        assert usage(a.tile_ids) <= usage(start.tile_ids)
+    event(f"moves: {'yes' if d['moves'] else 'no'}")
+    if d["stopped"] == "converged":
+        assert improving_moves(a, pool, colours, k, opts) == []
+    again = run(rows, cols, pool, colours, k, opts)
+    np.testing.assert_array_equal(again.tile_ids, a.tile_ids)
+    np.testing.assert_array_equal(again.cost, a.cost)
+
+
+def test_a_flat_target_between_two_tiles_is_dithered():
+    """A flat grey of 128 and tiles of 120 and 136 only: each cell's own cost is 8 either way,
+    so without dithering every cell takes the same tile and the mosaic reads 8 levels off; with
+    it the two alternate and the blurred error nearly vanishes."""
+    rows, cols = 12, 16
+    ids = np.tile(np.array([[3, 7]], np.int64), (rows * cols, 1))
+    dist = np.full((rows * cols, 2), 8.0, np.float32)
+    subs = {3: np.full((2, 2, 3), 120.0, np.float32), 7: np.full((2, 2, 3), 136.0, np.float32)}
+
+    def tile_sub(t):
+        return np.stack([subs[int(x)] for x in np.asarray(t)])
+
+    cells = np.full((rows * cols, 2, 2, 3), 128.0, np.float32)
+    out = {}
+    for w in (0.0, 0.5):
+        opts = Repeat(dither=w)
+        a = assign(rows, cols, ids, dist, 2, opts, None, dither_input=(tile_sub, cells))
+        out[w] = blurred_error(tile_sub(a.tile_ids.ravel()), cells, rows, cols)
+        np.testing.assert_array_equal(a.cost, 8.0)
+    assert out[0.0] > 60 * rows * cols * 0.9 and out[0.5] < 0.1 * out[0.0]
+
+
+def test_assign_dithers_only_with_resolved_options_and_colours():
+    """The default (None) means "resolve me": assign() leaves it alone, like an unresolved radius;
+    a weight without the colours it needs is a programming error."""
+    pool = Pool(8 * 9, 60, 5)
+    colours = Colours(pool, 5)
+    ids, dist = pool.candidates(6)
+    a = run(8, 9, pool, colours, 6, Repeat(min_distance=1))
+    b = assign(8, 9, ids, dist, pool.n_tiles, Repeat(min_distance=1, dither=0.0), pool.widen)
+    assert "dither" not in a.stats and "dither" not in b.stats
+    np.testing.assert_array_equal(a.tile_ids, b.tile_ids)
+    with pytest.raises(ValueError, match="dither_input"):
+        assign(8, 9, ids, dist, pool.n_tiles, Repeat(min_distance=1, dither=0.5), pool.widen)
+
+
+def test_refine_passes_zero_leaves_the_assignment_alone():
+    pool = Pool(6 * 6, 40, 2)
+    colours = Colours(pool, 2)
+    a = run(6, 6, pool, colours, 6, Repeat(dither=1.0, refine_passes=0))
+    assert a.stats["dither"]["moves"] == 0 and a.stats["dither"]["stopped"] == "off"
+    np.testing.assert_array_equal(a.tile_ids.ravel(), pool.candidates(1)[0][:, 0])
+
+
+def test_blurred_error_is_the_full_blur_of_the_zero_padded_error():
+    rng = np.random.default_rng(0)
+    rows, cols = 3, 4
+    e = rng.normal(size=(rows * cols, 2, 2, 3))
+    img = e.reshape(rows, cols, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(2 * rows, 2 * cols, 3)
+    b = np.array([1, 2, 1]) / 4
+    k2 = np.outer(b, b)
+    full = np.zeros((2 * rows + 2, 2 * cols + 2, 3))
+    for y in range(2 * rows):
+        for x in range(2 * cols):
+            full[y:y + 3, x:x + 3] += k2[..., None] * img[y, x]
+    np.testing.assert_allclose(blurred_error(e, np.zeros_like(e), rows, cols), (full ** 2).sum() / 4)
+
+
+# ---- options and features --------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), 101.0, "x"])
+def test_bad_dither_weights_are_usage_errors(bad):
+    with pytest.raises(UsageError, match="--dither"):
+        MatchOptions(dither=bad)
+
+
+def test_dither_is_refused_with_unique_and_with_turns():
+    with pytest.raises(UsageError, match="--unique"):
+        MatchOptions(dither=0.5, unique=True)
+    with pytest.raises(UsageError, match="--orient all"):
+        MatchOptions(dither=0.5, orient="all")
+
+
+def test_the_default_weight_resolves_by_mode():
+    def resolved(**kw):
+        return MatchOptions(**kw).resolved(8, 8, 1000)[0].dither
+    assert MatchOptions().dither is None
+    assert resolved() == DEFAULT_DITHER == 0.5
+    assert resolved(min_distance=3, max_uses=4) == DEFAULT_DITHER
+    assert resolved(unique=True) == 0.0 and resolved(orient="all") == 0.0 and resolved(orient="mirror") == 0.0
+    assert resolved(dither=0) == 0.0 and resolved(dither=2.5) == 2.5
+
+
+def test_dither_is_saved_once_resolved():
+    """Unresolved options leave it out (as before); resolved ones say it, and a saved 0 stays 0."""
+    assert "dither" not in MatchOptions().to_json()
+    for w in (0.0, 0.5):
+        on = MatchOptions(dither=w)
+        assert on.to_json()["dither"] == w and MatchOptions.from_json(on.to_json()) == on
+    applied = MatchOptions().resolved(8, 8, 1000)[0]
+    assert MatchOptions.from_json(applied.to_json()).dither == DEFAULT_DITHER
+
+
+def _quadrant_means(blocks):
+    n, s = blocks.shape[:2]
+    return blocks.reshape(n, 2, s // 2, 2, s // 2, 3).astype(np.float64).mean(axis=(2, 4))
+
+
+@pytest.mark.parametrize("spec", [Pyramid(), Pyramid("rgb", ((1, 1.0), (4, 2.0), (8, 1.0)), 16, 0),
+                                  Pyramid("lab", ((1, 1.0), (2, 3.0), (4, 1.0)), 16, 0), LabGrid(4, 2.0)])
+def test_sub_means_are_the_quadrant_colours(spec):
+    blocks = np.random.default_rng(1).integers(0, 256, (5, spec.samples, spec.samples, 3), dtype=np.uint8)
+    want = _quadrant_means(blocks if getattr(spec, "space", "lab") == "rgb" else rgb_to_lab(blocks))
+    np.testing.assert_allclose(spec.sub_means(spec(blocks)), want, atol=1e-3)
+
+
+def test_sub_means_are_none_without_an_even_level():
+    assert LabGrid(3).sub_means(np.zeros((2, 30), np.float32)) is None
+    assert Pyramid("rgb", ((1, 1.0),), 16, 0).sub_means(np.zeros((2, 3), np.float32)) is None
+
+
+# ---- end to end --------------------------------------------------------------------------------------
+def test_make_with_dither_reports_it_and_the_cli_checks_it(synthetic_db, tmp_path):
+    from PIL import Image
+
+    from clirun import invoke_cli
+    from conftest import synthetic_image
+    target = tmp_path / "t.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 160, 120, "blocks")).save(target)
+
+    def make(out, *args):
+        return invoke_cli("make", "--db", synthetic_db.path, target, "-q", "--grid", "20", "--out", out, *args)
+
+    res = make(tmp_path / "d.png", "--min-distance", "2")  # on by default
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "d.metrics.json").read_text())["assignment"]
+    assert m["dither"]["weight"] == DEFAULT_DITHER
+    assert m["dither"]["objective_after"] <= m["dither"]["objective_before"]
+    assert m["dither"]["moves"] > 0
+    assert json.loads((tmp_path / "d.mosaic.json").read_text())["match"]["dither"] == DEFAULT_DITHER
+    res = make(tmp_path / "off.png", "--min-distance", "2", "--dither", "0")
+    assert res.exit_code == 0, res.output
+    assert "dither" not in json.loads((tmp_path / "off.metrics.json").read_text())["assignment"]
+    assert json.loads((tmp_path / "off.mosaic.json").read_text())["match"]["dither"] == 0
+    tiles = np.load(tmp_path / "d.mosaic.npz")["tile_ids"]
+    assert tiles.shape == (15, 20) and np.isin(tiles, synthetic_db.ids()).all()
+    for r in range(15):  # --min-distance 2 held
+        for c in range(20):
+            w = tiles[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3]
+            assert (w == tiles[r, c]).sum() == 1
+    for args, word in ((("--dither", "-1"), "--dither"), (("--dither", "nan"), "--dither"),
+                       (("--dither", "1", "--unique"), "--unique"), (("--dither", "1", "--orient", "all"), "--orient")):
+        res = make(tmp_path / "bad.png", *args)
+        assert res.exit_code == 2 and word in res.output, res.output
+        assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_database_without_2x2_colours_warns_by_default_and_refuses_when_asked(tmp_path, synthetic_tiles):
+    """lab-grid at an odd grid holds no 2 x 2 colours: the default quietly goes without (and
+    says so), an explicit --dither is a usage error naming the fix."""
+    from mosaicdb import TileDB
+    from mosaicdb.match.grid import cell_data, make_grid
+    from mosaicdb.match.matcher import match
+    with TileDB.create(tmp_path / "odd.db", features="lab-grid", feature_grid=3) as db:
+        db.ingest([synthetic_tiles], workers=1)
+        image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+        g = make_grid(128, 96, "16")
+        cells = cell_data(image, g, db.feature_spec)
+        res = match(db, cells, g, MatchOptions(grid="16"))
+        assert res.options.dither == 0.0 and "dither" not in res.assignment.stats
+        assert any("no dithering" in w and "reindex" in w for w in res.warnings)
+        with pytest.raises(UsageError, match="--dither needs colours at 2x2"):
+            match(db, cells, g, MatchOptions(grid="16", dither=0.5))
