@@ -17,10 +17,15 @@ PSNR per cell, repeat statistics):
   today <mode>        lab-grid database, random-order greedy, no refinement (the code before
                       issue 12, which `--order random --refine-passes 0` still runs)
   features <mode>     rgb-pyramid database, random-order greedy, no refinement
-  ours <mode>         rgb-pyramid database, the defaults: regret order + refinement
+  ours <mode>         rgb-pyramid database, the defaults: regret order + refinement + dithering
+                      (--dither 0.5; none with --unique or turns)
   ours <mode> orient mirror / all
                       the same with `--orient mirror` (a tile or its mirror image) and `--orient
                       all` (the 8 flips and quarter turns); `--orients` picks which ([mirror,all])
+  ours <mode> dither W
+                      the same with `--dither W` (the weight of the mosaic's colours, blurred
+                      over about a cell, against the target's; 0: no dithering, the defaults
+                      before it); `--dithers` picks the weights ([0]; not with --unique)
 
 Modes: --min-distance 0 (free), 2 (the default), 3, --max-uses 40 (--min-distance 0), --unique
 (only where the pool has at least as many tiles as cells). Pixel L2 and --unique take seconds
@@ -206,12 +211,16 @@ def run_pool(args, data, work, pool: str, targets: list[Path]) -> dict:
                 if fields.get("unique") and (n_tiles < grid.cells or grid.cells > args.slow_max_cells):
                     continue  # --unique needs at least as many tiles as cells (and minutes per target)
                 if args.today:
-                    runs[f"today {mode}"] = run_ours(old, target.image, grid, fields, "random", 0)
+                    before = {**fields, "dither": 0.0}  # (no refinement passes: no dithering either)
+                    runs[f"today {mode}"] = run_ours(old, target.image, grid, before, "random", 0)
                     if mode != "unique" and mode != "md0":  # order and refinement act on constraints only
-                        runs[f"features {mode}"] = run_ours(new, target.image, grid, fields, "random", 0)
+                        runs[f"features {mode}"] = run_ours(new, target.image, grid, before, "random", 0)
                 runs[f"ours {mode}"] = run_ours(new, target.image, grid, fields, "regret", 4)
                 for orient in args.orients:
                     runs[f"ours {mode} orient {orient}"] = run_ours(new, target.image, grid, fields, "regret", 4, orient)
+                for w in args.dithers if not fields.get("unique") else ():
+                    runs[f"ours {mode} dither {w:g}"] = run_ours(new, target.image, grid, {**fields, "dither": w},
+                                                                 "regret", 4)
             scored = {}
             for name, r in runs.items():
                 ids, turn = r.pop("tile_ids"), r.pop("orient", None)
@@ -269,12 +278,21 @@ def goals(m: dict, suffix: str = "") -> dict:
     }
 
 
+def variants(args) -> list[str]:
+    """The row suffixes measured besides the defaults: "orient all", "dither 0.5", ..."""
+    return [f"orient {o}" for o in args.orients] + [f"dither {w:g}" for w in args.dithers]
+
+
 def match_time_ratios(means_by_grid: dict) -> dict:
-    """Match seconds of each `ours <mode> orient X` row over its `ours <mode>` row (same run)."""
+    """Match seconds of each `ours <mode> orient X` (or `dither W`) row over its `ours <mode>` row
+    (same run)."""
     out = {}
     for grid, methods in means_by_grid.items():
-        out[grid] = {name: round(m["match_seconds"] / methods[name.rsplit(" orient ", 1)[0]]["match_seconds"], 2)
-                     for name, m in methods.items() if " orient " in name}
+        out[grid] = {}
+        for name, m in methods.items():
+            for sep in (" orient ", " dither "):
+                if sep in name:
+                    out[grid][name] = round(m["match_seconds"] / methods[name.rsplit(sep, 1)[0]]["match_seconds"], 2)
     return out
 
 
@@ -312,6 +330,7 @@ def save_crops(db, image, grid, ids_by_method: dict, work_out: Path, name: str) 
     show = [m for m in ("5x5 rgb (free)", "today md2 (default)", "ours md0", "ours md0 orient all", "ours md2 (default)",
                         "ours md2 (default) orient mirror", "ours md2 (default) orient all", "today md3", "ours md3")
             if m in ids_by_method]
+    show += [m for m in ids_by_method if " dither " in m and m.startswith(("ours md0 ", "ours md3 "))]
     l, t, r, b = grid.crop
     crop = image[t:b, l:r]
     panels_small, panels_big = [], []
@@ -446,11 +465,13 @@ def main() -> None:
     ap.add_argument("--no-crops", dest="crops", action="store_false")
     ap.add_argument("--crop-grid", type=int, default=64)
     ap.add_argument("--orients", default="mirror,all", help="--orient values measured besides none ('' for none)")
+    ap.add_argument("--dithers", default="0", help="--dither weights measured besides the default ('' for none)")
     ap.add_argument("--no-today", dest="today", action="store_false",
                     help="skip the 'today' and 'features' rows (the code before issue 12)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.orients = [o for o in args.orients.split(",") if o]
+    args.dithers = [float(w) for w in args.dithers.split(",") if w]
     args.grids = [64] if args.quick else [int(g) for g in args.grids.split(",")]
     if args.quick:
         args.pixel_l2 = False
@@ -479,8 +500,8 @@ def main() -> None:
         else:
             res = run_pool(args, data, work, pool, targets)
             res["goals"] = {g: goals(m) for g, m in res["means"].items()}
-            for o in args.orients:
-                res[f"goals orient {o}"] = {g: goals(m, f" orient {o}") for g, m in res["means"].items()}
+            for v in variants(args):
+                res[f"goals {v}"] = {g: goals(m, f" {v}") for g, m in res["means"].items()}
             res["match_time_vs_none"] = match_time_ratios(res["means"])
             results["pools"][pool] = res
             tables.append(table(res["means"], pool))
@@ -491,12 +512,12 @@ def main() -> None:
     print("\n" + results["table_markdown"])
     if not args.sweep:
         for pool, res in results["pools"].items():
-            for which in ["goals"] + [f"goals orient {o}" for o in args.orients]:
+            for which in ["goals"] + [f"goals {v}" for v in variants(args)]:
                 for g, gl in res[which].items():
                     for k, v in gl.items():
                         print(f"{pool} {g}: {which}: {k}: {v}")
             for g, ratios in res["match_time_vs_none"].items():
-                print(f"{pool} {g}: match time with orientations / without: {ratios}")
+                print(f"{pool} {g}: match time with orientations or dithering / without: {ratios}")
         print(f"crops: {args.crop_dir}")
     print(f"loadavg start {results['loadavg_start']}, end {results['loadavg_end']}; wrote {path}")
 
