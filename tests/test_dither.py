@@ -275,3 +275,24 @@ def test_a_database_without_2x2_colours_warns_by_default_and_refuses_when_asked(
         assert any("no dithering" in w and "reindex" in w for w in res.warnings)
         with pytest.raises(UsageError, match="--dither needs colours at 2x2"):
             match(db, cells, g, MatchOptions(grid="16", dither=0.5))
+
+
+def test_tile_colours_are_read_a_chunk_at_a_time(monkeypatch):
+    """Memory stays bounded whatever the pool: the tiles' feature rows are read in chunks, and
+    the result is the same."""
+    from mosaicdb.match import dither as dither_mod
+    pool = Pool(9 * 9, 80, 11, spread=0.5)
+    colours = Colours(pool, 11)
+    opts = Repeat(min_distance=1, dither=1.0)
+    whole = run(9, 9, pool, colours, 8, opts)
+    sizes = []
+
+    def counting(ids):
+        sizes.append(len(ids))
+        return colours.tile_sub(ids)
+    monkeypatch.setattr(dither_mod, "_SUB_CHUNK", 7)
+    ids, dist = pool.candidates(8)
+    chunked = assign(9, 9, ids, dist, pool.n_tiles, opts, pool.widen, dither_input=(counting, colours.cells))
+    assert max(sizes) <= 7 and sum(sizes) == np.unique(np.concatenate([ids.ravel(), whole.tile_ids.ravel()])).size
+    np.testing.assert_array_equal(chunked.tile_ids, whole.tile_ids)
+    assert whole.stats["dither"]["moves"] > 0

@@ -34,6 +34,9 @@ from .refine import _copies, visit_order
 
 _EPS = 1e-6
 _CHUNK = 8192
+# Tiles whose colours are read at a time: their full feature rows pass through memory (65,536
+# rows of 255 floats: 67 MB), whatever the pool (up to every tile of it among the candidates).
+_SUB_CHUNK = 65536
 _B = np.array([1.0, 2.0, 1.0]) / 4.0
 
 
@@ -167,7 +170,9 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     known = np.unique(np.concatenate([flat, cand_ids[cand_ids >= 0].ravel()]))
     slot = np.full(int(known[-1]) + 1, -1, np.int64)
     slot[known] = np.arange(known.size)
-    sub = np.ascontiguousarray(tile_sub(known), dtype=np.float32)
+    sub = np.empty((known.size, 2, 2, 3), np.float32)
+    for i in range(0, known.size, _SUB_CHUNK):
+        sub[i:i + _SUB_CHUNK] = tile_sub(known[i:i + _SUB_CHUNK])
     cell_sub = np.ascontiguousarray(cell_sub, dtype=np.float32).reshape(rows * cols, 2, 2, 3)
     before = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
     stats = {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": before,
