@@ -224,7 +224,7 @@ class Maker:
         if out is None:
             image = render_array(self.db, saved, ropts, target.image)
             metrics = self._metrics(saved, target.image, ropts, warnings, generated)
-            if res.assignment.stats:  # greedy: order, refinement, total cost before/after
+            if res.assignment.stats:  # greedy: order, refinement (total cost before/after), dithering
                 metrics["assignment"] = res.assignment.stats
             return MakeResult(str(target_path), None, None, None, metrics, warnings,
                               self._seconds(metrics, grid, res, t0, t1, t2, t3), saved, image)
@@ -233,7 +233,7 @@ class Maker:
             written = write_output(self.db, saved, out, ropts, target.image, self.progress, group=group)
             t4 = time.perf_counter()
             metrics = self._metrics(saved, target.image, ropts, warnings, generated)
-            if res.assignment.stats:  # greedy: order, refinement, total cost before/after
+            if res.assignment.stats:  # greedy: order, refinement (total cost before/after), dithering
                 metrics["assignment"] = res.assignment.stats
             metrics["output"] = {k: v for k, v in written.items() if k != "levels"}
             metrics["warnings"] = list(warnings)

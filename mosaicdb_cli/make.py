@@ -89,9 +89,11 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
 @click.option("--order", type=click.Choice(["regret", "random"]), default="regret", show_default=True,
               help="Greedy visiting order: cells with most to lose first (regret), or random.")
 @click.option("--refine-passes", type=int, default=4, show_default=True,
-              help="Local-improvement sweeps after the greedy pass (reassign/swap tiles; 0: off).")
+              help="Local-improvement sweeps after the greedy pass (reassign/swap tiles), and as many of "
+                   "dithering after it (0: both off).")
 @click.option("--refine-seconds", type=float, default=10.0, show_default=True,
-              help="Time budget of the local improvement (a time-limited result may vary by machine).")
+              help="Time budget of the local improvement, and again of the dithering (a time-limited result "
+                   "may vary by machine).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where FAISS searches (cuda needs faiss-gpu and a GPU).")
 @click.option("--orient", type=click.Choice(sorted(ORIENTS)), default=DEFAULT_ORIENT, show_default=True,
