@@ -72,8 +72,9 @@ def make_targets(data: Path, folder: Path, n: int, seed: int) -> list[Path]:
 
 
 def run_batch(db_path: str, targets: list[str], out_dir: str, grid: str, executor: str, ray_cpus: int | None,
-              jobs: int = 1) -> dict:
-    """The batch from this (fresh) process: open, then every target; timings and peak memory."""
+              jobs: int = 1, dither: float | None = None) -> dict:
+    """The batch from this (fresh) process: open, then every target; timings and peak memory.
+    `dither`: MatchOptions.dither (None: the default)."""
     from mosaicdb.batch import BatchOptions, BatchRunner
     from mosaicdb.match.options import MatchOptions
     from mosaicdb.render.options import RenderOptions
@@ -82,7 +83,7 @@ def run_batch(db_path: str, targets: list[str], out_dir: str, grid: str, executo
     bopts = BatchOptions(executor=executor, ray_cpus=ray_cpus if executor == "ray" else None,
                          jobs=jobs if executor == "local" else 1)
     per, stages, failed = [], {s: 0.0 for s in STAGES}, []
-    with common.TreeMemory() as mem, BatchRunner(db_path, MatchOptions(grid=grid), RenderOptions(), bopts) as run:
+    with common.TreeMemory() as mem, BatchRunner(db_path, MatchOptions(grid=grid, dither=dither), RenderOptions(), bopts) as run:
         t_open = time.perf_counter() - t0
         for t, r in run.make([Path(t) for t in targets], outs):
             if isinstance(r, Exception):
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "mosaicdb-bench-many"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="10 targets against the 20,000-tile pool")
+    ap.add_argument("--dither", type=float, default=None, help="--dither of the batch [default: make's default]")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -142,7 +144,7 @@ def main() -> None:
         f.unlink()
     print(f"{len(targets)} targets at grid {args.grid} against {tiles:,} tiles ({db_path}), {args.executor}", flush=True)
     batch = common.run_isolated(run_batch, str(db_path), targets, str(out_dir), args.grid, args.executor, args.ray_cpus,
-                                args.jobs)
+                                args.jobs, args.dither)
     print(f"batch: {batch['wall_seconds']} s wall ({batch['open_and_index_load_seconds']} s open + index), "
           f"{batch['cpu_seconds']['total']:.1f} CPU-s, jobs {batch['jobs']}, per target {batch['per_target_seconds']}, "
           f"peak RSS {batch['peak_rss_mb']} MB, process tree {batch['process_tree_peak']}", flush=True)
@@ -150,7 +152,8 @@ def main() -> None:
     results = {"db": {"path": str(db_path), "tiles": tiles, "index": infos,
                       "index_update_seconds_untimed": round(index_seconds, 2)},
                "targets": len(targets), "grid": args.grid, "executor": args.executor, "output": "JPEG",
-               "options": "defaults (MatchOptions(grid), RenderOptions())", "batch": batch,
+               "options": "defaults (MatchOptions(grid), RenderOptions())" + (f", dither {args.dither:g}" if args.dither is not None else ""),
+               "batch": batch,
                "loadavg_start": load_start}
     if not args.no_baseline:
         one = work / "out-single"

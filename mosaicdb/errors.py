@@ -84,7 +84,7 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UsageError(f"{name} must be a whole number, got {value!r}")
     value = int(value)
-    top = 2 ** 62 if hi is None else hi  # no option means more; this keeps numpy and numba in int64
+    top = 2 ** 62 - 1 if hi is None else hi  # no option means more; this keeps numpy and numba in int64
     if value < lo or value > top:
         where = f"between {lo} and {hi}" if hi is not None else f"{lo} or more (and below 2^62)"
         raise UsageError(f"{name} must be {where}, got {value}")
@@ -104,7 +104,10 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UsageError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int past the floats (e.g. 400 digits in a saved file)
+        raise UsageError(f"{name} must be a finite number, got an integer of {len(str(abs(value)))} digits") from None
     if not math.isfinite(value):
         raise UsageError(f"{name} must be a finite number, got {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -57,14 +57,19 @@ class LabGrid:
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         return lab_features(blocks, self.grid, self.mean_weight)
 
-    def sub_means(self, vectors: np.ndarray) -> np.ndarray | None:
+    def sub_columns(self) -> slice | None:
+        """The columns `sub_means` reads (the grid); None for an odd grid."""
+        return None if self.grid % 2 else slice(3, self.dim)
+
+    def sub_means(self, vectors: np.ndarray, columns: bool = False) -> np.ndarray | None:
         """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold (their grid pooled), in Lab;
-        None for an odd grid."""
-        g = self.grid
-        if g % 2:
+        None for an odd grid. `columns`: `vectors` are only the `sub_columns()` of them."""
+        cols = self.sub_columns()
+        if cols is None:
             return None
-        v = np.asarray(vectors, np.float32)[:, 3:].reshape(-1, g, g, 3)
-        return _pool2(v)
+        v = np.asarray(vectors, np.float32)
+        g = self.grid
+        return _pool2((v if columns else v[:, cols]).reshape(-1, g, g, 3))
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
@@ -126,18 +131,30 @@ class Pyramid:
             at += 3 * p * p
         return out
 
-    def sub_means(self, vectors: np.ndarray) -> np.ndarray | None:
-        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold, in the kind's colour space: the
-        2 x 2 level, else the coarsest even level pooled; None when no level is even."""
+    def _sub_level(self):
+        """(p, w, first column) of the level `sub_means` reads: 2 x 2, else the coarsest even one."""
         at, found = 0, None
         for p, w in self.levels:
             if p % 2 == 0 and w > 0 and (found is None or p < found[0]):
                 found = (p, w, at)
             at += 3 * p * p
+        return found
+
+    def sub_columns(self) -> slice | None:
+        """The columns `sub_means` reads (one level); None when no level is even."""
+        found = self._sub_level()
+        return None if found is None else slice(found[2], found[2] + 3 * found[0] ** 2)
+
+    def sub_means(self, vectors: np.ndarray, columns: bool = False) -> np.ndarray | None:
+        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold, in the kind's colour space: the
+        2 x 2 level, else the coarsest even level pooled; None when no level is even.
+        `columns`: `vectors` are only the `sub_columns()` of them."""
+        found = self._sub_level()
         if found is None:
             return None
-        p, w, at = found
-        v = np.asarray(vectors, np.float32)[:, at:at + 3 * p * p].reshape(-1, p, p, 3)
+        p, w, _ = found
+        v = np.asarray(vectors, np.float32)
+        v = (v if columns else v[:, self.sub_columns()]).reshape(-1, p, p, 3)
         return _pool2(v * np.float32(p / np.sqrt(w)))
 
     def orient_permutation(self, o: int) -> np.ndarray:

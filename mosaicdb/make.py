@@ -19,7 +19,7 @@ from .errors import ImageError, MatchError, MosaicError, UsageError
 from .evaluate import evaluate
 from .io import AtomicFiles, check_regular_file, read_regular_file, refuse_inside, refuse_overwriting_input
 from .match.grid import Grid, cell_data, load_target, make_grid
-from .match.matcher import match
+from .match.matcher import check_dither, match
 from .match.options import DEFAULT_GRID, MatchOptions
 from .render.fidelity import eval_px, metrics_for  # noqa: F401 (re-exported)
 from .render.options import RenderOptions
@@ -163,6 +163,7 @@ class Maker:
         self.progress = progress
         self.hybrid = hybrid
         self.recursive = recursive if recursive is not None and recursive.depth else None
+        check_dither(mopts, db.feature_spec)  # before any target: a failed batch leaves no empty folder
         if self.recursive and mopts.orient != "none":
             raise UsageError(f"--recursive with --orient {mopts.orient}: the sub-mosaics would have to be turned "
                              "with their tiles, which is not supported; drop one of them")

@@ -101,8 +101,10 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
                    "and quarter turns: photographs may show sideways or upside down). ~2x / ~8x the search.")
 @click.option("--dither", type=float, default=None,
               help="After refinement, trade each cell's own fit for how its colours blend with its neighbours' "
-                   "(the weight of that blurred error; 0: off). The mosaic reads closer to its target from afar, "
-                   "at some cost in detail inside the tiles [default: 0.5; 0 with --unique or --orient].")
+                   "(the weight of that blurred error, 0-100; 0: off). The mosaic reads closer to its target from "
+                   "afar, at some cost in detail inside the tiles. Needs features with 2x2 colours (rgb-pyramid, "
+                   "lab-pyramid, lab-grid at an even grid) [default: 0.5; 0, and no other value, with --unique or "
+                   "--orient].")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @click.option("--recursive", "depth", type=int, default=0, show_default=True,
               help="Every tile becomes a mosaic of itself from the same pool, this many times over (refused beyond "

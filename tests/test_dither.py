@@ -149,12 +149,26 @@ def test_assign_dithers_only_with_resolved_options_and_colours():
         assign(8, 9, ids, dist, pool.n_tiles, Repeat(min_distance=1, dither=0.5), pool.widen)
 
 
-def test_refine_passes_zero_leaves_the_assignment_alone():
+def test_refine_passes_zero_turns_dithering_off_and_refuses_an_explicit_weight():
+    """--refine-passes 0 (the matching before issue 12) resolves the default to 0; an explicit
+    weight with it would do nothing, so it is refused; the pass itself, given no passes, moves
+    nothing."""
+    from types import SimpleNamespace
+
+    from mosaicdb.match.dither import dither
+    assert MatchOptions(refine_passes=0).resolved(6, 6, 100)[0].dither == 0.0
+    with pytest.raises(UsageError, match="--refine-passes 0"):
+        MatchOptions(dither=1.0, refine_passes=0)
     pool = Pool(6 * 6, 40, 2)
     colours = Colours(pool, 2)
-    a = run(6, 6, pool, colours, 6, Repeat(dither=1.0, refine_passes=0))
-    assert a.stats["dither"]["moves"] == 0 and a.stats["dither"]["stopped"] == "off"
-    np.testing.assert_array_equal(a.tile_ids.ravel(), pool.candidates(1)[0][:, 0])
+    a = run(6, 6, pool, colours, 6, Repeat())
+    ids, dist = pool.candidates(6)
+    before = a.tile_ids.copy()
+    opts = SimpleNamespace(dither=1.0, refine_passes=0, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
+                           usage_penalty=0.0)
+    st_ = dither(a.tile_ids, a.cost, ids, dist, colours.tile_sub, colours.cells, opts)
+    assert st_["moves"] == 0 and st_["stopped"] == "off"
+    np.testing.assert_array_equal(a.tile_ids, before)
 
 
 def test_blurred_error_is_the_full_blur_of_the_zero_padded_error():
@@ -296,3 +310,72 @@ def test_tile_colours_are_read_a_chunk_at_a_time(monkeypatch):
     assert max(sizes) <= 7 and sum(sizes) == np.unique(np.concatenate([ids.ravel(), whole.tile_ids.ravel()])).size
     np.testing.assert_array_equal(chunked.tile_ids, whole.tile_ids)
     assert whole.stats["dither"]["moves"] > 0
+
+
+@pytest.mark.parametrize("spec", [Pyramid(), Pyramid("rgb", ((1, 1.0), (4, 2.0), (8, 1.0)), 16, 0), LabGrid(4, 2.0)])
+def test_sub_means_from_their_columns_alone(spec):
+    """The matcher reads only `sub_columns()` of each tile's row: the same colours."""
+    v = spec(np.random.default_rng(2).integers(0, 256, (6, spec.samples, spec.samples, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(spec.sub_means(v[:, spec.sub_columns()], columns=True), spec.sub_means(v))
+    assert LabGrid(3).sub_columns() is None and Pyramid("rgb", ((1, 1.0),), 16, 0).sub_columns() is None
+
+
+def test_minus_zero_is_zero_and_huge_saved_integers_are_usage_errors():
+    assert str(MatchOptions(dither=-0.0).to_json()["dither"]) == "0.0"
+    with pytest.raises(UsageError, match="--dither must be a finite number, got an integer of 401 digits"):
+        MatchOptions(dither=10 ** 400)
+
+
+def test_an_explicit_dither_on_a_database_without_2x2_colours_fails_before_any_output(tmp_path, synthetic_tiles):
+    """Refused when the maker is set up (before the first target), so a batch into a new folder
+    leaves no folder behind; the default goes without."""
+    from PIL import Image
+
+    from clirun import invoke_cli
+    from mosaicdb import TileDB
+    with TileDB.create(tmp_path / "odd.db", features="lab-grid", feature_grid=3) as db:
+        db.ingest([synthetic_tiles], workers=1)
+    targets = tmp_path / "t"
+    targets.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((60, 80, 3), 40 * i, np.uint8)).save(targets / f"{i}.png")
+    for jobs in ("1", "2"):
+        res = invoke_cli("make", "--db", tmp_path / "odd.db", targets, "--out", tmp_path / f"out{jobs}", "--grid", "8",
+                         "-q", "--dither", "0.7", "--jobs", jobs)
+        assert res.exit_code == 2 and "--dither needs colours at 2x2" in res.output, res.output
+        assert not (tmp_path / f"out{jobs}").exists()
+    res = invoke_cli("make", "--db", tmp_path / "odd.db", targets, "--out", tmp_path / "outd", "--grid", "8")
+    assert res.exit_code == 0, res.output
+    assert "no dithering" in res.output and len(list((tmp_path / "outd").glob("*.metrics.json"))) == 2
+
+
+def test_sub_mosaics_of_a_database_reindexed_without_2x2_colours_go_without(tmp_path, synthetic_tiles):
+    """A mosaic saves its (resolved) weight; serving it with --recursive over a database since
+    reindexed to features without 2x2 colours matches the sub-mosaics without dithering instead
+    of failing every deep tile."""
+    import shutil
+
+    from PIL import Image
+
+    from clirun import invoke_cli
+    from mosaicdb import TileDB
+    from mosaicdb import assignment as asg
+    from mosaicdb.recursive.submosaic import RecursiveOptions, SubMosaics
+    from mosaicdb.render.options import RenderOptions
+    with TileDB.create(tmp_path / "a.db") as db:
+        db.ingest([synthetic_tiles], workers=1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    res = invoke_cli("make", "--db", tmp_path / "a.db", tmp_path / "t.png", "--out", tmp_path / "m.png", "--grid", "6",
+                     "-q", "--min-distance", "1")
+    assert res.exit_code == 0, res.output
+    saved = asg.load(tmp_path / "m.png")
+    assert saved.meta.match["dither"] == DEFAULT_DITHER
+    shutil.copytree(tmp_path / "a.db", tmp_path / "b.db")
+    res = invoke_cli("db", "reindex", tmp_path / "b.db", "--features", "lab-grid", "--feature-grid", "3", "-q")
+    assert res.exit_code == 0, res.output
+    with TileDB.open(tmp_path / "b.db", readonly=True) as db:
+        subs = SubMosaics(db, saved, RenderOptions(tile_px=4), RecursiveOptions(depth=1, grid=4), disk=False)
+        assert subs.mopts.dither == 0.0
+        node = subs.node(int(saved.tile_ids[0, 0]))
+        assert node.cells.saved.tile_ids.shape == (4, 4)
+        subs.close()

@@ -77,8 +77,11 @@ class MatchOptions:
         check_number("--refine-seconds", self.refine_seconds, 0.0)
         codes(self.orient)
         if self.dither is not None:
-            check_number("--dither", self.dither, 0.0, MAX_DITHER)
+            object.__setattr__(self, "dither", check_number("--dither", self.dither, 0.0, MAX_DITHER) + 0.0)  # not -0.0
         if self.dither:
+            if self.refine_passes == 0:
+                raise UsageError("--dither runs within the refinement's passes, and --refine-passes 0 turns both off: "
+                                 "drop one of them")
             if self.unique:
                 raise UsageError("--dither moves tiles between cells, which --unique does not: drop one of them")
             if self.orient != DEFAULT_ORIENT:
@@ -96,10 +99,11 @@ class MatchOptions:
     @property
     def dither_weight(self) -> float:
         """The dithering weight these options mean: as given, else DEFAULT_DITHER in greedy modes
-        without turns (the pass works on tiles as stored), else 0."""
+        without turns (the pass works on tiles as stored) that refine, else 0."""
         if self.dither is not None:
             return float(self.dither)
-        return 0.0 if self.unique or self.orient != DEFAULT_ORIENT else DEFAULT_DITHER
+        off = self.unique or self.orient != DEFAULT_ORIENT or self.refine_passes == 0
+        return 0.0 if off else DEFAULT_DITHER
 
     @property
     def orient_codes(self) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ from .options import RecursiveOptions
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "recursive"
-KEY_VERSION = 1
+KEY_VERSION = 2                  # 2: sub-mosaics dithered (--dither), whatever older files say
 MATCH_SLOTS = 2                  # sub-mosaics matched at once: FAISS and numba use every core anyway
 NODE_CACHE_BYTES = 256 << 20     # sub-assignments kept in memory (~150 KB each at 64 x 64)
 
@@ -102,6 +102,9 @@ class SubMosaics:
                  pixel_cache: PixelCache | None = None, budget: int = NODE_CACHE_BYTES, disk: bool = True):
         self.db, self.opts = db, opts
         self.mopts = sub_match_options(parent.meta.match, opts.grid)
+        if self.mopts.dither_weight and db.feature_spec.sub_columns() is None:
+            # the mosaic's weight, not an option given now: its sub-mosaics go without, as `make` would
+            self.mopts = replace(self.mopts, dither=0.0)
         if parent.orient is not None:  # turned whatever its saved options say (edited, or made by the API)
             raise UsageError("this mosaic's assignment turns some of its tiles, and recursive sub-mosaics do not "
                              "turn: serve it without --recursive")
