@@ -9,8 +9,9 @@ green reads right. This pass, after refinement, takes that into account: its obj
 where M and T are the mosaic's and the target's colours at 2 x 2 per cell (a grid of 2*rows x
 2*cols, from the feature vectors: `FeatureSpec.sub_means`), B a [1 2 1]/4 x [1 2 1]/4 blur on that
 grid (zero outside it), and cost the cell's candidate distance (RMS, so cost^2 is its mean squared
-difference). Both terms are mean squared differences per cell in the feature's colour space, so
-W = 1 weighs the blurred error like the cells' own. The blur spans about a cell: at 64 cells
+difference, averaged over the channels; the blurred term sums them, so for an error the same
+everywhere it is 3x as large: W = 1/3 weighs the two alike, the default 0.5 the blurred one
+1.5x). The blur spans about a cell: at 64 cells
 across a photograph, PSNR at 64 px (1.5 px a cell) and the coarse pyramid levels see it.
 
 Each cell in turn (the refinement's seeded block order) takes the candidate that lowers J most, if
