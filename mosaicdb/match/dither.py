@@ -33,10 +33,9 @@ import time
 import numba
 import numpy as np
 
-from .refine import _copies, visit_order
+from .refine import _copies, run_passes, visit_order
 
 _EPS = 1e-6
-_CHUNK = 8192
 # Tiles whose colours are read at a time: their full feature rows pass through memory (65,536
 # rows of 255 floats: 67 MB), whatever the pool (up to every tile of it among the candidates).
 _SUB_CHUNK = 65536
@@ -69,20 +68,30 @@ def objective(cost: np.ndarray, tile_sub: np.ndarray, cell_sub: np.ndarray, rows
 
 
 @numba.njit(cache=True, nogil=True)
+def _spread(grad, y, x, kk, v0, v1, v2):
+    """grad += kk centred on sub-cell (y, x), times the colour change (v0, v1, v2) there (kk is
+    symmetric: this is also how a change at (y, x) reaches every gradient it enters)."""
+    h2, w2 = grad.shape[0], grad.shape[1]
+    for dy in range(-2, 3):
+        yy = y + dy
+        if yy < 0 or yy >= h2:
+            continue
+        for dx in range(-2, 3):
+            xx = x + dx
+            if 0 <= xx < w2:
+                k = kk[dy + 2, dx + 2]
+                grad[yy, xx, 0] += k * v0
+                grad[yy, xx, 1] += k * v1
+                grad[yy, xx, 2] += k * v2
+
+
+@numba.njit(cache=True, nogil=True)
 def _gradient(err, kk):
-    h2, w2 = err.shape[0], err.shape[1]
+    """B^T B applied to the error field (zero outside it)."""
     g = np.zeros_like(err)
-    for y in range(h2):
-        for x in range(w2):
-            for dy in range(-2, 3):
-                yy = y + dy
-                if yy < 0 or yy >= h2:
-                    continue
-                for dx in range(-2, 3):
-                    xx = x + dx
-                    if 0 <= xx < w2:
-                        for ch in range(3):
-                            g[y, x, ch] += kk[dy + 2, dx + 2] * err[yy, xx, ch]
+    for y in range(err.shape[0]):
+        for x in range(err.shape[1]):
+            _spread(g, y, x, kk, err[y, x, 0], err[y, x, 1], err[y, x, 2])
     return g
 
 
@@ -91,7 +100,6 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
            max_uses, penalty, moves):
     """Visit order[start:stop]; each cell takes its best J-lowering candidate. Returns moves made."""
     cols = grid.shape[1]
-    h2, w2 = grad.shape[0], grad.shape[1]
     c0, c1, c2 = kk[2, 2], kk[2, 3], kk[3, 3]
     changed = 0
     for i in range(start, stop):
@@ -140,17 +148,10 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
         st = slot[best]
         for p in range(2):
             for q in range(2):
-                y0, x0 = 2 * r + p, 2 * c + q
-                for dy in range(-2, 3):
-                    yy = y0 + dy
-                    if yy < 0 or yy >= h2:
-                        continue
-                    for dx in range(-2, 3):
-                        xx = x0 + dx
-                        if 0 <= xx < w2:
-                            for ch in range(3):
-                                grad[yy, xx, ch] += kk[dy + 2, dx + 2] * (
-                                    np.float64(sub[st, p, q, ch]) - np.float64(sub[sa, p, q, ch]))
+                _spread(grad, 2 * r + p, 2 * c + q, kk,
+                        np.float64(sub[st, p, q, 0]) - np.float64(sub[sa, p, q, 0]),
+                        np.float64(sub[st, p, q, 1]) - np.float64(sub[sa, p, q, 1]),
+                        np.float64(sub[st, p, q, 2]) - np.float64(sub[sa, p, q, 2]))
         flat[x] = best
         uses[a] -= 1
         uses[best] += 1
@@ -196,22 +197,7 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     args = (flat, tile_ids, c, uses, np.ascontiguousarray(cand_ids, np.int64),
             np.ascontiguousarray(cand_dist, np.float32), slot, sub, grad, kk, weight, int(opts.min_distance),
             int(opts.max_uses), float(opts.usage_penalty), moves)
-    _sweep(order, 0, 0, *args)  # compile outside the time budget
-    t0 = time.perf_counter()
-    stats["stopped"] = "passes"
-    for _ in range(opts.refine_passes):
-        changed = 0
-        for start in range(0, flat.size, _CHUNK):
-            if time.perf_counter() - t0 > opts.refine_seconds:
-                stats["stopped"] = "seconds"
-                break
-            changed += _sweep(order, start, min(start + _CHUNK, flat.size), *args)
-        if stats["stopped"] == "seconds":
-            break
-        stats["passes"] += 1
-        if changed == 0:
-            stats["stopped"] = "converged"
-            break
+    run_passes(_sweep, order, args, opts, stats)
     stats["moves"] = int(moves[0])
     stats["objective_after"] = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
     stats["seconds"] = round(time.perf_counter() - t_start, 4)

@@ -249,6 +249,26 @@ def visit_order(rows: int, cols: int, seed) -> np.ndarray:
     return np.argsort(key, kind="stable").astype(np.int64)
 
 
+def run_passes(sweep, order: np.ndarray, args: tuple, opts: MatchOptions, stats: dict) -> None:
+    """`sweep(order, start, stop, *args)` (returns how many cells moved) over every cell, chunk by
+    chunk, pass after pass, until a pass moves nothing or `opts`' pass or time budget runs out
+    (checked between chunks). Sets stats["passes"] and stats["stopped"]."""
+    sweep(order, 0, 0, *args)  # compiles on first use: JIT time must not count against the budget
+    t0 = time.perf_counter()
+    stats["stopped"] = "passes"
+    for _ in range(opts.refine_passes):
+        changed = 0
+        for start in range(0, order.size, _CHUNK):
+            if time.perf_counter() - t0 > opts.refine_seconds:
+                stats["stopped"] = "seconds"
+                return
+            changed += sweep(order, start, min(start + _CHUNK, order.size), *args)
+        stats["passes"] += 1
+        if changed == 0:
+            stats["stopped"] = "converged"
+            return
+
+
 def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_dist: np.ndarray,
            opts: MatchOptions) -> dict:
     """Improve `tile_ids`/`cost` ((rows, cols), changed in place) with moves among each cell's
@@ -281,23 +301,7 @@ def refine(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
         starts, users = np.zeros(1, np.int64), np.zeros(0, np.int64)
     args = (active, flat, grid, c, uses, head, nxt, prv, cand_ids, cand_dist, radius, max_uses, penalty, moves,
             starts, users)
-    _sweep(order, 0, 0, *args)  # compiles on first use: JIT time must not count against the budget
-    t0 = time.perf_counter()
-    stats["stopped"] = "passes"
-    for _ in range(opts.refine_passes):
-        changed = 0
-        for start in range(0, flat.size, _CHUNK):
-            if time.perf_counter() - t0 > opts.refine_seconds:
-                stats["stopped"] = "seconds"
-                break
-            stop = min(start + _CHUNK, flat.size)
-            changed += _sweep(order, start, stop, *args)
-        if stats["stopped"] == "seconds":
-            break
-        stats["passes"] += 1
-        if changed == 0:
-            stats["stopped"] = "converged"
-            break
+    run_passes(_sweep, order, args, opts, stats)
     stats["cells_visited"] = int(moves[2])
     stats["reassigned"], stats["swapped"] = int(moves[0]), int(moves[1])
     stats["total_cost_after"] = total_cost(tile_ids, cost, penalty)
