@@ -379,3 +379,14 @@ def test_sub_mosaics_of_a_database_reindexed_without_2x2_colours_go_without(tmp_
         node = subs.node(int(saved.tile_ids[0, 0]))
         assert node.cells.saved.tile_ids.shape == (4, 4)
         subs.close()
+
+
+def test_an_empty_grid_is_left_alone():
+    from types import SimpleNamespace
+
+    from mosaicdb.match.dither import dither
+    opts = SimpleNamespace(dither=0.5, refine_passes=4, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
+                           usage_penalty=0.0)
+    st_ = dither(np.empty((0, 5), np.int64), np.empty((0, 5), np.float32), np.empty((0, 3), np.int64),
+                 np.empty((0, 3), np.float32), lambda ids: np.zeros((len(ids), 2, 2, 3)), np.empty((0, 2, 2, 3)), opts)
+    assert st_["moves"] == 0 and st_["objective_after"] == 0.0

@@ -171,6 +171,9 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     weight = float(opts.dither)
     flat = tile_ids.reshape(-1)
     c = cost.reshape(-1)
+    if flat.size == 0:
+        return {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": 0.0,
+                "objective_after": 0.0, "seconds": 0.0}
     seen = np.zeros(max(int(flat.max()), int(cand_ids.max())) + 1, bool)  # (a sort of them: 2-3x slower)
     seen[flat] = True
     seen[cand_ids[cand_ids >= 0]] = True
@@ -184,7 +187,7 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     before = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
     stats = {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": before,
              "objective_after": before}
-    if opts.refine_passes == 0 or flat.size == 0:
+    if opts.refine_passes == 0:
         stats["seconds"] = round(time.perf_counter() - t_start, 4)
         return stats
     err = (sub[slot[flat]].astype(np.float64) - cell_sub).reshape(rows, cols, 2, 2, 3)
