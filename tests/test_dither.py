@@ -69,6 +69,51 @@ def improving_moves(a, pool, colours, k, opts) -> list:
     return found
 
 
+def improving_trades(a, pool, colours, k, opts) -> list:
+    """Trades the pass promises to find once converged: a cell and the one cell within
+    --min-distance holding its candidate t trade tiles (that cell has ours among its candidates,
+    no other copy of ours is near it), J falls, and so would it if our cell alone took t (the
+    other cell's side is found from it). Each J from scratch."""
+    ids, dist = pool.candidates(k)
+    rows, cols = a.tile_ids.shape
+    R = opts.min_distance
+    if not R:
+        return []
+    t0, c0 = a.tile_ids, a.cost
+    base = colours.j(t0, c0, rows, cols, opts.dither)
+    found = []
+    for cell in range(rows * cols):
+        r, c = divmod(cell, cols)
+        cur = int(t0[r, c])
+        for cand, d in zip(ids[cell], dist[cell]):
+            cand = int(cand)
+            if cand < 0 or cand == cur:
+                continue
+            win = [(rr, cc) for rr in range(max(r - R, 0), min(r + R + 1, rows))
+                   for cc in range(max(c - R, 0), min(c + R + 1, cols)) if t0[rr, cc] == cand]
+            if len(win) != 1:
+                continue
+            ry, cy = win[0]
+            y = ry * cols + cy
+            row = list(ids[y])
+            if cur not in row:
+                continue
+            near = [(rr, cc) for rr in range(max(ry - R, 0), min(ry + R + 1, rows))
+                    for cc in range(max(cy - R, 0), min(cy + R + 1, cols)) if t0[rr, cc] == cur and (rr, cc) != (r, c)]
+            if near:
+                continue
+            solo_t, solo_c = t0.copy(), c0.copy()
+            solo_t[r, c], solo_c[r, c] = cand, d
+            if colours.j(solo_t, solo_c, rows, cols, opts.dither) >= base - 1e-6 * max(1.0, base):
+                continue
+            tr_t, tr_c = solo_t.copy(), solo_c.copy()
+            tr_t[ry, cy], tr_c[ry, cy] = cur, dist[y][row.index(cur)]
+            gain = base - colours.j(tr_t, tr_c, rows, cols, opts.dither)
+            if gain > 1e-6 * max(1.0, base):
+                found.append((cell, y, cand, gain))
+    return found
+
+
 dither_case = st.fixed_dictionaries({
     "rows": st.integers(1, 10), "cols": st.integers(1, 10), "k": st.integers(1, 8),
     "n_tiles": st.integers(4, 120), "seed": st.integers(0, 10_000),
@@ -105,9 +150,10 @@ def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case):
             u = np.unique(t, return_counts=True)[1]
             return int((u * (u - 1)).sum())
         assert usage(a.tile_ids) <= usage(start.tile_ids)
-    event(f"moves: {'yes' if d['moves'] else 'no'}")
+    event(f"moves: {'yes' if d['moves'] else 'no'}, trades: {'yes' if d['swapped'] else 'no'}")
     if d["stopped"] == "converged":
         assert improving_moves(a, pool, colours, k, opts) == []
+        assert improving_trades(a, pool, colours, k, opts) == []
     again = run(rows, cols, pool, colours, k, opts)
     np.testing.assert_array_equal(again.tile_ids, a.tile_ids)
     np.testing.assert_array_equal(again.cost, a.cost)
@@ -390,3 +436,22 @@ def test_an_empty_grid_is_left_alone():
     st_ = dither(np.empty((0, 5), np.int64), np.empty((0, 5), np.float32), np.empty((0, 3), np.int64),
                  np.empty((0, 3), np.float32), lambda ids: np.zeros((len(ids), 2, 2, 3)), np.empty((0, 2, 2, 3)), opts)
     assert st_["moves"] == 0 and st_["objective_after"] == 0.0
+
+
+def test_two_cells_that_block_each_other_trade_tiles():
+    """--min-distance 1 on two neighbouring cells and two tiles: neither can take the other's
+    tile, so only a trade can help. The bright cell holds the dark tile and the dark cell the
+    bright one (each a hair nearer by its own cost): dithering trades them."""
+    ids = np.array([[3, 7], [7, 3]], np.int64)
+    dist = np.array([[8.0, 8.1], [8.0, 8.1]], np.float32)
+    subs = {3: np.full((2, 2, 3), 40.0, np.float32), 7: np.full((2, 2, 3), 200.0, np.float32)}
+
+    def tile_sub(t):
+        return np.stack([subs[int(x)] for x in np.asarray(t)])
+
+    cells = np.stack([np.full((2, 2, 3), 200.0, np.float32), np.full((2, 2, 3), 40.0, np.float32)])
+    base = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.0), None)
+    assert base.tile_ids.tolist() == [[3, 7]]
+    a = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.5), None, dither_input=(tile_sub, cells))
+    assert a.tile_ids.tolist() == [[7, 3]] and a.stats["dither"]["swapped"] == 1
+    np.testing.assert_allclose(a.cost, [[8.1, 8.1]], rtol=1e-6)

@@ -14,10 +14,14 @@ everywhere it is 3x as large: W = 1/3 weighs the two alike, the default 0.5 the 
 1.5x). The blur spans about a cell: at 64 cells
 across a photograph, PSNR at 64 px (1.5 px a cell) and the coarse pyramid levels see it.
 
-Each cell in turn (the refinement's seeded block order) takes the candidate that lowers J most, if
-any; only reassignments, each checked against --min-distance and --max-uses first, and never one
-that raises the usage-penalty term (with a penalty, a move only to a tile used fewer times than
-the one it leaves), so no constraint can break and J never rises. Passes repeat until one changes nothing, within the
+Each cell in turn (the refinement's seeded block order) makes the move that lowers J most, if any:
+a reassignment to a free candidate, or, when a candidate is blocked by the one copy of it within
+--min-distance, a trade of tiles with that cell (which must have ours among its candidates, with
+no other copy of ours near it; a trade is looked at when our cell's side alone would lower J, the
+other side's cell finds the rest). Every move is checked against --min-distance and --max-uses
+first, and none raises the usage-penalty term (a trade keeps every tile's uses; with a penalty, a
+reassignment goes only to a tile used fewer times than the one it leaves), so no constraint can
+break and J never rises. Passes repeat until one changes nothing, within the
 refinement's pass and time budget. The gain of a move is exact: the blurred error's gradient
 (B^T B applied to M - T) is kept up to date in a 5 x 5 window of sub-cells around each change.
 
@@ -33,7 +37,7 @@ import time
 import numba
 import numpy as np
 
-from .refine import _copies, run_passes, visit_order
+from .refine import _copies, _lookup, run_passes, visit_order
 
 _EPS = 1e-6
 # Tiles whose colours are read at a time: their full feature rows pass through memory (65,536
@@ -96,9 +100,61 @@ def _gradient(err, kk):
 
 
 @numba.njit(cache=True, nogil=True)
+def _change(sub, st, sa, grad, y0, x0, c0, c1, c2):
+    """For the 2 x 2 colours of tile slot `sa` replaced by those of `st` in the block at sub-cell
+    (y0, x0): (<grad, d>, d^T (B^T B) d), where B^T B couples a sub-cell with itself (c0), its side
+    neighbours (c1) and its diagonal one (c2) inside the block."""
+    lin = 0.0
+    quad = 0.0
+    for ch in range(3):
+        d00 = np.float64(sub[st, 0, 0, ch]) - np.float64(sub[sa, 0, 0, ch])
+        d01 = np.float64(sub[st, 0, 1, ch]) - np.float64(sub[sa, 0, 1, ch])
+        d10 = np.float64(sub[st, 1, 0, ch]) - np.float64(sub[sa, 1, 0, ch])
+        d11 = np.float64(sub[st, 1, 1, ch]) - np.float64(sub[sa, 1, 1, ch])
+        lin += (grad[y0, x0, ch] * d00 + grad[y0, x0 + 1, ch] * d01
+                + grad[y0 + 1, x0, ch] * d10 + grad[y0 + 1, x0 + 1, ch] * d11)
+        quad += (c0 * (d00 * d00 + d01 * d01 + d10 * d10 + d11 * d11)
+                 + 2.0 * c1 * (d00 * d01 + d10 * d11 + d00 * d10 + d01 * d11)
+                 + 2.0 * c2 * (d00 * d11 + d01 * d10))
+    return lin, quad
+
+
+@numba.njit(cache=True, nogil=True)
+def _cross(sub, st, sa, kk, dy, dx):
+    """d^T (B^T B) d' between a block and another (dy, dx) sub-cells away, where d is the change
+    from slot sa to st and d' its opposite (the two cells trade tiles): 0 beyond the blur's reach."""
+    out = 0.0
+    for p in range(2):
+        for q in range(2):
+            for p2 in range(2):
+                for q2 in range(2):
+                    ey, ex = dy + p2 - p, dx + q2 - q
+                    if -2 <= ey <= 2 and -2 <= ex <= 2:
+                        k = kk[ey + 2, ex + 2]
+                        for ch in range(3):
+                            dpq = np.float64(sub[st, p, q, ch]) - np.float64(sub[sa, p, q, ch])
+                            d2 = np.float64(sub[st, p2, q2, ch]) - np.float64(sub[sa, p2, q2, ch])
+                            out -= k * dpq * d2
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply(grad, sub, st, sa, kk, r, c):
+    for p in range(2):
+        for q in range(2):
+            _spread(grad, 2 * r + p, 2 * c + q, kk,
+                    np.float64(sub[st, p, q, 0]) - np.float64(sub[sa, p, q, 0]),
+                    np.float64(sub[st, p, q, 1]) - np.float64(sub[sa, p, q, 1]),
+                    np.float64(sub[st, p, q, 2]) - np.float64(sub[sa, p, q, 2]))
+
+
+@numba.njit(cache=True, nogil=True)
 def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, grad, kk, weight, radius,
            max_uses, penalty, moves):
-    """Visit order[start:stop]; each cell takes its best J-lowering candidate. Returns moves made."""
+    """Visit order[start:stop]; each cell makes its best J-lowering move: a reassignment to a free
+    candidate, or a trade of tiles with the one cell within --min-distance that blocks a candidate
+    (that cell must have our tile among its candidates, with no other copy of it near). Returns
+    the moves made."""
     cols = grid.shape[1]
     c0, c1, c2 = kk[2, 2], kk[2, 3], kk[3, 3]
     changed = 0
@@ -109,54 +165,60 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
         a = flat[x]
         sa = slot[a]
         cx = np.float64(cost[x])
-        best, best_j, best_gain = -1, -1, -_EPS
+        best, best_j, best_y, best_dya, best_gain = -1, -1, -1, np.float32(0.0), -_EPS
         for j in range(ids.shape[1]):
             t = ids[x, j]
             if t < 0 or t == a:
                 continue
-            if max_uses > 0 and uses[t] >= max_uses:
-                continue
-            if penalty > 0.0 and uses[t] > uses[a] - 1:
-                continue
             st = slot[t]
             dj = np.float64(dist[x, j])
-            own = dj * dj - cx * cx
-            # d = the 2 x 2 colours' change; the blurred term changes by 2<grad, d> + d^T (B^T B) d,
-            # where B^T B couples a sub-cell with itself (c0), its side neighbours (c1) and its
-            # diagonal one (c2) inside the cell
-            lin = 0.0
-            quad = 0.0
-            for ch in range(3):
-                d00 = np.float64(sub[st, 0, 0, ch]) - np.float64(sub[sa, 0, 0, ch])
-                d01 = np.float64(sub[st, 0, 1, ch]) - np.float64(sub[sa, 0, 1, ch])
-                d10 = np.float64(sub[st, 1, 0, ch]) - np.float64(sub[sa, 1, 0, ch])
-                d11 = np.float64(sub[st, 1, 1, ch]) - np.float64(sub[sa, 1, 1, ch])
-                lin += (grad[2 * r, 2 * c, ch] * d00 + grad[2 * r, 2 * c + 1, ch] * d01
-                        + grad[2 * r + 1, 2 * c, ch] * d10 + grad[2 * r + 1, 2 * c + 1, ch] * d11)
-                quad += (c0 * (d00 * d00 + d01 * d01 + d10 * d10 + d11 * d11)
-                         + 2.0 * c1 * (d00 * d01 + d10 * d11 + d00 * d10 + d01 * d11)
-                         + 2.0 * c2 * (d00 * d11 + d01 * d10))
-            gain = own + weight * (2.0 * lin + quad) * 0.25
-            if gain < best_gain:
-                if radius > 0:
-                    n, _ = _copies(grid, r, c, radius, t)
-                    if n > 0:
-                        continue
-                best, best_j, best_gain = t, j, gain
+            lin, quad = _change(sub, st, sa, grad, 2 * r, 2 * c, c0, c1, c2)
+            gain = dj * dj - cx * cx + weight * (2.0 * lin + quad) * 0.25
+            if gain >= best_gain:  # (a trade is looked for only when our side gains; the other side's
+                continue           # cell finds the rest when it is visited)
+            n, y = 0, -1
+            if radius > 0:
+                n, y = _copies(grid, r, c, radius, t)
+            if n == 0:
+                if max_uses > 0 and uses[t] >= max_uses:
+                    continue
+                if penalty > 0.0 and uses[t] > uses[a] - 1:
+                    continue
+                best, best_j, best_y, best_gain = t, j, -1, gain
+                continue
+            if n >= 2:
+                continue
+            dya = _lookup(ids, dist, y, a)  # y would take our tile
+            if dya < 0:
+                continue
+            ry = y // cols
+            cy = y - ry * cols
+            lin_y, quad_y = _change(sub, sa, st, grad, 2 * ry, 2 * cy, c0, c1, c2)
+            cyy = np.float64(cost[y])
+            cross = _cross(sub, st, sa, kk, 2 * (ry - r), 2 * (cy - c))
+            g2 = (gain + np.float64(dya) * np.float64(dya) - cyy * cyy
+                  + weight * (2.0 * lin_y + quad_y + 2.0 * cross) * 0.25)
+            if g2 >= best_gain:
+                continue
+            na, at = _copies(grid, ry, cy, radius, a)
+            if na == 0 or (na == 1 and at == x):
+                best, best_j, best_y, best_dya, best_gain = t, j, y, dya, g2
         if best < 0:
             continue
         st = slot[best]
-        for p in range(2):
-            for q in range(2):
-                _spread(grad, 2 * r + p, 2 * c + q, kk,
-                        np.float64(sub[st, p, q, 0]) - np.float64(sub[sa, p, q, 0]),
-                        np.float64(sub[st, p, q, 1]) - np.float64(sub[sa, p, q, 1]),
-                        np.float64(sub[st, p, q, 2]) - np.float64(sub[sa, p, q, 2]))
+        _apply(grad, sub, st, sa, kk, r, c)
         flat[x] = best
-        uses[a] -= 1
-        uses[best] += 1
         cost[x] = dist[x, best_j]
-        moves[0] += 1
+        if best_y < 0:
+            uses[a] -= 1
+            uses[best] += 1
+            moves[0] += 1
+        else:
+            ry = best_y // cols
+            _apply(grad, sub, sa, st, kk, ry, best_y - ry * cols)
+            flat[best_y] = a
+            cost[best_y] = best_dya
+            moves[1] += 1
         changed += 1
     return changed
 
@@ -196,12 +258,12 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     grad = _gradient(err, kk)
     uses = np.bincount(flat, minlength=slot.size).astype(np.int64)
     order = visit_order(rows, cols, opts.seed)
-    moves = np.zeros(1, np.int64)
+    moves = np.zeros(2, np.int64)  # reassignments, trades
     args = (flat, tile_ids, c, uses, np.ascontiguousarray(cand_ids, np.int64),
             np.ascontiguousarray(cand_dist, np.float32), slot, sub, grad, kk, weight, int(opts.min_distance),
             int(opts.max_uses), float(opts.usage_penalty), moves)
     run_passes(_sweep, order, args, opts, stats)
-    stats["moves"] = int(moves[0])
+    stats["moves"], stats["swapped"] = int(moves[0] + moves[1]), int(moves[1])
     stats["objective_after"] = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
     stats["seconds"] = round(time.perf_counter() - t_start, 4)
     return stats
