@@ -71,9 +71,9 @@ def improving_moves(a, pool, colours, k, opts) -> list:
 
 def improving_trades(a, pool, colours, k, opts) -> list:
     """Trades the pass promises to find once converged: a cell and the one cell within
-    --min-distance holding its candidate t trade tiles (that cell has ours among its candidates,
-    no other copy of ours is near it), J falls, and so would it if our cell alone took t (the
-    other cell's side is found from it). Each J from scratch."""
+    --min-distance holding its candidate t trade tiles (t not used up under --max-uses; that cell
+    has ours among its candidates, no other copy of ours is near it), J falls, and so would it if
+    our cell alone took t (the other cell's side is found from it). Each J from scratch."""
     ids, dist = pool.candidates(k)
     rows, cols = a.tile_ids.shape
     R = opts.min_distance
@@ -91,7 +91,7 @@ def improving_trades(a, pool, colours, k, opts) -> list:
                 continue
             win = [(rr, cc) for rr in range(max(r - R, 0), min(r + R + 1, rows))
                    for cc in range(max(c - R, 0), min(c + R + 1, cols)) if t0[rr, cc] == cand]
-            if len(win) != 1:
+            if len(win) != 1 or (opts.max_uses and (t0 == cand).sum() >= opts.max_uses):
                 continue
             ry, cy = win[0]
             y = ry * cols + cy
