@@ -113,5 +113,5 @@ def check_number(name: str, value, lo: float | None = None, hi: float | None = N
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         where = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
                  else f"{lo:g} or more" if lo is not None else f"{hi:g} or less")
-        raise UsageError(f"{name} must be {where}, got {value:g}")
+        raise UsageError(f"{name} must be {where}, got {value:.10g}")  # (:g showed 100.0001 as 100)
     return value

@@ -455,3 +455,8 @@ def test_two_cells_that_block_each_other_trade_tiles():
     a = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.5), None, dither_input=(tile_sub, cells))
     assert a.tile_ids.tolist() == [[7, 3]] and a.stats["dither"]["swapped"] == 1
     np.testing.assert_allclose(a.cost, [[8.1, 8.1]], rtol=1e-6)
+
+
+def test_an_out_of_range_weight_is_shown_as_given():
+    with pytest.raises(UsageError, match=r"between 0 and 100, got 100\.0001$"):
+        MatchOptions(dither=100.0001)
