@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import UsageError, check_int, check_number, choice
-from .features import feature_dim, lab_features, rgb_to_lab, samples_per_side
+from .features import block_means, feature_dim, lab_features, rgb_to_lab, samples_per_side
 from .orient import block_permutation
 
 # PCA output dims for the pyramid kinds, and the smallest pool it is fitted on (below it the
@@ -69,7 +69,7 @@ class LabGrid:
             return None
         v = np.asarray(vectors, np.float32)
         g = self.grid
-        return _pool2((v if columns else v[:, cols]).reshape(-1, g, g, 3))
+        return block_means((v if columns else v[:, cols]).reshape(-1, g, g, 3), 2)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
@@ -125,8 +125,7 @@ class Pyramid:
             if p in halves:
                 means = halves[p]
             else:
-                q = self.samples // p
-                means = halves[self.samples].reshape(n, p, q, p, q, 3).mean(axis=(2, 4), dtype=np.float32)
+                means = block_means(halves[self.samples], p)
             out[:, at:at + 3 * p * p] = means.reshape(n, -1) * np.float32(np.sqrt(w) / p)
             at += 3 * p * p
         return out
@@ -152,10 +151,10 @@ class Pyramid:
         found = self._sub_level()
         if found is None:
             return None
-        p, w, _ = found
+        p, w, at = found
         v = np.asarray(vectors, np.float32)
-        v = (v if columns else v[:, self.sub_columns()]).reshape(-1, p, p, 3)
-        return _pool2(v * np.float32(p / np.sqrt(w)))
+        v = (v if columns else v[:, at:at + 3 * p * p]).reshape(-1, p, p, 3)
+        return block_means(v * np.float32(p / np.sqrt(w)), 2)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: every level's p x p blocks turn
@@ -172,13 +171,6 @@ class Pyramid:
 
 
 FeatureSpec = LabGrid | Pyramid
-
-
-def _pool2(blocks: np.ndarray) -> np.ndarray:
-    """(N, p, p, 3) block means, p even, as (N, 2, 2, 3) means of their quarters."""
-    n, p = blocks.shape[0], blocks.shape[1]
-    h = p // 2
-    return blocks.reshape(n, 2, h, 2, h, 3).mean(axis=(2, 4), dtype=np.float32)
 
 KINDS = {
     "rgb-pyramid": Pyramid("rgb"),

@@ -60,6 +60,13 @@ def feature_dim(grid: int) -> int:
     return 3 + 3 * grid * grid
 
 
+def block_means(x: np.ndarray, p: int) -> np.ndarray:
+    """(N, S, S, C) samples, p dividing S, as (N, p, p, C) float32 means of their p x p blocks."""
+    n, s = x.shape[0], x.shape[1]
+    q = s // p
+    return x.reshape(n, p, q, p, q, x.shape[3]).mean(axis=(2, 4), dtype=np.float32)
+
+
 def lab_features(blocks: np.ndarray, grid: int = 4, mean_weight: float = 1.0) -> np.ndarray:
     """Features of square RGB blocks.
 
@@ -74,8 +81,7 @@ def lab_features(blocks: np.ndarray, grid: int = 4, mean_weight: float = 1.0) ->
     if s % grid:
         raise ValueError(f"block size {s} is not divisible by the feature grid {grid}")
     lab = rgb_to_lab(blocks)
-    q = s // grid
-    cells = lab.reshape(n, grid, q, grid, q, 3).mean(axis=(2, 4), dtype=np.float32)  # (N, g, g, 3)
+    cells = block_means(lab, grid)  # (N, g, g, 3)
     mean = cells.mean(axis=(1, 2))
     out = np.empty((n, feature_dim(grid)), dtype=np.float32)
     out[:, :3] = mean * (mean_weight * grid)
