@@ -34,7 +34,7 @@ from pathlib import Path
 from .errors import DatabaseError, ImageError, MatchError, MosaicError, UsageError, check_int, choice
 from .generate import deps
 from .generate.executors import _mosaic_cause, init_ray
-from .io import refuse_inside
+from .io import refuse_inside, unwind
 from .make import Maker, check_batch, make_batch
 from .match.options import MatchOptions
 from .progress import lower_level_names, progress_bar, use_thread_lock
@@ -302,7 +302,7 @@ def _on_sigterm(signum, frame):
     temporary) and exits; an idle one exits at once."""
     if not _BUSY:
         os._exit(128 + signum)
-    raise SystemExit(128 + signum)
+    unwind(signum)
 
 
 def _make_in_worker(target: str, out: str):

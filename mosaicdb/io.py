@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,19 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+def unwind(signum: int, grace: int = 10):
+    """For a worker process's SIGTERM handler while it writes: raise SystemExit, so that the
+    write unwinds and removes its temporaries, and ignore any further SIGTERM meanwhile. A
+    process pool sends SIGTERM again to every worker when it sees the first one gone
+    (ProcessPoolExecutor's terminate_broken); a second SystemExit raised inside the unwinding,
+    e.g. in AtomicFiles.discard between two removals, left a temporary behind. Should the
+    unwinding not end the process within `grace` seconds, SIGALRM's default action does."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "alarm"):
+        signal.alarm(grace)
+    raise SystemExit(128 + signum)
 
 
 def write_atomic(path, write: Callable[[Path], object], *, sweep: bool = True) -> Path:
@@ -96,7 +110,14 @@ class AtomicFiles:
         if final not in self._temps:
             if self._sweep:
                 sweep_stale(final.parent if str(final.parent) else ".")
-            self._temps[final] = create_exclusive(temp_path(final), folder)
+            # known before it exists: a signal's exception raised just after its creation
+            # still finds it to remove
+            tmp = self._temps[final] = temp_path(final)
+            try:
+                create_exclusive(tmp, folder)
+            except OSError:
+                del self._temps[final]  # not created: never ours to remove
+                raise
         return self._temps[final]
 
     def commit(self, order=None) -> None:

@@ -441,6 +441,61 @@ def test_terminate_leaves_no_temporaries(synthetic_db, tmp_path, sig):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".big.tif")]
 
 
+# A worker of `make --jobs` or of an ingest, stopped while it writes three temporaries, and
+# stopped again between their removals: ProcessPoolExecutor sends SIGTERM a second time to every
+# worker once it sees the first one gone, and the second SystemExit, raised in the middle of
+# AtomicFiles.discard, left the last temporary behind (CI, test_batch's batch stopped midway).
+SECOND_SIGTERM = r"""
+import importlib, os, signal, sys
+from pathlib import Path
+from mosaicdb import io
+which, folder = sys.argv[1], Path(sys.argv[2])
+module = importlib.import_module(which)
+signal.signal(signal.SIGTERM, module._on_sigterm)
+removed = io._remove
+def remove_then_stopped_again(p):
+    removed(p)
+    os.kill(os.getpid(), signal.SIGTERM)
+io._remove = remove_then_stopped_again
+def write(*args):
+    with io.AtomicFiles() as g:
+        for name in ("a.npz", "a.png", "a.json"):
+            g.temp(folder / name).write_text("x")
+        os.kill(os.getpid(), signal.SIGTERM)  # the driver stops the batch
+        g.commit()
+if which == "mosaicdb.batch":
+    module._WORKER = type("Worker", (), {"make": lambda self, *a: write()})()
+    module._make_in_worker("target", "out")
+else:
+    module.process_chunk = write
+    module._chunk_in_worker([], None)
+print("not stopped")
+"""
+
+
+@pytest.mark.parametrize("module", ["mosaicdb.batch", "mosaicdb.store.ingest"])
+def test_a_worker_stopped_twice_while_unwinding_leaves_no_temporaries(tmp_path, module):
+    res = subprocess.run([sys.executable, "-c", SECOND_SIGTERM, module, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 128 + signal.SIGTERM, res.stderr
+    assert "not stopped" not in res.stdout and "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_temporary_is_removed_even_when_its_creation_is_interrupted(tmp_path, monkeypatch):
+    """A signal's exception raised just after the file is created, before `temp` returns."""
+    from mosaicdb import io as mio
+
+    def created_then_interrupted(path, folder=False):
+        path.write_text("")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mio, "create_exclusive", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), mio.AtomicFiles() as g:
+        g.temp(tmp_path / "m.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stale_temporaries_of_dead_runs_are_swept(db40, target, tmp_path):
     out = tmp_path / "m.png"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

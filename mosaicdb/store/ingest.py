@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError, UsageError
-from ..io import UnsafeFile, read_regular_file, write_atomic
+from ..io import UnsafeFile, read_regular_file, unwind, write_atomic
 from ..units import human_bytes
 from .catalog import text as catalog_text
 from .decode import DecodeOptions, make_thumbnails, open_image, tile_features
@@ -286,7 +286,7 @@ _STOPPING = False
 def _on_sigterm(signum, frame):
     global _STOPPING
     if _BUSY:  # in a chunk: unwind (write_atomic removes its temporary), then leave
-        raise SystemExit(128 + signum)
+        unwind(signum)
     # Idle, or sending a result back: leaving now could cut a message in the pool's result pipe,
     # and the ingest's pool would then wait for its end for ever. Leave when the pool says stop,
     # at the next task, or in a second (SIGALRM's default action), whichever comes first.
