@@ -318,3 +318,19 @@ def test_a_batch_stopped_midway_stops_its_workers_and_leaves_no_temporaries(cifa
     assert len([n for n in names if n.endswith(".png")]) < len(targets)
     for p in out.glob("*.png"):
         Image.open(p).verify()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("blocked", ["b.mosaic.json", "b.metrics.json", "b.jpg"])
+def test_one_targets_blocked_output_name_stops_the_batch_before_any_target(synthetic_db, tmp_path, jobs, blocked):
+    """A folder under the name of one target's output or sidecar is refused before any target
+    runs; it was found only when that target's turn came, after the targets before it were made."""
+    src = tmp_path / "t"
+    src.mkdir()
+    for i, name in enumerate("abc"):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    (out / blocked).mkdir(parents=True)
+    res = invoke_cli("make", "--db", synthetic_db.path, src, "--out", out, "--grid", 4, "--jobs", jobs, code=2)
+    assert blocked in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert [p.name for p in out.iterdir()] == [blocked]
