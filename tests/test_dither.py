@@ -460,3 +460,35 @@ def test_two_cells_that_block_each_other_trade_tiles():
 def test_an_out_of_range_weight_is_shown_as_given():
     with pytest.raises(UsageError, match=r"between 0 and 100, got 100\.0001$"):
         MatchOptions(dither=100.0001)
+
+
+def test_tiles_whose_colours_are_not_finite_are_never_dithered_in():
+    """Features damaged after the index was built: the index still offers such a tile, at a
+    distance from its own copy (here the nearest of all), but its colours read NaN. Its NaN gain
+    passed every `gain >= best` test: it was taken, and J turned NaN. Placed already, the pass
+    leaves the grid alone (the matcher then matches again without it)."""
+    from types import SimpleNamespace
+
+    from mosaicdb.match.dither import dither
+    rows, cols = 6, 8
+    n = rows * cols
+    ids = np.tile(np.array([[3, 7, 9]], np.int64), (n, 1))
+    dist = np.tile(np.array([[8.0, 8.0, 1.0]], np.float32), (n, 1))
+    subs = {3: np.full((2, 2, 3), 120.0, np.float32), 7: np.full((2, 2, 3), 136.0, np.float32),
+            9: np.full((2, 2, 3), np.nan, np.float32)}
+
+    def tile_sub(t):
+        return np.stack([subs[int(x)] for x in np.asarray(t)])
+
+    cells = np.full((n, 2, 2, 3), 128.0, np.float32)
+    opts = SimpleNamespace(dither=0.5, refine_passes=4, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
+                           usage_penalty=0.0)
+    tiles, cost = np.full((rows, cols), 3, np.int64), np.full((rows, cols), 8.0, np.float32)
+    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, opts)
+    assert st_["moves"] > 0 and not (tiles == 9).any() and np.isfinite(st_["objective_after"])
+    assert np.isfinite(cost).all()
+    tiles[0, 0], cost[0, 0] = 9, 1.0
+    before = tiles.copy()
+    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, opts)
+    assert st_["stopped"] == "non-finite features" and st_["moves"] == 0
+    np.testing.assert_array_equal(tiles, before)

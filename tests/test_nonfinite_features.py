@@ -113,3 +113,81 @@ def test_repair_recomputes_non_finite_rows_whose_checksums_match(spoiled):
     invoke_cli("db", "check", path, code=0)
     with TileDB.open(path, readonly=True) as db:
         assert np.isfinite(np.asarray(db.features()[db.ids()])).all()
+
+
+@pytest.fixture
+def spoiled_after_index(tmp_path):
+    """A sound 40-tile database whose features.f32 is damaged after its index was built (NaN
+    and inf in tiles 3-8; checksums and index untouched, as a hostile edit leaves them): the
+    index still finds those tiles, with distances from its own copy of the old rows."""
+    write_synthetic(tmp_path / "src", 40, seed=11)
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([tmp_path / "src"], workers=1)
+        db.index(rebuild=True)
+        f = db._features.read(db.next_id, mode="r+")
+        f[BAD[:3]] = np.nan
+        f[BAD[3:], 2] = np.inf
+        f.flush()
+        del f
+    target = tmp_path / "target.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(3), 96, 64, "blocks")).save(target)
+    return tmp_path / "t.db", target
+
+
+@pytest.mark.parametrize("opts", [dict(min_distance=0), dict(), dict(orient="all"), dict(unique=True),
+                                  dict(max_uses=2, usage_penalty=1.0)])
+def test_features_damaged_after_the_index_was_built_are_left_out(spoiled_after_index, tmp_path, opts):
+    """They were placed (their costs, turns and dithering colours NaN): the mosaic was written
+    with an assignment file that `mosaic render` then refused as damaged."""
+    from mosaicdb import assignment as asg
+    path, target = spoiled_after_index
+    with TileDB.open(path, readonly=True) as db:
+        made = Maker(db, MatchOptions(grid="6", **opts), RenderOptions(tile_px=8)).make(target, tmp_path / "m.png")
+    saved = asg.load(tmp_path / "m.png")  # reads back: every cost finite
+    assert not np.isin(saved.tile_ids, BAD).any() and np.isfinite(saved.cost).all()
+    assert any("6 tiles" in w and "not finite" in w and "repair" in w for w in made.warnings), made.warnings
+    dither = made.metrics.get("assignment", {}).get("dither")
+    assert dither is None or np.isfinite(dither["objective_after"])
+    res = invoke_cli("render", asg.sidecar_paths(tmp_path / "m.png")[0], "--out", tmp_path / "r.png")
+    assert (tmp_path / "r.png").exists(), res.output
+
+
+def test_the_exact_re_rank_puts_tiles_with_non_finite_features_last_at_inf():
+    from mosaicdb.index.refine import exact_distances, rerank
+    feats = np.arange(5 * 4, dtype=np.float32).reshape(5, 4)
+    feats[1, 0], feats[3, 2] = np.nan, np.inf
+    q = feats[[2]].copy()
+    ids = np.array([[1, 3, 2, 4, -1]])
+    d, i = rerank(feats, q, np.zeros((1, 5), np.float32), ids, 5)
+    assert i[0, :2].tolist() == [2, 4] and np.isinf(d[0, 2:4]).all() and set(i[0, 2:4]) == {1, 3}
+    assert i[0, 4] == -1 and d[0, 4] == 0  # a missing candidate keeps its filler, last
+    e = exact_distances(feats, q, ids, np.zeros((1, 5), np.float32))
+    assert np.isinf(e[0, :2]).all() and e[0, 2] == 0 and np.isfinite(e[0, 3])
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(orient="mirror")])
+def test_damaged_rows_behind_a_pca_index_are_left_out_too(cifar_ingest, tmp_path, opts):
+    """2,000 tiles: a PCA index, whose candidates are re-ranked from the stored rows (a NaN row
+    is at an infinite distance there; it sorted last at NaN, and dithering took it)."""
+    import shutil
+
+    from mosaicdb import assignment as asg
+    from mosaicdb.match.rerank import index_is_approximate
+    path = tmp_path / "c.db"
+    shutil.copytree(cifar_ingest[0], path)
+    target = tmp_path / "target.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 120, 90, "blocks")).save(target)
+    with TileDB.open(path) as db:
+        assert index_is_approximate(db.ensure_index())
+        clean = Maker(db, MatchOptions(grid="16", **opts), RenderOptions(tile_px=8)).make(target, tmp_path / "a.png")
+        bad = np.unique(clean.saved.tile_ids)[:40]  # tiles the mosaic wants
+        f = db._features.read(db.next_id, mode="r+")
+        f[bad] = np.nan
+        f.flush()
+        del f
+    with TileDB.open(path, readonly=True) as db:
+        made = Maker(db, MatchOptions(grid="16", **opts), RenderOptions(tile_px=8)).make(target, tmp_path / "m.png")
+    saved = asg.load(tmp_path / "m.png")
+    assert not np.isin(saved.tile_ids, bad).any() and np.isfinite(saved.cost).all()
+    dither = made.metrics.get("assignment", {}).get("dither")
+    assert dither is None or np.isfinite(dither["objective_after"])

@@ -177,6 +177,8 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
                 continue
             st = slot[t]
             dj = np.float64(dist[x, j])
+            if not dj < np.inf:  # a tile whose stored features are not finite: never placed
+                continue
             lin, quad = _change(sub, st, sa, grad, 2 * r, 2 * c, c0, c1, c2)
             gain = dj * dj - cx * cx + weight * (2.0 * lin + quad) * 0.25
             if gain >= best_gain:  # (a trade is looked for only when our side gains; the other side's
@@ -249,6 +251,15 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     for i in range(0, known.size, _SUB_CHUNK):
         sub[i:i + _SUB_CHUNK] = tile_sub(known[i:i + _SUB_CHUNK])
     cell_sub = np.ascontiguousarray(cell_sub, dtype=np.float32).reshape(rows * cols, 2, 2, 3)
+    bad = ~np.isfinite(sub).all(axis=(1, 2, 3))  # features damaged after the index was built
+    if bad.any():
+        if bad[slot[flat]].any():  # placed by a search that still knew them: J is not defined (the
+            # matcher then matches again without them)
+            return {"weight": weight, "passes": 0, "moves": 0, "stopped": "non-finite features",
+                    "objective_before": None, "objective_after": None,
+                    "seconds": round(time.perf_counter() - t_start, 4)}
+        sub[bad] = 0.0
+        cand_dist = np.where((cand_ids >= 0) & bad[slot[np.maximum(cand_ids, 0)]], np.inf, cand_dist)
     before = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
     stats = {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": before,
              "objective_after": before}
