@@ -12,6 +12,7 @@ PSNR per cell, repeat statistics):
 
   5x5 rgb (free)      tiles and cells area-resampled to 5x5 RGB, exact nearest tile, no repeat
                       control (the "plain 5x5 RGB thumbnail matcher" of issue 12)
+  PxP rgb (free)      the same at p x p (`--pxp`, e.g. 3,4,6,8: none by default)
   pixel L2 (free)     the seed's method: cells at 32x32 against the 32 px thumbnails, exact L2
                       over all pixels, no repeat control
   today <mode>        lab-grid database, random-order greedy, no refinement (the code before
@@ -118,21 +119,22 @@ def target_paths(data: Path, quick: bool) -> list[Path]:
 
 # ---- methods ---------------------------------------------------------------------------------------
 class FiveByFive:
-    """Exact nearest tile on 5x5 RGB thumbnails (tiles from their 32 px thumbnail)."""
+    """Exact nearest tile on p x p (5 x 5) RGB thumbnails (tiles from their 32 px thumbnail)."""
 
-    def __init__(self, db):
+    def __init__(self, db, p: int = 5):
         import cv2
         import faiss
+        self.p = p
         self.ids = db.ids()
         t = np.asarray(db.thumbs(32)[self.ids])
-        v = np.stack([cv2.resize(x, (5, 5), interpolation=cv2.INTER_AREA) for x in t]).reshape(len(t), -1)
-        self.index = faiss.IndexFlatL2(75)
+        v = np.stack([cv2.resize(x, (p, p), interpolation=cv2.INTER_AREA) for x in t]).reshape(len(t), -1)
+        self.index = faiss.IndexFlatL2(3 * p * p)
         self.index.add(v.astype(np.float32))
 
     def __call__(self, image, grid) -> np.ndarray:
         from mosaicdb.features import cell_blocks
         from mosaicdb.match.grid import resample_cells
-        cells = cell_blocks(resample_cells(image, grid, 5), grid.rows, grid.cols).reshape(grid.cells, -1)
+        cells = cell_blocks(resample_cells(image, grid, self.p), grid.rows, grid.cols).reshape(grid.cells, -1)
         _, nn = self.index.search(cells.astype(np.float32), 1)
         return self.ids[nn[:, 0]].reshape(grid.rows, grid.cols)
 
@@ -195,6 +197,7 @@ def run_pool(args, data, work, pool: str, targets: list[Path]) -> dict:
         db.ensure_index()
     n_tiles = len(new)
     five = FiveByFive(new)
+    others = {p: FiveByFive(new, p) for p in args.pxp}
     brute = BruteForce(new) if args.pixel_l2 else None
     per_target: dict = {}
     for path in targets:
@@ -204,6 +207,8 @@ def run_pool(args, data, work, pool: str, targets: list[Path]) -> dict:
             l, t, r, b = grid.crop
             crop = target.image[t:b, l:r]
             runs = {"5x5 rgb (free)": timed(five, target.image, grid)}
+            for p, m in others.items():
+                runs[f"{p}x{p} rgb (free)"] = timed(m, target.image, grid)
             if brute is not None and grid.cells <= args.slow_max_cells:
                 runs["pixel L2 (free)"] = timed(lambda im, g: brute.nearest(brute.cell_pixels(im, g)).reshape(g.rows, g.cols),
                                                 target.image, grid)
@@ -465,6 +470,8 @@ def main() -> None:
     ap.add_argument("--no-crops", dest="crops", action="store_false")
     ap.add_argument("--crop-grid", type=int, default=64)
     ap.add_argument("--orients", default="mirror,all", help="--orient values measured besides none ('' for none)")
+    ap.add_argument("--pxp", default="", help="p x p RGB matchers measured besides 5x5, e.g. 3,4,6,8 (how low "
+                    "pyramid L1 goes by choosing tiles cell by cell)")
     ap.add_argument("--dithers", default="0", help="--dither weights measured besides the default ('' for none)")
     ap.add_argument("--no-today", dest="today", action="store_false",
                     help="skip the 'today' and 'features' rows (the code before issue 12)")
@@ -472,6 +479,7 @@ def main() -> None:
     args = ap.parse_args()
     args.orients = [o for o in args.orients.split(",") if o]
     args.dithers = [float(w) for w in args.dithers.split(",") if w]
+    args.pxp = [int(p) for p in args.pxp.split(",") if p and int(p) != 5]
     args.grids = [64] if args.quick else [int(g) for g in args.grids.split(",")]
     if args.quick:
         args.pixel_l2 = False
