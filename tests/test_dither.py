@@ -492,3 +492,38 @@ def test_tiles_whose_colours_are_not_finite_are_never_dithered_in():
     st_ = dither(tiles, cost, ids, dist, tile_sub, cells, opts)
     assert st_["stopped"] == "non-finite features" and st_["moves"] == 0
     np.testing.assert_array_equal(tiles, before)
+
+
+def test_a_database_dithering_again_reads_its_colour_table_and_notices_a_changed_file(tmp_path, synthetic_tiles):
+    """From the second target on, the colours come from one table of every tile (not the rows
+    scattered over the memory map): the same mosaic; the table is dropped, not reused, once the
+    features file changes (a reindex, an ingest, another process's repair)."""
+    import shutil
+
+    from mosaicdb import TileDB
+    from mosaicdb.match import matcher
+    from mosaicdb.match.grid import cell_data, make_grid
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([synthetic_tiles], workers=1)
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    g = make_grid(128, 96, "16")
+    with TileDB.open(tmp_path / "t.db") as db:
+        cells = cell_data(image, g, db.feature_spec)
+        spec, cols = db.feature_spec, db.feature_spec.sub_columns()
+        runs = [matcher.match(db, cells, g, MatchOptions(grid="16", min_distance=1)) for _ in range(3)]
+        table = db._dither_table[1]
+        assert table is not None and np.array_equal(table, np.asarray(db.features()[:, cols]))
+        for r in runs[1:]:
+            np.testing.assert_array_equal(r.assignment.tile_ids, runs[0].assignment.tile_ids)
+            assert r.assignment.stats["dither"]["moves"] == runs[0].assignment.stats["dither"]["moves"] > 0
+        ids = db.ids()[:3]
+        before = matcher._dither_input(db, spec, None)[0](ids)
+        np.testing.assert_array_equal(before, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True))
+        f = db._features.read(db.next_id, mode="r+")   # as a repair by another process would
+        f[ids, cols] += 10.0
+        f.flush()
+        del f
+        after = matcher._dither_input(db, spec, None)[0](ids)  # the changed rows, not the table's
+        np.testing.assert_array_equal(after, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True))
+        assert not np.array_equal(after, before)
+    shutil.rmtree(tmp_path / "t.db")
