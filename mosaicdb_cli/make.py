@@ -195,13 +195,15 @@ def make_cmd(db_path, targets, out, fmt, grid, k, min_distance, max_uses, usage_
         if len(outs) > 1 or not Path(out).suffix:
             Path(out).mkdir(parents=True, exist_ok=True)
         failed = []
+        said = set()  # a warning about the database or the options, not the target: once a batch
         for t, r in made:
             if isinstance(r, MosaicError):
                 failed.append(t)
                 msg = str(r)  # most errors name the target already ("target X: ..."): not twice
                 echo(f"error: {msg}" if str(t) in msg else f"error: {t}: {msg}", err=True)
                 continue
-            warn_all(r.warnings)
+            warn_all([w for w in r.warnings if w not in said])
+            said.update(r.warnings)
             m = r.metrics
             results.append({"target": str(t), "output": str(r.output), "assignment": str(r.assignment),
                             "metrics": str(r.metrics_path), "psnr64": m["psnr64"], "ssim64": m["ssim64"],

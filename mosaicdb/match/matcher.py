@@ -37,19 +37,28 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     """Assign a tile of `db` to every cell of `grid`. Costs are RMS differences in the feature's
     colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted).
     `exclude`: tile ids never to place (e.g. the tile a recursive sub-mosaic is made of)."""
-    res = _match(db, cells, grid, opts, progress, exclude)
+    exclude = np.asarray([] if exclude is None else exclude, dtype=np.int64)
+    known = getattr(db, "_damaged_rows", None)  # found by an earlier target of this opened database
+    res = _match(db, cells, grid, opts, progress, exclude if known is None else np.union1d(known, exclude))
     if not _nonfinite(db, res.assignment):
+        if known is not None:  # (said in every target's metrics; the command line says it once)
+            res.warnings.insert(0, _damaged_warning(db, known))
         return res
     # features.f32 damaged after the index was built: the index still finds those tiles, whose
     # cost, turn and colours are then NaN (an assignment file that cannot be read back). Every
     # such tile is left out (a scan of the features, only now), as a fresh index leaves them out.
     bad = db.nonfinite_ids()
-    res = _match(db, cells, grid, opts, progress,
-                 np.union1d(bad, np.asarray([] if exclude is None else exclude, dtype=np.int64)))
-    res.warnings.insert(0, f"{len(bad)} tiles of {db.path} have features that are not finite numbers though its "
-                           f"index holds them (features.f32 was damaged after the index was built): left out; "
-                           f"`mosaic db check` reports them, `mosaic db repair` recomputes them")
+    res = _match(db, cells, grid, opts, progress, np.union1d(bad, exclude))
+    if len(bad):
+        db._damaged_rows = bad
+        res.warnings.insert(0, _damaged_warning(db, bad))
     return res
+
+
+def _damaged_warning(db, bad: np.ndarray) -> str:
+    return (f"{len(bad)} tiles of {db.path} have features that are not finite numbers though its index holds "
+            f"them (features.f32 was damaged after the index was built): left out; `mosaic db check` reports "
+            f"them, `mosaic db repair` recomputes them")
 
 
 def _nonfinite(db, a) -> bool:
