@@ -190,7 +190,7 @@ class BatchRunner:
         actors = [actor_cls.remote(str(self.db_path), self.mopts, self.ropts) for _ in range(n)]
         log.info("making %d targets on %d Ray actors (%d CPU each)", len(targets), n, per)
         # absolute paths: an actor's working folder is not ours
-        jobs = [(str(t.resolve()), str(o.resolve())) for t, o in zip(targets, outs)]
+        jobs = [(str(t.resolve()), _absolute(o)) for t, o in zip(targets, outs)]
         pool = ray.util.ActorPool(actors)
         bar = progress_bar(self.progress, len(jobs), "make", unit="target")
         try:
@@ -224,7 +224,7 @@ class BatchRunner:
         bar = progress_bar(self.progress, len(targets), "make", unit="target")
         done = False
         try:
-            futures = [pool.submit(_make_in_worker, str(t.resolve()), str(o.resolve())) for t, o in zip(targets, outs)]
+            futures = [pool.submit(_make_in_worker, str(t.resolve()), _absolute(o)) for t, o in zip(targets, outs)]
             for t, f in zip(targets, futures):
                 try:
                     kind, value = f.result()
@@ -239,6 +239,13 @@ class BatchRunner:
         finally:
             bar.close()
             _stop(pool, done)
+
+
+def _absolute(out: Path) -> str:
+    """An output path for a worker: absolute, its links not followed. A link under an output's
+    name is replaced, as `make` without workers does; resolved, the worker wrote through it,
+    onto the file it pointed to (and its sidecars beside that), unchecked."""
+    return os.path.abspath(out)
 
 
 def _stop(pool: ProcessPoolExecutor, done: bool) -> None:

@@ -3,6 +3,8 @@ exactly the files the local executor writes; errors in actors reach the user as 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import replace
 import shutil
 import sys
@@ -334,3 +336,27 @@ def test_one_targets_blocked_output_name_stops_the_batch_before_any_target(synth
     res = invoke_cli("make", "--db", synthetic_db.path, src, "--out", out, "--grid", 4, "--jobs", jobs, code=2)
     assert blocked in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert [p.name for p in out.iterdir()] == [blocked]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_link_under_an_output_name_is_replaced_not_written_through(synthetic_db, tmp_path, jobs):
+    """With --jobs 2 the workers were given resolved paths: the mosaic went onto the file the
+    link pointed to (sidecars beside it), the link stayed, and a link to another target's
+    output lost that target's mosaic."""
+    src = tmp_path / "t"
+    src.mkdir()
+    for i, name in enumerate("abc"):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(src / f"{name}.png")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.jpg").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to(victim / "precious.jpg")
+    (out / "b.png").symlink_to("c.png")
+    invoke_cli("make", "--db", synthetic_db.path, src, "--out", out, "--grid", 4, "--format", "png", "--jobs", jobs)
+    assert (victim / "precious.jpg").read_bytes() == b"precious" and sorted(os.listdir(victim)) == ["precious.jpg"]
+    for name in "abc":
+        p = out / f"{name}.png"
+        assert p.is_file() and not p.is_symlink() and (out / f"{name}.mosaic.json").is_file()
+        assert json.loads((out / f"{name}.mosaic.json").read_text())["target"]["path"].endswith(f"{name}.png")
