@@ -200,3 +200,30 @@ def test_ctrl_c_to_the_process_group_stops_an_ingest_at_once(tmp_path):
         except ProcessLookupError:
             pass
     invoke_cli("db", "check", db, code=0)
+
+
+def test_a_worker_killed_between_chunks_is_recovered_from_not_a_traceback(tmp_path, monkeypatch):
+    """A worker that dies while idle (SIGTERM from outside, the OOM killer) breaks the pool
+    before the next chunk is handed out: that `submit` raised BrokenProcessPool, uncaught (exit
+    70, a traceback); only a death during a chunk was recovered from. Now both redo the chunks
+    involved, and every file is ingested."""
+    import multiprocessing
+
+    from conftest import write_synthetic
+    from mosaicdb.store import writer
+    write_synthetic(tmp_path / "src", 48, seed=3)
+    real = writer.chunked
+
+    def chunked(jobs, size):
+        for i, c in enumerate(real(jobs, size)):
+            if i == 7:
+                os.kill(multiprocessing.active_children()[0].pid, signal.SIGTERM)
+                time.sleep(1.0)  # the pool notices and is broken when the next chunk goes out
+            yield c
+
+    monkeypatch.setattr(writer, "chunked", chunked)
+    with TileDB.create(tmp_path / "t.db") as db:
+        report = db.ingest([tmp_path / "src"], workers=2, chunk_size=2)
+        assert report.added + report.duplicates == 48 and report.skipped == 0
+    res = invoke_cli("db", "check", tmp_path / "t.db")
+    assert res.exit_code == 0, res.output

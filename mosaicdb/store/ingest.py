@@ -23,7 +23,7 @@ import tarfile
 import time
 import zipfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +331,7 @@ def run_chunks(chunks, cfg: WorkerConfig, workers: int):
     finished = False
     try:
         for chunk in chunks:
-            pending.append((chunk, pool.submit(_chunk_in_worker, chunk, cfg)))
+            pending.append((chunk, _submit(pool, chunk, cfg)))
             while len(pending) >= 3 * workers:
                 pool = yield from _next_result(pending, pool, cfg, workers)
         while pending:
@@ -341,6 +341,18 @@ def run_chunks(chunks, cfg: WorkerConfig, workers: int):
         if not finished:  # Ctrl-C, SIGTERM, an error: stop the workers now, not after their chunks
             _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool, chunk, cfg: WorkerConfig):
+    """The chunk's future; a pool that broke before it was handed out (a worker killed while
+    idle) gives one that fails like those in flight, and is recovered from in the same place
+    (a BrokenProcessPool raised here stopped the ingest with a traceback)."""
+    try:
+        return pool.submit(_chunk_in_worker, chunk, cfg)
+    except BrokenProcessPool as e:
+        failed = Future()
+        failed.set_exception(e)
+        return failed
 
 
 def _stop_workers(pool) -> None:
