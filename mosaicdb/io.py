@@ -273,13 +273,34 @@ def not_a_file(path) -> bool:
 def refuse_non_files(outputs, option: str = "--out") -> None:
     """Every file a command writes (`outputs`: the named output first, then what it writes beside
     it) must be free, a file it may replace or a link (replaced, never written through): a folder
-    or a FIFO under one of those names made the command fail at its end, the others written."""
+    or a FIFO under one of those names made the command fail at its end, the others written.
+    Its name, and its temporary's, must also fit the filesystem (`check_name_length`)."""
     first = Path(outputs[0])
+    check_name_length(outputs, option)
     for f in map(Path, outputs):
         if not_a_file(f) and not os.path.islink(f):
             what = "a folder" if f.is_dir() else "not a regular file"
             beside = "" if f == first else f", where {option} {first} writes {f.name}"
             raise UsageError(f"{f} is {what}{beside}: move it away or choose another {option}")
+
+
+def check_name_length(outputs, option: str = "--out") -> None:
+    """UsageError when a file's temporary name (`temp_path`, with the longest pid) would be too
+    long for its folder's filesystem: found only when written, it stopped a batch midway with an
+    error naming the temporary."""
+    first = Path(outputs[0])
+    for f in map(Path, outputs):
+        folder = f.parent if str(f.parent) else Path(".")
+        try:
+            limit = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
+        except (OSError, ValueError):
+            limit = 255
+        n = len(os.fsencode(temp_path(f, pid=9_999_999).name))
+        if n > limit:
+            what = "" if f == first else f" (written beside {first.name})"
+            raise UsageError(f"{option} {first}: the file name {f.name}{what} is too long for this filesystem "
+                             f"({n} bytes with the suffix of its temporary name, at most {limit}): choose a "
+                             f"shorter name")
 
 
 def refuse_overwriting_input(outputs, inputs) -> None:

@@ -52,9 +52,12 @@ def check_batch(targets: list[Path], outs: list[Path]) -> None:
     """No output of a batch (nor its assignment or metrics) may replace any target of it, and
     every one must be free to write (not a folder, not another output's sidecar): checked for all
     before the first runs, so that one target's blocked name does not stop a batch midway."""
+    from .render.output import check_replaceable_dzi_folder, output_kind
     for o in outs:
         refuse_overwriting_input([o, *asg.sidecar_paths(o), asg.metrics_path(o)], targets)
         asg.check_sidecars_free(o)
+        if output_kind(o) == "dzi":
+            check_replaceable_dzi_folder(o)
 
 
 def make_batch(maker: "Maker", targets: list[Path], outs: list[Path]):

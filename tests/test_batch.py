@@ -360,3 +360,29 @@ def test_a_link_under_an_output_name_is_replaced_not_written_through(synthetic_d
         p = out / f"{name}.png"
         assert p.is_file() and not p.is_symlink() and (out / f"{name}.mosaic.json").is_file()
         assert json.loads((out / f"{name}.mosaic.json").read_text())["target"]["path"].endswith(f"{name}.png")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("case", ["dzi files is a file", "dzi files is not ours", "long name"])
+def test_other_blocked_outputs_stop_a_batch_before_any_target(synthetic_db, tmp_path, jobs, case):
+    """A DeepZoom output's NAME_files that is not a DeepZoom folder, and a target name whose
+    sidecars' temporary names are too long for the filesystem, were found when that target's
+    turn came (the long name with an error naming the temporary)."""
+    src = tmp_path / "t"
+    src.mkdir()
+    names = ["a", "b" + "m" * 221 if case == "long name" else "b", "c"]
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    fmt = "png" if case == "long name" else "dzi"
+    if case == "dzi files is a file":
+        (out / "b_files").write_text("x")
+    elif case == "dzi files is not ours":
+        (out / "b_files" / "junk").mkdir(parents=True)
+    before = sorted(p.name for p in out.iterdir())
+    res = invoke_cli("make", "--db", synthetic_db.path, src, "--out", out, "--grid", 4, "--format", fmt,
+                     "--jobs", jobs, code=2)
+    assert len(res.stderr.strip().splitlines()) == 1 and ".tmp" not in res.stderr, res.stderr
+    assert ("too long" in res.stderr) if case == "long name" else ("b_files" in res.stderr)
+    assert sorted(p.name for p in out.iterdir()) == before
