@@ -51,6 +51,24 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(srgb * 255.0), 0, 255).astype(np.uint8)
 
 
+# No feature of any kind comes near this (sRGB or Lab levels, times a --mean-weight of at most
+# 1000); rows within it have finite squared distances in float32, rows beyond it (damage: a
+# value written as 1e38 overflowed a distance to inf, an assignment's cost with it) are treated
+# as not finite.
+FEATURE_LIMIT = 1e12
+
+
+def bad_feature_rows(rows: np.ndarray) -> np.ndarray:
+    """Which rows (n, d) hold a value that is NaN, infinite or beyond FEATURE_LIMIT: a damaged
+    row, which matching leaves out and `db check` reports.
+
+    >>> bad_feature_rows(np.array([[1.0, -2.0], [np.nan, 0.0], [0.0, 1e38], [-np.inf, 0.0]]))
+    array([False,  True,  True,  True])
+    """
+    rows = np.asarray(rows)
+    return ~(np.abs(rows) <= FEATURE_LIMIT).all(axis=tuple(range(1, rows.ndim)))
+
+
 def samples_per_side(grid: int) -> int:
     """Pixels per side of the square each tile/cell is resampled to before features (4 per grid cell)."""
     return 4 * grid

@@ -211,3 +211,31 @@ def test_a_batch_on_damaged_rows_scans_once_and_the_cli_warns_once(spoiled_after
     res = invoke_cli("make", "--db", path, src, "--out", tmp_path / "out", "--grid", 6, "--tile-px", 8)
     assert res.stderr.count("not finite") == 1, res.stderr
     assert len(list((tmp_path / "out").glob("*.mosaic.json"))) == 3
+
+
+@pytest.mark.parametrize("value", [1e38, 1e20, -1e15])
+@pytest.mark.parametrize("opts", [dict(orient="all", dither=0.0), dict(orient="mirror"), dict(), dict(unique=True)])
+def test_huge_finite_values_are_damage_too(tmp_path, value, opts):
+    """1e38 written into the rows of the tiles a mosaic uses: with turns, their squared
+    distances overflowed to inf (a numpy warning on stderr), the costs were written so and
+    render refused the assignment; `db check` said OK."""
+    from mosaicdb import assignment as asg
+    write_synthetic(tmp_path / "src", 40, seed=11)
+    target = tmp_path / "target.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(3), 96, 64, "blocks")).save(target)
+    with TileDB.create(tmp_path / "t.db") as db:
+        db.ingest([tmp_path / "src"], workers=1)
+        db.index(rebuild=True)
+        used = np.unique(Maker(db, MatchOptions(grid="6", **opts), RenderOptions(tile_px=8))
+                         .make(target, tmp_path / "a.png").saved.tile_ids)[:4]
+        f = db._features.read(db.next_id, mode="r+")
+        f[used, 5] = value
+        f.flush()
+        del f
+    with TileDB.open(tmp_path / "t.db", readonly=True) as db:
+        made = Maker(db, MatchOptions(grid="6", **opts), RenderOptions(tile_px=8)).make(target, tmp_path / "m.png")
+    saved = asg.load(tmp_path / "m.png")
+    assert not np.isin(saved.tile_ids, used).any() and np.isfinite(saved.cost).all()
+    assert any(f"{len(used)} tiles" in w and "not finite" in w for w in made.warnings), made.warnings
+    res = invoke_cli("db", "check", tmp_path / "t.db", code=1)
+    assert "non-finite" in res.output

@@ -37,6 +37,7 @@ import time
 import numba
 import numpy as np
 
+from ..features import bad_feature_rows
 from .refine import _copies, _lookup, run_passes, visit_order
 
 _EPS = 1e-6
@@ -251,7 +252,7 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     for i in range(0, known.size, _SUB_CHUNK):
         sub[i:i + _SUB_CHUNK] = tile_sub(known[i:i + _SUB_CHUNK])
     cell_sub = np.ascontiguousarray(cell_sub, dtype=np.float32).reshape(rows * cols, 2, 2, 3)
-    bad = ~np.isfinite(sub).all(axis=(1, 2, 3))  # features damaged after the index was built
+    bad = bad_feature_rows(sub)  # features damaged after the index was built
     if bad.any():
         if bad[slot[flat]].any():  # placed by a search that still knew them: J is not defined (the
             # matcher then matches again without them)

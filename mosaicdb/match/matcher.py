@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import UsageError
+from ..features import bad_feature_rows
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
@@ -72,7 +73,7 @@ def _nonfinite(db, a) -> bool:
     if index_is_approximate(index) or index.refines:
         return False
     placed = np.unique(a.tile_ids)
-    return bool(len(placed)) and not np.isfinite(np.asarray(db.features()[placed])).all()
+    return bool(len(placed)) and bool(bad_feature_rows(np.asarray(db.features()[placed])).any())
 
 
 def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, exclude) -> MatchResult:

@@ -78,7 +78,8 @@ def best_orientations(feats, queries: np.ndarray, tile_ids: np.ndarray, spec, co
     for s in range(0, len(tile_ids), _CHUNK):
         q = np.asarray(queries[s:s + _CHUNK], np.float32)
         f = np.asarray(feats[tile_ids[s:s + _CHUNK]], np.float32)
-        d = np.stack([np.square(q - f[:, perm]).sum(1) for perm in perms], 1)
+        with np.errstate(over="ignore", invalid="ignore"):  # a damaged row: inf, and matched again without it
+            d = np.stack([np.square(q - f[:, perm]).sum(1) for perm in perms], 1)
         j = np.argmin(d, 1)
         best[s:s + _CHUNK] = np.asarray(codes, np.uint8)[j]
         best_d[s:s + _CHUNK] = d[np.arange(len(j)), j]

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import feature_kinds
 from ..errors import EmptyDatabase, IndexStale, UsageError, check_int
+from ..features import bad_feature_rows
 from ..index import IndexOptions, VectorIndex, build_index
 from ..index.faiss_index import INVERTED_KINDS, IVF_KINDS, exact_search, is_count, read_infos
 from ..index.ivfpq import MIN_VECTORS, resolve_kind
@@ -266,7 +267,7 @@ class IndexLifecycle:
 
 
 def _nonfinite_rows(rows: np.ndarray) -> int:
-    return int((~np.isfinite(rows).all(axis=1)).sum()) if len(rows) else 0
+    return int(bad_feature_rows(rows).sum()) if len(rows) else 0
 
 
 def _saved_count(infos: dict) -> int | None:

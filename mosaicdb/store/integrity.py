@@ -19,6 +19,7 @@ import numpy as np
 from isal import isal_zlib
 
 from ..errors import DatabaseError
+from ..features import bad_feature_rows
 from . import catalog
 
 
@@ -76,7 +77,7 @@ class Integrity:
         if not len(ids):
             return ids
         feats = self._features.read(self.next_id)
-        return np.concatenate([part[~np.isfinite(np.asarray(feats[part])).all(axis=1)]
+        return np.concatenate([part[bad_feature_rows(np.asarray(feats[part]))]
                                for part in np.array_split(ids, max(1, len(ids) // block))])
 
     def finite_problems(self) -> list[str]:
@@ -232,8 +233,9 @@ class Integrity:
         """Raise DatabaseError when any of these tiles' rows of `name` are damaged."""
         bad = self.bad_rows(name, ids)
         if len(bad):
-            raise DatabaseError(f"{self.path}: {name} rows of {len(bad)} tile(s) are damaged (e.g. tile {bad[0]}), "
-                                f"so they cannot be drawn or searched: run `mosaic db repair {self.path}`")
+            raise DatabaseError(f"{self.path}: {name} rows of {len(bad)} tile(s) fail their checksums (e.g. tile "
+                                f"{bad[0]}; a checksum covers a run of rows), so they cannot be drawn or searched: "
+                                f"run `mosaic db repair {self.path}`")
 
     def _init_integrity(self) -> None:
         self._intact_version = None
