@@ -27,6 +27,7 @@ import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,7 +225,13 @@ class BatchRunner:
         bar = progress_bar(self.progress, len(targets), "make", unit="target")
         done = False
         try:
-            futures = [pool.submit(_make_in_worker, str(t.resolve()), _absolute(o)) for t, o in zip(targets, outs)]
+            try:
+                with _starting_workers():  # (submit starts them)
+                    futures = [pool.submit(_make_in_worker, str(t.resolve()), _absolute(o))
+                               for t, o in zip(targets, outs)]
+            except BrokenProcessPool:  # one died at once (killed, or out of memory)
+                raise MosaicError(f"a worker process of --jobs {n} died as it started (killed, or out of "
+                                  "memory?): run again with fewer --jobs") from None
             for t, f in zip(targets, futures):
                 try:
                     kind, value = f.result()
@@ -239,6 +246,29 @@ class BatchRunner:
         finally:
             bar.close()
             _stop(pool, done)
+
+
+@contextmanager
+def _starting_workers():
+    """While worker processes start: SIGINT ignored, so that they start ignoring it (spawned
+    children keep an ignored SIGINT, and Python then leaves it so; their initializer only
+    comes after ~0.5 s of imports, where a Ctrl-C to the process group printed each one's
+    KeyboardInterrupt traceback); SIGTERM held until they are started (arriving while a worker
+    was being handed its start-up data, it cut that short, and the worker printed an EOFError
+    traceback). A Ctrl-C in these few milliseconds is lost; a SIGTERM is delivered after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if old_int is None else old_int)  # (None: not set from Python)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
+        if held:
+            os.kill(os.getpid(), held[0])
 
 
 def _absolute(out: Path) -> str:

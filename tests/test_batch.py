@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from dataclasses import replace
 import shutil
 import sys
@@ -386,3 +387,29 @@ def test_other_blocked_outputs_stop_a_batch_before_any_target(synthetic_db, tmp_
     assert len(res.stderr.strip().splitlines()) == 1 and ".tmp" not in res.stderr, res.stderr
     assert ("too long" in res.stderr) if case == "long name" else ("b_files" in res.stderr)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_workers_start_ignoring_ctrl_c(cifar_ingest, batch_targets, tmp_path, monkeypatch):
+    """Ctrl-C to the process group while the workers were still importing (their initializer,
+    which ignores it, comes ~0.5 s later): each printed a KeyboardInterrupt traceback and died.
+    Here SIGINT goes to each worker the moment it is started."""
+    from mosaicdb import batch
+
+    class Pool(batch.ProcessPoolExecutor):
+        def submit(self, *a, **kw):
+            fut = super().submit(*a, **kw)
+            for p in list(self._processes.values()):
+                if p.pid not in seen:
+                    seen.add(p.pid)
+                    os.kill(p.pid, signal.SIGINT)
+            return fut
+
+    seen: set = set()
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", Pool)
+    targets = [t for t in batch_targets if t.suffix == ".png" and t.stem.startswith("k")][:3]
+    out = tmp_path / "out"
+    out.mkdir()
+    with BatchRunner(cifar_ingest[0], MatchOptions(grid="16"), RenderOptions(tile_px=8), BatchOptions(jobs=2)) as run:
+        made = list(run.make(targets, [out / f"{t.stem}.png" for t in targets]))
+    assert len(seen) == 2 and all(not isinstance(r, Exception) for _, r in made), made
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
