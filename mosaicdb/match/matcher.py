@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -57,16 +58,18 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
 
 
 def _damaged_warning(db, bad: np.ndarray) -> str:
-    return (f"{len(bad)} tiles of {db.path} have features that are not finite numbers though its index holds "
+    return (f"{len(bad)} tiles of {db.path} have features that are not finite numbers (or beyond any feature's "
+            f"range) though its index holds "
             f"them (features.f32 was damaged after the index was built): left out; `mosaic db check` reports "
             f"them, `mosaic db repair` recomputes them")
 
 
 def _nonfinite(db, a) -> bool:
-    """Whether any placed tile's stored features are NaN or infinite. Where the costs were
-    computed from the stored rows (a re-ranked or refined index), a NaN row has an infinite
-    cost, never placed but as a last resort; where they came from the index's own copy of
-    the vectors, the placed tiles' rows are read (20 ms for 65,536 cells of 50,000 tiles)."""
+    """Whether any placed tile's stored features are damaged (`bad_feature_rows`: NaN, infinite
+    or huge). Where the costs were computed from the stored rows (a re-ranked or refined index),
+    such a row has an infinite cost, never placed but as a last resort; where they came from
+    the index's own copy of the vectors, the placed tiles' rows are read (20 ms for 65,536
+    cells of 50,000 tiles)."""
     index = db.ensure_index()
     if not np.isfinite(a.cost).all() or a.stats.get("dither", {}).get("stopped") == "non-finite features":
         return True
@@ -196,7 +199,6 @@ def _colour_table(db, feats: np.ndarray, cols) -> np.ndarray | None:
     """The table of `cols` for every row of `feats`, from the second call on with the same
     features file (unchanged: same inode, size, mtime and rows); None on the first call, or
     when it would be too large."""
-    import os
     width = len(range(*cols.indices(feats.shape[1]))) if isinstance(cols, slice) else len(cols)
     if not isinstance(feats, np.memmap) or feats.shape[0] * width * 4 > _TABLE_MAX_BYTES:
         return None

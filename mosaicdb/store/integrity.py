@@ -233,9 +233,9 @@ class Integrity:
         """Raise DatabaseError when any of these tiles' rows of `name` are damaged."""
         bad = self.bad_rows(name, ids)
         if len(bad):
-            raise DatabaseError(f"{self.path}: {name} rows of {len(bad)} tile(s) fail their checksums (e.g. tile "
-                                f"{bad[0]}; a checksum covers a run of rows), so they cannot be drawn or searched: "
-                                f"run `mosaic db repair {self.path}`")
+            raise DatabaseError(f"{self.path}: {name} rows are damaged: those of {len(bad)} tile(s) fail their "
+                                f"checksums (e.g. tile {bad[0]}; a checksum covers a run of rows), so they cannot "
+                                f"be drawn or searched: run `mosaic db repair {self.path}`")
 
     def _init_integrity(self) -> None:
         self._intact_version = None
