@@ -297,10 +297,9 @@ def check_name_length(outputs, option: str = "--out") -> None:
             limit = 255
         n = len(os.fsencode(temp_path(f, pid=9_999_999).name))
         if n > limit:
-            what = "" if f == first else f" (written beside {first.name})"
-            raise UsageError(f"{option} {first}: the file name {f.name}{what} is too long for this filesystem "
-                             f"({n} bytes with the suffix of its temporary name, at most {limit}): choose a "
-                             f"shorter name")
+            what = "its name" if f == first else f"the name of {f.name}, written beside it,"
+            raise UsageError(f"{option} {first}: {what} is too long for this filesystem ({n} bytes with the "
+                             f"suffix of its temporary name, at most {limit}): choose a shorter name")
 
 
 def refuse_overwriting_input(outputs, inputs) -> None:
