@@ -413,3 +413,12 @@ def test_workers_start_ignoring_ctrl_c(cifar_ingest, batch_targets, tmp_path, mo
         made = list(run.make(targets, [out / f"{t.stem}.png" for t in targets]))
     assert len(seen) == 2 and all(not isinstance(r, Exception) for _, r in made), made
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+@pytest.mark.parametrize("name", ["x" * 240, "é" * 120])  # 240 bytes either way
+def test_a_single_output_name_too_long_for_its_temporary_is_refused_first(synthetic_db, tmp_path, name):
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / f"{name}.png", code=2)
+    assert "its name is too long" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]
