@@ -160,6 +160,18 @@ def metrics_path(out) -> Path:
     return base.with_name(base.name + ".metrics.json")
 
 
+def output_record(out) -> str:
+    """What an assignment records as its output: the absolute path written, its links not
+    followed. A link under the output's name is replaced by the mosaic; recorded resolved, the
+    record named the link's old target, and the next `make` to that name was refused."""
+    return os.path.abspath(out)
+
+
+def same_output(recorded, path) -> bool:
+    """Whether a recorded output and `path` name the same file (folder links resolved)."""
+    return os.path.realpath(recorded) == os.path.realpath(path)
+
+
 def check_sidecars_free(out) -> None:
     """OUT.mosaic.json/.npz and OUT.metrics.json are named after OUT's stem: refuse when they
     belong to another output that still exists (x.png and x.tif would share them)."""
@@ -172,7 +184,8 @@ def check_sidecars_free(out) -> None:
         recorded = json.loads(read_regular_file(jpath, MAX_JSON_BYTES)).get("output")
     except (ValueError, OSError, UnsafeFile, AttributeError, RecursionError):
         return  # a damaged record of nothing: replacing it loses nothing
-    if recorded and Path(recorded) != out.resolve() and Path(recorded).exists():
+    if recorded and isinstance(recorded, str) and "\0" not in recorded and not same_output(recorded, out) \
+            and Path(recorded).exists():
         raise UsageError(f"{jpath.name} is the assignment of {recorded}: writing {out} would replace it; "
                          "choose another output name")
 

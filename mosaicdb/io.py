@@ -303,7 +303,9 @@ def check_name_length(outputs, option: str = "--out") -> None:
 
 
 def refuse_overwriting_input(outputs, inputs) -> None:
-    """No file written (`outputs`) may replace an input."""
+    """No file written (`outputs`) may replace an input. (Their names are checked first: one too
+    long for the filesystem failed here, in a stat, with a bare "File name too long".)"""
+    check_name_length(outputs)
     for i in inputs:
         ip = Path(i)
         for f in map(Path, outputs):

@@ -112,7 +112,8 @@ def _made_by_us(image: Path) -> bool:
     output. Read as untrusted: a small regular file, anything odd means no."""
     try:
         saved = json.loads(read_regular_file(asg.sidecar_paths(image)[0], 1 << 20))
-        return isinstance(saved, dict) and saved.get("output") == str(image.resolve())
+        recorded = saved.get("output") if isinstance(saved, dict) else None
+        return isinstance(recorded, str) and "\0" not in recorded and asg.same_output(recorded, image)
     except (OSError, ValueError, RecursionError, MosaicError):
         return False
 
@@ -217,7 +218,7 @@ class Maker:
             db=str(Path(self.db.path).resolve()), db_uuid=self.db.uuid, db_version=self.db.version,
             target=asg.TargetInfo(target.path, target.sha256, target.size),
             match=res.options.to_json(), render=ropts.to_json(),
-            output=str(out.resolve()) if out is not None else "",
+            output=asg.output_record(out) if out is not None else "",
             widened_cells=res.assignment.widened_cells, created=asg.created_time())
         saved = asg.SavedAssignment(meta, res.assignment.tile_ids, res.assignment.cost, cells.mean, cells.std,
                                     res.assignment.orient)

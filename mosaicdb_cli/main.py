@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 
 import click
 
@@ -59,3 +60,9 @@ def main() -> None:
     except BrokenPipeError:  # stdout closed by its reader while click flushed it
         quiet_broken_pipe()
         raise SystemExit(EXIT_BROKEN_PIPE) from None
+    finally:
+        # The command is over, its message said. A Ctrl-C or SIGTERM while the interpreter exits
+        # (multiprocessing's exit hook joins the --jobs workers) now ends it at once, as the
+        # signal does by default, instead of printing a KeyboardInterrupt traceback from the hook.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)

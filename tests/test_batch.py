@@ -422,3 +422,34 @@ def test_a_single_output_name_too_long_for_its_temporary_is_refused_first(synthe
     res = invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / f"{name}.png", code=2)
     assert "its name is too long" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_replaced_link_records_the_path_written_and_the_same_make_runs_again(synthetic_db, tmp_path, jobs):
+    """The assignment recorded the link's old target as its output (resolved): the same
+    command run again was refused ("m.mosaic.json is the assignment of keep.png"), and so was
+    rendering to keep.png."""
+    t = tmp_path / "t.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(t)
+    (tmp_path / "keep.png").write_bytes(b"keep")
+    (tmp_path / "m.png").symlink_to("keep.png")
+    for _ in range(2):
+        invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "m.png", "--grid", 4, "--jobs", jobs)
+        meta = json.loads((tmp_path / "m.mosaic.json").read_text())
+        assert meta["output"] == str(tmp_path / "m.png") and (tmp_path / "keep.png").read_bytes() == b"keep"
+    invoke_cli("render", tmp_path / "m.mosaic.json", "--out", tmp_path / "keep.png")
+
+
+@pytest.mark.parametrize("command", ["make", "render"])
+def test_a_sidecar_name_itself_too_long_is_the_usage_error_not_a_stat_failure(synthetic_db, tmp_path, command):
+    """244-251 bytes: OUT itself fits, OUT.mosaic.json does not even without a temporary (a
+    stat in the check against the inputs failed first: exit 1, "File name too long"); render
+    had no early check at all (its error named the temporary)."""
+    t = tmp_path / "t.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(t)
+    invoke_cli("make", "--db", synthetic_db.path, t, "--out", tmp_path / "m.png", "--grid", 4)
+    out = tmp_path / ("y" * 247 + ".png")
+    args = (["make", "--db", synthetic_db.path, t] if command == "make" else ["render", tmp_path / "m.mosaic.json"])
+    res = invoke_cli(*args, "--out", out, code=2)
+    assert "too long" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("y", ".y"))]

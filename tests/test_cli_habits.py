@@ -217,3 +217,20 @@ def test_python_m_mosaicdb_runs_the_same_entry_point():
     root = P(__file__).resolve().parent.parent
     assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]["mosaic"] == "mosaicdb_cli.entry:main"
     assert "from mosaicdb_cli.entry import main" in (root / "mosaicdb" / "__main__.py").read_text()
+
+
+def test_a_signal_while_the_interpreter_exits_ends_it_without_a_traceback():
+    """Ctrl-C twice near the end of a `make --jobs` batch: the second landed in
+    multiprocessing's exit hook (joining the workers) and printed "Exception ignored in atexit
+    callback" with a KeyboardInterrupt traceback. Here an exit hook sends itself SIGINT."""
+    import subprocess
+    import sys
+    code = ("import atexit, os, signal, sys, time\n"
+            "from mosaicdb_cli.main import main\n"
+            "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(1)))\n"
+            "sys.argv = ['mosaic', '--version']\n"
+            "main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: __import__("signal").signal(2, __import__("signal").SIG_DFL))
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+    assert res.returncode == -2 and "mosaic" in res.stdout

@@ -154,7 +154,7 @@ class AutoMaker:
                 db=str(Path(ae.path).resolve()), db_uuid=ae.uuid, db_version=ae.version,
                 tiles_digest=ae.tiles_digest(tile_ids),
                 target=asg.TargetInfo(target.path, target.sha256, target.size),
-                match=match_meta, render=ropts.to_json(), output=str(out.resolve()), created=time.time(),
+                match=match_meta, render=ropts.to_json(), output=asg.output_record(out), created=time.time(),
                 extra={"autoencoder": {**self.model.describe(), "options": self.auto.to_json(),
                                        "pool": str(Path(self.pool.path).resolve()), **summary}})
             saved = asg.SavedAssignment(meta, tile_ids, cost.astype(np.float32), cells.mean, cells.std)
@@ -194,7 +194,7 @@ class AutoMaker:
         common = {"generator": GENERATOR, "kind": "decoded", "model": self.model.describe(),
                   "fit": {k: getattr(self.auto, k) for k in ("steps", "lr", "shortlist", "atlas_px", "color_fit")}}
         where = {"target": target.path, "target_sha256": target.sha256, "grid": f"{grid.cols}x{grid.rows}",
-                 "output": str(out.resolve())}
+                 "output": asg.output_record(out)}
         bar = progress_bar(self.progress, total=grid.cells, desc="autoencoder", unit="cell")
         try:
             for r0, r1, px_cells in cell_bands(target.image, grid, px):

@@ -259,7 +259,7 @@ def assignment_meta(db, plan: CellPlan, out: Path, ropts: RenderOptions, tile_id
         db=str(Path(db.path).resolve()), db_uuid=db.uuid, db_version=db.version,
         tiles_digest=db.tiles_digest(tile_ids),
         target=asg.TargetInfo(plan.target.path, plan.target.sha256, tuple(plan.target.size)),
-        match=None, render=ropts.to_json(), output=str(out.resolve()), created=time.time(),
+        match=None, render=ropts.to_json(), output=asg.output_record(out), created=time.time(),
         extra={"generated": {k: v for k, v in plan.common_provenance().items() if k != "pipeline"}})
 
 
