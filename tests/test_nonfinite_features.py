@@ -239,3 +239,31 @@ def test_huge_finite_values_are_damage_too(tmp_path, value, opts):
     assert any(f"{len(used)} tiles" in w and "not finite" in w for w in made.warnings), made.warnings
     res = invoke_cli("db", "check", tmp_path / "t.db", code=1)
     assert "non-finite" in res.output
+
+
+def test_damage_met_only_by_the_re_rank_is_said_too(cifar_ingest, tmp_path):
+    """Behind a PCA index a damaged row is at an infinite distance and never placed: the
+    mosaic changed without a word, and a pool short by exactly those tiles failed with advice
+    to raise --max-uses or to check the index."""
+    import shutil
+    path = tmp_path / "c.db"
+    shutil.copytree(cifar_ingest[0], path)
+    target = tmp_path / "target.png"
+    Image.fromarray(synthetic_image(np.random.default_rng(5), 120, 90, "blocks")).save(target)
+    with TileDB.open(path) as db:
+        db.ensure_index()
+        used = np.unique(Maker(db, MatchOptions(grid="16"), RenderOptions(tile_px=8))
+                         .make(target, tmp_path / "a.png").saved.tile_ids)[:5]
+        n = len(db)
+        f = db._features.read(db.next_id, mode="r+")
+        f[used, 7] = np.nan
+        f.flush()
+        del f
+    with TileDB.open(path, readonly=True) as db:
+        made = Maker(db, MatchOptions(grid="16"), RenderOptions(tile_px=8)).make(target, tmp_path / "m.png")
+        assert any("5 tiles" in w and "not finite" in w for w in made.warnings), made.warnings
+    res = subprocess.run([sys.executable, "-m", "mosaicdb", "make", "--db", str(path), str(target), "--out",
+                          str(tmp_path / "u.png"), "--grid", f"{n // 40}x40", "--unique", "-q"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    check_process(res, "make")
+    assert res.returncode == 1 and "5 tiles" in res.stderr and "db repair" in res.stderr, res.stderr

@@ -1,6 +1,7 @@
 """Candidates from the index, then the repeat-controlled assignment of one tile per cell."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import MosaicError, UsageError
 from ..features import bad_feature_rows
 from .assign import Assignment, assign
 from .grid import CellData, Grid
@@ -24,6 +25,8 @@ from .unused import search_unused, use_exact
 # what a few lists hold, and exact search with k in the thousands costs ~2 ms a cell.
 _WIDEN_SCAN = 3
 _NPROBE_STEP = 4
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,8 +44,15 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     `exclude`: tile ids never to place (e.g. the tile a recursive sub-mosaic is made of)."""
     exclude = np.asarray([] if exclude is None else exclude, dtype=np.int64)
     known = getattr(db, "_damaged_rows", None)  # found by an earlier target of this opened database
-    res = _match(db, cells, grid, opts, progress, exclude if known is None else np.union1d(known, exclude))
+    try:
+        res = _match(db, cells, grid, opts, progress, exclude if known is None else np.union1d(known, exclude))
+    except MosaicError:  # e.g. a pool short by the tiles left out: say why before the error
+        if known is None and getattr(db, "_met_damage", False) and len(_remember_damage(db)):
+            log.warning("%s", _damaged_warning(db, db._damaged_rows))
+        raise
     if not _nonfinite(db, res.assignment):
+        if known is None and getattr(db, "_met_damage", False) and len(_remember_damage(db)):
+            known = db._damaged_rows  # the re-rank met them (at an infinite distance): none placed
         if known is not None:  # (said in every target's metrics; the command line says it once)
             res.warnings.insert(0, _damaged_warning(db, known))
         return res
@@ -55,6 +65,23 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
         db._damaged_rows = bad
         res.warnings.insert(0, _damaged_warning(db, bad))
     return res
+
+
+def _note_damage(db, d: np.ndarray, ids: np.ndarray) -> None:
+    """Remember that a search on the stored rows (a re-rank, the exact search over unused
+    tiles) met a tile whose row is damaged: a distance that is not finite (~2 ms at 65,536 x 32)."""
+    if d.size and (~np.isfinite(d) & (ids >= 0)).any():
+        db._met_damage = True
+
+
+def _remember_damage(db) -> np.ndarray:
+    """The damaged rows (a scan of the features, once per opened database), kept on `db`."""
+    bad = getattr(db, "_damage_scan", None)
+    if bad is None:
+        bad = db._damage_scan = db.nonfinite_ids()
+        if len(bad):
+            db._damaged_rows = bad
+    return bad
 
 
 def _damaged_warning(db, bad: np.ndarray) -> str:
@@ -114,6 +141,7 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
                                  coarse=cells_coarse if q is cells.features else None, ranked=not approximate)
         if approximate:  # the best by the exact cost
             d, ids = rerank(db.features(), q, d, ids, k)
+            _note_damage(db, d, ids)
         return d, ids
 
     d, ids = oriented_search(first_search, cells.features, k, turns)
@@ -147,13 +175,16 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
 
         def search(q):
             if use_exact(index.ntotal, len(exclude)):  # on the full vectors: exact costs
-                return search_unused(db.features(), index.ids, q, k2, exclude)
+                dd, ii = search_unused(db.features(), index.ids, q, k2, exclude)
+                _note_damage(db, dd, ii)
+                return dd, ii
             if not index.inverted:
                 dd, ii = index.search(q, k2, device=opts.device, exclude=exclude)  # flat: every vector
             else:
                 dd, ii = _wide_ivf_search(index, q, k2, exclude, coarse, ranked=not approximate)
             if approximate:
                 dd, ii = rerank(db.features(), q, dd, ii, k2)
+                _note_damage(db, dd, ii)
             return dd, ii
 
         dd, ii = oriented_search(search, cells.features[which], k2, turns)
