@@ -83,7 +83,9 @@ class Integrity:
     def finite_problems(self) -> list[str]:
         """The non-finite features `db check` reports."""
         off = self.nonfinite_ids()
-        return [f"features: {len(off)} tiles have non-finite or out-of-range features (first id {off[0]})"] if len(off) else []
+        if not len(off):
+            return []
+        return [f"features: {len(off)} tiles have non-finite or out-of-range features (first id {off[0]})"]
 
     def own_files(self) -> list:
         """The files and folders the database itself owns, as (path, kind) with kind "file" or
