@@ -409,10 +409,17 @@ def test_workers_start_ignoring_ctrl_c(cifar_ingest, batch_targets, tmp_path, mo
     targets = [t for t in batch_targets if t.suffix == ".png" and t.stem.startswith("k")][:3]
     out = tmp_path / "out"
     out.mkdir()
-    with BatchRunner(cifar_ingest[0], MatchOptions(grid="16"), RenderOptions(tile_px=8), BatchOptions(jobs=2)) as run:
-        made = list(run.make(targets, [out / f"{t.stem}.png" for t in targets]))
+    # Ctrl-C handled as in a terminal (a shell's background job, as CI may run us, starts with
+    # it ignored, which the workers would inherit with or without the fix)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with BatchRunner(cifar_ingest[0], MatchOptions(grid="16"), RenderOptions(tile_px=8),
+                         BatchOptions(jobs=2)) as run:
+            made = list(run.make(targets, [out / f"{t.stem}.png" for t in targets]))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the driver's own, back
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert len(seen) == 2 and all(not isinstance(r, Exception) for _, r in made), made
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
 
 
 @pytest.mark.parametrize("name", ["x" * 240, "é" * 120])  # 240 bytes either way
