@@ -161,9 +161,10 @@ def metrics_path(out) -> Path:
 
 
 def output_record(out) -> str:
-    """What an assignment records as its output: the absolute path written, its links not
-    followed. A link under the output's name is replaced by the mosaic; recorded resolved, the
-    record named the link's old target, and the next `make` to that name was refused."""
+    """An output's path as recorded in its assignment and as handed to `make --jobs` workers:
+    absolute, its links not followed. A link under the output's name is replaced by the mosaic;
+    resolved, the record named the link's old target (the next `make` to that name was refused)
+    and a worker wrote through the link, onto the file it pointed to."""
     return os.path.abspath(out)
 
 

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import assignment as asg
 from .errors import DatabaseError, ImageError, MatchError, MosaicError, UsageError, check_int, choice
 from .generate import deps
 from .generate.executors import _mosaic_cause, init_ray
@@ -191,7 +192,7 @@ class BatchRunner:
         actors = [actor_cls.remote(str(self.db_path), self.mopts, self.ropts) for _ in range(n)]
         log.info("making %d targets on %d Ray actors (%d CPU each)", len(targets), n, per)
         # absolute paths: an actor's working folder is not ours
-        jobs = [(str(t.resolve()), _absolute(o)) for t, o in zip(targets, outs)]
+        jobs = [(str(t.resolve()), asg.output_record(o)) for t, o in zip(targets, outs)]
         pool = ray.util.ActorPool(actors)
         bar = progress_bar(self.progress, len(jobs), "make", unit="target")
         try:
@@ -227,7 +228,7 @@ class BatchRunner:
         try:
             try:
                 with _starting_workers():  # (submit starts them)
-                    futures = [pool.submit(_make_in_worker, str(t.resolve()), _absolute(o))
+                    futures = [pool.submit(_make_in_worker, str(t.resolve()), asg.output_record(o))
                                for t, o in zip(targets, outs)]
             except BrokenProcessPool:  # one died at once (killed, or out of memory)
                 raise MosaicError(f"a worker process of --jobs {n} died as it started (killed, or out of "
@@ -269,13 +270,6 @@ def _starting_workers():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if old_term is None else old_term)
         if held:
             os.kill(os.getpid(), held[0])
-
-
-def _absolute(out: Path) -> str:
-    """An output path for a worker: absolute, its links not followed. A link under an output's
-    name is replaced, as `make` without workers does; resolved, the worker wrote through it,
-    onto the file it pointed to (and its sidecars beside that), unchecked."""
-    return os.path.abspath(out)
 
 
 def _stop(pool: ProcessPoolExecutor, done: bool) -> None:

@@ -43,26 +43,25 @@ def match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool = 
     colour space (mosaicdb.feature_kinds: squared distance / cost_divisor, square-rooted).
     `exclude`: tile ids never to place (e.g. the tile a recursive sub-mosaic is made of)."""
     exclude = np.asarray([] if exclude is None else exclude, dtype=np.int64)
-    known = getattr(db, "_damaged_rows", None)  # found by an earlier target of this opened database
+    known = _known_damage(db)  # found by an earlier target of this opened database
     try:
         res = _match(db, cells, grid, opts, progress, exclude if known is None else np.union1d(known, exclude))
     except MosaicError:  # e.g. a pool short by the tiles left out: say why before the error
-        if known is None and getattr(db, "_met_damage", False) and len(_remember_damage(db)):
-            log.warning("%s", _damaged_warning(db, db._damaged_rows))
+        if known is None and getattr(db, "_met_damage", False) and _scan_damage(db) is not None:
+            log.warning("%s", _damaged_warning(db, _known_damage(db)))
         raise
     if not _nonfinite(db, res.assignment):
-        if known is None and getattr(db, "_met_damage", False) and len(_remember_damage(db)):
-            known = db._damaged_rows  # the re-rank met them (at an infinite distance): none placed
+        if known is None and getattr(db, "_met_damage", False):
+            known = _scan_damage(db)  # the re-rank met them (at an infinite distance): none placed
         if known is not None:  # (said in every target's metrics; the command line says it once)
             res.warnings.insert(0, _damaged_warning(db, known))
         return res
     # features.f32 damaged after the index was built: the index still finds those tiles, whose
     # cost, turn and colours are then NaN (an assignment file that cannot be read back). Every
     # such tile is left out (a scan of the features, only now), as a fresh index leaves them out.
-    bad = db.nonfinite_ids()
-    res = _match(db, cells, grid, opts, progress, np.union1d(bad, exclude))
-    if len(bad):
-        db._damaged_rows = bad
+    bad = _scan_damage(db, fresh=True)
+    res = _match(db, cells, grid, opts, progress, exclude if bad is None else np.union1d(bad, exclude))
+    if bad is not None:
         res.warnings.insert(0, _damaged_warning(db, bad))
     return res
 
@@ -74,14 +73,18 @@ def _note_damage(db, d: np.ndarray, ids: np.ndarray) -> None:
         db._met_damage = True
 
 
-def _remember_damage(db) -> np.ndarray:
-    """The damaged rows (a scan of the features, once per opened database), kept on `db`."""
-    bad = getattr(db, "_damage_scan", None)
-    if bad is None:
-        bad = db._damage_scan = db.nonfinite_ids()
-        if len(bad):
-            db._damaged_rows = bad
-    return bad
+def _scan_damage(db, fresh: bool = False) -> np.ndarray | None:
+    """The damaged rows (None: none), from a scan of the features kept on `db`: once per
+    opened database, or again when `fresh`."""
+    if fresh or getattr(db, "_damage_scan", None) is None:
+        db._damage_scan = db.nonfinite_ids()
+    return _known_damage(db)
+
+
+def _known_damage(db) -> np.ndarray | None:
+    """The damaged rows a scan of this opened database found, None when none or not scanned."""
+    scan = getattr(db, "_damage_scan", None)
+    return scan if scan is not None and len(scan) else None
 
 
 def _damaged_warning(db, bad: np.ndarray) -> str:
