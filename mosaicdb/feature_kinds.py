@@ -57,19 +57,19 @@ class LabGrid:
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
         return lab_features(blocks, self.grid, self.mean_weight)
 
-    def sub_columns(self) -> slice | None:
-        """The columns `sub_means` reads (the grid); None for an odd grid."""
-        return None if self.grid % 2 else slice(3, self.dim)
+    def sub_columns(self, p: int = 2) -> slice | None:
+        """The columns `sub_means` reads (the grid); None when p does not divide the grid."""
+        return None if self.grid % p else slice(3, self.dim)
 
-    def sub_means(self, vectors: np.ndarray, columns: bool = False) -> np.ndarray | None:
-        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold (their grid pooled), in Lab;
-        None for an odd grid. `columns`: `vectors` are only the `sub_columns()` of them."""
-        cols = self.sub_columns()
+    def sub_means(self, vectors: np.ndarray, columns: bool = False, p: int = 2) -> np.ndarray | None:
+        """The colours at p x p (N, p, p, 3) that `vectors` hold (their grid pooled), in Lab;
+        None when p does not divide the grid. `columns`: `vectors` are only the `sub_columns(p)`."""
+        cols = self.sub_columns(p)
         if cols is None:
             return None
         v = np.asarray(vectors, np.float32)
         g = self.grid
-        return block_means((v if columns else v[:, cols]).reshape(-1, g, g, 3), 2)
+        return block_means((v if columns else v[:, cols]).reshape(-1, g, g, 3), p)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
@@ -130,31 +130,32 @@ class Pyramid:
             at += 3 * p * p
         return out
 
-    def _sub_level(self):
-        """(p, w, first column) of the level `sub_means` reads: 2 x 2, else the coarsest even one."""
+    def _sub_level(self, p: int):
+        """(level, w, first column) of the level `sub_means` reads: the coarsest one that p
+        divides (p itself when there is one)."""
         at, found = 0, None
-        for p, w in self.levels:
-            if p % 2 == 0 and w > 0 and (found is None or p < found[0]):
-                found = (p, w, at)
-            at += 3 * p * p
+        for q, w in self.levels:
+            if q % p == 0 and w > 0 and (found is None or q < found[0]):
+                found = (q, w, at)
+            at += 3 * q * q
         return found
 
-    def sub_columns(self) -> slice | None:
-        """The columns `sub_means` reads (one level); None when no level is even."""
-        found = self._sub_level()
+    def sub_columns(self, p: int = 2) -> slice | None:
+        """The columns `sub_means` reads (one level); None when no level is a multiple of p."""
+        found = self._sub_level(p)
         return None if found is None else slice(found[2], found[2] + 3 * found[0] ** 2)
 
-    def sub_means(self, vectors: np.ndarray, columns: bool = False) -> np.ndarray | None:
-        """The colours at 2 x 2 (N, 2, 2, 3) that `vectors` hold, in the kind's colour space: the
-        2 x 2 level, else the coarsest even level pooled; None when no level is even.
-        `columns`: `vectors` are only the `sub_columns()` of them."""
-        found = self._sub_level()
+    def sub_means(self, vectors: np.ndarray, columns: bool = False, p: int = 2) -> np.ndarray | None:
+        """The colours at p x p (N, p, p, 3) that `vectors` hold, in the kind's colour space: the
+        p x p level, else the coarsest level p divides, pooled; None when there is none.
+        `columns`: `vectors` are only the `sub_columns(p)` of them."""
+        found = self._sub_level(p)
         if found is None:
             return None
-        p, w, at = found
+        q, w, at = found
         v = np.asarray(vectors, np.float32)
-        v = (v if columns else v[:, at:at + 3 * p * p]).reshape(-1, p, p, 3)
-        return block_means(v * np.float32(p / np.sqrt(w)), 2)
+        v = (v if columns else v[:, at:at + 3 * q * q]).reshape(-1, q, q, 3)
+        return block_means(v * np.float32(q / np.sqrt(w)), p)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: every level's p x p blocks turn

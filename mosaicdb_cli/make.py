@@ -100,11 +100,11 @@ def render_fields(tile_px, color, color_strength, quality, codec, ome, dpi, prin
               help="Turns a tile may take in its cell: none; mirror (or its left-right mirror image); all (the 8 flips "
                    "and quarter turns: photographs may show sideways or upside down). ~2x / ~8x the search.")
 @click.option("--dither", type=float, default=None,
-              help="After refinement, trade each cell's own fit for how its colours blend with its neighbours' "
-                   "(the weight of that blurred error, 0-100; 0: off). The mosaic reads closer to its target from "
-                   "afar, at some cost in detail inside the tiles. Needs features with 2x2 colours (rgb-pyramid, "
-                   "lab-pyramid, lab-grid at an even grid) [default: 0.5; 0, and no other value, with --unique or "
-                   "--orient].")
+              help="After refinement, choose tiles for how the mosaic reads as a whole picture, seen close (the "
+                   "target's size, halved) and seen whole (64 px), not cell by cell: the weight of the whole view "
+                   "against the close one (0-100; 0: off). More reads closer from afar, less keeps more detail "
+                   "inside the tiles. Needs features with 2x2 colours (rgb-pyramid, lab-pyramid, lab-grid at an even "
+                   "grid) [default: 0.3; 0, and no other value, with --unique or --orient].")
 @click.option("--tile-px", type=int, default=None, help="Pixels per tile side in the output [default: 32].")
 @click.option("--recursive", "depth", type=int, default=0, show_default=True,
               help="Every tile becomes a mosaic of itself from the same pool, this many times over (refused beyond "

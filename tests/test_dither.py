@@ -1,6 +1,7 @@
 """Dithering (`--dither`): every constraint stays exact, the objective J never rises and is what
-a from-scratch computation gives, a converged result has no improving move left, the result is
-a function of the seed, and on a flat target between two tiles it mixes them."""
+a from-scratch computation gives, a converged result (every candidate priced exactly) has no
+improving move left, the result is a function of the seed, on a flat target between two tiles
+it mixes them, and its views are the maps mosaicdb.evaluate measures through."""
 from __future__ import annotations
 
 import json
@@ -14,13 +15,20 @@ from mosaicdb.errors import MatchError, UsageError
 from mosaicdb.feature_kinds import LabGrid, Pyramid
 from mosaicdb.features import rgb_to_lab
 from mosaicdb.match.assign import assign
-from mosaicdb.match.dither import blurred_error, objective
+from mosaicdb.match import dither as dither_mod
+from mosaicdb.match.dither import objective
 from mosaicdb.match.options import DEFAULT_DITHER, MatchOptions
+from mosaicdb.match.views import canvas, views
 from test_assign import Pool, Repeat, check_valid, greedy_guaranteed, options_rejected
 
 
+def grid_views(rows, cols, p=2, px=6):
+    """The views of a rows x cols grid over a target of px pixels a cell."""
+    return views(rows, cols, p, rows * px, cols * px)
+
+
 class Colours:
-    """Random 2 x 2 colours for a Pool's tiles (by id) and cells."""
+    """Random 2 x 2 pixels for a Pool's tiles (by id) and cells."""
 
     def __init__(self, pool: Pool, seed: int, scale: float = 40.0):
         rng = np.random.default_rng(seed + 1)
@@ -32,13 +40,13 @@ class Colours:
         return self.tiles[np.searchsorted(self.pool.ids, np.asarray(ids))]
 
     def j(self, tile_ids, cost, rows, cols, weight):
-        return objective(cost, self.tile_sub(tile_ids.ravel()), self.cells, rows, cols, weight)
+        return objective(self.tile_sub(tile_ids.ravel()), self.cells, rows, cols, grid_views(rows, cols), weight)
 
 
 def run(rows, cols, pool, colours, k, opts):
     ids, dist = pool.candidates(k)
     return assign(rows, cols, ids, dist, pool.n_tiles, opts, pool.widen,
-                  dither_input=(colours.tile_sub, colours.cells))
+                  dither_input=(colours.tile_sub, colours.cells, grid_views(rows, cols)))
 
 
 def improving_moves(a, pool, colours, k, opts) -> list:
@@ -123,8 +131,20 @@ dither_case = st.fixed_dictionaries({
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(dither_case)
-def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case):
+@given(dither_case, st.booleans())
+def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case, exhaustive):
+    """As it runs (candidates ranked by an estimate, the best few priced exactly, cells looked at
+    again only when something near them changed) and exhaustively (every cell, every candidate
+    priced exactly: then a converged result has no improving move left)."""
+    saved = dither_mod._EXHAUSTIVE
+    dither_mod._EXHAUSTIVE = exhaustive
+    try:
+        _check_dithering(case, exhaustive)
+    finally:
+        dither_mod._EXHAUSTIVE = saved
+
+
+def _check_dithering(case, exhaustive):
     rows, cols, k = case["rows"], case["cols"], case["k"]
     pool = Pool(rows * cols, case["n_tiles"], case["seed"], spread=0.5)
     colours = Colours(pool, case["seed"])
@@ -151,7 +171,7 @@ def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case):
             return int((u * (u - 1)).sum())
         assert usage(a.tile_ids) <= usage(start.tile_ids)
     event(f"moves: {'yes' if d['moves'] else 'no'}, trades: {'yes' if d['swapped'] else 'no'}")
-    if d["stopped"] == "converged":
+    if d["stopped"] == "converged" and exhaustive:
         assert improving_moves(a, pool, colours, k, opts) == []
         assert improving_trades(a, pool, colours, k, opts) == []
     again = run(rows, cols, pool, colours, k, opts)
@@ -162,8 +182,8 @@ def test_dithering_keeps_every_constraint_and_never_raises_its_objective(case):
 def test_a_flat_target_between_two_tiles_is_dithered():
     """A flat grey of 128 and tiles of 120 and 136 only: each cell's own cost is 8 either way,
     so without dithering every cell takes the same tile and the mosaic reads 8 levels off; with
-    it the two alternate and the blurred error nearly vanishes."""
-    rows, cols = 12, 16
+    it the two mix, and seen whole (64 px for 96 rows of cells) the error nearly vanishes."""
+    rows, cols = 96, 128
     ids = np.tile(np.array([[3, 7]], np.int64), (rows * cols, 1))
     dist = np.full((rows * cols, 2), 8.0, np.float32)
     subs = {3: np.full((2, 2, 3), 120.0, np.float32), 7: np.full((2, 2, 3), 136.0, np.float32)}
@@ -172,13 +192,15 @@ def test_a_flat_target_between_two_tiles_is_dithered():
         return np.stack([subs[int(x)] for x in np.asarray(t)])
 
     cells = np.full((rows * cols, 2, 2, 3), 128.0, np.float32)
+    v = grid_views(rows, cols)
     out = {}
-    for w in (0.0, 0.5):
+    for w in (0.0, DEFAULT_DITHER):
         opts = Repeat(dither=w)
-        a = assign(rows, cols, ids, dist, 2, opts, None, dither_input=(tile_sub, cells))
-        out[w] = blurred_error(tile_sub(a.tile_ids.ravel()), cells, rows, cols)
+        a = assign(rows, cols, ids, dist, 2, opts, None, dither_input=(tile_sub, cells, v))
+        whole = v[1].apply(canvas(tile_sub(a.tile_ids.ravel()) - cells, rows, cols))
+        out[w] = float(np.mean(whole ** 2))
         np.testing.assert_array_equal(a.cost, 8.0)
-    assert out[0.0] > 60 * rows * cols * 0.9 and out[0.5] < 0.1 * out[0.0]
+    assert out[0.0] > 60 and out[DEFAULT_DITHER] < 0.1 * out[0.0]
 
 
 def test_assign_dithers_only_with_resolved_options_and_colours():
@@ -212,23 +234,49 @@ def test_refine_passes_zero_turns_dithering_off_and_refuses_an_explicit_weight()
     before = a.tile_ids.copy()
     opts = SimpleNamespace(dither=1.0, refine_passes=0, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
                            usage_penalty=0.0)
-    st_ = dither(a.tile_ids, a.cost, ids, dist, colours.tile_sub, colours.cells, opts)
+    st_ = dither(a.tile_ids, a.cost, ids, dist, colours.tile_sub, colours.cells, grid_views(6, 6), opts)
     assert st_["moves"] == 0 and st_["stopped"] == "off"
     np.testing.assert_array_equal(a.tile_ids, before)
 
 
-def test_blurred_error_is_the_full_blur_of_the_zero_padded_error():
-    rng = np.random.default_rng(0)
-    rows, cols = 3, 4
-    e = rng.normal(size=(rows * cols, 2, 2, 3))
-    img = e.reshape(rows, cols, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(2 * rows, 2 * cols, 3)
-    b = np.array([1, 2, 1]) / 4
-    k2 = np.outer(b, b)
-    full = np.zeros((2 * rows + 2, 2 * cols + 2, 3))
-    for y in range(2 * rows):
-        for x in range(2 * cols):
-            full[y:y + 3, x:x + 3] += k2[..., None] * img[y, x]
-    np.testing.assert_allclose(blurred_error(e, np.zeros_like(e), rows, cols), (full ** 2).sum() / 4)
+@pytest.mark.parametrize("rows,cols,p,h,w", [(42, 64, 8, 504, 768), (9, 7, 4, 200, 150), (5, 6, 2, 30, 36),
+                                              (64, 64, 2, 512, 512)])
+def test_views_are_the_maps_evaluate_measures_through(rows, cols, p, h, w):
+    """The close view of a canvas is the Gaussian-pyramid level of it brought to the target's
+    size (evaluate.pyramid_mse), the whole view it at 64 px on the short side (evaluate.psnr_at);
+    the bands are those maps' weights: the matrices they make give the same views."""
+    import cv2
+
+    from mosaicdb.evaluate import _resize, gaussian_pyramid
+    from mosaicdb.match.views import close_level, whole_size
+    close, whole = views(rows, cols, p, h, w)
+    img = np.random.default_rng(rows).random((rows * p, cols * p, 3)).astype(np.float32)
+    level = close_level(w, cols, rows * cols)
+    want = list(gaussian_pyramid(_resize(img, h, w), level))[level]
+    np.testing.assert_allclose(close.apply(img), want, atol=1e-5)
+    wh, ww = whole_size(h, w)
+    np.testing.assert_allclose(whole.apply(img), _resize(img, wh, ww), atol=1e-5)
+    if wh <= rows * p and ww <= cols * p:
+        np.testing.assert_allclose(whole.apply(img), cv2.resize(img, (ww, wh), interpolation=cv2.INTER_AREA),
+                                   atol=1e-5)
+    for v in (close, whole):
+        ay, ax = v.matrices()
+        dense = np.einsum("ay,yxc,bx->abc", ay.astype(np.float64), img, ax.astype(np.float64), optimize=True)
+        np.testing.assert_allclose(dense, v.apply(img), atol=1e-5)
+
+
+def test_the_close_view_and_the_canvas_stay_within_their_bounds():
+    """Level 1 while a cell spans at most 16 px there, coarser beyond; the canvas is the close
+    view's cell size rounded up to 2, 4 or 8 px; neither grows past MAX_VIEW_PIXELS."""
+    from mosaicdb.match.views import MAX_VIEW_PIXELS, canvas_px, close_level
+    assert close_level(768, 64, 64 * 42) == 1 and canvas_px(42, 64, 768) == 8        # 6 px a cell
+    assert close_level(768, 128, 128 * 85) == 1 and canvas_px(85, 128, 768) == 4      # 3 px
+    assert close_level(512, 256, 256 * 256) == 1 and canvas_px(256, 256, 512) == 2    # 1 px
+    assert close_level(1560, 32, 32 * 16) == 2 and canvas_px(16, 32, 1560) == 8       # 48 px -> 12 px
+    for rows, cols, w in ((2048, 2048, 65536), (1024, 1024, 30000), (300, 400, 20000)):
+        level, p = close_level(w, cols, rows * cols), canvas_px(rows, cols, w)
+        assert rows * cols * (w / cols / 2 ** level) ** 2 <= MAX_VIEW_PIXELS or w / cols / 2 ** level <= 1
+        assert rows * cols * p * p <= MAX_VIEW_PIXELS or p == 2
 
 
 # ---- options and features --------------------------------------------------------------------------
@@ -249,7 +297,7 @@ def test_the_default_weight_resolves_by_mode():
     def resolved(**kw):
         return MatchOptions(**kw).resolved(8, 8, 1000)[0].dither
     assert MatchOptions().dither is None
-    assert resolved() == DEFAULT_DITHER == 0.5
+    assert resolved() == DEFAULT_DITHER == 0.3
     assert resolved(min_distance=3, max_uses=4) == DEFAULT_DITHER
     assert resolved(unique=True) == 0.0 and resolved(orient="all") == 0.0 and resolved(orient="mirror") == 0.0
     assert resolved(dither=0) == 0.0 and resolved(dither=2.5) == 2.5
@@ -281,6 +329,19 @@ def test_sub_means_are_the_quadrant_colours(spec):
 def test_sub_means_are_none_without_an_even_level():
     assert LabGrid(3).sub_means(np.zeros((2, 30), np.float32)) is None
     assert Pyramid("rgb", ((1, 1.0),), 16, 0).sub_means(np.zeros((2, 3), np.float32)) is None
+    assert LabGrid(4).sub_columns(8) is None and Pyramid("rgb", ((1, 1.0), (4, 1.0)), 16, 0).sub_columns(8) is None
+
+
+@pytest.mark.parametrize("p", [4, 8])
+@pytest.mark.parametrize("spec", [Pyramid(), Pyramid("rgb", ((1, 1.0), (8, 2.0)), 16, 0), LabGrid(8)])
+def test_sub_means_at_finer_levels_are_the_block_colours(spec, p):
+    from mosaicdb.features import block_means
+    blocks = np.random.default_rng(p).integers(0, 256, (4, spec.samples, spec.samples, 3), dtype=np.uint8)
+    src = blocks if getattr(spec, "space", "lab") == "rgb" else rgb_to_lab(blocks)
+    want = block_means(src.astype(np.float32), p)
+    np.testing.assert_allclose(spec.sub_means(spec(blocks), p=p), want, atol=1e-3)
+    v = spec(blocks)
+    np.testing.assert_array_equal(spec.sub_means(v[:, spec.sub_columns(p)], columns=True, p=p), spec.sub_means(v, p=p))
 
 
 # ---- end to end --------------------------------------------------------------------------------------
@@ -352,7 +413,8 @@ def test_tile_colours_are_read_a_chunk_at_a_time(monkeypatch):
         return colours.tile_sub(ids)
     monkeypatch.setattr(dither_mod, "_SUB_CHUNK", 7)
     ids, dist = pool.candidates(8)
-    chunked = assign(9, 9, ids, dist, pool.n_tiles, opts, pool.widen, dither_input=(counting, colours.cells))
+    chunked = assign(9, 9, ids, dist, pool.n_tiles, opts, pool.widen,
+                     dither_input=(counting, colours.cells, grid_views(9, 9)))
     assert max(sizes) <= 7 and sum(sizes) == np.unique(np.concatenate([ids.ravel(), whole.tile_ids.ravel()])).size
     np.testing.assert_array_equal(chunked.tile_ids, whole.tile_ids)
     assert whole.stats["dither"]["moves"] > 0
@@ -434,7 +496,8 @@ def test_an_empty_grid_is_left_alone():
     opts = SimpleNamespace(dither=0.5, refine_passes=4, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
                            usage_penalty=0.0)
     st_ = dither(np.empty((0, 5), np.int64), np.empty((0, 5), np.float32), np.empty((0, 3), np.int64),
-                 np.empty((0, 3), np.float32), lambda ids: np.zeros((len(ids), 2, 2, 3)), np.empty((0, 2, 2, 3)), opts)
+                 np.empty((0, 3), np.float32), lambda ids: np.zeros((len(ids), 2, 2, 3)), np.empty((0, 2, 2, 3)),
+                 None, opts)
     assert st_["moves"] == 0 and st_["objective_after"] == 0.0
 
 
@@ -452,7 +515,8 @@ def test_two_cells_that_block_each_other_trade_tiles():
     cells = np.stack([np.full((2, 2, 3), 200.0, np.float32), np.full((2, 2, 3), 40.0, np.float32)])
     base = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.0), None)
     assert base.tile_ids.tolist() == [[3, 7]]
-    a = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.5), None, dither_input=(tile_sub, cells))
+    a = assign(1, 2, ids, dist, 2, Repeat(min_distance=1, dither=0.5), None,
+               dither_input=(tile_sub, cells, grid_views(1, 2)))
     assert a.tile_ids.tolist() == [[7, 3]] and a.stats["dither"]["swapped"] == 1
     np.testing.assert_allclose(a.cost, [[8.1, 8.1]], rtol=1e-6)
 
@@ -484,12 +548,12 @@ def test_tiles_whose_colours_are_not_finite_are_never_dithered_in():
     opts = SimpleNamespace(dither=0.5, refine_passes=4, refine_seconds=10.0, seed=0, min_distance=0, max_uses=0,
                            usage_penalty=0.0)
     tiles, cost = np.full((rows, cols), 3, np.int64), np.full((rows, cols), 8.0, np.float32)
-    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, opts)
+    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, grid_views(rows, cols), opts)
     assert st_["moves"] > 0 and not (tiles == 9).any() and np.isfinite(st_["objective_after"])
     assert np.isfinite(cost).all()
     tiles[0, 0], cost[0, 0] = 9, 1.0
     before = tiles.copy()
-    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, opts)
+    st_ = dither(tiles, cost, ids, dist, tile_sub, cells, grid_views(rows, cols), opts)
     assert st_["stopped"] == "non-finite features" and st_["moves"] == 0
     np.testing.assert_array_equal(tiles, before)
 
@@ -509,7 +573,10 @@ def test_a_database_dithering_again_reads_its_colour_table_and_notices_a_changed
     g = make_grid(128, 96, "16")
     with TileDB.open(tmp_path / "t.db") as db:
         cells = cell_data(image, g, db.feature_spec)
-        spec, cols = db.feature_spec, db.feature_spec.sub_columns()
+        spec = db.feature_spec
+        p = matcher._canvas_px(spec, g)
+        cols = spec.sub_columns(p)
+        cell_px = spec.sub_means(cells.features, p=p)
         runs = [matcher.match(db, cells, g, MatchOptions(grid="16", min_distance=1)) for _ in range(3)]
         table = db._dither_table[1]
         assert table is not None and np.array_equal(table, np.asarray(db.features()[:, cols]))
@@ -517,13 +584,13 @@ def test_a_database_dithering_again_reads_its_colour_table_and_notices_a_changed
             np.testing.assert_array_equal(r.assignment.tile_ids, runs[0].assignment.tile_ids)
             assert r.assignment.stats["dither"]["moves"] == runs[0].assignment.stats["dither"]["moves"] > 0
         ids = db.ids()[:3]
-        before = matcher._dither_input(db, spec, None)[0](ids)
-        np.testing.assert_array_equal(before, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True))
+        before = matcher._dither_input(db, spec, cell_px, g)[0](ids)
+        np.testing.assert_array_equal(before, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True, p=p))
         f = db._features.read(db.next_id, mode="r+")   # as a repair by another process would
         f[ids, cols] += 10.0
         f.flush()
         del f
-        after = matcher._dither_input(db, spec, None)[0](ids)  # the changed rows, not the table's
-        np.testing.assert_array_equal(after, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True))
+        after = matcher._dither_input(db, spec, cell_px, g)[0](ids)  # the changed rows, not the table's
+        np.testing.assert_array_equal(after, spec.sub_means(np.asarray(db.features()[ids, cols]), columns=True, p=p))
         assert not np.array_equal(after, before)
     shutil.rmtree(tmp_path / "t.db")

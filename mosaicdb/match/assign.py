@@ -62,8 +62,8 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     picks), -1 ids where there is no candidate. `widen(cells, k)` returns the k nearest
     tiles of the given flat cell indices in the same form. `opts.min_distance` must be
     resolved (`MatchOptions.resolved`). Raises MatchError when the options cannot be met.
-    `dither_input`: (tile_sub(ids), cell_sub), the tiles' and cells' colours at 2 x 2, when
-    `opts.dither` is on (dither.py).
+    `dither_input`: (tile_px(ids), cell_px, views), the tiles' and cells' pixels at p x p and the
+    grid's views (views.views), when `opts.dither` is on (dither.py).
     """
     n_cells = rows * cols
     if opts.min_distance is None:
@@ -84,7 +84,7 @@ def assign(rows: int, cols: int, cand_ids: np.ndarray, cand_dist: np.ndarray,
     a.stats.update(order=opts.order, refine=refine(a.tile_ids, a.cost, cand_ids, cand_dist, opts))
     if opts.dither:
         if dither_input is None:
-            raise ValueError("dithering needs the tiles' and the cells' 2 x 2 colours (dither_input)")
+            raise ValueError("dithering needs the tiles' and the cells' pixels and the views (dither_input)")
         a.stats["dither"] = dither(a.tile_ids, a.cost, cand_ids, cand_dist, *dither_input, opts)
     return a
 

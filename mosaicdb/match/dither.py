@@ -1,34 +1,31 @@
-"""Dithering (`--dither W`): tiles chosen so that the mosaic reads as its target from afar.
+"""Dithering (`--dither W`): tiles chosen so that the mosaic reads as its target, close and whole.
 
-Each cell's own cost says how close its tile is, scale by scale. Seen from a distance, though,
-neighbouring cells blur together, and a cell that is a little too red next to one a little too
-green reads right. This pass, after refinement, takes that into account: its objective is
+Each cell's own cost says how close its tile is, scale by scale. But a mosaic is seen as one
+picture: at arm's length neighbouring tiles run together at their borders, from across the room
+whole cells blend, and a cell a little too red next to one a little too green reads right. This
+pass, after refinement, chooses tiles for the errors of the mosaic seen both ways: its objective is
 
-    J = sum over cells of cost^2  +  W * (1/4) * || B * (M - T) ||^2
+    J = MSE(C(M) - C(T)) + W * MSE(V(M) - V(T))
 
-where M and T are the mosaic's and the target's colours at 2 x 2 per cell (a grid of 2*rows x
-2*cols, from the feature vectors: `FeatureSpec.sub_means`), B a [1 2 1]/4 x [1 2 1]/4 blur on that
-grid (zero outside it), and cost the cell's candidate distance (RMS, so cost^2 is its mean squared
-difference, averaged over the channels; the blurred term sums them, so for an error the same
-everywhere it is 3x as large: W = 1/3 weighs the two alike, the default 0.5 the blurred one
-1.5x). The blur spans about a cell: at 64 cells
-across a photograph, PSNR at 64 px (1.5 px a cell) and the coarse pyramid levels see it.
+where M and T are the mosaic and the target on a canvas of p px per cell (the tiles' and the
+cells' feature levels at p x p, in sRGB levels), and C and V the two views of views.py, the
+linear maps that mosaicdb.evaluate measures through: C the target-sized mosaic's Gaussian
+pyramid at level 1 (half the target's size: detail inside the tiles and across their borders),
+V the mosaic at 64 px on its short side (the whole picture). Each MSE is the mean over its view's
+numbers, so W = 1 weighs the two alike; the default 0.5 halves the whole view's.
 
 Each cell in turn (the refinement's seeded block order) makes the move that lowers J most, if any:
 a reassignment to a free candidate, or, when a candidate (not used up under --max-uses) is blocked
-by the one copy of it within --min-distance, a trade of tiles with that cell (which must have ours among its candidates, with
-no other copy of ours near it; a trade is looked at when our cell's side alone would lower J, the
-other side's cell finds the rest). Every move is checked against --min-distance and --max-uses
-first, and none raises the usage-penalty term (a trade keeps every tile's uses; with a penalty, a
-reassignment goes only to a tile used fewer times than the one it leaves), so no constraint can
-break and J never rises. Passes repeat until one changes nothing, within the
-refinement's pass and time budget. The gain of a move is exact: the blurred error's gradient
-(B^T B applied to M - T) is kept up to date in a 5 x 5 window of sub-cells around each change.
+by the one copy of it within --min-distance, a trade of tiles with that cell (which must have ours
+among its candidates, with no other copy of ours near it; a trade is looked at when our cell's side
+alone would lower J, the other side's cell finds the rest). Every move is checked against
+--min-distance and --max-uses first, and none raises the usage-penalty term (a trade keeps every
+tile's uses; with a penalty, a reassignment goes only to a tile used fewer times than the one it
+leaves), so no constraint can break and J never rises. Passes repeat until one changes nothing,
+within the refinement's pass and time budget. The gain of a move is exact: each view's error
+(C(M) - C(T), V(M) - V(T)) is kept, and a cell's tile reaches only a window of it.
 
-Measured (bench_quality, README "Dithering"): at 64 cells across, +0.5-0.8 dB PSNR at 64 px and
-the coarse pyramid levels 16-46 % lower, at +5-7 % in pyramid level 1 (detail inside the tiles);
-at 128 cells better on every figure; at 32 cells, whose tiles a 64 px view still resolves, a
-little worse. On by default at MatchOptions' DEFAULT_DITHER (greedy modes without turns).
+Measured: README, Benchmarks, Quality ("Dithering").
 """
 from __future__ import annotations
 
@@ -39,125 +36,188 @@ import numpy as np
 
 from ..features import bad_feature_rows
 from .refine import _copies, _lookup, run_passes, visit_order
+from .views import canvas
 
-_EPS = 1e-6
-# Tiles whose colours are read at a time: their full feature rows pass through memory (65,536
-# rows of 255 floats: 67 MB), whatever the pool (up to every tile of it among the candidates).
+_EPS = 1e-9
+# Tiles whose pixels are read at a time: their feature rows pass through memory.
 _SUB_CHUNK = 65536
-_B = np.array([1.0, 2.0, 1.0]) / 4.0
+# candidates a cell prices exactly, the best by the estimate
+_EXACT = 4
+# Tests set this: every cell looked at in every pass, every candidate priced exactly (so that a
+# converged result has no improving move left), not only those the estimate ranks first.
+_EXHAUSTIVE = False
 
 
-def _kernel() -> np.ndarray:
-    """B^T B for the separable [1 2 1]/4 blur: a 5 x 5 kernel."""
-    b = np.convolve(_B, _B)
-    return np.outer(b, b)
-
-
-def blurred_error(tile_sub: np.ndarray, cell_sub: np.ndarray, rows: int, cols: int) -> float:
-    """(1/4) || B * (M - T) ||^2 for per-cell 2 x 2 colours (rows*cols, 2, 2, 3): the dithering
-    term, computed from scratch (the pass keeps it incrementally)."""
-    e = (np.asarray(tile_sub, np.float64) - np.asarray(cell_sub, np.float64))
-    e = e.reshape(rows, cols, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(2 * rows, 2 * cols, 3)
-    # the full blur of the zero-padded field: it reaches one sub-cell past each edge
-    p = np.pad(e, ((2, 2), (2, 2), (0, 0)))
-    v = _B[0] * p[:-2] + _B[1] * p[1:-1] + _B[2] * p[2:]
-    h = _B[0] * v[:, :-2] + _B[1] * v[:, 1:-1] + _B[2] * v[:, 2:]
-    return float(np.sum(h * h) / 4.0)
-
-
-def objective(cost: np.ndarray, tile_sub: np.ndarray, cell_sub: np.ndarray, rows: int, cols: int,
-              weight: float) -> float:
-    """J: the sum of the cells' squared costs plus `weight` times the blurred error."""
-    c = np.asarray(cost, np.float64).reshape(-1)
-    return float(np.sum(c * c)) + float(weight) * blurred_error(tile_sub, cell_sub, rows, cols)
+def objective(tile_px: np.ndarray, cell_px: np.ndarray, rows: int, cols: int, views_, weight: float) -> float:
+    """J for per-cell pixels (rows*cols, p, p, 3) of the tiles placed and of the cells, computed
+    from scratch (the pass keeps it incrementally)."""
+    d = canvas(np.asarray(tile_px, np.float64) - np.asarray(cell_px, np.float64), rows, cols)
+    close, whole = views_
+    return float(np.sum(close.apply(d) ** 2) / close.size + weight * np.sum(whole.apply(d) ** 2) / whole.size)
 
 
 @numba.njit(cache=True, nogil=True)
-def _spread(grad, y, x, kk, v0, v1, v2):
-    """grad += kk centred on sub-cell (y, x), times the colour change (v0, v1, v2) there (kk is
-    symmetric: this is also how a change at (y, x) reaches every gradient it enters)."""
-    h2, w2 = grad.shape[0], grad.shape[1]
-    for dy in range(-2, 3):
-        yy = y + dy
-        if yy < 0 or yy >= h2:
-            continue
-        for dx in range(-2, 3):
-            xx = x + dx
-            if 0 <= xx < w2:
-                k = kk[dy + 2, dx + 2]
-                grad[yy, xx, 0] += k * v0
-                grad[yy, xx, 1] += k * v1
-                grad[yy, xx, 2] += k * v2
+def _patch(px, s, by, bx, r, c, h, w, out, tmp):
+    """out[:h, :w] = by[r, :h] @ px[s] @ bx[c, :w].T, per channel: what tile slot s at cell
+    (r, c) adds to a view's window there."""
+    p = px.shape[1]
+    for i in range(p):
+        for b in range(w):
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            for j in range(p):
+                k = np.float64(bx[c, b, j])
+                t0 += k * px[s, i, j, 0]
+                t1 += k * px[s, i, j, 1]
+                t2 += k * px[s, i, j, 2]
+            tmp[i, b, 0] = t0
+            tmp[i, b, 1] = t1
+            tmp[i, b, 2] = t2
+    for a in range(h):
+        for b in range(w):
+            v0 = 0.0
+            v1 = 0.0
+            v2 = 0.0
+            for i in range(p):
+                k = np.float64(by[r, a, i])
+                v0 += k * tmp[i, b, 0]
+                v1 += k * tmp[i, b, 1]
+                v2 += k * tmp[i, b, 2]
+            out[a, b, 0] = v0
+            out[a, b, 1] = v1
+            out[a, b, 2] = v2
 
 
 @numba.njit(cache=True, nogil=True)
-def _gradient(err, kk):
-    """B^T B applied to the error field (zero outside it)."""
-    g = np.zeros_like(err)
-    for y in range(err.shape[0]):
-        for x in range(err.shape[1]):
-            _spread(g, y, x, kk, err[y, x, 0], err[y, x, 1], err[y, x, 2])
+def _gain(err, new, old, y0, y1, x0, x1):
+    """The change in the sum of squares of err over the window when `old` there becomes `new`."""
+    g = 0.0
+    for a in range(y1 - y0):
+        for b in range(x1 - x0):
+            for ch in range(3):
+                d = new[a, b, ch] - old[a, b, ch]
+                g += d * (2.0 * err[y0 + a, x0 + b, ch] + d)
     return g
 
 
 @numba.njit(cache=True, nogil=True)
-def _change(sub, st, sa, grad, y0, x0, c0, c1, c2):
-    """For the 2 x 2 colours of tile slot `sa` replaced by those of `st` in the block at sub-cell
-    (y0, x0): (<grad, d>, d^T (B^T B) d), where B^T B couples a sub-cell with itself (c0), its side
-    neighbours (c1) and its diagonal one (c2) inside the block."""
-    lin = 0.0
-    quad = 0.0
-    for ch in range(3):
-        d00 = np.float64(sub[st, 0, 0, ch]) - np.float64(sub[sa, 0, 0, ch])
-        d01 = np.float64(sub[st, 0, 1, ch]) - np.float64(sub[sa, 0, 1, ch])
-        d10 = np.float64(sub[st, 1, 0, ch]) - np.float64(sub[sa, 1, 0, ch])
-        d11 = np.float64(sub[st, 1, 1, ch]) - np.float64(sub[sa, 1, 1, ch])
-        lin += (grad[y0, x0, ch] * d00 + grad[y0, x0 + 1, ch] * d01
-                + grad[y0 + 1, x0, ch] * d10 + grad[y0 + 1, x0 + 1, ch] * d11)
-        quad += (c0 * (d00 * d00 + d01 * d01 + d10 * d10 + d11 * d11)
-                 + 2.0 * c1 * (d00 * d01 + d10 * d11 + d00 * d10 + d01 * d11)
-                 + 2.0 * c2 * (d00 * d11 + d01 * d10))
-    return lin, quad
+def _add(err, new, old, y0, y1, x0, x1, sign):
+    for a in range(y1 - y0):
+        for b in range(x1 - x0):
+            for ch in range(3):
+                err[y0 + a, x0 + b, ch] += sign * (new[a, b, ch] - old[a, b, ch])
 
 
 @numba.njit(cache=True, nogil=True)
-def _cross(sub, st, sa, kk, dy, dx):
-    """d^T (B^T B) d' between a block and another (dy, dx) sub-cells away, where d is the change
-    from slot sa to st and d' its opposite (the two cells trade tiles): 0 beyond the blur's reach."""
+def _old(px, sa, x, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp):
+    """Cell x's tile (slot sa)'s contributions to its windows of the two views, into o1 and o2."""
+    p = px.shape[1]
+    r = x // cols
+    c = x - r * cols
+    _patch(px, sa, ay1, ax1, r, c, wy1[r, 1] - wy1[r, 0], wx1[c, 1] - wx1[c, 0], o1, tmp)
+    _patch(px, sa, ay2, ax2, r, c, wy2[r, 1] - wy2[r, 0], wx2[c, 1] - wx2[c, 0], o2, tmp)
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2,
+               n1, o1, n2, o2, tmp):
+    """The change in J when cell x's tile, whose contributions are o1/o2 (_old), becomes slot
+    st (whose contributions are left in n1/n2)."""
+    p = px.shape[1]
+    r = x // cols
+    c = x - r * cols
+    y0, y1, x0, x1 = wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1]
+    _patch(px, st, ay1, ax1, r, c, y1 - y0, x1 - x0, n1, tmp)
+    g = s1 * _gain(e1, n1, o1, y0, y1, x0, x1)
+    y0, y1, x0, x1 = wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1]
+    _patch(px, st, ay2, ax2, r, c, y1 - y0, x1 - x0, n2, tmp)
+    return g + s2 * _gain(e2, n2, o2, y0, y1, x0, x1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, sign):
+    r = x // cols
+    c = x - r * cols
+    _add(e1, n1, o1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], sign)
+    _add(e2, n2, o2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], sign)
+
+
+@numba.njit(cache=True, nogil=True)
+def _grad(err, by, bx, y0, y1, x0, x1, r, c, p, scale, g, tmp):
+    """g += scale * A^T err[window]: the gradient of the view's sum of squares (halved) with
+    respect to the pixels of cell (r, c)."""
+    for a in range(y1 - y0):
+        for j in range(p):
+            t0 = 0.0
+            t1 = 0.0
+            t2 = 0.0
+            for b in range(x1 - x0):
+                k = np.float64(bx[c, b, j])
+                t0 += k * err[y0 + a, x0 + b, 0]
+                t1 += k * err[y0 + a, x0 + b, 1]
+                t2 += k * err[y0 + a, x0 + b, 2]
+            tmp[a, j, 0] = t0
+            tmp[a, j, 1] = t1
+            tmp[a, j, 2] = t2
+    for i in range(p):
+        for j in range(p):
+            for a in range(y1 - y0):
+                k = scale * np.float64(by[r, a, i])
+                g[i, j, 0] += k * tmp[a, j, 0]
+                g[i, j, 1] += k * tmp[a, j, 1]
+                g[i, j, 2] += k * tmp[a, j, 2]
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep_one(e, y0, y1, x0, x1, k, save):
+    for a in range(y1 - y0):
+        for b in range(x1 - x0):
+            for ch in range(3):
+                if save:
+                    k[a, b, ch] = e[y0 + a, x0 + b, ch]
+                else:
+                    e[y0 + a, x0 + b, ch] = k[a, b, ch]
+
+
+@numba.njit(cache=True, nogil=True)
+def _keep(x, cols, e1, wy1, wx1, e2, wy2, wx2, k1, k2, save):
+    """Copy cell x's windows of the two views' errors into k1/k2 (save), or back from them."""
+    r = x // cols
+    c = x - r * cols
+    _keep_one(e1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], k1, save)
+    _keep_one(e2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], k2, save)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot(a, b):
+    """<a, b> (vectorised: the sum in any order)."""
     out = 0.0
-    for p in range(2):
-        for q in range(2):
-            for p2 in range(2):
-                for q2 in range(2):
-                    ey, ex = dy + p2 - p, dx + q2 - q
-                    if -2 <= ey <= 2 and -2 <= ex <= 2:
-                        k = kk[ey + 2, ex + 2]
-                        for ch in range(3):
-                            dpq = np.float64(sub[st, p, q, ch]) - np.float64(sub[sa, p, q, ch])
-                            d2 = np.float64(sub[st, p2, q2, ch]) - np.float64(sub[sa, p2, q2, ch])
-                            out -= k * dpq * d2
+    for k in range(a.size):
+        out += a[k] * b[k]
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _apply(grad, sub, st, sa, kk, r, c):
-    for p in range(2):
-        for q in range(2):
-            _spread(grad, 2 * r + p, 2 * c + q, kk,
-                    np.float64(sub[st, p, q, 0]) - np.float64(sub[sa, p, q, 0]),
-                    np.float64(sub[st, p, q, 1]) - np.float64(sub[sa, p, q, 1]),
-                    np.float64(sub[st, p, q, 2]) - np.float64(sub[sa, p, q, 2]))
+def _touch(dirty, r, c, reach, rows, cols):
+    """Cells within `reach` of (r, c) (whose windows a change there enters, or whose moves its
+    tile's new place can block or free) are looked at again."""
+    for rr in range(max(r - reach, 0), min(r + reach + 1, rows)):
+        for cc in range(max(c - reach, 0), min(c + reach + 1, cols)):
+            dirty[rr * cols + cc] = True
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, grad, kk, weight, radius,
-           max_uses, penalty, moves):
+def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weight, radius, max_uses, penalty,
+           moves, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2, bufs, tmp, qt, qx, gtmp, top, dirty,
+           reach, g, lin, est, flat_px, exhaustive):
     """Visit order[start:stop]; each cell makes its best J-lowering move: a reassignment to a free
     candidate, or a trade of tiles with the one cell within --min-distance that blocks a candidate
     (that cell must have our tile among its candidates, with no other copy of it near). Returns
     the moves made."""
     cols = grid.shape[1]
-    c0, c1, c2 = kk[2, 2], kk[2, 3], kk[3, 3]
+    n1, o1, n2, o2, m1, q1, m2, q2, k1, k2 = (bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6],
+                                              bufs[7], bufs[8], bufs[9])
     changed = 0
     for i in range(start, stop):
         x = order[i]
@@ -165,23 +225,61 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
         c = x - r * cols
         a = flat[x]
         sa = slot[a]
-        cx = np.float64(cost[x])
+        if not (dirty[x] or exhaustive):  # nothing near it changed since it was looked at
+            continue
+        dirty[x] = False
+        moves[2] += 1
         best, best_j, best_y, best_dya, best_gain = -1, -1, -1, np.float32(0.0), -_EPS
+        _old(px, sa, x, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp)
+        # Rank the candidates by an estimate of their gain: J's change is 2 <G, d> + |A d|^2 for
+        # d the change in the cell's pixels, G = A^T (the views' error); the first part is exact
+        # here, the second exact where the cell's maps are those of the grid's middle cell (qt:
+        # |A x|^2 of each tile there; qa = A^T A x of ours). The best few are then priced exactly.
+        p = px.shape[1]
+        g[:] = 0.0
+        _grad(e1, ay1, ax1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], r, c, p, s1, g, gtmp)
+        _grad(e2, ay2, ax2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], r, c, p, s2 * weight, g, gtmp)
+        qa = qx[sa]
+        base = qt[sa]  # the terms of the estimate that do not depend on the candidate
+        for ii in range(p):
+            for jj in range(p):
+                for ch in range(3):
+                    base -= 2.0 * g[ii, jj, ch] * px[sa, ii, jj, ch]
+        gf = g.reshape(-1)
+        qf = qa.reshape(-1)
+        for k in range(lin.size):
+            lin[k] = 2.0 * (gf[k] - qf[k])
+        est[:] = np.inf
         for j in range(ids.shape[1]):
             t = ids[x, j]
-            if t < 0 or t == a:
+            # (A used-up tile could still be traded for, but under --max-uses most candidates are:
+            # looking at each for a trade took the old pass from 0.14 to 0.53 s on bench_match,
+            # 65,536 cells, --max-uses 8, for the same PSNR. A tile whose stored features are not
+            # finite is never placed.)
+            if t < 0 or t == a or (max_uses > 0 and uses[t] >= max_uses) or not np.float64(dist[x, j]) < np.inf:
                 continue
-            # A used-up tile could still be traded for, but under --max-uses most candidates are:
-            # looking at each for a trade took the pass from 0.14 to 0.53 s on bench_match
-            # (65,536 cells, --max-uses 8), for the same PSNR.
-            if max_uses > 0 and uses[t] >= max_uses:
+            if radius > 0:  # only what could be placed: free, or held by one cell near (a trade)
+                n, y = _copies(grid, r, c, radius, t)
+                if n >= 2 or (n == 1 and _lookup(ids, dist, y, a) < 0):
+                    continue
+                if n == 0 and penalty > 0.0 and uses[t] > uses[a] - 1:
+                    continue
+            elif penalty > 0.0 and uses[t] > uses[a] - 1:
                 continue
             st = slot[t]
-            dj = np.float64(dist[x, j])
-            if not dj < np.inf:  # a tile whose stored features are not finite: never placed
-                continue
-            lin, quad = _change(sub, st, sa, grad, 2 * r, 2 * c, c0, c1, c2)
-            gain = dj * dj - cx * cx + weight * (2.0 * lin + quad) * 0.25
+            est[j] = base + qt[st] + _dot(lin, flat_px[st])
+        n_top = 0
+        for j in np.argsort(est)[:top.size]:
+            if est[j] < 0.0 or (exhaustive and est[j] < np.inf):  # (where the estimate is exact, nothing else gains)
+                top[n_top] = j
+                n_top += 1
+        moves[3] += n_top
+        for jt in range(n_top):
+            j = top[jt]
+            t = ids[x, j]
+            st = slot[t]
+            gain = _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+                              n1, o1, n2, o2, tmp)
             if gain >= best_gain:  # (a trade is looked for only when our side gains; the other side's
                 continue           # cell finds the rest when it is visited)
             n, y = 0, -1
@@ -199,41 +297,76 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, sub, gra
                 continue
             ry = y // cols
             cy = y - ry * cols
-            lin_y, quad_y = _change(sub, sa, st, grad, 2 * ry, 2 * cy, c0, c1, c2)
-            cyy = np.float64(cost[y])
-            cross = _cross(sub, st, sa, kk, 2 * (ry - r), 2 * (cy - c))
-            g2 = (gain + np.float64(dya) * np.float64(dya) - cyy * cyy
-                  + weight * (2.0 * lin_y + quad_y + 2.0 * cross) * 0.25)
-            if g2 >= best_gain:
-                continue
             na, at = _copies(grid, ry, cy, radius, a)
-            if na == 0 or (na == 1 and at == x):
-                best, best_j, best_y, best_dya, best_gain = t, j, y, dya, g2
+            if not (na == 0 or (na == 1 and at == x)):
+                continue
+            # y's side, with our side's change made (then the errors put back as they were)
+            _keep(x, cols, e1, wy1, wx1, e2, wy2, wx2, k1, k2, True)
+            _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
+            _old(px, st, y, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, q1, q2, tmp)
+            g_y = _move_gain(px, sa, y, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+                             m1, q1, m2, q2, tmp)
+            _keep(x, cols, e1, wy1, wx1, e2, wy2, wx2, k1, k2, False)
+            if gain + g_y < best_gain:
+                best, best_j, best_y, best_dya, best_gain = t, j, y, dya, gain + g_y
         if best < 0:
             continue
         st = slot[best]
-        _apply(grad, sub, st, sa, kk, r, c)
+        _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+                   n1, o1, n2, o2, tmp)
+        _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
         flat[x] = best
         cost[x] = dist[x, best_j]
+        _touch(dirty, r, c, reach, grid.shape[0], cols)
         if best_y < 0:
             uses[a] -= 1
             uses[best] += 1
             moves[0] += 1
         else:
-            ry = best_y // cols
-            _apply(grad, sub, sa, st, kk, ry, best_y - ry * cols)
+            _old(px, st, best_y, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp)
+            _move_gain(px, sa, best_y, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2,
+                       s2 * weight, n1, o1, n2, o2, tmp)
+            _apply_move(best_y, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
             flat[best_y] = a
             cost[best_y] = best_dya
+            _touch(dirty, best_y // cols, best_y - (best_y // cols) * cols, reach, grid.shape[0], cols)
             moves[1] += 1
         changed += 1
     return changed
 
 
+def _quadratic(px: np.ndarray, views_, weight: float, rows: int, cols: int):
+    """(Q x for every tile x, x^T Q x) with Q the views' A^T A (weighted as in J) at the grid's
+    middle cell: the estimate's quadratic part."""
+    p = px.shape[1]
+    qx = np.zeros(px.shape, np.float32)
+    for v, sc in zip(views_, (1.0, weight)):
+        by = v.by[rows // 2].astype(np.float64)
+        bx = v.bx[cols // 2].astype(np.float64)
+        qy, qx_ = ((sc / v.size) * (by.T @ by)).astype(np.float32), (bx.T @ bx).astype(np.float32)
+        qx += np.einsum("ik,skjc,jl->silc", qy, px, qx_, optimize=True)
+    return qx, np.einsum("sijc,sijc->s", px, qx, dtype=np.float64)
+
+
+def _reach(views_) -> int:
+    """How many cells away a cell's windows can meet another's, at most."""
+    out = 1
+    for v in views_:
+        for w, n in ((v.wy, v.wy.shape[0]), (v.wx, v.wx.shape[0])):
+            for i in range(n):
+                j = i + 1
+                while j < n and w[j, 0] < w[i, 1]:
+                    j += 1
+                out = max(out, j - i - 1)
+    return out
+
+
 def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_dist: np.ndarray,
-           tile_sub, cell_sub: np.ndarray, opts) -> dict:
+           tile_px, cell_px: np.ndarray, views_, opts) -> dict:
     """Lower J (module docstring) by reassigning cells among their candidates. `tile_ids`/`cost`
-    ((rows, cols)) change in place; `tile_sub(ids)` gives tiles' 2 x 2 colours (len(ids), 2, 2, 3),
-    `cell_sub` the cells' (rows*cols, 2, 2, 3). Returns what it did, with J before and after."""
+    ((rows, cols)) change in place; `tile_px(ids)` gives tiles' pixels at p x p (len(ids), p, p, 3),
+    `cell_px` the cells' (rows*cols, p, p, 3), both in sRGB; `views_` the (close, whole) views
+    (views.views) of this grid at p. Returns what it did, with J before and after."""
     t_start = time.perf_counter()
     rows, cols = tile_ids.shape
     weight = float(opts.dither)
@@ -248,37 +381,50 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
     known = np.flatnonzero(seen)
     slot = np.full(seen.size, -1, np.int64)
     slot[known] = np.arange(known.size)
-    sub = np.empty((known.size, 2, 2, 3), np.float32)
+    cell_px = np.ascontiguousarray(cell_px, dtype=np.float64)
+    p = cell_px.shape[1]
+    px = np.empty((known.size, p, p, 3), np.float32)  # (float32: 1M tiles at 8 x 8 is 768 MB)
     for i in range(0, known.size, _SUB_CHUNK):
-        sub[i:i + _SUB_CHUNK] = tile_sub(known[i:i + _SUB_CHUNK])
-    cell_sub = np.ascontiguousarray(cell_sub, dtype=np.float32).reshape(rows * cols, 2, 2, 3)
-    bad = bad_feature_rows(sub)  # features damaged after the index was built
+        px[i:i + _SUB_CHUNK] = tile_px(known[i:i + _SUB_CHUNK])
+    bad = bad_feature_rows(px.reshape(known.size, -1))  # features damaged after the index was built
     if bad.any():
         if bad[slot[flat]].any():  # placed by a search that still knew them: J is not defined (the
             # matcher then matches again without them)
             return {"weight": weight, "passes": 0, "moves": 0, "stopped": "non-finite features",
                     "objective_before": None, "objective_after": None,
                     "seconds": round(time.perf_counter() - t_start, 4)}
-        sub[bad] = 0.0
+        px[bad] = 0.0
         cand_dist = np.where((cand_ids >= 0) & bad[slot[np.maximum(cand_ids, 0)]], np.inf, cand_dist)
-    before = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
+    close, whole = views_
+    before = objective(px[slot[flat]], cell_px, rows, cols, views_, weight)
     stats = {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": before,
-             "objective_after": before}
+             "objective_after": before, "canvas_px": int(p)}
     if opts.refine_passes == 0:
         stats["seconds"] = round(time.perf_counter() - t_start, 4)
         return stats
-    err = (sub[slot[flat]].astype(np.float64) - cell_sub).reshape(rows, cols, 2, 2, 3)
-    err = np.ascontiguousarray(err.transpose(0, 2, 1, 3, 4).reshape(2 * rows, 2 * cols, 3))
-    kk = _kernel()
-    grad = _gradient(err, kk)
+    d = canvas(px[slot[flat]] - cell_px, rows, cols)
+    errs = [np.ascontiguousarray(v.apply(d)) for v in views_]
+    h = max(int((v.wy[:, 1] - v.wy[:, 0]).max()) for v in views_)
+    w = max(int((v.wx[:, 1] - v.wx[:, 0]).max()) for v in views_)
+    bufs = np.zeros((10, h, w, 3), np.float64)
+    tmp = np.zeros((p, w, 3), np.float64)
+    gtmp = np.zeros((h, p, 3), np.float64)
+    qx, qt = _quadratic(px, views_, weight, rows, cols)
+    dirty = np.ones(rows * cols, np.bool_)
+    reach = max(int(opts.min_distance), _reach(views_))
     uses = np.bincount(flat, minlength=slot.size).astype(np.int64)
     order = visit_order(rows, cols, opts.seed)
-    moves = np.zeros(2, np.int64)  # reassignments, trades
+    moves = np.zeros(4, np.int64)  # reassignments, trades, cells visited, candidates priced exactly
     args = (flat, tile_ids, c, uses, np.ascontiguousarray(cand_ids, np.int64),
-            np.ascontiguousarray(cand_dist, np.float32), slot, sub, grad, kk, weight, int(opts.min_distance),
-            int(opts.max_uses), float(opts.usage_penalty), moves)
+            np.ascontiguousarray(cand_dist, np.float32), slot, px, weight, int(opts.min_distance),
+            int(opts.max_uses), float(opts.usage_penalty), moves,
+            errs[0], close.by, close.bx, close.wy, close.wx, 1.0 / close.size,
+            errs[1], whole.by, whole.bx, whole.wy, whole.wx, 1.0 / whole.size, bufs, tmp, qt, qx, gtmp,
+            np.zeros(cand_ids.shape[1] if _EXHAUSTIVE else _EXACT, np.int64), dirty, reach, np.zeros((p, p, 3)),
+            np.zeros(p * p * 3), np.zeros(cand_ids.shape[1]), px.reshape(known.size, p * p * 3), _EXHAUSTIVE)
     run_passes(_sweep, order, args, opts, stats)
     stats["moves"], stats["swapped"] = int(moves[0] + moves[1]), int(moves[1])
-    stats["objective_after"] = objective(c, sub[slot[flat]], cell_sub, rows, cols, weight)
+    stats["visited"], stats["priced"] = int(moves[2]), int(moves[3])
+    stats["objective_after"] = objective(px[slot[flat]], cell_px, rows, cols, views_, weight)
     stats["seconds"] = round(time.perf_counter() - t_start, 4)
     return stats

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import MosaicError, UsageError
-from ..features import bad_feature_rows
+from ..features import bad_feature_rows, lab_to_rgb
 from .assign import Assignment, assign
 from .grid import CellData, Grid
 from .options import MatchOptions
 from .oriented import best_orientations, oriented_search, query_permutations, turns_are_none
 from .rerank import RERANK_FACTOR, index_is_approximate, rerank
 from .unused import search_unused, use_exact
+from .views import canvas_px, views
 
 # Widening an IVF index: probe lists holding about this many times k vectors, and search rows
 # that still come back short (their nearest lists used up by --max-uses) again with this many
@@ -116,7 +117,8 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
     check_dither(opts, db.feature_spec)
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     spec = db.feature_spec
-    cell_sub = spec.sub_means(cells.features) if opts.dither else None
+    canvas_p = _canvas_px(spec, grid) if opts.dither else None
+    cell_sub = _to_srgb(spec, spec.sub_means(cells.features, p=canvas_p)) if canvas_p else None
     if opts.dither and cell_sub is None:  # the default weight: dithering is skipped, and said so
         warnings.append(f"no dithering: this database's {spec.kind} features hold no colours at 2x2 per cell "
                         f"(`mosaic db reindex DB --features rgb-pyramid` adds them)")
@@ -194,7 +196,7 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress,
-               dither_input=_dither_input(db, spec, cell_sub) if opts.dither else None)
+               dither_input=_dither_input(db, spec, cell_sub, grid) if opts.dither else None)
     if codes != (0,):  # each placed tile at its best turn, exactly, from the full vectors
         turn, sq = best_orientations(db.features(), cells.features, a.tile_ids, spec, codes)
         a.orient, a.cost = turn.reshape(grid.rows, grid.cols), to_cost(sq).reshape(grid.rows, grid.cols)
@@ -211,15 +213,35 @@ def check_dither(opts: MatchOptions, spec) -> None:
                          f"do not hold: drop --dither, or `mosaic db reindex DB --features rgb-pyramid`")
 
 
-def _dither_input(db, spec, cell_sub: np.ndarray):
-    """The tiles' colours at 2 x 2 (a function of their ids) and the cells', for --dither."""
-    feats, cols = db.features(), spec.sub_columns()
+def _canvas_px(spec, grid: Grid) -> int | None:
+    """Dithering's canvas px per cell (views.canvas_px), or less when the features hold no level
+    it divides; None when they hold none of 2, 4 or 8."""
+    l, t, r, b = grid.crop
+    want = canvas_px(grid.rows, grid.cols, r - l)
+    return next((p for p in (8, 4, 2) if p <= want and spec.sub_columns(p) is not None), None)
+
+
+def _to_srgb(spec, px):
+    """Pixels in the kind's colour space -> sRGB levels (float)."""
+    if px is None or getattr(spec, "space", "lab") == "rgb":
+        return px
+    return lab_to_rgb(px).astype(np.float32)
+
+
+def _dither_input(db, spec, cell_px: np.ndarray, grid: Grid):
+    """The tiles' pixels at p x p (a function of their ids), the cells', and the grid's views."""
+    p = cell_px.shape[1]
+    feats, cols = db.features(), spec.sub_columns(p)
     table = _colour_table(db, feats, cols)
+    l, t, r, b = grid.crop
+    views_ = views(grid.rows, grid.cols, p, b - t, r - l)
     if table is not None:
-        return (lambda ids: spec.sub_means(table[np.asarray(ids, np.int64)], columns=True), cell_sub)
+        return (lambda ids: _to_srgb(spec, spec.sub_means(table[np.asarray(ids, np.int64)], columns=True, p=p)),
+                cell_px, views_)
     # only those columns of each row: against 1M tiles, 340,000 rows read whole took 0.47 s, their
     # 12 columns 0.02 s
-    return (lambda ids: spec.sub_means(np.asarray(feats[np.asarray(ids, np.int64), cols]), columns=True), cell_sub)
+    return (lambda ids: _to_srgb(spec, spec.sub_means(np.asarray(feats[np.asarray(ids, np.int64), cols]),
+                                                      columns=True, p=p)), cell_px, views_)
 
 
 # A database that dithers a second target keeps the columns dithering reads of every row, as

@@ -14,9 +14,10 @@ MAX_K = 4096
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}
 ORDERS = {"regret": "regret", "random": "random"}
 # The dithering weight when none is given (greedy modes without turns), and the most it may be:
-# beyond that the blurred error is all that counts and each cell's own cost nothing. The choice
-# of 0.5 is measured (bench_quality, README "Dithering").
-DEFAULT_DITHER = 0.5
+# the weight of the mosaic seen whole against the mosaic seen close (match/dither.py); beyond
+# 100 the close view hardly counts. The choice of 0.3 is measured (bench_quality, README
+# "Dithering").
+DEFAULT_DITHER = 0.3
 MAX_DITHER = 100.0
 
 
@@ -41,7 +42,8 @@ class MatchOptions:
     orient: which turns of a tile a cell may take: "none" (as stored), "mirror" (or its
         left-right mirror image), "all" (the 8 flips and quarter turns); see mosaicdb.orient.
     dither: weight of the dithering pass after refinement (0: off): tiles chosen so that the
-        mosaic's colours, blurred over about a cell, match the target's; see match/dither.py.
+        mosaic seen close (the target-sized mosaic at half size) and seen whole (at 64 px) match
+        the target, this the weight of the second; see match/dither.py.
         None: DEFAULT_DITHER, or 0 with `unique` or turns (resolved()).
     """
     grid: str | None = None
