@@ -22,7 +22,7 @@ from mosaicdb.evaluate import evaluate, repeat_stats
 from mosaicdb.index.faiss_index import VectorIndex
 from mosaicdb.make import Maker
 from mosaicdb.match.grid import load_target
-from mosaicdb.match.options import MatchOptions
+from mosaicdb.match.options import DEFAULT_DITHER, MatchOptions
 from mosaicdb.render.options import RenderOptions
 from mosaicdb.render.rows import render_array
 
@@ -120,7 +120,7 @@ def test_saved_assignment_holds_the_resolved_options(made):
     m = meta["match"]
     assert m == {"grid": GRID, "k": 32, "seed": 3, "min_distance": 2, "max_uses": 0, "usage_penalty": 0.0,
                  "order": "regret", "refine_passes": 4, "refine_seconds": 10.0,
-                 "unique": False, "device": "auto", "dither": 0.5}  # as applied: the defaults made concrete
+                 "unique": False, "device": "auto", "dither": DEFAULT_DITHER}  # as applied: the defaults made concrete
     assert meta["render"]["tile_px"] == TILE_PX and meta["render"]["color"] == "none"
     assert meta["db"] == str(Path(db.path).resolve()) and meta["db_version"] == db.version
     t = meta["target"]

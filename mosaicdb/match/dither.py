@@ -12,7 +12,7 @@ cells' feature levels at p x p, in sRGB levels), and C and V the two views of vi
 linear maps that mosaicdb.evaluate measures through: C the target-sized mosaic's Gaussian
 pyramid at level 1 (half the target's size: detail inside the tiles and across their borders),
 V the mosaic at 64 px on its short side (the whole picture). Each MSE is the mean over its view's
-numbers, so W = 1 weighs the two alike; the default 0.5 halves the whole view's.
+numbers, so W = 1 weighs the two alike; the default 0.3 (MatchOptions) weighs the close view more.
 
 Each cell in turn (the refinement's seeded block order) makes the move that lowers J most, if any:
 a reassignment to a free candidate, or, when a candidate (not used up under --max-uses) is blocked
@@ -22,8 +22,12 @@ alone would lower J, the other side's cell finds the rest). Every move is checke
 --min-distance and --max-uses first, and none raises the usage-penalty term (a trade keeps every
 tile's uses; with a penalty, a reassignment goes only to a tile used fewer times than the one it
 leaves), so no constraint can break and J never rises. Passes repeat until one changes nothing,
-within the refinement's pass and time budget. The gain of a move is exact: each view's error
-(C(M) - C(T), V(M) - V(T)) is kept, and a cell's tile reaches only a window of it.
+within the refinement's pass and time budget. A cell's candidates are ranked by an estimate of
+their gain (the linear part exact, through the views' gradient at the cell; the quadratic part
+exact where the cell's maps are those of the grid's middle cell), and the best _EXACT of those the
+estimate says gain are priced exactly; only an exact gain is taken: each view's error
+(C(M) - C(T), V(M) - V(T)) is kept, and a cell's tile reaches only a window of it. After the
+first pass a cell is looked at again only when a move near it changed its windows.
 
 Measured: README, Benchmarks, Quality ("Dithering").
 """

@@ -238,16 +238,17 @@ def _dither_input(db, spec, cell_px: np.ndarray, grid: Grid):
     if table is not None:
         return (lambda ids: _to_srgb(spec, spec.sub_means(table[np.asarray(ids, np.int64)], columns=True, p=p)),
                 cell_px, views_)
-    # only those columns of each row: against 1M tiles, 340,000 rows read whole took 0.47 s, their
-    # 12 columns 0.02 s
+    # only those columns of each row (one level): against 1M tiles, 340,000 rows read whole took
+    # 0.47 s, their 12 columns of the 2x2 level 0.02 s
     return (lambda ids: _to_srgb(spec, spec.sub_means(np.asarray(feats[np.asarray(ids, np.int64), cols]),
                                                       columns=True, p=p)), cell_px, views_)
 
 
-# A database that dithers a second target keeps the columns dithering reads of every row, as
-# one array: the candidates' rows scattered over the memory-mapped features cost 33-47 ms a
-# 128-cell target against 1M tiles (TLB misses over 1 GB), the same rows of the table 9-12 ms;
-# the table takes 0.04-0.18 s to read (48 MB at 1M tiles), once. Not past this size.
+# A database that dithers a second target keeps the columns dithering reads of every row (the
+# level of its canvas), as one array: measured for the 2x2 level, the candidates' rows scattered
+# over the memory-mapped features cost 33-47 ms a 128-cell target against 1M tiles (TLB misses
+# over 1 GB), the same rows of the table 9-12 ms; the table takes 0.04-0.18 s to read (48 MB at
+# 1M tiles), once. Not past this size (the 4x4 level of 1M tiles, 192 MB, fits; the 8x8 does not).
 _TABLE_MAX_BYTES = 256 << 20
 
 
