@@ -69,7 +69,8 @@ class LabGrid:
             return None
         v = np.asarray(vectors, np.float32)
         g = self.grid
-        return block_means((v if columns else v[:, cols]).reshape(-1, g, g, 3), p)
+        v = (v if columns else v[:, cols]).reshape(-1, g, g, 3)
+        return v.copy() if g == p else block_means(v, p)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: the mean stays, the grid turns."""
@@ -154,8 +155,8 @@ class Pyramid:
             return None
         q, w, at = found
         v = np.asarray(vectors, np.float32)
-        v = (v if columns else v[:, at:at + 3 * q * q]).reshape(-1, q, q, 3)
-        return block_means(v * np.float32(q / np.sqrt(w)), p)
+        v = (v if columns else v[:, at:at + 3 * q * q]).reshape(-1, q, q, 3) * np.float32(q / np.sqrt(w))
+        return v if q == p else block_means(v, p)  # (a mean of one is a copy: 300,000 rows took 0.16 s)
 
     def orient_permutation(self, o: int) -> np.ndarray:
         """`perm` with features(turned by o) == features[:, perm]: every level's p x p blocks turn

