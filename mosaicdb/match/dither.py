@@ -22,7 +22,7 @@ alone would lower J, the other side's cell finds the rest). Every move is checke
 --min-distance and --max-uses first, and none raises the usage-penalty term (a trade keeps every
 tile's uses; with a penalty, a reassignment goes only to a tile used fewer times than the one it
 leaves), so no constraint can break and J never rises. Passes repeat until one changes nothing,
-within the refinement's pass and time budget. A cell's candidates are ranked by an estimate of
+at most _PASSES of them, within the refinement's pass and time budget. A cell's candidates are ranked by an estimate of
 their gain (the linear part exact, through the views' gradient at the cell; the quadratic part
 exact where the cell's maps are those of the grid's middle cell), and the best _EXACT of those the
 estimate says gain are priced exactly; only an exact gain is taken: each view's error
