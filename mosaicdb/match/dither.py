@@ -73,30 +73,18 @@ def _patch(px, s, by, bx, r, c, h, w, out, tmp):
     p = px.shape[1]
     for i in range(p):
         for b in range(w):
-            t0 = 0.0
-            t1 = 0.0
-            t2 = 0.0
-            for j in range(p):
-                k = np.float64(bx[c, b, j])
-                t0 += k * px[s, i, j, 0]
-                t1 += k * px[s, i, j, 1]
-                t2 += k * px[s, i, j, 2]
-            tmp[i, b, 0] = t0
-            tmp[i, b, 1] = t1
-            tmp[i, b, 2] = t2
+            for ch in range(3):
+                acc = 0.0
+                for j in range(p):
+                    acc += np.float64(bx[c, b, j]) * px[s, i, j, ch]
+                tmp[i, b, ch] = acc
     for a in range(h):
         for b in range(w):
-            v0 = 0.0
-            v1 = 0.0
-            v2 = 0.0
-            for i in range(p):
-                k = np.float64(by[r, a, i])
-                v0 += k * tmp[i, b, 0]
-                v1 += k * tmp[i, b, 1]
-                v2 += k * tmp[i, b, 2]
-            out[a, b, 0] = v0
-            out[a, b, 1] = v1
-            out[a, b, 2] = v2
+            for ch in range(3):
+                acc = 0.0
+                for i in range(p):
+                    acc += np.float64(by[r, a, i]) * tmp[i, b, ch]
+                out[a, b, ch] = acc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -159,24 +147,16 @@ def _grad(err, by, bx, y0, y1, x0, x1, r, c, p, scale, g, tmp):
     respect to the pixels of cell (r, c)."""
     for a in range(y1 - y0):
         for j in range(p):
-            t0 = 0.0
-            t1 = 0.0
-            t2 = 0.0
-            for b in range(x1 - x0):
-                k = np.float64(bx[c, b, j])
-                t0 += k * err[y0 + a, x0 + b, 0]
-                t1 += k * err[y0 + a, x0 + b, 1]
-                t2 += k * err[y0 + a, x0 + b, 2]
-            tmp[a, j, 0] = t0
-            tmp[a, j, 1] = t1
-            tmp[a, j, 2] = t2
+            for ch in range(3):
+                acc = 0.0
+                for b in range(x1 - x0):
+                    acc += np.float64(bx[c, b, j]) * err[y0 + a, x0 + b, ch]
+                tmp[a, j, ch] = acc
     for i in range(p):
         for j in range(p):
-            for a in range(y1 - y0):
-                k = scale * np.float64(by[r, a, i])
-                g[i, j, 0] += k * tmp[a, j, 0]
-                g[i, j, 1] += k * tmp[a, j, 1]
-                g[i, j, 2] += k * tmp[a, j, 2]
+            for ch in range(3):
+                for a in range(y1 - y0):
+                    g[i, j, ch] += scale * np.float64(by[r, a, i]) * tmp[a, j, ch]
 
 
 @numba.njit(cache=True, nogil=True)
