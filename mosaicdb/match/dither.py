@@ -46,7 +46,7 @@ from .views import canvas
 _EPS = 1e-9
 # Tiles whose pixels are read at a time: their feature rows pass through memory.
 _SUB_CHUNK = 65536
-# candidates a cell prices exactly, the best by the estimate
+# Candidates a cell prices exactly: the best by the estimate
 _EXACT = 4
 # Candidates a cell looks at (its nearest by cost)
 _K = 32
@@ -100,45 +100,44 @@ def _gain(err, new, old, y0, y1, x0, x1):
 
 
 @numba.njit(cache=True, nogil=True)
-def _add(err, new, old, y0, y1, x0, x1, sign):
+def _add(err, new, old, y0, y1, x0, x1):
     for a in range(y1 - y0):
         for b in range(x1 - x0):
             for ch in range(3):
-                err[y0 + a, x0 + b, ch] += sign * (new[a, b, ch] - old[a, b, ch])
+                err[y0 + a, x0 + b, ch] += new[a, b, ch] - old[a, b, ch]
 
 
 @numba.njit(cache=True, nogil=True)
-def _old(px, sa, x, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp):
+def _old(px, sa, x, cols, by1, bx1, wy1, wx1, by2, bx2, wy2, wx2, o1, o2, tmp):
     """Cell x's tile (slot sa)'s contributions to its windows of the two views, into o1 and o2."""
-    p = px.shape[1]
     r = x // cols
     c = x - r * cols
-    _patch(px, sa, ay1, ax1, r, c, wy1[r, 1] - wy1[r, 0], wx1[c, 1] - wx1[c, 0], o1, tmp)
-    _patch(px, sa, ay2, ax2, r, c, wy2[r, 1] - wy2[r, 0], wx2[c, 1] - wx2[c, 0], o2, tmp)
+    _patch(px, sa, by1, bx1, r, c, wy1[r, 1] - wy1[r, 0], wx1[c, 1] - wx1[c, 0], o1, tmp)
+    _patch(px, sa, by2, bx2, r, c, wy2[r, 1] - wy2[r, 0], wx2[c, 1] - wx2[c, 0], o2, tmp)
 
 
 @numba.njit(cache=True, nogil=True)
-def _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2,
+def _move_gain(px, st, x, cols, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2, s2,
                n1, o1, n2, o2, tmp):
     """The change in J when cell x's tile, whose contributions are o1/o2 (_old), becomes slot
     st (whose contributions are left in n1/n2)."""
-    p = px.shape[1]
     r = x // cols
     c = x - r * cols
     y0, y1, x0, x1 = wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1]
-    _patch(px, st, ay1, ax1, r, c, y1 - y0, x1 - x0, n1, tmp)
+    _patch(px, st, by1, bx1, r, c, y1 - y0, x1 - x0, n1, tmp)
     g = s1 * _gain(e1, n1, o1, y0, y1, x0, x1)
     y0, y1, x0, x1 = wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1]
-    _patch(px, st, ay2, ax2, r, c, y1 - y0, x1 - x0, n2, tmp)
+    _patch(px, st, by2, bx2, r, c, y1 - y0, x1 - x0, n2, tmp)
     return g + s2 * _gain(e2, n2, o2, y0, y1, x0, x1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, sign):
+def _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2):
+    """Cell x's change (old contributions o1/o2, new n1/n2) into the two views' errors."""
     r = x // cols
     c = x - r * cols
-    _add(e1, n1, o1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], sign)
-    _add(e2, n2, o2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], sign)
+    _add(e1, n1, o1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1])
+    _add(e2, n2, o2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -199,7 +198,7 @@ def _touch(dirty, r, c, reach, rows, cols):
 
 @numba.njit(cache=True, nogil=True)
 def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weight, radius, max_uses, penalty,
-           moves, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2, bufs, tmp, qt, qmaps, gtmp, top, dirty,
+           moves, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2, s2, bufs, tmp, qt, qmaps, gtmp, top, dirty,
            reach, g, lin, est, flat_px, exhaustive, neg, qa, kmax):
     """Visit order[start:stop]; each cell makes its best J-lowering move: a reassignment to a free
     candidate, or a trade of tiles with the one cell within --min-distance that blocks a candidate
@@ -225,8 +224,8 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weig
         # |A x|^2 of each tile there; qa = A^T A x of ours). The best few are then priced exactly.
         p = px.shape[1]
         g[:] = 0.0
-        _grad(e1, ay1, ax1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], r, c, p, s1, g, gtmp)
-        _grad(e2, ay2, ax2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], r, c, p, s2 * weight, g, gtmp)
+        _grad(e1, by1, bx1, wy1[r, 0], wy1[r, 1], wx1[c, 0], wx1[c, 1], r, c, p, s1, g, gtmp)
+        _grad(e2, by2, bx2, wy2[r, 0], wy2[r, 1], wx2[c, 0], wx2[c, 1], r, c, p, s2 * weight, g, gtmp)
         _qmul(px, sa, qmaps, qa)
         base = qt[sa]  # the terms of the estimate that do not depend on the candidate
         for ii in range(p):
@@ -276,12 +275,12 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weig
         if n_top == 0:
             continue
         best, best_j, best_y, best_dya, best_gain = -1, -1, -1, np.float32(0.0), -_EPS
-        _old(px, sa, x, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp)
+        _old(px, sa, x, cols, by1, bx1, wy1, wx1, by2, bx2, wy2, wx2, o1, o2, tmp)
         for jt in range(n_top):
             j = top[jt]
             t = ids[x, j]
             st = slot[t]
-            gain = _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+            gain = _move_gain(px, st, x, cols, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2, s2 * weight,
                               n1, o1, n2, o2, tmp)
             if gain >= best_gain:  # (a trade is looked for only when our side gains; the other side's
                 continue           # cell finds the rest when it is visited)
@@ -305,9 +304,9 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weig
                 continue
             # y's side, with our side's change made (then the errors put back as they were)
             _keep(x, cols, e1, wy1, wx1, e2, wy2, wx2, k1, k2, True)
-            _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
-            _old(px, st, y, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, q1, q2, tmp)
-            g_y = _move_gain(px, sa, y, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+            _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2)
+            _old(px, st, y, cols, by1, bx1, wy1, wx1, by2, bx2, wy2, wx2, q1, q2, tmp)
+            g_y = _move_gain(px, sa, y, cols, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2, s2 * weight,
                              m1, q1, m2, q2, tmp)
             _keep(x, cols, e1, wy1, wx1, e2, wy2, wx2, k1, k2, False)
             if gain + g_y < best_gain:
@@ -315,9 +314,9 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weig
         if best < 0:
             continue
         st = slot[best]
-        _move_gain(px, st, x, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2, s2 * weight,
+        _move_gain(px, st, x, cols, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2, s2 * weight,
                    n1, o1, n2, o2, tmp)
-        _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
+        _apply_move(x, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2)
         flat[x] = best
         cost[x] = dist[x, best_j]
         _touch(dirty, r, c, reach, grid.shape[0], cols)
@@ -326,10 +325,10 @@ def _sweep(order, start, stop, flat, grid, cost, uses, ids, dist, slot, px, weig
             uses[best] += 1
             moves[0] += 1
         else:
-            _old(px, st, best_y, cols, ay1, ax1, wy1, wx1, ay2, ax2, wy2, wx2, o1, o2, tmp)
-            _move_gain(px, sa, best_y, cols, e1, ay1, ax1, wy1, wx1, s1, e2, ay2, ax2, wy2, wx2,
+            _old(px, st, best_y, cols, by1, bx1, wy1, wx1, by2, bx2, wy2, wx2, o1, o2, tmp)
+            _move_gain(px, sa, best_y, cols, e1, by1, bx1, wy1, wx1, s1, e2, by2, bx2, wy2, wx2,
                        s2 * weight, n1, o1, n2, o2, tmp)
-            _apply_move(best_y, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2, 1.0)
+            _apply_move(best_y, cols, e1, wy1, wx1, e2, wy2, wx2, n1, o1, n2, o2)
             flat[best_y] = a
             cost[best_y] = best_dya
             _touch(dirty, best_y // cols, best_y - (best_y // cols) * cols, reach, grid.shape[0], cols)
