@@ -118,8 +118,8 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
     opts, warnings = opts.resolved(grid.rows, grid.cols, n_tiles)
     spec = db.feature_spec
     canvas_p = _canvas_px(spec, grid) if opts.dither else None
-    cell_sub = _to_srgb(spec, spec.sub_means(cells.features, p=canvas_p)) if canvas_p else None
-    if opts.dither and cell_sub is None:  # the default weight: dithering is skipped, and said so
+    cell_px = _to_srgb(spec, spec.sub_means(cells.features, p=canvas_p)) if canvas_p else None
+    if opts.dither and cell_px is None:  # the default weight: dithering is skipped, and said so
         warnings.append(f"no dithering: this database's {spec.kind} features hold no colours at 2x2 per cell "
                         f"(`mosaic db reindex DB --features rgb-pyramid` adds them)")
         opts = replace(opts, dither=0.0)
@@ -196,7 +196,7 @@ def _match(db, cells: CellData, grid: Grid, opts: MatchOptions, progress: bool, 
         return ii, to_cost(dd)
 
     a = assign(grid.rows, grid.cols, ids, to_cost(d), n_tiles, opts, widen, progress=progress,
-               dither_input=_dither_input(db, spec, cell_sub, grid) if opts.dither else None)
+               dither_input=_dither_input(db, spec, cell_px, grid) if opts.dither else None)
     if codes != (0,):  # each placed tile at its best turn, exactly, from the full vectors
         turn, sq = best_orientations(db.features(), cells.features, a.tile_ids, spec, codes)
         a.orient, a.cost = turn.reshape(grid.rows, grid.cols), to_cost(sq).reshape(grid.rows, grid.cols)
