@@ -55,12 +55,14 @@ def resize_short(img: np.ndarray, short: int) -> np.ndarray:
     short = int(short)
     if short < 1:
         raise ValueError(f"short side must be at least 1 pixel, got {short}")
-    h, w = img.shape[:2]
+    return _resize(img, *short_side_size(*img.shape[:2], short))
+
+
+def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(h, w) of an h x w image resampled to `short` px on its short side (resize_short)."""
     if h <= w:
-        nh, nw = short, max(1, round(w * short / h))
-    else:
-        nh, nw = max(1, round(h * short / w)), short
-    return _resize(img, nh, nw)
+        return short, max(1, round(w * short / h))
+    return max(1, round(h * short / w)), short
 
 
 def _check_pair(target, mosaic):
@@ -173,11 +175,19 @@ def gaussian_pyramid(img: np.ndarray, top: int):
         nh, nw = -(-h // 2), -(-w // 2)
         if (nh, nw) == (h, w):
             return
-        smooth = cv2.sepFilter2D(cur, -1, _PYR_KERNEL, _PYR_KERNEL, borderType=cv2.BORDER_REFLECT)
-        cur = cv2.resize(smooth, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        cur = pyr_down(cur)
         if cur.ndim == 2:  # OpenCV drops a single channel's axis
             cur = cur[..., None]
         yield cur
+
+
+def pyr_down(img: np.ndarray, rows_too: bool = True) -> np.ndarray:
+    """One step of gaussian_pyramid: blurred and halved (ceil), along both axes, or with
+    `rows_too=False` along the columns only (each row of a 2-D array a 1-D signal)."""
+    h, w = img.shape[:2]
+    ky = _PYR_KERNEL if rows_too else np.ones((1, 1), np.float32)
+    smooth = cv2.sepFilter2D(np.ascontiguousarray(img), -1, _PYR_KERNEL, ky, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(smooth, (-(-w // 2), -(-h // 2) if rows_too else h), interpolation=cv2.INTER_LINEAR)
 
 
 @numba.njit(cache=True, nogil=True)

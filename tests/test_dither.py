@@ -248,13 +248,14 @@ def test_views_are_the_maps_evaluate_measures_through(rows, cols, p, h, w):
     import cv2
 
     from mosaicdb.evaluate import _resize, gaussian_pyramid
-    from mosaicdb.match.views import close_level, whole_size
+    from mosaicdb.evaluate import short_side_size
+    from mosaicdb.match.views import WHOLE_SHORT, close_level
     close, whole = views(rows, cols, p, h, w)
     img = np.random.default_rng(rows).random((rows * p, cols * p, 3)).astype(np.float32)
     level = close_level(w, cols, rows * cols)
     want = list(gaussian_pyramid(_resize(img, h, w), level))[level]
     np.testing.assert_allclose(close.apply(img), want, atol=1e-5)
-    wh, ww = whole_size(h, w)
+    wh, ww = short_side_size(h, w, WHOLE_SHORT)
     np.testing.assert_allclose(whole.apply(img), _resize(img, wh, ww), atol=1e-5)
     if wh <= rows * p and ww <= cols * p:
         np.testing.assert_allclose(whole.apply(img), cv2.resize(img, (ww, wh), interpolation=cv2.INTER_AREA),

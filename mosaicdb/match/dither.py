@@ -58,12 +58,22 @@ _PASSES = 2
 _EXHAUSTIVE = False
 
 
+def view_errors(tile_px: np.ndarray, cell_px: np.ndarray, rows: int, cols: int, views_) -> list:
+    """Each view of the mosaic less the same view of the target, for per-cell pixels
+    (rows*cols, p, p, 3) of the tiles placed and of the cells."""
+    d = canvas(np.asarray(tile_px, np.float64) - np.asarray(cell_px, np.float64), rows, cols)
+    return [np.ascontiguousarray(v.apply(d)) for v in views_]
+
+
+def _j(errs, views_, weight: float) -> float:
+    close, whole = views_
+    return float(np.sum(errs[0] ** 2) / close.size + weight * np.sum(errs[1] ** 2) / whole.size)
+
+
 def objective(tile_px: np.ndarray, cell_px: np.ndarray, rows: int, cols: int, views_, weight: float) -> float:
     """J for per-cell pixels (rows*cols, p, p, 3) of the tiles placed and of the cells, computed
     from scratch (the pass keeps it incrementally)."""
-    d = canvas(np.asarray(tile_px, np.float64) - np.asarray(cell_px, np.float64), rows, cols)
-    close, whole = views_
-    return float(np.sum(close.apply(d) ** 2) / close.size + weight * np.sum(whole.apply(d) ** 2) / whole.size)
+    return _j(view_errors(tile_px, cell_px, rows, cols, views_), views_, weight)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -430,14 +440,13 @@ def dither(tile_ids: np.ndarray, cost: np.ndarray, cand_ids: np.ndarray, cand_di
         px[bad] = 0.0
         cand_dist = np.where((cand_ids >= 0) & bad[slot[np.maximum(cand_ids, 0)]], np.inf, cand_dist)
     close, whole = views_
-    before = objective(px[slot[flat]], cell_px, rows, cols, views_, weight)
+    errs = view_errors(px[slot[flat]], cell_px, rows, cols, views_)  # kept up to date by the pass
+    before = _j(errs, views_, weight)
     stats = {"weight": weight, "passes": 0, "moves": 0, "stopped": "off", "objective_before": before,
              "objective_after": before, "canvas_px": int(p)}
     if opts.refine_passes == 0:
         stats["seconds"] = round(time.perf_counter() - t_start, 4)
         return stats
-    d = canvas(px[slot[flat]] - cell_px, rows, cols)
-    errs = [np.ascontiguousarray(v.apply(d)) for v in views_]
     h = max(int((v.wy[:, 1] - v.wy[:, 0]).max()) for v in views_)
     w = max(int((v.wx[:, 1] - v.wx[:, 0]).max()) for v in views_)
     bufs = np.zeros((10, h, w, 3), np.float64)

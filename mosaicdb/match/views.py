@@ -19,10 +19,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from ..evaluate import _PYR_KERNEL
+from ..evaluate import _resize, pyr_down, short_side_size
 
 WHOLE_SHORT = 64        # px on the short side of the "whole" view (PSNR/SSIM@64)
 CLOSE_MAX_CELL = 16.0   # the close view's first level with a cell at most this many px
@@ -78,19 +77,14 @@ def _dense(b: np.ndarray, w: np.ndarray, n_out: int) -> np.ndarray:
 
 
 def _resize_axis(x: np.ndarray, n: int) -> np.ndarray:
-    """Each row of x (batch, m) resampled to n samples, area-averaging when shrinking, bilinear
-    when enlarging (evaluate._resize)."""
-    if x.shape[1] == n:
-        return x
-    interp = cv2.INTER_AREA if n <= x.shape[1] else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(x), (n, x.shape[0]), interpolation=interp)
+    """Each row of x (batch, m) resampled to n samples as evaluate resamples (its height kept, so
+    area-averaging exactly when the row shrinks)."""
+    return _resize(x, x.shape[0], n)
 
 
 def _pyr_down_axis(x: np.ndarray) -> np.ndarray:
     """One level of evaluate.gaussian_pyramid along the rows of x (batch, m)."""
-    one = np.ones((1, 1), np.float32)
-    smooth = cv2.sepFilter2D(np.ascontiguousarray(x), -1, _PYR_KERNEL, one, borderType=cv2.BORDER_REFLECT)
-    return cv2.resize(smooth, (-(-x.shape[1] // 2), x.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return pyr_down(x, rows_too=False)
 
 
 def _bands(n_cells: int, p: int, steps) -> tuple[np.ndarray, np.ndarray, int]:
@@ -131,13 +125,6 @@ def close_level(crop_w: int, cols: int, cells: int = 0) -> int:
     return level
 
 
-def whole_size(crop_h: int, crop_w: int) -> tuple[int, int]:
-    """(h, w) of the whole view, as evaluate.resize_short makes it."""
-    if crop_h <= crop_w:
-        return WHOLE_SHORT, max(1, round(crop_w * WHOLE_SHORT / crop_h))
-    return max(1, round(crop_h * WHOLE_SHORT / crop_w)), WHOLE_SHORT
-
-
 @functools.lru_cache(maxsize=8)
 def views(rows: int, cols: int, p: int, crop_h: int, crop_w: int) -> tuple[View, View]:
     """The close and whole views of a rows x cols mosaic of a crop_w x crop_h target, on a canvas
@@ -147,7 +134,7 @@ def views(rows: int, cols: int, p: int, crop_h: int, crop_w: int) -> tuple[View,
     def close(full):
         return (lambda x: _resize_axis(x, full),) + (_pyr_down_axis,) * level
 
-    wh, ww = whole_size(crop_h, crop_w)
+    wh, ww = short_side_size(crop_h, crop_w, WHOLE_SHORT)
     out = []
     for name, sy, sx in (("close", close(crop_h), close(crop_w)),
                          ("whole", (lambda x: _resize_axis(x, wh),), (lambda x: _resize_axis(x, ww),))):
